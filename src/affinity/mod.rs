@@ -1,0 +1,90 @@
+//! Affinity keys: the request value a `consistent_hash` pool hashes (source IP, a header, a
+//! cookie or the URI), hashed with a fixed seed so every node gives the same answer.
+
+use std::net::IpAddr;
+
+use http::request::Parts;
+
+use crate::balance::ring::hash_bytes;
+use crate::config::HashKey;
+
+/// The hash of a request's key, or `None` when the request does not carry it.
+pub fn hash_key(key: &HashKey, parts: &Parts, client: IpAddr) -> Option<u64> {
+    match key {
+        HashKey::SourceIp => Some(match client {
+            IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+            IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+        }),
+        HashKey::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .map(|v| hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => cookie_value(&parts.headers, name).map(hash_bytes),
+        HashKey::Uri => Some(hash_bytes(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+        )),
+    }
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = trim(pair);
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]))
+        })
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)], uri: &str) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn cookie_lookup_handles_spacing_and_many_headers() {
+        let p = parts(&[("cookie", "a=1; sid = xyz ;b=2"), ("cookie", "c=3")], "/");
+        assert_eq!(cookie_value(&p.headers, "sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie_value(&p.headers, "c"), Some(&b"3"[..]));
+        assert_eq!(cookie_value(&p.headers, "missing"), None);
+    }
+
+    #[test]
+    fn keys_are_stable_and_absent_keys_are_none() {
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        let p = parts(&[("x-user", "42")], "/a?b=c");
+        let h = HashKey::Header("x-user".into());
+        assert_eq!(hash_key(&h, &p, ip), hash_key(&h, &p, ip));
+        assert_eq!(hash_key(&HashKey::Header("nope".into()), &p, ip), None);
+        assert_eq!(hash_key(&HashKey::Cookie("sid".into()), &p, ip), None);
+        assert_ne!(
+            hash_key(&HashKey::Uri, &p, ip),
+            hash_key(&HashKey::Uri, &parts(&[], "/a"), ip)
+        );
+        assert!(hash_key(&HashKey::SourceIp, &p, ip).is_some());
+    }
+}

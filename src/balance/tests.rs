@@ -1,0 +1,163 @@
+//! Unit tests of every algorithm over in-memory backends.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::proxy::upstream::ConnPool;
+use crate::runtime::BackendStats;
+
+fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let addr = format!("127.0.0.1:{}", 3000 + i).parse().expect("addr");
+            Arc::new(Backend {
+                address: format!("127.0.0.1:{}", 3000 + i),
+                addr,
+                weight: w,
+                disabled: false,
+                stats: Arc::new(BackendStats::default()),
+                conns: Arc::new(ConnPool::new(addr, 1)),
+            })
+        })
+        .collect()
+}
+
+fn counts(b: &Balancer, bs: &[Arc<Backend>], n: usize, ctx: PickContext) -> Vec<usize> {
+    let mut c = vec![0; bs.len()];
+    for _ in 0..n {
+        c[b.pick(bs, &ctx).expect("a backend")] += 1;
+    }
+    c
+}
+
+#[test]
+fn round_robin_cycles_and_skips_down_and_excluded() {
+    let bs = backends(&[1, 1, 1]);
+    let b = Balancer::new(Algorithm::RoundRobin, &bs);
+    assert_eq!(
+        counts(&b, &bs, 300, PickContext::default()),
+        vec![100, 100, 100]
+    );
+    bs[1].stats.up.store(false, Ordering::Relaxed);
+    assert_eq!(counts(&b, &bs, 300, PickContext::default())[1], 0);
+    let ctx = PickContext {
+        hash: None,
+        exclude: 0b001,
+    };
+    assert_eq!(counts(&b, &bs, 10, ctx), vec![0, 0, 10]);
+    bs[2].stats.up.store(false, Ordering::Relaxed);
+    assert_eq!(b.pick(&bs, &ctx), None);
+}
+
+#[test]
+fn weighted_round_robin_is_exact_and_smooth() {
+    let bs = backends(&[3, 1]);
+    let b = Balancer::new(Algorithm::WeightedRoundRobin, &bs);
+    assert_eq!(
+        counts(&b, &bs, 4000, PickContext::default()),
+        vec![3000, 1000]
+    );
+    // Smooth: never more than three in a row of the heavy backend.
+    let seq: Vec<usize> = (0..40)
+        .map(|_| b.pick(&bs, &PickContext::default()).expect("pick"))
+        .collect();
+    assert!(seq.windows(4).all(|w| w.contains(&1)), "{seq:?}");
+}
+
+#[test]
+fn least_conn_prefers_fewest_in_flight_per_weight() {
+    let bs = backends(&[1, 1, 2]);
+    let b = Balancer::new(Algorithm::LeastConn, &bs);
+    bs[0].stats.active.store(5, Ordering::Relaxed);
+    bs[1].stats.active.store(2, Ordering::Relaxed);
+    bs[2].stats.active.store(4, Ordering::Relaxed); // (4+1)/2 = 2.5 < 3
+    assert_eq!(b.pick(&bs, &PickContext::default()), Some(2));
+    // Ties rotate instead of always hitting the first backend.
+    let even = backends(&[1, 1, 1]);
+    let b = Balancer::new(Algorithm::LeastConn, &even);
+    assert_eq!(
+        counts(&b, &even, 300, PickContext::default()),
+        vec![100, 100, 100]
+    );
+}
+
+#[test]
+fn p2c_with_two_backends_always_takes_the_idle_one() {
+    let bs = backends(&[1, 1]);
+    let b = Balancer::new(Algorithm::P2c, &bs);
+    bs[0].stats.active.store(10, Ordering::Relaxed);
+    assert_eq!(counts(&b, &bs, 200, PickContext::default()), vec![0, 200]);
+}
+
+#[test]
+fn p2c_spreads_over_many_backends() {
+    let bs = backends(&[1; 8]);
+    let b = Balancer::new(Algorithm::P2c, &bs);
+    let c = counts(&b, &bs, 8000, PickContext::default());
+    assert!(c.iter().all(|&n| n > 500), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_avoids_the_slow_backend() {
+    let bs = backends(&[1, 1]);
+    let b = Balancer::new(Algorithm::PeakEwma, &bs);
+    let now = tokio::time::Instant::now();
+    bs[0].stats.record_latency(Duration::from_millis(400), now);
+    bs[1].stats.record_latency(Duration::from_millis(2), now);
+    assert_eq!(counts(&b, &bs, 100, PickContext::default()), vec![0, 100]);
+    // In-flight load counts too: a fast backend with many requests loses to a slow idle one.
+    bs[1].stats.active.store(500, Ordering::Relaxed);
+    assert_eq!(b.pick(&bs, &PickContext::default()), Some(0));
+}
+
+#[test]
+fn consistent_hash_is_stable_and_falls_back_without_a_key() {
+    let bs = backends(&[1, 1, 1, 1]);
+    let b = Balancer::new(Algorithm::ConsistentHash, &bs);
+    for k in 0..100u64 {
+        let ctx = PickContext {
+            hash: Some(ring::hash_bytes(&k.to_le_bytes())),
+            exclude: 0,
+        };
+        let first = b.pick(&bs, &ctx);
+        assert!((0..10).all(|_| b.pick(&bs, &ctx) == first));
+    }
+    let c = counts(&b, &bs, 400, PickContext::default());
+    assert_eq!(c, vec![100; 4]);
+}
+
+#[test]
+fn random_follows_weights() {
+    let bs = backends(&[3, 1]);
+    let b = Balancer::new(Algorithm::Random, &bs);
+    let c = counts(&b, &bs, 20_000, PickContext::default());
+    let share = c[0] as f64 / 20_000.0;
+    // Expected 0.75, standard deviation about 0.003.
+    assert!((0.73..0.77).contains(&share), "{share}");
+}
+
+#[test]
+fn disabled_backends_are_never_picked() {
+    let mut bs = backends(&[1, 1]);
+    Arc::get_mut(&mut bs[0]).expect("unique").disabled = true;
+    for alg in [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConn,
+        Algorithm::P2c,
+        Algorithm::PeakEwma,
+        Algorithm::ConsistentHash,
+        Algorithm::Random,
+    ] {
+        let b = Balancer::new(alg, &bs);
+        assert_eq!(
+            counts(&b, &bs, 50, PickContext::default()),
+            vec![0, 50],
+            "{alg:?}"
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! `autolb`: run the balancer (`autolb run -c FILE`, or `autolb -c FILE`) or validate a
+//! config (`autolb check -c FILE`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use autolb::config;
+use autolb::server::Server;
+
+const USAGE: &str = "usage:
+  autolb run -c FILE     run the balancer (also: autolb -c FILE)
+  autolb check -c FILE   validate FILE; print each error as FILE:LINE:COL: message
+  autolb --version";
+
+enum Command {
+    Run(PathBuf),
+    Check(PathBuf),
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    let mut words = args.iter().map(String::as_str).peekable();
+    let check = match words.peek() {
+        Some(&"check") => {
+            words.next();
+            true
+        }
+        Some(&"run") => {
+            words.next();
+            false
+        }
+        _ => false,
+    };
+    let mut path = None;
+    while let Some(w) = words.next() {
+        match w {
+            "-c" | "--config" => {
+                path = Some(PathBuf::from(words.next().ok_or("-c needs a FILE")?));
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    let path = path.ok_or("missing -c FILE")?;
+    Ok(if check {
+        Command::Check(path)
+    } else {
+        Command::Run(path)
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        println!("autolb {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let command = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("autolb: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Check(path) => check(&path),
+        Command::Run(path) => {
+            init_logging();
+            match run(&path) {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(cfg) => {
+            let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
+            println!(
+                "{}: ok: {} listener(s), {} route(s), {} pool(s), {} backend(s)",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.routes.len(),
+                cfg.pools.len(),
+                backends
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOLB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = match config::load_file(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the main runtime")?;
+    rt.block_on(async {
+        let server = Server::start(cfg).await?;
+        wait_for_signals(&server, path).await?;
+        server.shutdown(Duration::from_secs(10)).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Run until SIGTERM or SIGINT; SIGHUP reloads the config file.
+async fn wait_for_signals(server: &Server, path: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); return Ok(()); }
+            _ = hup.recv() => reload(server, path),
+        }
+    }
+}
+
+fn reload(server: &Server, path: &std::path::Path) {
+    use std::sync::atomic::Ordering;
+    match config::load_file(path) {
+        Ok(cfg) => {
+            let old = server.runtime.snapshot();
+            if cfg.listeners != old.config.listeners || cfg.admin != old.config.admin {
+                tracing::warn!(
+                    "reload: listener and admin changes need a restart; applying the rest"
+                );
+            }
+            let next = server.runtime.apply(cfg);
+            tracing::info!(generation = next.generation, "reload: config applied");
+        }
+        Err(errors) => {
+            server
+                .runtime
+                .reloads_failed
+                .fetch_add(1, Ordering::Relaxed);
+            for e in &errors.0 {
+                tracing::error!("reload refused: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Tree -> `model::Config`: deserializes each top-level key, listener, route and pool on its
+//! own (so one bad item does not hide the others), converts them (`TryFrom`), then runs the
+//! cross-item checks of `checks.rs`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::checks::{cross_checks, default_admin_listen, Gathered};
+use super::de::from_node;
+use super::error::{Issues, Pos};
+use super::file::{
+    AdminFile, ListenerFile, ProtocolFile, RouteFile, StateBackendFile, StateFile, TlsFile,
+    TOP_LEVEL_KEYS,
+};
+use super::model::{Admin, CertPair, Config, Listener, ListenerTls, Protocol, Route, State};
+use super::node::{Located, Node, Value};
+use super::pool::{convert_pool, nonzero_dur};
+
+/// ALPN protocols an https listener can offer.
+pub const ALPN: &[&str] = &["h2", "http/1.1"];
+
+/// A converted listener with the positions the cross-item checks need.
+#[derive(Debug)]
+pub(crate) struct ListenerItem {
+    pub listener: Listener,
+    pub pos: Pos,
+    pub name_pos: Pos,
+    pub listen_pos: Pos,
+    pub pool_pos: Option<Pos>,
+}
+
+/// A converted route with the position of its `pool`.
+#[derive(Debug)]
+pub(crate) struct RouteItem {
+    pub route: Route,
+    pub pool_pos: Pos,
+}
+
+/// `IP:PORT`, `[v6]:PORT`, `:PORT` or `*:PORT` (the last two: every IPv4 address).
+pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some(port) = t.strip_prefix("*:").or_else(|| t.strip_prefix(':')) {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+        }
+    }
+    Err(format!(
+        "invalid listen address \"{s}\", expected IP:PORT such as 0.0.0.0:8080"
+    ))
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare IP (one host).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    if let Ok(net) = t.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    t.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid CIDR \"{s}\" in trusted_proxies"))
+}
+
+impl TryFrom<Located<ListenerFile>> for ListenerItem {
+    type Error = Issues;
+
+    fn try_from(located: Located<ListenerFile>) -> Result<Self, Issues> {
+        let (file, pos) = (located.value, located.pos);
+        let mut issues = Issues::new();
+        let name = file.name.value.trim().to_string();
+        if name.is_empty() {
+            issues.push(file.name.pos, "listener name must not be empty");
+        }
+        let listen = parse_listen(&file.listen.value).map_err(|m| issues.push(file.listen.pos, m));
+        let protocol = match file.protocol.as_ref().map(|p| p.value) {
+            None | Some(ProtocolFile::Http) => Protocol::Http,
+            Some(ProtocolFile::Https) => Protocol::Https,
+            Some(ProtocolFile::Tcp) => Protocol::Tcp,
+        };
+        if let Some(p) = file.pool.as_ref().filter(|p| p.value.trim().is_empty()) {
+            issues.push(p.pos, "listener pool must not be empty");
+        }
+        let tls = match (&file.tls, protocol) {
+            (Some(tls), Protocol::Https) => tls_of(tls, &mut issues),
+            (Some(tls), _) => {
+                issues.push(
+                    tls.pos,
+                    format!("tls is only allowed on https listeners (listener \"{name}\")"),
+                );
+                None
+            }
+            (None, Protocol::Https) => {
+                let at = file.protocol.as_ref().map_or(pos, |p| p.pos);
+                issues.push(at, format!("https listener \"{name}\" needs tls"));
+                None
+            }
+            (None, _) => None,
+        };
+        let mut trusted_proxies = Vec::new();
+        for cidr in file.trusted_proxies.iter().flatten() {
+            match parse_cidr(&cidr.value) {
+                Ok(net) => trusted_proxies.push(net),
+                Err(m) => issues.push(cidr.pos, m),
+            }
+        }
+        let idle_timeout = nonzero_dur(
+            &file.idle_timeout,
+            Duration::from_secs(60),
+            "idle_timeout",
+            &mut issues,
+        );
+        let Ok(listen) = listen else {
+            return Err(issues);
+        };
+        let listener = Listener {
+            name,
+            listen,
+            protocol,
+            pool: file.pool.as_ref().map(|p| p.value.trim().to_string()),
+            trusted_proxies,
+            idle_timeout,
+            tls,
+        };
+        issues.result(ListenerItem {
+            listener,
+            pos,
+            name_pos: file.name.pos,
+            listen_pos: file.listen.pos,
+            pool_pos: file.pool.as_ref().map(|p| p.pos),
+        })
+    }
+}
+
+fn tls_of(tls: &Located<TlsFile>, issues: &mut Issues) -> Option<ListenerTls> {
+    let mut certificates = Vec::new();
+    match &tls.value.certificates {
+        Some(c) if c.value.is_empty() => issues.push(c.pos, "tls needs at least one certificate"),
+        None => issues.push(tls.pos, "tls needs at least one certificate"),
+        Some(c) => {
+            for pair in &c.value {
+                for path in [&pair.cert, &pair.key] {
+                    if path.value.trim().is_empty() {
+                        issues.push(path.pos, "certificate path must not be empty");
+                    }
+                }
+                certificates.push(CertPair {
+                    cert: pair.cert.value.trim().into(),
+                    key: pair.key.value.trim().into(),
+                });
+            }
+        }
+    }
+    let alpn = match &tls.value.alpn {
+        None => ALPN.iter().map(|s| s.to_string()).collect(),
+        Some(list) => {
+            for p in list.iter().filter(|p| !ALPN.contains(&p.value.as_str())) {
+                issues.push(
+                    p.pos,
+                    format!(
+                        "unsupported alpn protocol \"{}\" (supported: {})",
+                        p.value,
+                        ALPN.join(", ")
+                    ),
+                );
+            }
+            list.iter().map(|p| p.value.clone()).collect()
+        }
+    };
+    Some(ListenerTls { certificates, alpn })
+}
+
+impl TryFrom<RouteFile> for RouteItem {
+    type Error = Issues;
+
+    fn try_from(file: RouteFile) -> Result<Self, Issues> {
+        let mut issues = Issues::new();
+        if let Some(h) = &file.host {
+            let host = h.value.trim();
+            if host.is_empty() || host.contains(['/', ' ', ':']) {
+                issues.push(
+                    h.pos,
+                    format!(
+                        "invalid route host \"{}\" (a host name without port)",
+                        h.value
+                    ),
+                );
+            }
+        }
+        if let Some(p) = file
+            .path_prefix
+            .as_ref()
+            .filter(|p| !p.value.starts_with('/'))
+        {
+            issues.push(
+                p.pos,
+                format!("path_prefix must start with \"/\", got \"{}\"", p.value),
+            );
+        }
+        let route = Route {
+            host: file.host.map(|h| h.value.trim().to_ascii_lowercase()),
+            path_prefix: file.path_prefix.map(|p| p.value),
+            pool: file.pool.value.trim().to_string(),
+        };
+        issues.result(RouteItem {
+            route,
+            pool_pos: file.pool.pos,
+        })
+    }
+}
+
+/// The items of a list value (null = none), or an issue.
+fn list<'a>(node: &'a Node, what: &str, issues: &mut Issues) -> &'a [Node] {
+    match &node.value {
+        Value::Seq(items) => items,
+        Value::Null => &[],
+        _ => {
+            issues.push(
+                node.pos,
+                format!("expected a list of {what}, got {}", node.kind()),
+            );
+            &[]
+        }
+    }
+}
+
+/// Deserializes `T` from `node`, recording a failure.
+fn item<T: serde::de::DeserializeOwned>(node: &Node, issues: &mut Issues) -> Option<T> {
+    from_node::<T>(node)
+        .map_err(|i| issues.push(i.pos, i.message))
+        .ok()
+}
+
+/// Converts, recording a failure.
+fn conv<T>(r: Result<T, Issues>, issues: &mut Issues) -> Option<T> {
+    r.map_err(|e| issues.extend(e)).ok()
+}
+
+fn gather(root: &Node, issues: &mut Issues) -> Gathered {
+    let mut g = Gathered::default();
+    let entries: &[(Node, Node)] = match &root.value {
+        Value::Null => &[],
+        Value::Map(entries) => entries,
+        _ => {
+            issues.push(
+                root.pos,
+                format!("expected a mapping of settings, got {}", root.kind()),
+            );
+            return g;
+        }
+    };
+    for (key, value) in entries {
+        let Some(name) = key.scalar_text() else {
+            issues.push(key.pos, format!("expected a key name, got {}", key.kind()));
+            continue;
+        };
+        let null = matches!(value.value, Value::Null);
+        match name.as_str() {
+            "threads" => match item::<Located<usize>>(value, issues) {
+                Some(t) if t.value == 0 => issues.push(t.pos, "threads must be at least 1"),
+                Some(t) => g.threads = Some(t.value),
+                None => {}
+            },
+            "admin" if null => {}
+            "admin" => {
+                g.admin = item::<AdminFile>(value, issues).and_then(|a| admin(a, issues));
+                g.admin_failed = g.admin.is_none();
+            }
+            "listeners" => {
+                g.listeners_key = Some(key.pos);
+                if !matches!(value.value, Value::Seq(_) | Value::Null) {
+                    g.listeners_seen += 1; // reported as "expected a list", not as "none"
+                }
+                for node in list(value, "listeners", issues) {
+                    g.listeners_seen += 1;
+                    let file = item::<Located<ListenerFile>>(node, issues);
+                    if let Some(l) = file.and_then(|f| conv(ListenerItem::try_from(f), issues)) {
+                        g.listeners.push(l);
+                    }
+                }
+            }
+            "routes" => {
+                for node in list(value, "routes", issues) {
+                    g.routes_seen += 1;
+                    let file = item::<RouteFile>(node, issues);
+                    if let Some(r) = file.and_then(|f| conv(RouteItem::try_from(f), issues)) {
+                        g.routes.push(r);
+                    }
+                }
+            }
+            "pools" => gather_pools(value, &mut g, issues),
+            "state" if null => {}
+            "state" => g.state = item::<StateFile>(value, issues).and_then(|s| state(s, issues)),
+            _ => issues.push(
+                key.pos,
+                format!(
+                    "unknown field \"{name}\", expected one of: {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            ),
+        }
+    }
+    g
+}
+
+fn gather_pools(value: &Node, g: &mut Gathered, issues: &mut Issues) {
+    let entries = match &value.value {
+        Value::Map(entries) => entries.as_slice(),
+        Value::Null => &[],
+        _ => {
+            issues.push(
+                value.pos,
+                format!("expected a mapping of pools by name, got {}", value.kind()),
+            );
+            &[]
+        }
+    };
+    for (key, node) in entries {
+        let Some(name) = key.scalar_text() else {
+            issues.push(key.pos, format!("expected a pool name, got {}", key.kind()));
+            continue;
+        };
+        g.pool_names.push(name.trim().to_string());
+        let name = Located {
+            pos: key.pos,
+            value: name.trim().to_string(),
+        };
+        if let Some(p) = conv(convert_pool(&name, node), issues) {
+            g.pools.push(p);
+        }
+    }
+}
+
+fn admin(file: AdminFile, issues: &mut Issues) -> Option<(Admin, Option<Pos>)> {
+    let mut ok = true;
+    let listen = match &file.listen {
+        None => default_admin_listen(),
+        Some(l) => parse_listen(&l.value).unwrap_or_else(|m| {
+            issues.push(l.pos, m);
+            ok = false;
+            default_admin_listen()
+        }),
+    };
+    if let Some(t) = &file.token_env {
+        if t.value.is_empty() || t.value.contains(['=', '\0']) {
+            issues.push(
+                t.pos,
+                format!("invalid environment variable name \"{}\"", t.value),
+            );
+            ok = false;
+        }
+    }
+    if ok && file.token_env.is_none() && !listen.ip().is_loopback() {
+        let at = file.listen.as_ref().map_or(Pos::START, |l| l.pos);
+        issues.push(
+            at,
+            format!("admin address {listen} is not loopback: set admin.token_env"),
+        );
+    }
+    let admin = Admin {
+        listen,
+        token_env: file.token_env.map(|t| t.value),
+    };
+    ok.then_some((admin, file.listen.map(|l| l.pos)))
+}
+
+fn state(file: StateFile, issues: &mut Issues) -> Option<State> {
+    let url = file.redis.and_then(|r| r.url);
+    if let Some(u) = &url {
+        if !(u.value.starts_with("redis://") || u.value.starts_with("rediss://")) {
+            issues.push(
+                u.pos,
+                format!(
+                    "invalid redis url \"{}\" (expected redis:// or rediss://)",
+                    u.value
+                ),
+            );
+            return None;
+        }
+    }
+    match (file.backend, url) {
+        (None, _)
+        | (
+            Some(Located {
+                value: StateBackendFile::Memory,
+                ..
+            }),
+            _,
+        ) => Some(State::Memory),
+        (Some(b), None) => {
+            issues.push(b.pos, "state backend redis needs redis.url");
+            None
+        }
+        (Some(_), Some(u)) => Some(State::Redis { url: u.value }),
+    }
+}
+
+/// Builds the validated config from the tree; every issue found is returned.
+pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
+    let mut issues = Issues::new();
+    let mut g = gather(root, &mut issues);
+    let base = source.parent().unwrap_or(Path::new(""));
+    for l in &mut g.listeners {
+        for pair in l
+            .listener
+            .tls
+            .iter_mut()
+            .flat_map(|t| t.certificates.iter_mut())
+        {
+            pair.cert = base.join(&pair.cert);
+            pair.key = base.join(&pair.key);
+        }
+    }
+    cross_checks(&g, &mut issues);
+    let (admin, _) = g.admin.unwrap_or((
+        Admin {
+            listen: default_admin_listen(),
+            token_env: None,
+        },
+        None,
+    ));
+    let threads = g.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    issues.result(Config {
+        source: source.to_path_buf(),
+        threads,
+        admin,
+        listeners: g.listeners.into_iter().map(|l| l.listener).collect(),
+        routes: g.routes.into_iter().map(|r| r.route).collect(),
+        pools: g.pools.into_iter().map(|p| p.pool).collect(),
+        state: g.state.unwrap_or(State::Memory),
+    })
+}

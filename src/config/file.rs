@@ -1,0 +1,262 @@
+//! File types: the YAML keys of DESIGN.md as serde structs (`deny_unknown_fields`), each
+//! deserialized separately from the spanned tree; defaults and checks live in `convert.rs`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde::Deserialize;
+
+use super::node::Located;
+
+/// A humantime duration (`250ms`, `2s`, `5m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DurVisitor;
+        impl Visitor<'_> for DurVisitor {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration like 250ms, 2s or 5m")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                use humantime::DurationError as H;
+                humantime::parse_duration(v.trim()).map(Dur).map_err(|e| {
+                    let why = match e {
+                        H::UnknownUnit { unit, .. } => format!("unknown unit \"{unit}\""),
+                        H::NumberOverflow => "too large or too precise".to_string(),
+                        H::Empty => "empty".to_string(),
+                        H::InvalidCharacter(_) | H::NumberExpected(_) => {
+                            "expected a number and a unit".to_string()
+                        }
+                    };
+                    E::custom(format_args!(
+                        "invalid duration \"{v}\": {why} (e.g. 250ms, 2s, 5m)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(DurVisitor)
+    }
+}
+
+/// `admin:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an admin mapping (listen, token_env)"
+)]
+pub struct AdminFile {
+    pub listen: Option<Located<String>>,
+    pub token_env: Option<Located<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolFile {
+    Http,
+    Https,
+    Tcp,
+}
+
+/// One item of `listeners:`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listener mapping (name, listen, ...)"
+)]
+pub struct ListenerFile {
+    pub name: Located<String>,
+    pub listen: Located<String>,
+    pub protocol: Option<Located<ProtocolFile>>,
+    pub pool: Option<Located<String>>,
+    pub tls: Option<Located<TlsFile>>,
+    pub trusted_proxies: Option<Vec<Located<String>>>,
+    pub idle_timeout: Option<Located<Dur>>,
+}
+
+/// `listeners[].tls:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a tls mapping (certificates, alpn)")]
+pub struct TlsFile {
+    pub certificates: Option<Located<Vec<CertFile>>>,
+    pub alpn: Option<Vec<Located<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a certificate mapping (cert, key)")]
+pub struct CertFile {
+    pub cert: Located<String>,
+    pub key: Located<String>,
+}
+
+/// One item of `routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a route mapping (host, path_prefix, pool)"
+)]
+pub struct RouteFile {
+    pub host: Option<Located<String>>,
+    pub path_prefix: Option<Located<String>>,
+    pub pool: Located<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceFile {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConn,
+    P2c,
+    PeakEwma,
+    ConsistentHash,
+    Random,
+}
+
+/// One value of `pools:` (its `backends` are deserialized one by one, separately).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pool mapping (balance, backends, ...)"
+)]
+pub struct PoolFile {
+    pub balance: Option<Located<BalanceFile>>,
+    pub hash_key: Option<Located<String>>,
+    pub sticky: Option<Located<StickyFile>>,
+    pub health_check: Option<Located<HealthCheckFile>>,
+    pub outlier: Option<Located<OutlierFile>>,
+    pub retries: Option<Located<u32>>,
+    pub timeouts: Option<TimeoutsFile>,
+    /// Placeholder so the key is known; see `BackendFile`.
+    #[allow(dead_code)]
+    pub backends: Option<IgnoredAny>,
+    pub autoscale: Option<Located<AutoscaleFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a sticky mapping (cookie)")]
+pub struct StickyFile {
+    pub cookie: Option<CookieFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a cookie mapping (name, ttl)")]
+pub struct CookieFile {
+    pub name: Option<Located<String>>,
+    pub ttl: Option<Located<Dur>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKindFile {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a health_check mapping (type, path, interval, ...)"
+)]
+pub struct HealthCheckFile {
+    #[serde(rename = "type")]
+    pub kind: Option<Located<HealthKindFile>>,
+    pub path: Option<Located<String>>,
+    pub interval: Option<Located<Dur>>,
+    pub timeout: Option<Located<Dur>>,
+    pub rise: Option<Located<u32>>,
+    pub fall: Option<Located<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an outlier mapping (consecutive_failures, ejection)"
+)]
+pub struct OutlierFile {
+    pub consecutive_failures: Option<Located<u32>>,
+    pub ejection: Option<Located<Dur>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a timeouts mapping (connect, response, idle)"
+)]
+pub struct TimeoutsFile {
+    pub connect: Option<Located<Dur>>,
+    pub response: Option<Located<Dur>>,
+    pub idle: Option<Located<Dur>>,
+}
+
+/// One item of `pools.NAME.backends:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a backend mapping (address, weight)")]
+pub struct BackendFile {
+    pub address: Located<String>,
+    pub weight: Option<Located<u32>>,
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an autoscale mapping (command, ports, ...)"
+)]
+pub struct AutoscaleFile {
+    pub provider: Option<Located<String>>,
+    pub command: Option<Located<Vec<String>>>,
+    pub ports: Option<Located<String>>,
+    pub min: Option<Located<u32>>,
+    pub max: Option<Located<u32>>,
+    pub target: Option<TargetFile>,
+    pub scale_down: Option<ScaleDownFile>,
+    pub drain_timeout: Option<Located<Dur>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a target mapping (inflight_per_instance, p95_latency_ms, cpu_percent)"
+)]
+pub struct TargetFile {
+    pub inflight_per_instance: Option<Located<u32>>,
+    pub p95_latency_ms: Option<Located<u32>>,
+    pub cpu_percent: Option<Located<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a scale_down mapping (stabilization)"
+)]
+pub struct ScaleDownFile {
+    pub stabilization: Option<Located<Dur>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendFile {
+    Memory,
+    Redis,
+}
+
+/// `state:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a state mapping (backend, redis)")]
+pub struct StateFile {
+    pub backend: Option<Located<StateBackendFile>>,
+    pub redis: Option<RedisFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a redis mapping (url)")]
+pub struct RedisFile {
+    pub url: Option<Located<String>>,
+}
+
+/// The top-level keys, in the order they are documented.
+pub const TOP_LEVEL_KEYS: &[&str] = &["threads", "admin", "listeners", "routes", "pools", "state"];

@@ -1,0 +1,45 @@
+//! Configuration: YAML text -> spanned tree (`node`) -> serde file types (`file`, via `de`)
+//! -> validated runtime types (`model`, via `convert`/`pool`), every error as FILE:LINE:COL.
+
+mod checks;
+mod convert;
+mod de;
+mod error;
+mod file;
+mod node;
+mod pool;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_errors;
+
+pub mod model;
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+
+use std::path::Path;
+
+use error::Issues;
+
+/// Reads and validates the config file at `path` (an I/O error is one error at line 0).
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&text, path),
+        Err(e) => Err(ConfigErrors::single(
+            &path.display().to_string(),
+            format!("cannot read config: {e}"),
+        )),
+    }
+}
+
+/// Validates config `text`; `source` names the file in messages, is kept in
+/// `Config::source`, and relative certificate paths resolve against its directory.
+pub fn load_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    let file = source.display().to_string();
+    let root = node::parse(text).map_err(|issue| {
+        let mut issues = Issues::new();
+        issues.push(issue.pos, issue.message);
+        issues.into_errors(&file)
+    })?;
+    convert::build(&root, source).map_err(|issues| issues.into_errors(&file))
+}

@@ -1,0 +1,493 @@
+//! Pool conversion: `PoolFile` (+ its backends, deserialized one by one) -> `model::Pool`,
+//! with every per-pool check (weights, addresses, health, outlier, autoscale, hash keys).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::de::from_node;
+use super::error::{Issues, Pos};
+use super::file::{
+    AutoscaleFile, BackendFile, BalanceFile, HealthCheckFile, HealthKindFile, OutlierFile,
+    PoolFile, StickyFile, TimeoutsFile,
+};
+use super::model::{
+    Algorithm, Autoscale, Backend, HashKey, HealthCheck, HealthCheckKind, Outlier, Pool,
+    ScaleTarget, Sticky, Timeouts,
+};
+use super::node::{Located, Node, Value};
+
+/// Autoscale providers this build knows.
+pub const PROVIDERS: &[&str] = &["process"];
+
+/// A converted pool with the positions the cross-item checks need.
+#[derive(Debug)]
+pub(crate) struct PoolItem {
+    pub pool: Pool,
+    /// Position of `autoscale.ports` (or of `autoscale`).
+    pub ports_pos: Option<Pos>,
+}
+
+/// Value of an optional located field, or a default.
+pub(crate) fn or<T: Clone>(field: &Option<Located<T>>, default: T) -> T {
+    field.as_ref().map_or(default, |l| l.value.clone())
+}
+
+/// A duration field that must not be zero.
+pub(crate) fn nonzero_dur(
+    field: &Option<Located<super::file::Dur>>,
+    default: Duration,
+    what: &str,
+    issues: &mut Issues,
+) -> Duration {
+    match field {
+        Some(l) if l.value.0.is_zero() => {
+            issues.push(l.pos, format!("{what} must be greater than 0"));
+            default
+        }
+        Some(l) => l.value.0,
+        None => default,
+    }
+}
+
+/// A count field that must not be zero.
+fn nonzero(field: &Option<Located<u32>>, default: u32, what: &str, issues: &mut Issues) -> u32 {
+    match field {
+        Some(l) if l.value == 0 => {
+            issues.push(l.pos, format!("{what} must be at least 1"));
+            default
+        }
+        Some(l) => l.value,
+        None => default,
+    }
+}
+
+/// Converts the pool `name` whose value is `node`, collecting every issue.
+pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolItem, Issues> {
+    let mut issues = Issues::new();
+    if name.value.trim().is_empty() {
+        issues.push(name.pos, "pool name must not be empty");
+    }
+    let file = from_node::<PoolFile>(node).map_err(|i| issues.push(i.pos, i.message));
+    let backends = convert_backends(&name.value, node.get("backends"), &mut issues);
+    let Ok(file) = file else {
+        return Err(issues);
+    };
+    let balance = match file.balance.as_ref().map(|b| b.value) {
+        None | Some(BalanceFile::RoundRobin) => Algorithm::RoundRobin,
+        Some(BalanceFile::WeightedRoundRobin) => Algorithm::WeightedRoundRobin,
+        Some(BalanceFile::LeastConn) => Algorithm::LeastConn,
+        Some(BalanceFile::P2c) => Algorithm::P2c,
+        Some(BalanceFile::PeakEwma) => Algorithm::PeakEwma,
+        Some(BalanceFile::ConsistentHash) => Algorithm::ConsistentHash,
+        Some(BalanceFile::Random) => Algorithm::Random,
+    };
+    let hash_key = match &file.hash_key {
+        None => HashKey::SourceIp,
+        Some(l) => parse_hash_key(&l.value).unwrap_or_else(|m| {
+            issues.push(l.pos, m);
+            HashKey::SourceIp
+        }),
+    };
+    let sticky = file.sticky.as_ref().map(|s| sticky(&s.value, &mut issues));
+    let health_check = file
+        .health_check
+        .as_ref()
+        .map(|h| health(&h.value, &mut issues));
+    let outlier = file
+        .outlier
+        .as_ref()
+        .map(|o| outlier(&o.value, &mut issues));
+    let timeouts = timeouts(file.timeouts.as_ref(), &mut issues);
+    let (autoscale, ports_pos) = match &file.autoscale {
+        Some(a) => {
+            let ports_pos = a.value.ports.as_ref().map_or(a.pos, |p| p.pos);
+            (autoscale(a, &mut issues), Some(ports_pos))
+        }
+        None => (None, None),
+    };
+    if file.autoscale.is_none() && backends.as_ref().is_some_and(|b| b.is_empty()) {
+        issues.push(
+            name.pos,
+            format!("pool \"{}\" has no backends and no autoscale", name.value),
+        );
+    }
+    let pool = Pool {
+        name: name.value.clone(),
+        balance,
+        hash_key,
+        sticky,
+        health_check,
+        outlier,
+        retries: or(&file.retries, 2),
+        timeouts,
+        backends: backends.unwrap_or_default(),
+        autoscale,
+    };
+    issues.result(PoolItem { pool, ports_pos })
+}
+
+/// Deserializes and checks each backend separately; `None` if any failed.
+fn convert_backends(pool: &str, node: Option<&Node>, issues: &mut Issues) -> Option<Vec<Backend>> {
+    let items: &[Node] = match node.map(|n| (n, &n.value)) {
+        None | Some((_, Value::Null)) => &[],
+        Some((_, Value::Seq(items))) => items,
+        Some((n, _)) => {
+            issues.push(
+                n.pos,
+                format!("expected a list of backends, got {}", n.kind()),
+            );
+            return None;
+        }
+    };
+    let mut ok = true;
+    let mut out = Vec::new();
+    let mut seen: HashMap<SocketAddr, Pos> = HashMap::new();
+    for item in items {
+        match from_node::<BackendFile>(item).map_err(|i| Issues::one(i.pos, i.message)) {
+            Ok(file) => match <(Backend, Pos)>::try_from(file) {
+                Ok((backend, pos)) => {
+                    if let Some(first) = seen.get(&backend.addr) {
+                        issues.push(
+                            pos,
+                            format!(
+                                "duplicate backend {} in pool \"{pool}\" (first at line {})",
+                                backend.address, first.line
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        seen.insert(backend.addr, pos);
+                    }
+                    out.push(backend);
+                }
+                Err(e) => {
+                    issues.extend(e);
+                    ok = false;
+                }
+            },
+            Err(e) => {
+                issues.extend(e);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+impl TryFrom<BackendFile> for (Backend, Pos) {
+    type Error = Issues;
+
+    fn try_from(file: BackendFile) -> Result<Self, Issues> {
+        let mut issues = Issues::new();
+        let address = file.address.value.trim().to_string();
+        let addr = resolve_backend(&address).map_err(|m| issues.push(file.address.pos, m));
+        let weight = match &file.weight {
+            Some(w) if !(1..=256).contains(&w.value) => {
+                issues.push(
+                    w.pos,
+                    format!("weight must be between 1 and 256, got {}", w.value),
+                );
+                1
+            }
+            w => or(w, 1),
+        };
+        match addr {
+            Ok(addr) if issues.is_empty() => Ok((
+                Backend {
+                    address,
+                    addr,
+                    weight,
+                    disabled: file.disabled.unwrap_or(false),
+                },
+                file.address.pos,
+            )),
+            _ => Err(issues),
+        }
+    }
+}
+
+/// `host:port` -> the first address it resolves to.
+pub(crate) fn resolve_backend(address: &str) -> Result<SocketAddr, String> {
+    if address.is_empty() {
+        return Err("backend address must not be empty".to_string());
+    }
+    if address.contains("://") || address.contains('/') {
+        return Err(format!(
+            "backend address \"{address}\" must be HOST:PORT (no scheme or path)"
+        ));
+    }
+    let addr = match address.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            let Some((host, port)) = address.rsplit_once(':') else {
+                return Err(format!(
+                    "backend address \"{address}\" has no port (expected HOST:PORT)"
+                ));
+            };
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!(
+                    "invalid backend address \"{address}\" (expected HOST:PORT)"
+                ));
+            }
+            match address.to_socket_addrs() {
+                // Prefer IPv4 (as HAProxy does): `localhost` often lists ::1 first.
+                Ok(addrs) => {
+                    let all: Vec<SocketAddr> = addrs.collect();
+                    all.iter()
+                        .find(|a| a.is_ipv4())
+                        .or(all.first())
+                        .copied()
+                        .ok_or_else(|| {
+                            format!("backend address \"{address}\" does not resolve to any address")
+                        })?
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "backend address \"{address}\" does not resolve: {e}"
+                    ))
+                }
+            }
+        }
+    };
+    if addr.port() == 0 {
+        return Err(format!("backend address \"{address}\" has port 0"));
+    }
+    Ok(addr)
+}
+
+/// An HTTP token (RFC 9110 `tchar`s), as header and cookie names must be.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `source_ip | uri | header:NAME | cookie:NAME`.
+pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    let s = s.trim();
+    let named = |kind: &str, name: &str| -> Result<String, String> {
+        if name.is_empty() {
+            Err(format!("invalid hash_key \"{s}\": {kind} name is empty"))
+        } else if !is_token(name) {
+            Err(format!(
+                "invalid hash_key \"{s}\": bad {kind} name \"{name}\""
+            ))
+        } else {
+            Ok(name.to_string())
+        }
+    };
+    match s {
+        "source_ip" => Ok(HashKey::SourceIp),
+        "uri" => Ok(HashKey::Uri),
+        _ => {
+            if let Some(name) = s.strip_prefix("header:") {
+                Ok(HashKey::Header(named("header", name)?.to_ascii_lowercase()))
+            } else if let Some(name) = s.strip_prefix("cookie:") {
+                Ok(HashKey::Cookie(named("cookie", name)?))
+            } else {
+                Err(format!(
+                    "unknown hash_key \"{s}\", expected one of: source_ip, uri, header:NAME, cookie:NAME"
+                ))
+            }
+        }
+    }
+}
+
+fn sticky(file: &StickyFile, issues: &mut Issues) -> Sticky {
+    let cookie = file.cookie.as_ref();
+    let name_field = cookie.and_then(|c| c.name.as_ref());
+    let cookie_name = match name_field {
+        Some(n) if !is_token(n.value.trim()) => {
+            issues.push(n.pos, format!("invalid cookie name \"{}\"", n.value));
+            String::new()
+        }
+        Some(n) => n.value.trim().to_string(),
+        None => "AUTOLB_SID".to_string(),
+    };
+    let ttl = cookie.and_then(|c| c.ttl.clone());
+    Sticky {
+        cookie_name,
+        cookie_ttl: nonzero_dur(&ttl, Duration::from_secs(3600), "sticky cookie ttl", issues),
+    }
+}
+
+fn health(file: &HealthCheckFile, issues: &mut Issues) -> HealthCheck {
+    let kind = match or(&file.kind, HealthKindFile::Http) {
+        HealthKindFile::Http => HealthCheckKind::Http,
+        HealthKindFile::Tcp => HealthCheckKind::Tcp,
+    };
+    let path = or(&file.path, "/health".to_string());
+    if let Some(p) = &file.path {
+        if kind == HealthCheckKind::Http && !p.value.starts_with('/') {
+            issues.push(
+                p.pos,
+                format!(
+                    "health_check path must start with \"/\", got \"{}\"",
+                    p.value
+                ),
+            );
+        }
+    }
+    HealthCheck {
+        kind,
+        path,
+        interval: nonzero_dur(
+            &file.interval,
+            Duration::from_secs(2),
+            "health_check interval",
+            issues,
+        ),
+        timeout: nonzero_dur(
+            &file.timeout,
+            Duration::from_secs(1),
+            "health_check timeout",
+            issues,
+        ),
+        rise: nonzero(&file.rise, 2, "health_check rise", issues),
+        fall: nonzero(&file.fall, 3, "health_check fall", issues),
+    }
+}
+
+fn outlier(file: &OutlierFile, issues: &mut Issues) -> Outlier {
+    Outlier {
+        consecutive_failures: nonzero(
+            &file.consecutive_failures,
+            5,
+            "outlier consecutive_failures",
+            issues,
+        ),
+        ejection: nonzero_dur(
+            &file.ejection,
+            Duration::from_secs(30),
+            "outlier ejection",
+            issues,
+        ),
+    }
+}
+
+fn timeouts(file: Option<&TimeoutsFile>, issues: &mut Issues) -> Timeouts {
+    let none = None;
+    let (connect, response, idle) = match file {
+        Some(t) => (&t.connect, &t.response, &t.idle),
+        None => (&none, &none, &none),
+    };
+    Timeouts {
+        connect: nonzero_dur(connect, Duration::from_secs(2), "timeouts.connect", issues),
+        response: nonzero_dur(
+            response,
+            Duration::from_secs(30),
+            "timeouts.response",
+            issues,
+        ),
+        idle: nonzero_dur(idle, Duration::from_secs(60), "timeouts.idle", issues),
+    }
+}
+
+/// `3100-3199` (or a single port) -> inclusive range.
+pub(crate) fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("invalid ports \"{s}\", expected a range like 3100-3199");
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim(), hi.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let lo: u16 = lo.parse().map_err(|_| bad())?;
+    let hi: u16 = hi.parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+fn autoscale(located: &Located<AutoscaleFile>, issues: &mut Issues) -> Option<Autoscale> {
+    let (file, pos) = (&located.value, located.pos);
+    let before = issues.len();
+    let provider = or(&file.provider, "process".to_string());
+    if let Some(p) = &file.provider {
+        if !PROVIDERS.contains(&p.value.as_str()) {
+            issues.push(
+                p.pos,
+                format!(
+                    "unknown autoscale provider \"{}\" (known: {})",
+                    p.value,
+                    PROVIDERS.join(", ")
+                ),
+            );
+        }
+    }
+    let command = or(&file.command, Vec::new());
+    if command.first().is_none_or(|c| c.trim().is_empty()) {
+        let at = file.command.as_ref().map_or(pos, |c| c.pos);
+        issues.push(
+            at,
+            "autoscale needs a command, e.g. [autolb-echo, --port, \"{port}\"]",
+        );
+    }
+    let ports = match &file.ports {
+        None => {
+            issues.push(pos, "autoscale needs ports, e.g. 3100-3199");
+            (0, 0)
+        }
+        Some(p) => parse_ports(&p.value).unwrap_or_else(|m| {
+            issues.push(p.pos, m);
+            (0, 0)
+        }),
+    };
+    let (min, max) = (or(&file.min, 1), or(&file.max, 8));
+    let max_pos = file.max.as_ref().map_or(pos, |m| m.pos);
+    if max == 0 {
+        issues.push(max_pos, "autoscale max must be at least 1");
+    } else if min > max {
+        let at = file.min.as_ref().map_or(max_pos, |m| m.pos);
+        issues.push(at, format!("autoscale min {min} is greater than max {max}"));
+    }
+    let count = if ports.0 == 0 {
+        None
+    } else {
+        Some(u32::from(ports.1) - u32::from(ports.0) + 1)
+    };
+    if let Some(count) = count.filter(|&c| max > c) {
+        let ports_pos = file.ports.as_ref().map_or(pos, |p| p.pos);
+        let at = file.max.as_ref().map_or(ports_pos, |m| m.pos);
+        issues.push(
+            at,
+            format!(
+                "autoscale max {max} exceeds the {count} ports in {}-{}",
+                ports.0, ports.1
+            ),
+        );
+    }
+    let target = file.target.as_ref().map_or(ScaleTarget::default(), |t| {
+        let mut positive = |f: &Option<Located<u32>>, what: &str| {
+            f.as_ref().map(|l| {
+                if l.value == 0 {
+                    issues.push(l.pos, format!("target.{what} must be greater than 0"));
+                }
+                l.value
+            })
+        };
+        ScaleTarget {
+            inflight_per_instance: positive(&t.inflight_per_instance, "inflight_per_instance"),
+            p95_latency_ms: positive(&t.p95_latency_ms, "p95_latency_ms"),
+            cpu_percent: positive(&t.cpu_percent, "cpu_percent"),
+        }
+    });
+    let stabilization = file
+        .scale_down
+        .as_ref()
+        .and_then(|s| s.stabilization.as_ref());
+    let autoscale = Autoscale {
+        provider,
+        command,
+        ports,
+        min,
+        max,
+        target,
+        scale_down_stabilization: stabilization.map_or(Duration::from_secs(300), |s| s.value.0),
+        drain_timeout: file
+            .drain_timeout
+            .as_ref()
+            .map_or(Duration::from_secs(30), |d| d.value.0),
+    };
+    (issues.len() == before).then_some(autoscale)
+}

@@ -1,0 +1,423 @@
+//! Unit tests of the config pipeline: a full valid config, defaults, and every error kind
+//! with its FILE:LINE:COL (see also `tests_errors.rs`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+pub(super) const FILE: &str = "conf/autolb.yaml";
+
+pub(super) fn load(yaml: &str) -> Result<Config, ConfigErrors> {
+    load_str(yaml, Path::new(FILE))
+}
+
+/// 1-based line/column of the `n`th (0-based) occurrence of `needle`.
+pub(super) fn pos_of_nth(yaml: &str, needle: &str, n: usize) -> (u64, u64) {
+    let (offset, _) = yaml
+        .match_indices(needle)
+        .nth(n)
+        .unwrap_or_else(|| panic!("{needle:?} not in test yaml"));
+    let before = &yaml[..offset];
+    let line = before.matches('\n').count() as u64 + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
+    (line, col)
+}
+
+/// All errors of an invalid config.
+pub(super) fn errors(yaml: &str) -> Vec<ConfigError> {
+    match load(yaml) {
+        Ok(c) => panic!("config unexpectedly valid: {c:#?}"),
+        Err(e) => e.0,
+    }
+}
+
+/// Asserts an error containing `message` at the `n`th occurrence of `needle`.
+pub(super) fn assert_error_nth(yaml: &str, needle: &str, n: usize, message: &str) {
+    let (line, column) = pos_of_nth(yaml, needle, n);
+    let errs = errors(yaml);
+    assert!(
+        errs.iter()
+            .any(|e| e.line == line && e.column == column && e.message.contains(message)),
+        "expected {line}:{column}: ...{message}... got:\n{}",
+        ConfigErrors(errs.clone())
+    );
+    assert!(errs.iter().all(|e| e.file == FILE));
+}
+
+pub(super) fn assert_error(yaml: &str, needle: &str, message: &str) {
+    assert_error_nth(yaml, needle, 0, message)
+}
+
+/// Asserts an error containing `message` right after the first `prefix`.
+pub(super) fn assert_error_after(yaml: &str, prefix: &str, message: &str) {
+    let (offset, _) = yaml
+        .match_indices(prefix)
+        .next()
+        .unwrap_or_else(|| panic!("{prefix:?} not in test yaml"));
+    let rest = &yaml[offset + prefix.len()..];
+    let needle: String = rest.chars().take_while(|c| *c != '\n').collect();
+    let n = yaml[..offset + prefix.len()]
+        .matches(needle.as_str())
+        .count();
+    assert_error_nth(yaml, &needle, n, message)
+}
+
+const FULL: &str = r#"threads: 4
+admin:
+  listen: 127.0.0.1:9100
+  token_env: AUTOLB_ADMIN_TOKEN
+listeners:
+  - name: web
+    listen: 0.0.0.0:8080
+    protocol: http
+    pool: web
+    trusted_proxies: [10.0.0.0/8, 192.168.1.7, "fd00::/8"]
+    idle_timeout: 90s
+  - name: secure
+    listen: 0.0.0.0:8443
+    protocol: https
+    tls:
+      certificates:
+        - { cert: certs/example.crt, key: certs/example.key }
+        - { cert: /abs/other.crt, key: /abs/other.key }
+      alpn: [http/1.1]
+  - name: db
+    listen: 127.0.0.1:5432
+    protocol: tcp
+    pool: api
+routes:
+  - { host: API.example.com, path_prefix: /v1, pool: api }
+  - { path_prefix: /static, pool: web }
+pools:
+  web:
+    balance: least_conn
+    hash_key: source_ip
+    sticky:
+      cookie: { name: SID, ttl: 2h }
+    health_check: { type: http, path: /healthz, interval: 3s, timeout: 500ms, rise: 1, fall: 4 }
+    outlier: { consecutive_failures: 7, ejection: 1m }
+    retries: 3
+    timeouts: { connect: 1s, response: 10s, idle: 2m }
+    backends:
+      - { address: 127.0.0.1:3001, weight: 3 }
+      - { address: 127.0.0.1:3002 }
+      - { address: "localhost:3003", weight: 256, disabled: true }
+    autoscale:
+      provider: process
+      command: [autolb-echo, --port, "{port}"]
+      ports: 3100-3199
+      min: 2
+      max: 10
+      target: { inflight_per_instance: 50, p95_latency_ms: 200, cpu_percent: 70 }
+      scale_down: { stabilization: 120s }
+      drain_timeout: 15s
+  api:
+    balance: consistent_hash
+    hash_key: header:X-User
+    health_check: { type: tcp }
+    backends:
+      - address: 127.0.0.1:4001
+state:
+  backend: redis
+  redis: { url: "redis://127.0.0.1:6379" }
+"#;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+#[test]
+fn full_config_parses_into_the_model() {
+    let c = load(FULL).unwrap_or_else(|e| panic!("{e}"));
+    let localhost = ("localhost", 3003)
+        .to_socket_addrs()
+        .expect("localhost resolves")
+        .min_by_key(|a| !a.is_ipv4())
+        .expect("an address");
+    let expected = Config {
+        source: PathBuf::from(FILE),
+        threads: 4,
+        admin: Admin {
+            listen: addr("127.0.0.1:9100"),
+            token_env: Some("AUTOLB_ADMIN_TOKEN".into()),
+        },
+        listeners: vec![
+            Listener {
+                name: "web".into(),
+                listen: addr("0.0.0.0:8080"),
+                protocol: Protocol::Http,
+                pool: Some("web".into()),
+                trusted_proxies: vec![
+                    "10.0.0.0/8".parse().expect("net"),
+                    "192.168.1.7/32".parse().expect("net"),
+                    "fd00::/8".parse().expect("net"),
+                ],
+                idle_timeout: Duration::from_secs(90),
+                tls: None,
+            },
+            Listener {
+                name: "secure".into(),
+                listen: addr("0.0.0.0:8443"),
+                protocol: Protocol::Https,
+                pool: None,
+                trusted_proxies: vec![],
+                idle_timeout: Duration::from_secs(60),
+                tls: Some(ListenerTls {
+                    certificates: vec![
+                        CertPair {
+                            cert: "conf/certs/example.crt".into(),
+                            key: "conf/certs/example.key".into(),
+                        },
+                        CertPair {
+                            cert: "/abs/other.crt".into(),
+                            key: "/abs/other.key".into(),
+                        },
+                    ],
+                    alpn: vec!["http/1.1".into()],
+                }),
+            },
+            Listener {
+                name: "db".into(),
+                listen: addr("127.0.0.1:5432"),
+                protocol: Protocol::Tcp,
+                pool: Some("api".into()),
+                trusted_proxies: vec![],
+                idle_timeout: Duration::from_secs(60),
+                tls: None,
+            },
+        ],
+        routes: vec![
+            Route {
+                host: Some("api.example.com".into()),
+                path_prefix: Some("/v1".into()),
+                pool: "api".into(),
+            },
+            Route {
+                host: None,
+                path_prefix: Some("/static".into()),
+                pool: "web".into(),
+            },
+        ],
+        pools: vec![
+            Pool {
+                name: "web".into(),
+                balance: Algorithm::LeastConn,
+                hash_key: HashKey::SourceIp,
+                sticky: Some(Sticky {
+                    cookie_name: "SID".into(),
+                    cookie_ttl: Duration::from_secs(7200),
+                }),
+                health_check: Some(HealthCheck {
+                    kind: HealthCheckKind::Http,
+                    path: "/healthz".into(),
+                    interval: Duration::from_secs(3),
+                    timeout: Duration::from_millis(500),
+                    rise: 1,
+                    fall: 4,
+                }),
+                outlier: Some(Outlier {
+                    consecutive_failures: 7,
+                    ejection: Duration::from_secs(60),
+                }),
+                retries: 3,
+                timeouts: Timeouts {
+                    connect: Duration::from_secs(1),
+                    response: Duration::from_secs(10),
+                    idle: Duration::from_secs(120),
+                },
+                backends: vec![
+                    Backend {
+                        address: "127.0.0.1:3001".into(),
+                        addr: addr("127.0.0.1:3001"),
+                        weight: 3,
+                        disabled: false,
+                    },
+                    Backend {
+                        address: "127.0.0.1:3002".into(),
+                        addr: addr("127.0.0.1:3002"),
+                        weight: 1,
+                        disabled: false,
+                    },
+                    Backend {
+                        address: "localhost:3003".into(),
+                        addr: localhost,
+                        weight: 256,
+                        disabled: true,
+                    },
+                ],
+                autoscale: Some(Autoscale {
+                    provider: "process".into(),
+                    command: vec!["autolb-echo".into(), "--port".into(), "{port}".into()],
+                    ports: (3100, 3199),
+                    min: 2,
+                    max: 10,
+                    target: ScaleTarget {
+                        inflight_per_instance: Some(50),
+                        p95_latency_ms: Some(200),
+                        cpu_percent: Some(70),
+                    },
+                    scale_down_stabilization: Duration::from_secs(120),
+                    drain_timeout: Duration::from_secs(15),
+                }),
+            },
+            Pool {
+                name: "api".into(),
+                balance: Algorithm::ConsistentHash,
+                hash_key: HashKey::Header("x-user".into()),
+                sticky: None,
+                health_check: Some(HealthCheck {
+                    kind: HealthCheckKind::Tcp,
+                    path: "/health".into(),
+                    interval: Duration::from_secs(2),
+                    timeout: Duration::from_secs(1),
+                    rise: 2,
+                    fall: 3,
+                }),
+                outlier: None,
+                retries: 2,
+                timeouts: Timeouts {
+                    connect: Duration::from_secs(2),
+                    response: Duration::from_secs(30),
+                    idle: Duration::from_secs(60),
+                },
+                backends: vec![Backend {
+                    address: "127.0.0.1:4001".into(),
+                    addr: addr("127.0.0.1:4001"),
+                    weight: 1,
+                    disabled: false,
+                }],
+                autoscale: None,
+            },
+        ],
+        state: State::Redis {
+            url: "redis://127.0.0.1:6379".into(),
+        },
+    };
+    assert_eq!(c, expected);
+}
+
+#[test]
+fn defaults_fill_a_minimal_config() {
+    let yaml = "listeners:\n  - { name: web, listen: \"127.0.0.1:8080\", pool: web }\n\
+                pools:\n  web:\n    sticky: {}\n    health_check: {}\n    outlier: {}\n    \
+                backends: [{ address: 127.0.0.1:3001 }]\n  auto:\n    autoscale:\n      \
+                command: [app]\n      ports: 3100-3199\n";
+    let c = load(yaml).unwrap_or_else(|e| panic!("{e}"));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(c.threads, cores);
+    assert_eq!(
+        c.admin,
+        Admin {
+            listen: addr("127.0.0.1:9001"),
+            token_env: None
+        }
+    );
+    assert_eq!(c.state, State::Memory);
+    let l = &c.listeners[0];
+    assert_eq!(l.protocol, Protocol::Http);
+    assert_eq!(l.idle_timeout, Duration::from_secs(60));
+    assert!(l.trusted_proxies.is_empty());
+    let web = &c.pools[0];
+    assert_eq!(web.balance, Algorithm::RoundRobin);
+    assert_eq!(web.hash_key, HashKey::SourceIp);
+    assert_eq!(web.retries, 2);
+    assert_eq!(
+        web.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(30),
+            idle: Duration::from_secs(60)
+        }
+    );
+    assert_eq!(
+        web.sticky,
+        Some(Sticky {
+            cookie_name: "AUTOLB_SID".into(),
+            cookie_ttl: Duration::from_secs(3600)
+        })
+    );
+    let hc = web.health_check.clone().expect("health check");
+    assert_eq!(
+        (
+            hc.kind,
+            hc.path.as_str(),
+            hc.interval,
+            hc.timeout,
+            hc.rise,
+            hc.fall
+        ),
+        (
+            HealthCheckKind::Http,
+            "/health",
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            2,
+            3
+        )
+    );
+    assert_eq!(
+        web.outlier,
+        Some(Outlier {
+            consecutive_failures: 5,
+            ejection: Duration::from_secs(30)
+        })
+    );
+    assert_eq!(
+        (web.backends[0].weight, web.backends[0].disabled),
+        (1, false)
+    );
+    let a = c.pools[1].autoscale.clone().expect("autoscale");
+    assert_eq!(
+        (a.provider.as_str(), a.min, a.max, a.ports),
+        ("process", 1, 8, (3100, 3199))
+    );
+    assert_eq!(a.scale_down_stabilization, Duration::from_secs(300));
+    assert_eq!(a.drain_timeout, Duration::from_secs(30));
+    assert_eq!(a.target, ScaleTarget::default());
+    assert!(c.pools[1].backends.is_empty());
+}
+
+#[test]
+fn https_listener_gets_default_alpn() {
+    let yaml = "listeners:\n  - name: s\n    listen: 0.0.0.0:8443\n    protocol: https\n    \
+                pool: p\n    tls:\n      certificates: [{ cert: a.crt, key: a.key }]\n\
+                pools:\n  p: { backends: [{ address: 127.0.0.1:1 }] }\n";
+    let c = load_str(yaml, Path::new("autolb.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let tls = c.listeners[0].tls.clone().expect("tls");
+    assert_eq!(tls.alpn, vec!["h2".to_string(), "http/1.1".to_string()]);
+    assert_eq!(tls.certificates[0].cert, PathBuf::from("a.crt"));
+}
+
+#[test]
+fn display_formats() {
+    let e = ConfigError {
+        file: "a.yaml".into(),
+        line: 3,
+        column: 7,
+        message: "bad".into(),
+    };
+    assert_eq!(e.to_string(), "a.yaml:3:7: bad");
+    let all = ConfigErrors(vec![e.clone(), e]);
+    assert_eq!(all.to_string(), "a.yaml:3:7: bad\na.yaml:3:7: bad");
+    let _: &dyn std::error::Error = &all;
+}
+
+#[test]
+fn load_file_reads_and_reports_io_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autolb.yaml");
+    std::fs::write(&path, FULL).expect("write");
+    let c = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.source, path);
+    let cert = &c.listeners[1].tls.as_ref().expect("tls").certificates[0].cert;
+    assert_eq!(cert, &dir.path().join("certs/example.crt"));
+
+    let missing = dir.path().join("nope.yaml");
+    let e = load_file(&missing).expect_err("missing file");
+    assert_eq!(e.0.len(), 1);
+    assert_eq!((e.0[0].line, e.0[0].column), (0, 0));
+    assert_eq!(e.0[0].file, missing.display().to_string());
+    assert!(e.0[0].message.contains("cannot read"), "{e}");
+}

@@ -1,0 +1,10 @@
+//! autolb: a load balancer and reverse proxy with an embedded autoscaler.
+
+pub mod admin;
+pub mod affinity;
+pub mod balance;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,151 @@
+//! Response bodies: a backend's body streamed through (and, once read to its end, its
+//! connection returned to the pool), or a small body autolb wrote itself.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::upstream::Sender;
+use crate::runtime::{Backend, PoolStats};
+
+/// Accounting for one request to one backend, settled exactly once: when the response body
+/// ends, fails, or is dropped.
+pub struct Exchange {
+    pub backend: Arc<Backend>,
+    pub pool: Arc<PoolStats>,
+    pub started: Instant,
+    pub status: u16,
+    /// The connection, returned to the pool only after a complete response.
+    pub conn: Option<Sender>,
+}
+
+impl Exchange {
+    fn finish(mut self, complete: bool) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
+        if let (true, Some(tx)) = (complete, self.conn.take()) {
+            self.backend.conns.checkin(tx);
+        }
+        self.backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool
+            .window
+            .record(elapsed, self.status >= 500 || !complete, now);
+        self.pool.histogram.record(elapsed);
+    }
+}
+
+pin_project! {
+    /// A backend's response body, streamed frame by frame.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        exchange: Option<Exchange>,
+    }
+
+    impl PinnedDrop for UpstreamBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(ex) = this.exchange.take() {
+                // Dropped without reading to the end: complete only if nothing was left.
+                ex.finish(this.inner.is_end_stream());
+            }
+        }
+    }
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, exchange: Exchange) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            exchange: Some(exchange),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(ex) = this.exchange.take() {
+                    ex.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(ex) = this.exchange.take() {
+                    ex.finish(false);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Every response body autolb sends downstream.
+pub enum ProxyBody {
+    Upstream(UpstreamBody),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Full(Some(bytes.into()))
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Full(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Full(d) => d.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

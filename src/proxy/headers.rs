@@ -1,0 +1,224 @@
+//! Header rewriting: hop-by-hop headers stripped both ways, and X-Forwarded-For/-Proto/-Host
+//! and Forwarded set by autolb (a client's values are kept only from trusted proxies).
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Remove hop-by-hop headers: those named by Connection, then the fixed set (RFC 9110 7.6.1).
+/// `Upgrade` is kept only when `keep_upgrade` (a protocol upgrade in progress).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == http::header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TE);
+    headers.remove(TRAILER);
+    headers.remove(TRANSFER_ENCODING);
+    if !keep_upgrade {
+        headers.remove(http::header::UPGRADE);
+    }
+}
+
+/// What autolb knows about the client connection, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// Whether the client is a trusted proxy whose forwarding headers are kept.
+    pub trusted: bool,
+    /// The client address as an X-Forwarded-For value.
+    xff: HeaderValue,
+    /// The `for=` node of a Forwarded element (IPv6 quoted and bracketed).
+    forwarded_for: String,
+}
+
+impl ClientInfo {
+    pub fn new(ip: IpAddr, proto: &'static str, trusted: bool) -> ClientInfo {
+        let ip = ip.to_canonical();
+        let text = ip.to_string();
+        let forwarded_for = match ip {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        ClientInfo {
+            ip,
+            proto,
+            trusted,
+            xff: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for,
+        }
+    }
+}
+
+/// Prepare a request's headers for the backend: strip hop-by-hop headers, then set the
+/// forwarding headers (after stripping, so a client's Connection header cannot remove them).
+/// `host` is the request's authority, if any.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    client: &ClientInfo,
+    host: Option<&HeaderValue>,
+    keep_upgrade: bool,
+) {
+    strip_hop_by_hop(headers, keep_upgrade);
+    let host = host.cloned();
+
+    // X-Forwarded-For: append to a trusted chain, else replace.
+    let xff = match (client.trusted, joined(headers, &X_FORWARDED_FOR)) {
+        (true, Some(chain)) => {
+            let mut v = chain;
+            v.push_str(", ");
+            v.push_str(client.xff.to_str().unwrap_or("unknown"));
+            HeaderValue::from_str(&v).unwrap_or_else(|_| client.xff.clone())
+        }
+        _ => client.xff.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+
+    if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(client.proto),
+        );
+    }
+    if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match &host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+
+    // Forwarded (RFC 7239): for=client;host="...";proto=...
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    element.push_str(&client.forwarded_for);
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=\"");
+        element.extend(h.chars().filter(|c| *c != '"' && *c != '\\'));
+        element.push('"');
+    }
+    element.push_str(";proto=");
+    element.push_str(client.proto);
+    let forwarded = match (client.trusted, joined(headers, &FORWARDED)) {
+        (true, Some(mut chain)) => {
+            chain.push_str(", ");
+            chain.push_str(&element);
+            chain
+        }
+        _ => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED, v);
+    } else {
+        headers.remove(FORWARDED);
+    }
+    if headers.get(HOST).is_none() {
+        if let Some(h) = host {
+            headers.insert(HOST, h);
+        }
+    }
+}
+
+/// All values of a header joined with ", ", or `None` when absent or not text.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let s = v.to_str().ok()?.trim();
+        if s.is_empty() {
+            continue;
+        }
+        match &mut out {
+            Some(o) => {
+                o.push_str(", ");
+                o.push_str(s);
+            }
+            None => out = Some(s.to_owned()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_named_headers_go_but_ours_stay() {
+        let mut h = map(&[
+            (
+                "connection",
+                "keep-alive, x-secret, x-forwarded-for, forwarded",
+            ),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-kept", "yes"),
+        ]);
+        let client = ClientInfo::new("10.0.0.9".parse().expect("ip"), "http", false);
+        let host = HeaderValue::from_static("example.com");
+        rewrite_request(&mut h, &client, Some(&host), false);
+        for gone in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
+            assert!(h.get(gone).is_none(), "{gone} should be stripped");
+        }
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.9;host=\"example.com\";proto=http"
+        );
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1"),
+        ]);
+        let client = ClientInfo::new("::1".parse().expect("ip"), "http", true);
+        rewrite_request(&mut h, &client, None, false);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["forwarded"], "for=1.1.1.1, for=\"[::1]\";proto=http");
+    }
+}

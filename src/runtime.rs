@@ -1,0 +1,186 @@
+//! The one `Snapshot` behind `ArcSwap`: listeners, routes and pools, built and validated whole,
+//! swapped once. The hot path only reads it; `Runtime::apply` is the only writer.
+
+mod backend;
+mod pool;
+pub mod stats;
+
+pub use backend::{Backend, BackendStats};
+pub use pool::{Pool, PoolStats};
+pub use stats::{LatencyWindow, WindowSummary};
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+use crate::config::{Config, Protocol, Route as RouteConfig};
+
+/// A route with its pool resolved to an index into `Snapshot::pools`.
+#[derive(Debug)]
+pub struct Route {
+    /// Lower-case host; `*.example.com` matches subdomains; `None` matches all.
+    host: Option<String>,
+    path_prefix: Option<String>,
+    pub pool: usize,
+}
+
+impl Route {
+    fn from_config(route: &RouteConfig, pool: usize) -> Self {
+        Route {
+            host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            path_prefix: route.path_prefix.clone(),
+            pool,
+        }
+    }
+
+    /// Does this route match `host` (already stripped of its port) and `path`?
+    pub fn matches(&self, host: &str, path: &str) -> bool {
+        if let Some(prefix) = &self.path_prefix {
+            if !path.starts_with(prefix.as_str()) {
+                return false;
+            }
+        }
+        match &self.host {
+            None => true,
+            Some(pattern) => match pattern.strip_prefix("*.") {
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                }
+                None => host.eq_ignore_ascii_case(pattern),
+            },
+        }
+    }
+}
+
+/// What the data plane needs to know about a listener per request.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Fallback pool when no route matches.
+    pub pool: Option<usize>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub idle_timeout: Duration,
+}
+
+impl ListenerInfo {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Everything the data plane reads, built whole from one `Config`.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub routes: Vec<Route>,
+    pub pools: Vec<Arc<Pool>>,
+    pub listeners: Vec<ListenerInfo>,
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// Build a snapshot from `config`, carrying over per-backend state (counters, EWMA,
+    /// idle connections) and per-pool statistics from `previous` where names match.
+    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, workers: usize) -> Snapshot {
+        let pool_index: HashMap<&str, usize> = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let pools = config
+            .pools
+            .iter()
+            .map(|pc| {
+                let prev = previous.and_then(|s| s.pool(&pc.name));
+                Arc::new(Pool::build(pc, prev.map(|p| p.as_ref()), workers))
+            })
+            .collect();
+        // Config validation guarantees every named pool exists; a miss is skipped, not a panic.
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| Some(Route::from_config(r, *pool_index.get(r.pool.as_str())?)))
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerInfo {
+                name: l.name.clone(),
+                protocol: l.protocol,
+                pool: l.pool.as_deref().and_then(|p| pool_index.get(p).copied()),
+                trusted_proxies: l.trusted_proxies.clone(),
+                idle_timeout: l.idle_timeout,
+            })
+            .collect();
+        Snapshot {
+            config,
+            routes,
+            pools,
+            listeners,
+            generation: previous.map_or(1, |s| s.generation + 1),
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn listener(&self, name: &str) -> Option<usize> {
+        self.listeners.iter().position(|l| l.name == name)
+    }
+
+    /// The pool for a request: the first matching route, else the listener's pool.
+    pub fn select_pool(&self, listener: usize, host: &str, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(host, path))
+            .map(|r| r.pool)
+            .or_else(|| self.listeners.get(listener).and_then(|l| l.pool))
+    }
+}
+
+/// Owner of the live snapshot and process-wide facts (start time, worker count).
+pub struct Runtime {
+    current: ArcSwap<Snapshot>,
+    pub workers: usize,
+    pub started: std::time::Instant,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl Runtime {
+    pub fn new(config: Config, workers: usize) -> Arc<Runtime> {
+        let snapshot = Snapshot::build(Arc::new(config), None, workers);
+        Arc::new(Runtime {
+            current: ArcSwap::from_pointee(snapshot),
+            workers,
+            started: std::time::Instant::now(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        })
+    }
+
+    /// The live snapshot (one reference-count increment).
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Build a new snapshot from `config` and swap it in whole. The only writer.
+    pub fn apply(&self, config: Config) -> Arc<Snapshot> {
+        let old = self.current.load_full();
+        let next = Arc::new(Snapshot::build(Arc::new(config), Some(&old), self.workers));
+        self.current.store(next.clone());
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        next
+    }
+}

@@ -1,0 +1,168 @@
+//! One backend of a pool: its address and weight, and its live state (in-flight requests,
+//! counters, peak-EWMA latency, idle connections) that survives a reload.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::proxy::upstream::ConnPool;
+
+/// Linkerd's default: an unmeasured backend is assumed to answer in 30 ms.
+const DEFAULT_RTT_NS: f64 = 30_000_000.0;
+/// Decay window of the peak-EWMA (Linkerd uses 10 s).
+const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
+
+/// A backend as the current snapshot sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// As written in the config: the name used in metrics and status.
+    pub address: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Configured `disabled` (maintenance): never picked.
+    pub disabled: bool,
+    /// Live state shared with the previous and next snapshot.
+    pub stats: Arc<BackendStats>,
+    pub conns: Arc<ConnPool>,
+}
+
+impl Backend {
+    /// May the balancer pick this backend now?
+    #[inline]
+    pub fn usable(&self) -> bool {
+        !self.disabled && self.stats.up.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn active(&self) -> u64 {
+        self.stats.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters and gauges of one backend, all atomics: written on the hot path without locks.
+#[derive(Debug)]
+pub struct BackendStats {
+    /// In-flight requests (from pick to the end of the response body).
+    pub active: AtomicU64,
+    /// Responses by status class: index 0 = failures with no response, 1..=5 = 1xx..5xx.
+    pub responses: [AtomicU64; 6],
+    /// Connect failures, resets, timeouts: requests that got no usable answer.
+    pub failures: AtomicU64,
+    /// Sum of time-to-response-headers in microseconds, and its count.
+    pub latency_us_sum: AtomicU64,
+    pub latency_count: AtomicU64,
+    /// Health as decided by checks (true until a check says otherwise).
+    pub up: AtomicBool,
+    ewma_bits: AtomicU64,
+    ewma_stamp_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            active: AtomicU64::new(0),
+            responses: Default::default(),
+            failures: AtomicU64::new(0),
+            latency_us_sum: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            ewma_bits: AtomicU64::new(DEFAULT_RTT_NS.to_bits()),
+            ewma_stamp_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl BackendStats {
+    /// Count a response by status class.
+    #[inline]
+    pub fn record_status(&self, status: u16) {
+        let class = (status / 100) as usize;
+        let idx = if (1..=5).contains(&class) { class } else { 0 };
+        self.responses[idx].fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.responses[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Record a time-to-response-headers: feeds the average and the peak-EWMA.
+    pub fn record_latency(&self, rtt: Duration, now: Instant) {
+        let rtt_us = rtt.as_micros().min(u64::MAX as u128) as u64;
+        self.latency_us_sum.fetch_add(rtt_us, Ordering::Relaxed);
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+
+        let rtt_ns = rtt.as_nanos() as f64;
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let prev_stamp = self.ewma_stamp_ns.swap(now_ns, Ordering::Relaxed);
+        let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
+        let next = if rtt_ns > prev {
+            // Peak sensitivity: a slow answer is believed at once.
+            rtt_ns
+        } else {
+            let elapsed = now_ns.saturating_sub(prev_stamp) as f64;
+            let w = (-elapsed / EWMA_DECAY_NS).exp();
+            prev * w + rtt_ns * (1.0 - w)
+        };
+        // Racing updates may lose one sample; the estimate stays sound.
+        self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Peak-EWMA latency estimate in nanoseconds.
+    #[inline]
+    pub fn ewma_ns(&self) -> f64 {
+        f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
+    }
+
+    pub fn total_responses(&self) -> u64 {
+        self.responses
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn mean_latency(&self) -> Option<Duration> {
+        let n = self.latency_count.load(Ordering::Relaxed);
+        (n > 0).then(|| Duration::from_micros(self.latency_us_sum.load(Ordering::Relaxed) / n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_takes_peaks_at_once_and_decays_slowly() {
+        let stats = BackendStats::default();
+        let t0 = Instant::now();
+        stats.record_latency(Duration::from_millis(500), t0);
+        assert_eq!(stats.ewma_ns(), 500_000_000.0);
+        // A fast answer 1 s later only moves the estimate by 1 - e^-0.1 (about 9.5%).
+        tokio::time::advance(Duration::from_secs(1)).await;
+        stats.record_latency(Duration::from_millis(1), Instant::now());
+        let ms = stats.ewma_ns() / 1e6;
+        assert!((450.0..456.0).contains(&ms), "{ms}");
+        // After a long quiet time the fast answers dominate.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        stats.record_latency(Duration::from_millis(1), Instant::now());
+        assert!(stats.ewma_ns() / 1e6 < 5.0);
+    }
+
+    #[test]
+    fn status_classes() {
+        let stats = BackendStats::default();
+        stats.record_status(204);
+        stats.record_status(503);
+        stats.record_failure();
+        assert_eq!(stats.responses[2].load(Ordering::Relaxed), 1);
+        assert_eq!(stats.responses[5].load(Ordering::Relaxed), 1);
+        assert_eq!(stats.responses[0].load(Ordering::Relaxed), 1);
+        assert_eq!(stats.total_responses(), 3);
+    }
+}

@@ -1,0 +1,96 @@
+//! Listening sockets (SO_REUSEPORT, one per worker) and their accept loops; per-listener
+//! connection gauges.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::conn;
+use crate::runtime::Runtime;
+
+/// Live counters of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Open client connections (`autolb_downstream_connections`).
+    pub connections: AtomicI64,
+    pub accepted: AtomicU64,
+}
+
+/// Decrements the listener's connection gauge when the connection ends.
+pub(crate) struct ConnectionGuard(pub Arc<ListenerStats>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Bind `count` sockets to `addr` with SO_REUSEPORT (the kernel spreads connections over
+/// them). Port 0 gets one ephemeral port shared by all of them.
+pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Everything an accept loop needs.
+pub(crate) struct AcceptContext {
+    pub name: String,
+    pub runtime: Arc<Runtime>,
+    pub stats: Arc<ListenerStats>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Accept connections until shutdown; each connection is served on this worker.
+pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptContext) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %ctx.name, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let guard = ConnectionGuard(ctx.stats.clone());
+                    tokio::spawn(conn::serve_http(
+                        stream,
+                        peer,
+                        ctx.runtime.clone(),
+                        ctx.name.clone(),
+                        ctx.shutdown.clone(),
+                        guard,
+                    ));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}

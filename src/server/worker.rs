@@ -1,0 +1,119 @@
+//! Worker runtimes. `per_core` (the default, measured faster): one single-threaded tokio
+//! runtime per thread, each accepting on its own SO_REUSEPORT socket, so a request never
+//! changes thread. `shared`: one multi-threaded runtime with work stealing.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+thread_local! {
+    static WORKER_ID: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The index of the worker running on this thread (0 outside workers).
+#[inline]
+pub fn worker_id() -> usize {
+    WORKER_ID.with(|w| w.get())
+}
+
+pub(crate) fn set_worker_id(id: usize) {
+    WORKER_ID.with(|w| w.set(id));
+}
+
+/// How data-plane threads are organised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerModel {
+    PerCore,
+    Shared,
+}
+
+impl WorkerModel {
+    /// `AUTOLB_WORKER_MODEL=shared` selects the multi-threaded runtime (for comparisons).
+    pub fn from_env() -> WorkerModel {
+        match std::env::var("AUTOLB_WORKER_MODEL").as_deref() {
+            Ok("shared") => WorkerModel::Shared,
+            _ => WorkerModel::PerCore,
+        }
+    }
+}
+
+/// Handles to the data-plane runtimes, to spawn accept loops on.
+pub struct Workers {
+    pub model: WorkerModel,
+    /// One handle per worker (`per_core`), or one handle (`shared`).
+    pub handles: Vec<tokio::runtime::Handle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    pub fn start(model: WorkerModel, count: usize) -> std::io::Result<Workers> {
+        let count = count.max(1);
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        let mut stop = Vec::new();
+        match model {
+            WorkerModel::PerCore => {
+                for id in 0..count {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    handles.push(rt.handle().clone());
+                    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                    stop.push(tx);
+                    threads.push(
+                        std::thread::Builder::new()
+                            .name(format!("autolb-worker-{id}"))
+                            .spawn(move || {
+                                set_worker_id(id);
+                                rt.block_on(async {
+                                    let _ = rx.await;
+                                });
+                                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                            })?,
+                    );
+                }
+            }
+            WorkerModel::Shared => {
+                let next = Arc::new(AtomicUsize::new(0));
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(count)
+                    .thread_name("autolb-worker")
+                    .on_thread_start(move || {
+                        set_worker_id(next.fetch_add(1, Ordering::Relaxed) % count)
+                    })
+                    .enable_all()
+                    .build()?;
+                handles.push(rt.handle().clone());
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                stop.push(tx);
+                threads.push(
+                    std::thread::Builder::new()
+                        .name("autolb-workers".into())
+                        .spawn(move || {
+                            rt.block_on(async {
+                                let _ = rx.await;
+                            });
+                            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                        })?,
+                );
+            }
+        }
+        Ok(Workers {
+            model,
+            handles,
+            threads,
+            stop,
+        })
+    }
+
+    /// Stop every runtime (tasks still running are dropped) and join the threads.
+    pub fn shutdown(self) {
+        for tx in self.stop {
+            let _ = tx.send(());
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Each algorithm through the real listener, against real backends.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{echo, Autolb, Client, Echo};
+
+fn config(balance: &str, extra: &str, backends: &[(&Echo, u32)]) -> String {
+    let mut b = String::new();
+    for (e, w) in backends {
+        b.push_str(&format!(
+            "      - {{ address: \"{}\", weight: {w} }}\n",
+            e.addr
+        ));
+    }
+    format!(
+        "threads: 2
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
+pools:
+  web:
+    balance: {balance}
+{extra}    backends:
+{b}"
+    )
+}
+
+/// Send `n` GETs over `conns` keep-alive connections; count answers by backend name.
+async fn spread(addr: SocketAddr, path: &str, n: usize, conns: usize) -> HashMap<String, usize> {
+    let counts = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let counts = counts.clone();
+        let path = path.to_string();
+        let share = n / conns + usize::from(c < n % conns);
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            for _ in 0..share {
+                let r = client.get(&path).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                let name = r.headers["x-backend"].to_str().expect("name").to_string();
+                *counts.lock().expect("lock").entry(name).or_insert(0) += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let c = counts.lock().expect("lock").clone();
+    c
+}
+
+#[tokio::test]
+async fn weighted_round_robin_gives_three_to_one() {
+    let (a, b) = (echo("a"), echo("b"));
+    let lb = Autolb::start(&config("weighted_round_robin", "", &[(&a, 3), (&b, 1)]));
+    let c = spread(lb.addr("web"), "/", 4000, 4).await;
+    let ratio = c["a"] as f64 / c["b"] as f64;
+    assert!((2.85..=3.15).contains(&ratio), "{c:?}");
+}
+
+#[tokio::test]
+async fn round_robin_and_random_spread_by_weight() {
+    let (a, b) = (echo("a"), echo("b"));
+    let lb = Autolb::start(&config("round_robin", "", &[(&a, 1), (&b, 1)]));
+    let c = spread(lb.addr("web"), "/", 1000, 2).await;
+    assert!((480..=520).contains(&c["a"]), "{c:?}");
+    drop(lb);
+    let lb = Autolb::start(&config("random", "", &[(&a, 3), (&b, 1)]));
+    let c = spread(lb.addr("web"), "/", 4000, 4).await;
+    // Expected share 0.75 with a standard deviation under 0.007: a 0.05 margin never flakes.
+    let share = c["a"] as f64 / 4000.0;
+    assert!((0.70..=0.80).contains(&share), "{c:?}");
+}
+
+/// A backend that answers every request after `delay`, counting them.
+async fn slow_backend(delay: Duration, hits: Arc<AtomicUsize>) -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let hits = hits.clone();
+                    async move {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(delay).await;
+                        let resp = http::Response::builder()
+                            .header("x-backend", "slow")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"slow",
+                            )))
+                            .expect("response");
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn slow_share(balance: &str) -> (usize, usize) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let slow = slow_backend(Duration::from_millis(300), hits.clone()).await;
+    let fast = echo("fast");
+    let yaml = format!(
+        "threads: 1
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
+pools:
+  web:
+    balance: {balance}
+    backends:
+      - {{ address: \"{slow}\" }}
+      - {{ address: \"{}\" }}
+",
+        fast.addr
+    );
+    let lb = Autolb::start(&yaml);
+    let c = spread(lb.addr("web"), "/", 200, 8).await;
+    (
+        c.get("slow").copied().unwrap_or(0),
+        hits.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test]
+async fn least_conn_and_p2c_avoid_a_backend_holding_slow_requests() {
+    // Round robin is the control: it sends half of the requests to the slow backend.
+    let (rr, _) = slow_share("round_robin").await;
+    assert!(
+        (90..=110).contains(&rr),
+        "round_robin sent {rr} of 200 to the slow backend"
+    );
+    for balance in ["least_conn", "p2c", "peak_ewma"] {
+        let (slow, hits) = slow_share(balance).await;
+        assert_eq!(slow, hits);
+        // Eight clients: the slow backend holds at most a few requests at any time, while
+        // the fast one answers the rest.
+        assert!(
+            slow <= 40,
+            "{balance} sent {slow} of 200 to the slow backend"
+        );
+    }
+}
+
+fn hash_config(key: &str, backends: &[&Echo]) -> String {
+    let list: Vec<(&Echo, u32)> = backends.iter().map(|e| (*e, 1)).collect();
+    config(
+        "consistent_hash",
+        &format!("    hash_key: \"{key}\"\n"),
+        &list,
+    )
+}
+
+async fn owners(addr: SocketAddr, keys: usize) -> Vec<String> {
+    let mut client = Client::connect(addr).await;
+    let mut out = Vec::with_capacity(keys);
+    for k in 0..keys {
+        let user = format!("user-{k}");
+        let r = client.get_with("/", &[("x-user", user.as_str())]).await;
+        out.push(r.text());
+    }
+    out
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_keys_and_moves_a_quarter_when_one_of_four_goes() {
+    let e: Vec<Echo> = ["h0", "h1", "h2", "h3"].iter().map(|n| echo(n)).collect();
+    let refs: Vec<&Echo> = e.iter().collect();
+    let four = Autolb::start(&hash_config("header:x-user", &refs));
+    let first = owners(four.addr("web"), 400).await;
+    let again = owners(four.addr("web"), 400).await;
+    assert_eq!(first, again, "each key stays on one backend");
+    let used: std::collections::HashSet<&String> = first.iter().collect();
+    assert_eq!(used.len(), 4, "keys spread over all backends");
+
+    // Another autolb (same seed, as on another node) without h3.
+    let three = Autolb::start(&hash_config("header:x-user", &refs[..3]));
+    let after = owners(three.addr("web"), 400).await;
+    let moved = first.iter().zip(&after).filter(|(a, b)| a != b).count();
+    for (a, b) in first.iter().zip(&after) {
+        if a != b {
+            assert_eq!(a, "h3", "only keys of the removed backend move");
+        }
+    }
+    let share = moved as f64 / 400.0;
+    assert!((0.15..=0.35).contains(&share), "{moved} of 400 keys moved");
+}
+
+#[tokio::test]
+async fn consistent_hash_by_uri_and_cookie() {
+    let e: Vec<Echo> = ["u0", "u1", "u2"].iter().map(|n| echo(n)).collect();
+    let refs: Vec<&Echo> = e.iter().collect();
+    let lb = Autolb::start(&hash_config("cookie:session", &refs));
+    let mut client = Client::connect(lb.addr("web")).await;
+    let mut seen = std::collections::HashSet::new();
+    for k in 0..30 {
+        let cookie = format!("a=b; session=s{k}");
+        let one = client
+            .get_with("/", &[("cookie", cookie.as_str())])
+            .await
+            .text();
+        let two = client
+            .get_with("/", &[("cookie", cookie.as_str())])
+            .await
+            .text();
+        assert_eq!(one, two);
+        seen.insert(one);
+    }
+    assert!(seen.len() >= 2, "{seen:?}");
+    drop(lb);
+    let lb = Autolb::start(&hash_config("uri", &refs));
+    let mut client = Client::connect(lb.addr("web")).await;
+    for k in 0..20 {
+        let path = format!("/?item={k}");
+        let one = client.get(&path).await.text();
+        assert_eq!(one, client.get(&path).await.text());
+    }
+}

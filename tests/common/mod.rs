@@ -1,0 +1,275 @@
+//! Test harness: real `autolb` and `autolb-echo` processes on 127.0.0.1 ephemeral ports,
+//! killed when their guard drops (even when a test panics), and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+pub const AUTOLB: &str = env!("CARGO_BIN_EXE_autolb");
+pub const ECHO: &str = env!("CARGO_BIN_EXE_autolb-echo");
+
+/// A child process killed and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command whose process dies with the test thread that started it.
+pub fn command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Read `stream` line by line into `log` on a thread; `on_line` sees each line.
+fn drain<R: std::io::Read + Send + 'static>(
+    stream: R,
+    log: Arc<Mutex<String>>,
+    tx: std::sync::mpsc::Sender<String>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut l) = log.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+            let _ = tx.send(line);
+        }
+    });
+}
+
+/// An `autolb-echo` instance.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub proc: Proc,
+}
+
+pub fn echo(name: &str) -> Echo {
+    let mut child = command(ECHO)
+        .args(["--port", "0", "--name", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn autolb-echo");
+    let stdout = child.stdout.take().expect("stdout");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    drain(stdout, log.clone(), tx);
+    let proc = Proc { child, log };
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("autolb-echo printed its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    Echo {
+        addr,
+        name: name.into(),
+        proc,
+    }
+}
+
+/// A running `autolb` with its config in a temporary directory.
+pub struct Autolb {
+    pub listeners: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Autolb {
+    pub fn start(yaml: &str) -> Autolb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("autolb.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let mut child = command(AUTOLB)
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("AUTOLB_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn autolb");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        drain(stderr, log.clone(), tx);
+        let proc = Proc { child, log };
+        let mut listeners = HashMap::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!("autolb did not start; log:\n{}", proc.log()),
+            };
+            if line.contains("admin listening") {
+                admin = field(&line, "addr").and_then(|a| a.parse().ok());
+            } else if line.contains(" listening") {
+                if let (Some(n), Some(a)) = (field(&line, "listener"), field(&line, "addr")) {
+                    listeners.insert(n, a.parse().expect("listener addr"));
+                }
+            }
+            if line.contains("autolb started") {
+                break;
+            }
+        }
+        Autolb {
+            listeners,
+            admin: admin.expect("admin address in log"),
+            proc,
+            config,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.listeners[listener]
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.proc.pid())
+    }
+}
+
+/// `key=value` from a log line (value may be quoted).
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    let v = rest.split_whitespace().next()?;
+    Some(v.trim_matches('"').to_string())
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Run `autolb check -c FILE`: (exit code, stdout, stderr).
+pub fn check(path: &Path) -> (i32, String, String) {
+    let out = Command::new(AUTOLB)
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("run autolb check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    tx: http1::SendRequest<Full<Bytes>>,
+    pub addr: SocketAddr,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (tx, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Client { tx, addr }
+    }
+
+    pub async fn request(&mut self, req: http::Request<Full<Bytes>>) -> Reply {
+        self.tx.ready().await.expect("connection ready");
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.tx.send_request(req))
+            .await
+            .expect("response within 30s")
+            .expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.get_with(path, &[]).await
+    }
+
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = http::Request::get(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", self.addr.to_string());
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.request(b.body(Full::new(Bytes::new())).expect("request"))
+            .await
+    }
+}
+
+/// One GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    Client::connect(addr).await.get(path).await
+}

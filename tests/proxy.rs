@@ -1,0 +1,265 @@
+//! The data plane through the real listener: header rewriting, hop-by-hop stripping,
+//! 502/503/504, safe retries and routing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{echo, Autolb, Client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn single_pool(backends: &[SocketAddr], pool_extra: &str, listener_extra: &str) -> String {
+    let list: String = backends
+        .iter()
+        .map(|a| format!("      - {{ address: \"{a}\" }}\n"))
+        .collect();
+    format!(
+        "threads: 1
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web{listener_extra} }}
+pools:
+  web:
+{pool_extra}    backends:
+{list}"
+    )
+}
+
+/// A port with nothing listening on it.
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_spoofed_values_replaced() {
+    let e = echo("e");
+    let lb = Autolb::start(&single_pool(&[e.addr], "", ""));
+    let mut c = Client::connect(lb.addr("web")).await;
+    let r = c
+        .get_with(
+            "/echo?x=1",
+            &[
+                ("host", "shop.example:8080"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "for=6.6.6.6"),
+                ("connection", "x-forwarded-for, x-drop-me, forwarded"),
+                ("x-drop-me", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-connection", "keep-alive"),
+                ("upgrade", "h2c"),
+                ("x-keep-me", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(j["path"], "/echo?x=1");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example:8080");
+    assert_eq!(
+        h["forwarded"],
+        "for=127.0.0.1;host=\"shop.example:8080\";proto=http"
+    );
+    assert_eq!(h["host"], "shop.example:8080");
+    assert_eq!(h["x-keep-me"], "yes");
+    for gone in [
+        "x-drop-me",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "upgrade",
+        "connection",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the backend: {h}");
+    }
+}
+
+#[tokio::test]
+async fn trusted_proxies_keep_and_extend_the_chain() {
+    let e = echo("e");
+    let lb = Autolb::start(&single_pool(
+        &[e.addr],
+        "",
+        ", trusted_proxies: [\"127.0.0.0/8\"]",
+    ));
+    let mut c = Client::connect(lb.addr("web")).await;
+    let r = c
+        .get_with(
+            "/echo",
+            &[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=203.0.113.7;proto=https"),
+            ],
+        )
+        .await;
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    let fwd = h["forwarded"].as_str().expect("forwarded");
+    assert!(
+        fwd.starts_with("for=203.0.113.7;proto=https, for=127.0.0.1"),
+        "{fwd}"
+    );
+}
+
+/// A backend that answers with hop-by-hop headers it should not leak.
+async fn chatty_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-internal\r\n\
+                                    X-Internal: secret\r\nKeep-Alive: timeout=5\r\nTrailer: x-t\r\n\
+                                    Upgrade: h2c\r\nX-Public: shown\r\n\r\nok";
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_stripped() {
+    let backend = chatty_backend().await;
+    let lb = Autolb::start(&single_pool(&[backend], "", ""));
+    let mut c = Client::connect(lb.addr("web")).await;
+    for _ in 0..3 {
+        let r = c.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"ok");
+        assert_eq!(r.headers["x-public"], "shown");
+        for gone in ["x-internal", "keep-alive", "trailer", "upgrade"] {
+            assert!(
+                r.headers.get(gone).is_none(),
+                "{gone} leaked: {:?}",
+                r.headers
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_retried_elsewhere_and_502_when_all_are_dead() {
+    let e = echo("alive");
+    let dead = dead_addr();
+    let lb = Autolb::start(&single_pool(
+        &[dead, e.addr],
+        "    balance: round_robin\n",
+        "",
+    ));
+    let mut c = Client::connect(lb.addr("web")).await;
+    for _ in 0..20 {
+        let r = c.get("/").await;
+        assert_eq!((r.status, r.text()), (200, "alive".to_string()));
+    }
+
+    let lb = Autolb::start(&single_pool(&[dead_addr(), dead_addr()], "", ""));
+    let r = common::get(lb.addr("web"), "/").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "backend failed");
+    assert_eq!(r.headers["content-type"], "application/json");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(lb.proc.log().contains("502"), "{}", lb.proc.log());
+}
+
+#[tokio::test]
+async fn no_usable_backend_is_503() {
+    let e = echo("e");
+    let yaml = format!(
+        "threads: 1
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
+pools:
+  web:
+    backends:
+      - {{ address: \"{}\", disabled: true }}
+",
+        e.addr
+    );
+    let lb = Autolb::start(&yaml);
+    let r = common::get(lb.addr("web"), "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["pool"], "web");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(lb.proc.log().contains("503"), "{}", lb.proc.log());
+}
+
+#[tokio::test]
+async fn a_slow_backend_is_504_after_the_response_timeout() {
+    let e = echo("e");
+    let lb = Autolb::start(&single_pool(
+        &[e.addr],
+        "    retries: 0\n    timeouts: { connect: 1s, response: 300ms, idle: 10s }\n",
+        "",
+    ));
+    let mut c = Client::connect(lb.addr("web")).await;
+    let r = c.get("/delay/5000").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "backend timed out");
+    // The client connection is still usable, and a fast request succeeds.
+    let r = c.get("/delay/10").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn routes_pick_pools_by_host_and_path_prefix() {
+    let (web, api, admin) = (echo("web"), echo("api"), echo("adm"));
+    let yaml = format!(
+        "threads: 1
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
+routes:
+  - {{ host: api.example.com, path_prefix: /v1, pool: api }}
+  - {{ host: \"*.admin.example.com\", pool: adm }}
+pools:
+  web: {{ backends: [ {{ address: \"{}\" }} ] }}
+  api: {{ backends: [ {{ address: \"{}\" }} ] }}
+  adm: {{ backends: [ {{ address: \"{}\" }} ] }}
+",
+        web.addr, api.addr, admin.addr
+    );
+    let lb = Autolb::start(&yaml);
+    let mut c = Client::connect(lb.addr("web")).await;
+    let cases = [
+        ("api.example.com", "/v1/users", "api"),
+        ("API.example.com:8080", "/v1", "api"),
+        ("api.example.com", "/v2/users", "web"),
+        ("other.example.com", "/v1/users", "web"),
+        ("eu.admin.example.com", "/", "adm"),
+        ("admin.example.com", "/", "web"),
+    ];
+    for (host, path, want) in cases {
+        let r = c.get_with(path, &[("host", host)]).await;
+        assert_eq!(r.headers["x-backend"], want, "{host}{path}");
+    }
+}
