@@ -263,3 +263,133 @@ pools:
         assert_eq!(r.headers["x-backend"], want, "{host}{path}");
     }
 }
+
+/// A backend that sends headers and part of the body, then goes silent.
+async fn stalling_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_silent_mid_body_is_cut_after_the_idle_timeout() {
+    let backend = stalling_backend().await;
+    let lb = Autolb::start(&single_pool(
+        &[backend],
+        "    timeouts: { connect: 1s, response: 5s, idle: 300ms }\n",
+        "",
+    ));
+    let stream = tokio::net::TcpStream::connect(lb.addr("web"))
+        .await
+        .expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(stream))
+    .await
+    .expect("handshake");
+    tokio::spawn(conn);
+    let resp = tx
+        .send_request(
+            http::Request::get("/")
+                .header("host", "x")
+                .body(Default::default())
+                .expect("req"),
+        )
+        .await
+        .expect("response head");
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
+        .await
+        .expect("autolb ends the stalled response instead of hanging");
+    assert!(body.is_err(), "a truncated body must not look complete");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(lb.proc.log().contains("went silent"), "{}", lb.proc.log());
+}
+
+/// A keep-alive backend counting the TCP connections it accepted.
+async fn counting_backend(conns: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let backend = counting_backend(conns.clone()).await;
+    let lb = Autolb::start(&single_pool(&[backend], "", ""));
+    // Sequential requests, even over fresh client connections, reuse one backend connection.
+    for _ in 0..20 {
+        let mut c = Client::connect(lb.addr("web")).await;
+        for _ in 0..5 {
+            assert_eq!(c.get("/").await.status, 200);
+        }
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let status = common::get(lb.admin, "/loadbalancer/status").await.json();
+    assert_eq!(status["pools"][0]["backends"][0]["idle_connections"], 1);
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed_after_the_listener_idle_timeout() {
+    let e = echo("e");
+    let lb = Autolb::start(&single_pool(&[e.addr], "", ", idle_timeout: 300ms"));
+    let mut s = tokio::net::TcpStream::connect(lb.addr("web"))
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Read the answer, then wait for autolb to close the idle connection (EOF).
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "autolb kept an idle connection open");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}

@@ -1,16 +1,18 @@
 //! Response bodies: a backend's body streamed through (and, once read to its end, its
 //! connection returned to the pool), or a small body autolb wrote itself.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::upstream::Sender;
 use crate::runtime::{Backend, PoolStats};
@@ -42,12 +44,26 @@ impl Exchange {
     }
 }
 
+/// Why a response body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Backend(#[from] hyper::Error),
+    #[error("backend sent nothing for {0:?} in the middle of a response")]
+    Idle(Duration),
+}
+
 pin_project! {
-    /// A backend's response body, streamed frame by frame.
+    /// A backend's response body, streamed frame by frame, failed when the backend stays
+    /// silent for longer than the pool's idle timeout.
     pub struct UpstreamBody {
         #[pin]
         inner: Incoming,
         exchange: Option<Exchange>,
+        idle: Duration,
+        // Armed only while the backend makes us wait, so a fast body never touches a timer.
+        timer: Option<Pin<Box<Sleep>>>,
+        progressed: bool,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -62,38 +78,69 @@ pin_project! {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, exchange: Exchange) -> UpstreamBody {
+    pub fn new(inner: Incoming, exchange: Exchange, idle: Duration) -> UpstreamBody {
         UpstreamBody {
             inner,
             exchange: Some(exchange),
+            idle,
+            timer: None,
+            progressed: false,
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        match &polled {
+        match this.inner.poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(ex) = this.exchange.take() {
                     ex.finish(true);
                 }
+                Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 if let Some(ex) = this.exchange.take() {
                     ex.finish(false);
                 }
+                Poll::Ready(Some(Err(e.into())))
             }
-            _ => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.progressed = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + *this.idle;
+                match this.timer {
+                    None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    Some(t) if *this.progressed => t.as_mut().reset(deadline),
+                    Some(_) => {}
+                }
+                *this.progressed = false;
+                let fired = this
+                    .timer
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                if fired {
+                    if let Some(ex) = this.exchange.take() {
+                        tracing::warn!(
+                            backend = %ex.backend.address,
+                            idle = ?*this.idle,
+                            "backend went silent in the middle of a response: aborting it"
+                        );
+                        ex.finish(false);
+                    }
+                    return Poll::Ready(Some(Err(BodyError::Idle(*this.idle))));
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -123,12 +170,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),

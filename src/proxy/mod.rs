@@ -128,7 +128,7 @@ async fn forward(
                     status,
                     conn: Some(conn),
                 };
-                let body = ProxyBody::Upstream(UpstreamBody::new(incoming, exchange));
+                let body = ProxyBody::Upstream(UpstreamBody::new(incoming, exchange, t.idle));
                 return Response::from_parts(parts, body);
             }
             Err(failed) => {

@@ -57,17 +57,23 @@ impl Server {
         let model = WorkerModel::from_env();
         let runtime = Runtime::new(config, threads);
         let snapshot = runtime.snapshot();
-        for pool in snapshot
-            .config
-            .pools
-            .iter()
-            .filter(|p| p.autoscale.is_some())
-        {
-            tracing::warn!(
-                pool = %pool.name,
-                "autoscale settings are validated, but this version does not start instances \
-                 yet: only the pool's static backends serve"
-            );
+        for pool in &snapshot.config.pools {
+            let pending: Vec<&str> = [
+                ("autoscale", pool.autoscale.is_some()),
+                ("health_check", pool.health_check.is_some()),
+                ("outlier", pool.outlier.is_some()),
+                ("sticky", pool.sticky.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if !pending.is_empty() {
+                tracing::warn!(
+                    pool = %pool.name,
+                    settings = ?pending,
+                    "these settings are validated but not acted on by this version yet"
+                );
+            }
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
 
