@@ -7,12 +7,8 @@ use common::{echo, Autolb, Client};
 #[tokio::test]
 async fn admin_endpoints_report_pools_backends_and_metrics() {
     let (a, b) = (echo("a"), echo("b"));
-    let yaml = format!(
-        "threads: 2
-admin: {{ listen: \"127.0.0.1:0\" }}
-listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
-pools:
+    let rest = format!(
+        "pools:
   web:
     balance: least_conn
     backends:
@@ -24,7 +20,7 @@ pools:
 ",
         a.addr, b.addr, b.addr
     );
-    let lb = Autolb::start(&yaml);
+    let lb = Autolb::start(&common::config(2, "", &rest));
     let mut c = Client::connect(lb.addr("web")).await;
     for _ in 0..50 {
         assert_eq!(c.get("/").await.status, 200);

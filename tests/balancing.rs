@@ -11,23 +11,24 @@ use std::time::Duration;
 use common::{echo, Autolb, Client, Echo};
 
 fn config(balance: &str, extra: &str, backends: &[(&Echo, u32)]) -> String {
-    let mut b = String::new();
-    for (e, w) in backends {
-        b.push_str(&format!(
-            "      - {{ address: \"{}\", weight: {w} }}\n",
-            e.addr
-        ));
-    }
-    format!(
-        "threads: 2
-admin: {{ listen: \"127.0.0.1:0\" }}
-listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
-pools:
-  web:
-    balance: {balance}
-{extra}    backends:
-{b}"
+    let addrs: Vec<(SocketAddr, u32)> = backends.iter().map(|(e, w)| (e.addr, *w)).collect();
+    pool_config(2, balance, extra, &addrs)
+}
+
+fn pool_config(
+    threads: usize,
+    balance: &str,
+    extra: &str,
+    backends: &[(SocketAddr, u32)],
+) -> String {
+    let list: String = backends
+        .iter()
+        .map(|(a, w)| format!("      - {{ address: \"{a}\", weight: {w} }}\n"))
+        .collect();
+    common::config(
+        threads,
+        "",
+        &format!("pools:\n  web:\n    balance: {balance}\n{extra}    backends:\n{list}"),
     )
 }
 
@@ -81,60 +82,26 @@ async fn round_robin_and_random_spread_by_weight() {
 
 /// A backend that answers every request after `delay`, counting them.
 async fn slow_backend(delay: Duration, hits: Arc<AtomicUsize>) -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let hits = hits.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                    let hits = hits.clone();
-                    async move {
-                        hits.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(delay).await;
-                        let resp = http::Response::builder()
-                            .header("x-backend", "slow")
-                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                                b"slow",
-                            )))
-                            .expect("response");
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    common::hyper_backend(move |_req| {
+        hits.fetch_add(1, Ordering::Relaxed);
+        async move {
+            tokio::time::sleep(delay).await;
+            http::Response::builder()
+                .header("x-backend", "slow")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"slow",
+                )))
+                .expect("response")
         }
-    });
-    addr
+    })
+    .await
 }
 
 async fn slow_share(balance: &str) -> (usize, usize) {
     let hits = Arc::new(AtomicUsize::new(0));
     let slow = slow_backend(Duration::from_millis(300), hits.clone()).await;
     let fast = echo("fast");
-    let yaml = format!(
-        "threads: 1
-admin: {{ listen: \"127.0.0.1:0\" }}
-listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
-pools:
-  web:
-    balance: {balance}
-    backends:
-      - {{ address: \"{slow}\" }}
-      - {{ address: \"{}\" }}
-",
-        fast.addr
-    );
-    let lb = Autolb::start(&yaml);
+    let lb = Autolb::start(&pool_config(1, balance, "", &[(slow, 1), (fast.addr, 1)]));
     let c = spread(lb.addr("web"), "/", 200, 8).await;
     (
         c.get("slow").copied().unwrap_or(0),

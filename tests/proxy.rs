@@ -4,25 +4,19 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{echo, Autolb, Client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn single_pool(backends: &[SocketAddr], pool_extra: &str, listener_extra: &str) -> String {
-    let list: String = backends
-        .iter()
-        .map(|a| format!("      - {{ address: \"{a}\" }}\n"))
-        .collect();
-    format!(
-        "threads: 1
-admin: {{ listen: \"127.0.0.1:0\" }}
-listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web{listener_extra} }}
-pools:
-  web:
-{pool_extra}    backends:
-{list}"
+    let list = common::backend_list(backends, "");
+    common::config(
+        1,
+        listener_extra,
+        &format!("pools:\n  web:\n{pool_extra}    backends:\n{list}"),
     )
 }
 
@@ -113,37 +107,27 @@ async fn trusted_proxies_keep_and_extend_the_chain() {
 
 /// A backend that answers with hop-by-hop headers it should not leak.
 async fn chatty_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                loop {
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-internal\r\n\
-                                    X-Internal: secret\r\nKeep-Alive: timeout=5\r\nTrailer: x-t\r\n\
-                                    Upgrade: h2c\r\nX-Public: shown\r\n\r\nok";
-                        if s.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
+    common::raw_backend(|mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        loop {
+            let Ok(n) = s.read(&mut buf).await else { return };
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-internal\r\n\
+                            X-Internal: secret\r\nKeep-Alive: timeout=5\r\nTrailer: x-t\r\n\
+                            Upgrade: h2c\r\nX-Public: shown\r\n\r\nok";
+                if s.write_all(resp.as_bytes()).await.is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -193,19 +177,12 @@ async fn a_dead_backend_is_retried_elsewhere_and_502_when_all_are_dead() {
 #[tokio::test]
 async fn no_usable_backend_is_503() {
     let e = echo("e");
-    let yaml = format!(
-        "threads: 1
-admin: {{ listen: \"127.0.0.1:0\" }}
-listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
-pools:
-  web:
-    backends:
-      - {{ address: \"{}\", disabled: true }}
-",
-        e.addr
-    );
-    let lb = Autolb::start(&yaml);
+    let list = common::backend_list(&[e.addr], ", disabled: true");
+    let lb = Autolb::start(&common::config(
+        1,
+        "",
+        &format!("pools:\n  web:\n    backends:\n{list}"),
+    ));
     let r = common::get(lb.addr("web"), "/").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["pool"], "web");
@@ -233,12 +210,8 @@ async fn a_slow_backend_is_504_after_the_response_timeout() {
 #[tokio::test]
 async fn routes_pick_pools_by_host_and_path_prefix() {
     let (web, api, admin) = (echo("web"), echo("api"), echo("adm"));
-    let yaml = format!(
-        "threads: 1
-admin: {{ listen: \"127.0.0.1:0\" }}
-listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
-routes:
+    let rest = format!(
+        "routes:
   - {{ host: api.example.com, path_prefix: /v1, pool: api }}
   - {{ host: \"*.admin.example.com\", pool: adm }}
 pools:
@@ -248,7 +221,7 @@ pools:
 ",
         web.addr, api.addr, admin.addr
     );
-    let lb = Autolb::start(&yaml);
+    let lb = Autolb::start(&common::config(1, "", &rest));
     let mut c = Client::connect(lb.addr("web")).await;
     let cases = [
         ("api.example.com", "/v1/users", "api"),
@@ -266,23 +239,15 @@ pools:
 
 /// A backend that sends headers and part of the body, then goes silent.
 async fn stalling_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
-                    .await;
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            });
-        }
-    });
-    addr
+    common::raw_backend(|mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+            .await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -323,33 +288,26 @@ async fn a_backend_silent_mid_body_is_cut_after_the_idle_timeout() {
 }
 
 /// A keep-alive backend counting the TCP connections it accepted.
-async fn counting_backend(conns: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+async fn counting_backend(conns: Arc<AtomicUsize>) -> SocketAddr {
+    common::raw_backend(move |stream| {
+        conns.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
 async fn backend_connections_are_kept_alive_and_reused() {
-    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
     let backend = counting_backend(conns.clone()).await;
     let lb = Autolb::start(&single_pool(&[backend], "", ""));
     // Sequential requests, even over fresh client connections, reuse one backend connection.
@@ -359,7 +317,7 @@ async fn backend_connections_are_kept_alive_and_reused() {
             assert_eq!(c.get("/").await.status, 200);
         }
     }
-    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
     let status = common::get(lb.admin, "/loadbalancer/status").await.json();
     assert_eq!(status["pools"][0]["backends"][0]["idle_connections"], 1);
 }

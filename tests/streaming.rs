@@ -97,18 +97,12 @@ async fn download(addr: std::net::SocketAddr) -> u64 {
 #[tokio::test]
 async fn hundred_megabytes_stream_both_ways_in_bounded_memory() {
     let e = echo("big");
-    let yaml = format!(
-        "threads: 1
-admin: {{ listen: \"127.0.0.1:0\" }}
-listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
-pools:
-  web:
-    backends: [ {{ address: \"{}\" }} ]
-",
-        e.addr
-    );
-    let lb = Autolb::start(&yaml);
+    let list = common::backend_list(&[e.addr], "");
+    let lb = Autolb::start(&common::config(
+        1,
+        "",
+        &format!("pools:\n  web:\n    backends:\n{list}"),
+    ));
     let addr = lb.addr("web");
     // Warm up: one small request of each kind so steady-state buffers exist.
     assert_eq!(common::get(addr, "/bytes/1000").await.body.len(), 1000);

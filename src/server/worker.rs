@@ -49,29 +49,19 @@ pub struct Workers {
 impl Workers {
     pub fn start(model: WorkerModel, count: usize) -> std::io::Result<Workers> {
         let count = count.max(1);
-        let mut handles = Vec::new();
-        let mut threads = Vec::new();
-        let mut stop = Vec::new();
+        let mut workers = Workers {
+            model,
+            handles: Vec::new(),
+            threads: Vec::new(),
+            stop: Vec::new(),
+        };
         match model {
             WorkerModel::PerCore => {
                 for id in 0..count {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    handles.push(rt.handle().clone());
-                    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                    stop.push(tx);
-                    threads.push(
-                        std::thread::Builder::new()
-                            .name(format!("autolb-worker-{id}"))
-                            .spawn(move || {
-                                set_worker_id(id);
-                                rt.block_on(async {
-                                    let _ = rx.await;
-                                });
-                                rt.shutdown_timeout(std::time::Duration::from_secs(1));
-                            })?,
-                    );
+                    workers.run_on_thread(rt, format!("autolb-worker-{id}"), Some(id))?;
                 }
             }
             WorkerModel::Shared => {
@@ -84,27 +74,33 @@ impl Workers {
                     })
                     .enable_all()
                     .build()?;
-                handles.push(rt.handle().clone());
-                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                stop.push(tx);
-                threads.push(
-                    std::thread::Builder::new()
-                        .name("autolb-workers".into())
-                        .spawn(move || {
-                            rt.block_on(async {
-                                let _ = rx.await;
-                            });
-                            rt.shutdown_timeout(std::time::Duration::from_secs(1));
-                        })?,
-                );
+                workers.run_on_thread(rt, "autolb-workers".into(), None)?;
             }
         }
-        Ok(Workers {
-            model,
-            handles,
-            threads,
-            stop,
-        })
+        Ok(workers)
+    }
+
+    /// Drive `rt` on a new thread until `shutdown`.
+    fn run_on_thread(
+        &mut self,
+        rt: tokio::runtime::Runtime,
+        name: String,
+        worker: Option<usize>,
+    ) -> std::io::Result<()> {
+        self.handles.push(rt.handle().clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.stop.push(tx);
+        self.threads
+            .push(std::thread::Builder::new().name(name).spawn(move || {
+                if let Some(id) = worker {
+                    set_worker_id(id);
+                }
+                rt.block_on(async {
+                    let _ = rx.await;
+                });
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            })?);
+        Ok(())
     }
 
     /// Stop every runtime (tasks still running are dropped) and join the threads.

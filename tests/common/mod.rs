@@ -273,3 +273,63 @@ impl Client {
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     Client::connect(addr).await.get(path).await
 }
+
+/// A config with the admin port and one `http` listener `web` (falling back to pool `web`),
+/// both on 127.0.0.1:0, followed by `rest` (top-level `routes:` and `pools:` YAML).
+/// `listener_extra` is appended inside the listener's flow mapping (", key: value").
+pub fn config(threads: usize, listener_extra: &str, rest: &str) -> String {
+    format!(
+        "threads: {threads}
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web{listener_extra} }}
+{rest}"
+    )
+}
+
+/// `backends:` entries (indented for a pool) for these addresses, each with `extra` inside.
+pub fn backend_list(addrs: &[SocketAddr], extra: &str) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("      - {{ address: \"{a}\"{extra} }}\n"))
+        .collect()
+}
+
+/// A hyper HTTP/1.1 backend in this test process, answering with `handler`.
+pub async fn hyper_backend<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    raw_backend(move |stream| {
+        let handler = handler.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let fut = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await
+}
+
+/// A TCP backend in this test process: `serve` runs for each accepted connection.
+pub async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
