@@ -15,6 +15,8 @@ pub struct Config {
     pub source: PathBuf,
     /// Data-plane worker threads (default: number of cores).
     pub threads: usize,
+    /// How long in-flight requests may take to finish on SIGTERM/SIGINT (default 30s).
+    pub shutdown_grace: Duration,
     pub admin: Admin,
     pub listeners: Vec<Listener>,
     /// In file order: the first match wins.
@@ -106,9 +108,42 @@ pub struct Pool {
     pub outlier: Option<Outlier>,
     /// Default 2.
     pub retries: u32,
+    /// Methods retried after the request was sent (only without a body).
+    /// Default GET, HEAD, OPTIONS, PUT, DELETE.
+    pub retry_methods: Vec<http::Method>,
+    /// What makes an attempt fail and be retried (default connect_failure, reset, timeout).
+    pub retry_on: RetryOn,
     pub timeouts: Timeouts,
+    /// A recovered or new backend's weight ramps from 10% to 100% over this window (None: off).
+    pub slow_start: Option<Duration>,
+    /// Below this share of healthy backends (0-100), balance over all of them (0: off).
+    pub panic_threshold: u8,
     pub backends: Vec<Backend>,
     pub autoscale: Option<Autoscale>,
+}
+
+/// Retry conditions (`retry_on: [connect_failure, reset, timeout, 502, 503, 504]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Connection refused or connect timeout: nothing was sent, safe for every method.
+    pub connect_failure: bool,
+    /// Connection reset or closed after sending, before a response head.
+    pub reset: bool,
+    /// No response head within `timeouts.response`.
+    pub timeout: bool,
+    /// Response statuses (5xx) that are discarded and retried; nothing was forwarded yet.
+    pub statuses: Vec<u16>,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        RetryOn {
+            connect_failure: true,
+            reset: true,
+            timeout: true,
+            statuses: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +163,12 @@ pub struct HealthCheck {
     pub kind: HealthCheckKind,
     /// Default `/health`.
     pub path: String,
+    /// Host header of http checks (default: the backend's address).
+    pub host: Option<String>,
+    /// Statuses that pass an http check: inclusive ranges (default 200-399).
+    pub expected_status: Vec<(u16, u16)>,
+    /// Check this port instead of the backend's own.
+    pub port: Option<u16>,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -137,7 +178,34 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outlier {
     pub consecutive_failures: u32,
+    /// First ejection time; each repeat doubles it up to `max_ejection`.
     pub ejection: Duration,
+    /// Default 300s (and at least `ejection`).
+    pub max_ejection: Duration,
+    /// Never eject more than this share of a pool (0-100, default 50).
+    pub max_ejection_percent: u8,
+    /// Which failures count (default all).
+    pub count: OutlierCount,
+}
+
+/// `outlier.count: [connect_failure, reset, timeout, 5xx]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierCount {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    pub status_5xx: bool,
+}
+
+impl Default for OutlierCount {
+    fn default() -> Self {
+        OutlierCount {
+            connect_failure: true,
+            reset: true,
+            timeout: true,
+            status_5xx: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
