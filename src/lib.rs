@@ -4,6 +4,7 @@ pub mod admin;
 pub mod affinity;
 pub mod balance;
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -5,7 +5,7 @@ mod backend;
 mod pool;
 pub mod stats;
 
-pub use backend::{Backend, BackendStats};
+pub use backend::{Backend, BackendStats, CheckReport};
 pub use pool::{Pool, PoolStats};
 pub use stats::{LatencyWindow, WindowSummary};
 
@@ -19,6 +19,8 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::config::{Config, Protocol, Route as RouteConfig};
+use crate::health::events::EventLog;
+use crate::health::HealthChecks;
 
 /// A route with its pool resolved to an index into `Snapshot::pools`.
 #[derive(Debug)]
@@ -155,6 +157,10 @@ pub struct Runtime {
     pub started: std::time::Instant,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Recent health events (down, up, ejected, lifted).
+    pub events: Arc<EventLog>,
+    /// Active checks of the current snapshot.
+    pub health: HealthChecks,
 }
 
 impl Runtime {
@@ -166,6 +172,8 @@ impl Runtime {
             started: std::time::Instant::now(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            events: Arc::default(),
+            health: HealthChecks::default(),
         })
     }
 
@@ -176,11 +184,18 @@ impl Runtime {
     }
 
     /// Build a new snapshot from `config` and swap it in whole. The only writer.
+    /// Must run inside a tokio runtime: it restarts the active checks.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let old = self.current.load_full();
         let next = Arc::new(Snapshot::build(Arc::new(config), Some(&old), self.workers));
         self.current.store(next.clone());
+        self.health.reconcile(&next, &self.events);
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         next
+    }
+
+    /// Start the active checks of the first snapshot (inside a tokio runtime).
+    pub fn start_health_checks(&self) {
+        self.health.reconcile(&self.current.load(), &self.events);
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -110,11 +111,23 @@ fn pool_status(p: &Pool) -> Value {
             }
             let health = if b.disabled {
                 "disabled"
-            } else if s.up.load(Ordering::Relaxed) {
-                "up"
-            } else {
+            } else if !s.up.load(Ordering::Relaxed) {
                 "down"
+            } else if s.ejected.load(Ordering::Relaxed) {
+                "ejected"
+            } else {
+                "up"
             };
+            let check = s.last_check.lock().ok().and_then(|c| c.clone()).map(|c| {
+                json!({
+                    "ok": c.ok,
+                    "detail": c.detail,
+                    "at_ms": c.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                    "took_ms": ms(c.took),
+                    "consecutive_successes": s.check_successes.load(Ordering::Relaxed),
+                    "consecutive_failures": s.check_failures.load(Ordering::Relaxed),
+                })
+            });
             json!({
                 "address": b.address,
                 "resolved": b.addr.to_string(),
@@ -131,6 +144,10 @@ fn pool_status(p: &Pool) -> Value {
                     "ewma": (s.ewma_ns() / 1e3).round() / 1e3,
                 },
                 "idle_connections": b.conns.idle_count(),
+                "check": check,
+                "ejected": s.ejected.load(Ordering::Relaxed),
+                "ejections": s.ejections.load(Ordering::Relaxed),
+                "slow_start_factor": b.ramp_factor(),
             })
         })
         .collect();
@@ -142,6 +159,7 @@ fn pool_status(p: &Pool) -> Value {
         "ready": p.ready_backends(),
         "total": p.backends.len(),
         "local_errors": p.stats.local_errors.load(Ordering::Relaxed),
+        "panic": p.in_panic(),
         "backends": backends,
     });
     if p.algorithm == Algorithm::ConsistentHash {
@@ -170,5 +188,25 @@ pub fn loadbalancer(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats
             })
         })
         .collect();
-    json!({ "generation": snap.generation, "listeners": listeners, "pools": pools })
+    let events: Vec<Value> = rt
+        .events
+        .recent()
+        .into_iter()
+        .rev()
+        .map(|e| {
+            json!({
+                "at_ms": e.at_ms,
+                "pool": e.pool,
+                "backend": e.backend,
+                "event": e.kind,
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    json!({
+        "generation": snap.generation,
+        "listeners": listeners,
+        "pools": pools,
+        "events": events,
+    })
 }

@@ -19,6 +19,8 @@ pub struct PickContext {
     pub hash: Option<u64>,
     /// Backends already tried by this request (bit i = backend i; i >= 64 is never excluded).
     pub exclude: u64,
+    /// Panic mode: health is ignored (only `disabled` backends are skipped).
+    pub panic: bool,
 }
 
 #[inline]
@@ -28,7 +30,9 @@ fn excluded(ctx: &PickContext, i: usize) -> bool {
 
 #[inline]
 fn eligible(backends: &[Arc<Backend>], ctx: &PickContext, i: usize) -> bool {
-    backends[i].usable() && !excluded(ctx, i)
+    let b = &backends[i];
+    let ok = if ctx.panic { !b.disabled } else { b.usable() };
+    ok && !excluded(ctx, i)
 }
 
 /// The balancer of one pool. Built with the snapshot; `pick` takes `&self`.
@@ -96,7 +100,7 @@ impl Balancer {
             Algorithm::LeastConn => self.least_conn(backends, ctx),
             Algorithm::P2c => self.two_choices(backends, ctx, |b| load(b) as f64),
             Algorithm::PeakEwma => self.two_choices(backends, ctx, |b| {
-                b.stats.ewma_ns() * (b.active() + 1) as f64 / f64::from(b.weight.max(1))
+                b.stats.ewma_ns() * (b.active() + 1) as f64 / b.weight_milli() as f64
             }),
             Algorithm::ConsistentHash => match ctx.hash {
                 Some(h) => self
@@ -124,9 +128,18 @@ impl Balancer {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let pick = |k: usize| self.sequence[start.wrapping_add(k) % len] as usize;
+        // A slot of a backend in slow start is taken only with its ramp factor.
         (0..len)
-            .map(|k| self.sequence[start.wrapping_add(k) % len] as usize)
-            .find(|&i| i < backends.len() && eligible(backends, ctx, i))
+            .map(pick)
+            .find(|&i| {
+                i < backends.len() && eligible(backends, ctx, i) && ramp_admits(&backends[i])
+            })
+            .or_else(|| {
+                (0..len)
+                    .map(pick)
+                    .find(|&i| i < backends.len() && eligible(backends, ctx, i))
+            })
     }
 
     /// Fewest in-flight requests per unit of weight; ties go to the first in a rotating order.
@@ -140,7 +153,7 @@ impl Balancer {
                 continue;
             }
             let b = &backends[i];
-            let (l, w) = (b.active() + 1, u64::from(b.weight.max(1)));
+            let (l, w) = (b.active() + 1, b.weight_milli());
             match best {
                 // l/w < bl/bw  <=>  l*bw < bl*w
                 Some((_, bl, bw)) if l * bw >= bl * w => {}
@@ -191,7 +204,7 @@ impl Balancer {
             for _ in 0..4 {
                 let r = fastrand::u64(..total);
                 let i = self.cumulative.partition_point(|&c| c <= r);
-                if i < backends.len() && eligible(backends, ctx, i) {
+                if i < backends.len() && eligible(backends, ctx, i) && ramp_admits(&backends[i]) {
                     return Some(i);
                 }
             }
@@ -200,10 +213,20 @@ impl Balancer {
     }
 }
 
-/// In-flight requests per unit of weight, scaled to stay an integer.
+/// In-flight requests per unit of (slow-start scaled) weight, scaled to stay an integer.
 #[inline]
 fn load(b: &Backend) -> u64 {
-    (b.active() + 1) * 1024 / u64::from(b.weight.max(1))
+    (b.active() + 1) * 1_000_000 / b.weight_milli()
+}
+
+/// Thinning for table-driven algorithms: a backend in slow start keeps each of its turns
+/// with probability equal to its ramp factor.
+#[inline]
+fn ramp_admits(b: &Backend) -> bool {
+    match b.ramp_factor() {
+        None => true,
+        Some(f) => fastrand::f64() < f,
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
                 addr,
                 weight: w,
                 disabled: false,
+                slow_start: Some(Duration::from_secs(10)),
                 stats: Arc::new(BackendStats::default()),
                 conns: Arc::new(ConnPool::new(addr, 1)),
             })
@@ -45,8 +46,8 @@ fn round_robin_cycles_and_skips_down_and_excluded() {
     bs[1].stats.up.store(false, Ordering::Relaxed);
     assert_eq!(counts(&b, &bs, 300, PickContext::default())[1], 0);
     let ctx = PickContext {
-        hash: None,
         exclude: 0b001,
+        ..Default::default()
     };
     assert_eq!(counts(&b, &bs, 10, ctx), vec![0, 0, 10]);
     bs[2].stats.up.store(false, Ordering::Relaxed);
@@ -121,7 +122,7 @@ fn consistent_hash_is_stable_and_falls_back_without_a_key() {
     for k in 0..100u64 {
         let ctx = PickContext {
             hash: Some(ring::hash_bytes(&k.to_le_bytes())),
-            exclude: 0,
+            ..Default::default()
         };
         let first = b.pick(&bs, &ctx);
         assert!((0..10).all(|_| b.pick(&bs, &ctx) == first));
@@ -159,5 +160,70 @@ fn disabled_backends_are_never_picked() {
             vec![0, 50],
             "{alg:?}"
         );
+    }
+}
+
+#[test]
+fn panic_mode_uses_unhealthy_backends_but_never_disabled_ones() {
+    let mut bs = backends(&[1, 1, 1]);
+    Arc::get_mut(&mut bs[2]).expect("unique").disabled = true;
+    bs[0].stats.up.store(false, Ordering::Relaxed);
+    let b = Balancer::new(Algorithm::RoundRobin, &bs);
+    assert_eq!(
+        counts(&b, &bs, 100, PickContext::default()),
+        vec![0, 100, 0]
+    );
+    let panic = PickContext {
+        panic: true,
+        ..Default::default()
+    };
+    let c = counts(&b, &bs, 100, panic);
+    assert!(c[0] > 0 && c[1] > 0 && c[2] == 0, "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_the_share_of_a_recovered_backend() {
+    // Weighted algorithms: the ramping backend's share grows from ~10% of its weight.
+    for alg in [
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConn,
+        Algorithm::P2c,
+        Algorithm::Random,
+    ] {
+        let bs = backends(&[1, 1]);
+        let b = Balancer::new(alg, &bs);
+        bs[1].stats.start_ramp();
+        let share = |bs: &[Arc<Backend>]| {
+            let mut n = 0;
+            for _ in 0..4000 {
+                let i = b.pick(bs, &PickContext::default()).expect("pick");
+                // Hold every pick of the ramping backend as in flight for load-based ones.
+                if i == 1 {
+                    n += 1;
+                }
+                bs[i].stats.active.fetch_add(1, Ordering::Relaxed);
+            }
+            for x in bs.iter() {
+                x.stats.active.store(0, Ordering::Relaxed);
+            }
+            n as f64 / 4000.0
+        };
+        let early = share(&bs);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let middle = share(&bs);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let done = share(&bs);
+        assert!(
+            bs[1].ramp_factor().is_none(),
+            "{alg:?}: ramp over after the window"
+        );
+        assert!(early < 0.15, "{alg:?}: early share {early}");
+        // f = 0.5: weighted round robin keeps half of its turns (share 0.25), the others
+        // halve its weight (share 1/3).
+        assert!(
+            (0.2..0.42).contains(&middle),
+            "{alg:?}: middle share {middle}"
+        );
+        assert!((0.45..0.55).contains(&done), "{alg:?}: final share {done}");
     }
 }

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use autolb::config;
@@ -133,7 +132,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     rt.block_on(async {
         let server = Server::start(cfg).await?;
         wait_for_signals(&server, path).await?;
-        server.shutdown(Duration::from_secs(10)).await;
+        let grace = server.runtime.snapshot().config.shutdown_grace;
+        server.shutdown(grace).await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -13,6 +13,7 @@ use super::pool::PoolItem;
 #[derive(Default)]
 pub(crate) struct Gathered {
     pub threads: Option<usize>,
+    pub shutdown_grace: Option<std::time::Duration>,
     pub admin: Option<(Admin, Option<Pos>)>,
     pub admin_failed: bool,
     pub listeners_key: Option<Pos>,

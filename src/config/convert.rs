@@ -12,7 +12,7 @@ use super::checks::{cross_checks, default_admin_listen, Gathered};
 use super::de::from_node;
 use super::error::{Issues, Pos};
 use super::file::{
-    AdminFile, ListenerFile, ProtocolFile, RouteFile, StateBackendFile, StateFile, TlsFile,
+    AdminFile, Dur, ListenerFile, ProtocolFile, RouteFile, StateBackendFile, StateFile, TlsFile,
     TOP_LEVEL_KEYS,
 };
 use super::model::{Admin, CertPair, Config, Listener, ListenerTls, Protocol, Route, State};
@@ -265,6 +265,13 @@ fn gather(root: &Node, issues: &mut Issues) -> Gathered {
                 Some(t) => g.threads = Some(t.value),
                 None => {}
             },
+            "shutdown_grace" => match item::<Located<Dur>>(value, issues) {
+                Some(d) if d.value.0.is_zero() => {
+                    issues.push(d.pos, "shutdown_grace must be greater than 0")
+                }
+                Some(d) => g.shutdown_grace = Some(d.value.0),
+                None => {}
+            },
             "admin" if null => {}
             "admin" => {
                 g.admin = item::<AdminFile>(value, issues).and_then(|a| admin(a, issues));
@@ -429,6 +436,7 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
     issues.result(Config {
         source: source.to_path_buf(),
         threads,
+        shutdown_grace: g.shutdown_grace.unwrap_or(Duration::from_secs(30)),
         admin,
         listeners: g.listeners.into_iter().map(|l| l.listener).collect(),
         routes: g.routes.into_iter().map(|r| r.route).collect(),

@@ -42,6 +42,39 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A list item that is either a string or an integer (`retry_on`, `expected_status`);
+/// a quoted number stays a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StrOrInt {
+    Str(String),
+    Int(i128),
+}
+
+impl<'de> Deserialize<'de> for StrOrInt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrOrIntVisitor;
+        impl Visitor<'_> for StrOrIntVisitor {
+            type Value = StrOrInt;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrInt, E> {
+                Ok(StrOrInt::Str(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StrOrInt, E> {
+                Ok(StrOrInt::Int(v.into()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StrOrInt, E> {
+                Ok(StrOrInt::Int(v.into()))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<StrOrInt, E> {
+                Ok(StrOrInt::Int(v))
+            }
+        }
+        d.deserialize_any(StrOrIntVisitor)
+    }
+}
+
 /// `admin:`
 #[derive(Debug, Default, Deserialize)]
 #[serde(
@@ -129,7 +162,11 @@ pub struct PoolFile {
     pub health_check: Option<Located<HealthCheckFile>>,
     pub outlier: Option<Located<OutlierFile>>,
     pub retries: Option<Located<u32>>,
+    pub retry_methods: Option<Vec<Located<String>>>,
+    pub retry_on: Option<Vec<Located<StrOrInt>>>,
     pub timeouts: Option<TimeoutsFile>,
+    pub slow_start: Option<Located<Dur>>,
+    pub panic_threshold: Option<Located<u32>>,
     /// Placeholder so the key is known; see `BackendFile`.
     #[allow(dead_code)]
     pub backends: Option<IgnoredAny>,
@@ -165,6 +202,9 @@ pub struct HealthCheckFile {
     #[serde(rename = "type")]
     pub kind: Option<Located<HealthKindFile>>,
     pub path: Option<Located<String>>,
+    pub host: Option<Located<String>>,
+    pub expected_status: Option<Located<Vec<Located<StrOrInt>>>>,
+    pub port: Option<Located<u64>>,
     pub interval: Option<Located<Dur>>,
     pub timeout: Option<Located<Dur>>,
     pub rise: Option<Located<u32>>,
@@ -174,11 +214,14 @@ pub struct HealthCheckFile {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "an outlier mapping (consecutive_failures, ejection)"
+    expecting = "an outlier mapping (consecutive_failures, ejection, ...)"
 )]
 pub struct OutlierFile {
     pub consecutive_failures: Option<Located<u32>>,
     pub ejection: Option<Located<Dur>>,
+    pub max_ejection: Option<Located<Dur>>,
+    pub max_ejection_percent: Option<Located<u32>>,
+    pub count: Option<Located<Vec<Located<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,4 +302,12 @@ pub struct RedisFile {
 }
 
 /// The top-level keys, in the order they are documented.
-pub const TOP_LEVEL_KEYS: &[&str] = &["threads", "admin", "listeners", "routes", "pools", "state"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "threads",
+    "shutdown_grace",
+    "admin",
+    "listeners",
+    "routes",
+    "pools",
+    "state",
+];

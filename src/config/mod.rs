@@ -1,17 +1,22 @@
 //! Configuration: YAML text -> spanned tree (`node`) -> serde file types (`file`, via `de`)
-//! -> validated runtime types (`model`, via `convert`/`pool`), every error as FILE:LINE:COL.
+//! -> validated runtime types (`model`, via `convert`/`pool`/`health`/`retry`), every error
+//! as FILE:LINE:COL.
 
 mod checks;
 mod convert;
 mod de;
 mod error;
 mod file;
+mod health;
 mod node;
 mod pool;
+mod retry;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_policy;
 
 pub mod model;
 pub use error::{ConfigError, ConfigErrors};

@@ -1,5 +1,6 @@
 //! Pool conversion: `PoolFile` (+ its backends, deserialized one by one) -> `model::Pool`,
-//! with every per-pool check (weights, addresses, health, outlier, autoscale, hash keys).
+//! with every per-pool check (weights, addresses, autoscale, hash keys); health checks and
+//! outlier detection are in `health.rs`, retries in `retry.rs`.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -7,15 +8,11 @@ use std::time::Duration;
 
 use super::de::from_node;
 use super::error::{Issues, Pos};
-use super::file::{
-    AutoscaleFile, BackendFile, BalanceFile, HealthCheckFile, HealthKindFile, OutlierFile,
-    PoolFile, StickyFile, TimeoutsFile,
-};
-use super::model::{
-    Algorithm, Autoscale, Backend, HashKey, HealthCheck, HealthCheckKind, Outlier, Pool,
-    ScaleTarget, Sticky, Timeouts,
-};
+use super::file::{AutoscaleFile, BackendFile, BalanceFile, PoolFile, StickyFile, TimeoutsFile};
+use super::health::{health, outlier};
+use super::model::{Algorithm, Autoscale, Backend, HashKey, Pool, ScaleTarget, Sticky, Timeouts};
 use super::node::{Located, Node, Value};
+use super::retry::{percent, retry_methods, retry_on};
 
 /// Autoscale providers this build knows.
 pub const PROVIDERS: &[&str] = &["process"];
@@ -51,7 +48,12 @@ pub(crate) fn nonzero_dur(
 }
 
 /// A count field that must not be zero.
-fn nonzero(field: &Option<Located<u32>>, default: u32, what: &str, issues: &mut Issues) -> u32 {
+pub(crate) fn nonzero(
+    field: &Option<Located<u32>>,
+    default: u32,
+    what: &str,
+    issues: &mut Issues,
+) -> u32 {
     match field {
         Some(l) if l.value == 0 => {
             issues.push(l.pos, format!("{what} must be at least 1"));
@@ -120,7 +122,14 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
         health_check,
         outlier,
         retries: or(&file.retries, 2),
+        retry_methods: retry_methods(&file.retry_methods, &mut issues),
+        retry_on: retry_on(&file.retry_on, &mut issues),
         timeouts,
+        slow_start: file
+            .slow_start
+            .as_ref()
+            .map(|_| nonzero_dur(&file.slow_start, Duration::ZERO, "slow_start", &mut issues)),
+        panic_threshold: percent(&file.panic_threshold, 0, "panic_threshold", &mut issues),
         backends: backends.unwrap_or_default(),
         autoscale,
     };
@@ -309,60 +318,6 @@ fn sticky(file: &StickyFile, issues: &mut Issues) -> Sticky {
     Sticky {
         cookie_name,
         cookie_ttl: nonzero_dur(&ttl, Duration::from_secs(3600), "sticky cookie ttl", issues),
-    }
-}
-
-fn health(file: &HealthCheckFile, issues: &mut Issues) -> HealthCheck {
-    let kind = match or(&file.kind, HealthKindFile::Http) {
-        HealthKindFile::Http => HealthCheckKind::Http,
-        HealthKindFile::Tcp => HealthCheckKind::Tcp,
-    };
-    let path = or(&file.path, "/health".to_string());
-    if let Some(p) = &file.path {
-        if kind == HealthCheckKind::Http && !p.value.starts_with('/') {
-            issues.push(
-                p.pos,
-                format!(
-                    "health_check path must start with \"/\", got \"{}\"",
-                    p.value
-                ),
-            );
-        }
-    }
-    HealthCheck {
-        kind,
-        path,
-        interval: nonzero_dur(
-            &file.interval,
-            Duration::from_secs(2),
-            "health_check interval",
-            issues,
-        ),
-        timeout: nonzero_dur(
-            &file.timeout,
-            Duration::from_secs(1),
-            "health_check timeout",
-            issues,
-        ),
-        rise: nonzero(&file.rise, 2, "health_check rise", issues),
-        fall: nonzero(&file.fall, 3, "health_check fall", issues),
-    }
-}
-
-fn outlier(file: &OutlierFile, issues: &mut Issues) -> Outlier {
-    Outlier {
-        consecutive_failures: nonzero(
-            &file.consecutive_failures,
-            5,
-            "outlier consecutive_failures",
-            issues,
-        ),
-        ejection: nonzero_dur(
-            &file.ejection,
-            Duration::from_secs(30),
-            "outlier ejection",
-            issues,
-        ),
     }
 }
 

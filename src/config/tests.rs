@@ -65,6 +65,7 @@ pub(super) fn assert_error_after(yaml: &str, prefix: &str, message: &str) {
 }
 
 const FULL: &str = r#"threads: 4
+shutdown_grace: 45s
 admin:
   listen: 127.0.0.1:9100
   token_env: AUTOLB_ADMIN_TOKEN
@@ -96,9 +97,27 @@ pools:
     hash_key: source_ip
     sticky:
       cookie: { name: SID, ttl: 2h }
-    health_check: { type: http, path: /healthz, interval: 3s, timeout: 500ms, rise: 1, fall: 4 }
-    outlier: { consecutive_failures: 7, ejection: 1m }
+    health_check:
+      type: http
+      path: /healthz
+      host: app.example.com:8080
+      expected_status: [200, "300-302", 204]
+      port: 9090
+      interval: 3s
+      timeout: 500ms
+      rise: 1
+      fall: 4
+    outlier:
+      consecutive_failures: 7
+      ejection: 1m
+      max_ejection: 10m
+      max_ejection_percent: 20
+      count: [reset, 5xx]
     retries: 3
+    retry_methods: [get, HEAD, Post]
+    retry_on: [connect_failure, timeout, 502, "503"]
+    slow_start: 30s
+    panic_threshold: 40
     timeouts: { connect: 1s, response: 10s, idle: 2m }
     backends:
       - { address: 127.0.0.1:3001, weight: 3 }
@@ -117,6 +136,7 @@ pools:
     balance: consistent_hash
     hash_key: header:X-User
     health_check: { type: tcp }
+    outlier: { ejection: 400s }
     backends:
       - address: 127.0.0.1:4001
 state:
@@ -139,6 +159,7 @@ fn full_config_parses_into_the_model() {
     let expected = Config {
         source: PathBuf::from(FILE),
         threads: 4,
+        shutdown_grace: Duration::from_secs(45),
         admin: Admin {
             listen: addr("127.0.0.1:9100"),
             token_env: Some("AUTOLB_ADMIN_TOKEN".into()),
@@ -212,6 +233,9 @@ fn full_config_parses_into_the_model() {
                 health_check: Some(HealthCheck {
                     kind: HealthCheckKind::Http,
                     path: "/healthz".into(),
+                    host: Some("app.example.com:8080".into()),
+                    expected_status: vec![(200, 200), (300, 302), (204, 204)],
+                    port: Some(9090),
                     interval: Duration::from_secs(3),
                     timeout: Duration::from_millis(500),
                     rise: 1,
@@ -220,13 +244,30 @@ fn full_config_parses_into_the_model() {
                 outlier: Some(Outlier {
                     consecutive_failures: 7,
                     ejection: Duration::from_secs(60),
+                    max_ejection: Duration::from_secs(600),
+                    max_ejection_percent: 20,
+                    count: OutlierCount {
+                        connect_failure: false,
+                        reset: true,
+                        timeout: false,
+                        status_5xx: true,
+                    },
                 }),
                 retries: 3,
+                retry_methods: vec![http::Method::GET, http::Method::HEAD, http::Method::POST],
+                retry_on: RetryOn {
+                    connect_failure: true,
+                    reset: false,
+                    timeout: true,
+                    statuses: vec![502, 503],
+                },
                 timeouts: Timeouts {
                     connect: Duration::from_secs(1),
                     response: Duration::from_secs(10),
                     idle: Duration::from_secs(120),
                 },
+                slow_start: Some(Duration::from_secs(30)),
+                panic_threshold: 40,
                 backends: vec![
                     Backend {
                         address: "127.0.0.1:3001".into(),
@@ -270,18 +311,33 @@ fn full_config_parses_into_the_model() {
                 health_check: Some(HealthCheck {
                     kind: HealthCheckKind::Tcp,
                     path: "/health".into(),
+                    host: None,
+                    expected_status: vec![(200, 399)],
+                    port: None,
                     interval: Duration::from_secs(2),
                     timeout: Duration::from_secs(1),
                     rise: 2,
                     fall: 3,
                 }),
-                outlier: None,
+                outlier: Some(Outlier {
+                    consecutive_failures: 5,
+                    ejection: Duration::from_secs(400),
+                    max_ejection: Duration::from_secs(400),
+                    max_ejection_percent: 50,
+                    count: OutlierCount::default(),
+                }),
                 retries: 2,
+                retry_methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
+                    .map(|m| m.parse().expect("method"))
+                    .to_vec(),
+                retry_on: RetryOn::default(),
                 timeouts: Timeouts {
                     connect: Duration::from_secs(2),
                     response: Duration::from_secs(30),
                     idle: Duration::from_secs(60),
                 },
+                slow_start: None,
+                panic_threshold: 0,
                 backends: vec![Backend {
                     address: "127.0.0.1:4001".into(),
                     addr: addr("127.0.0.1:4001"),
@@ -315,6 +371,7 @@ fn defaults_fill_a_minimal_config() {
         }
     );
     assert_eq!(c.state, State::Memory);
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
     let l = &c.listeners[0];
     assert_eq!(l.protocol, Protocol::Http);
     assert_eq!(l.idle_timeout, Duration::from_secs(60));
@@ -323,6 +380,11 @@ fn defaults_fill_a_minimal_config() {
     assert_eq!(web.balance, Algorithm::RoundRobin);
     assert_eq!(web.hash_key, HashKey::SourceIp);
     assert_eq!(web.retries, 2);
+    let methods: Vec<&str> = web.retry_methods.iter().map(|m| m.as_str()).collect();
+    assert_eq!(methods, ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
+    assert_eq!(web.retry_on, RetryOn::default());
+    assert!(web.retry_on.statuses.is_empty());
+    assert_eq!((web.slow_start, web.panic_threshold), (None, 0));
     assert_eq!(
         web.timeouts,
         Timeouts {
@@ -358,10 +420,22 @@ fn defaults_fill_a_minimal_config() {
         )
     );
     assert_eq!(
+        (hc.host, hc.expected_status, hc.port),
+        (None, vec![(200, 399)], None)
+    );
+    assert_eq!(
         web.outlier,
         Some(Outlier {
             consecutive_failures: 5,
-            ejection: Duration::from_secs(30)
+            ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            count: OutlierCount {
+                connect_failure: true,
+                reset: true,
+                timeout: true,
+                status_5xx: true
+            },
         })
     );
     assert_eq!(

@@ -6,7 +6,7 @@ use super::tests::{
 };
 
 /// A valid config the tests below break in one place.
-const BASE: &str = "\
+pub(super) const BASE: &str = "\
 listeners:
   - name: web
     listen: 127.0.0.1:8080
@@ -17,7 +17,7 @@ pools:
       - address: 127.0.0.1:3001
 ";
 
-fn with_pool(extra: &str) -> String {
+pub(super) fn with_pool(extra: &str) -> String {
     format!("{BASE}{extra}")
 }
 

@@ -2,25 +2,23 @@
 //! it over a pooled keep-alive connection and stream the answer back; 502/503/504 otherwise.
 
 pub mod body;
+pub mod forward;
 pub mod headers;
 pub mod local;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use crate::affinity;
-use crate::balance::PickContext;
 use crate::config::Algorithm;
-use crate::runtime::{Pool, Runtime};
-use body::{Exchange, ProxyBody, UpstreamBody};
+use crate::runtime::Runtime;
+use body::ProxyBody;
 use headers::ClientInfo;
 
 /// Per-connection facts the proxy needs for each request.
@@ -86,105 +84,7 @@ async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody>
         parts.uri = Uri::from(pq);
     }
     parts.version = http::Version::HTTP_11;
-    forward(Request::from_parts(parts, body), pool, hash).await
-}
-
-/// Pick, send, and retry on another backend while nothing of the request was sent.
-async fn forward(
-    mut req: Request<Incoming>,
-    pool: &Arc<Pool>,
-    hash: Option<u64>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let mut pick = PickContext { hash, exclude: 0 };
-    let attempts = pool.retries + 1;
-    pool.stats.active.fetch_add(1, Ordering::Relaxed);
-    let mut last_error = None;
-    for attempt in 0..attempts {
-        let Some(idx) = pool.balancer.pick(&pool.backends, &pick) else {
-            break;
-        };
-        if idx < 64 {
-            pick.exclude |= 1 << idx;
-        }
-        let backend = &pool.backends[idx];
-        backend.stats.active.fetch_add(1, Ordering::Relaxed);
-        let sent_at = Instant::now();
-        let t = &pool.timeouts;
-        match backend.conns.send(req, t.connect, t.response, t.idle).await {
-            Ok((resp, conn)) => {
-                let now = Instant::now();
-                backend
-                    .stats
-                    .record_latency(now.saturating_duration_since(sent_at), now);
-                let status = resp.status().as_u16();
-                backend.stats.record_status(status);
-                let (mut parts, incoming) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers, false);
-                let exchange = Exchange {
-                    backend: backend.clone(),
-                    pool: pool.stats.clone(),
-                    started,
-                    status,
-                    conn: Some(conn),
-                };
-                let body = ProxyBody::Upstream(UpstreamBody::new(incoming, exchange, t.idle));
-                return Response::from_parts(parts, body);
-            }
-            Err(failed) => {
-                backend.stats.active.fetch_sub(1, Ordering::Relaxed);
-                backend.stats.record_failure();
-                tracing::warn!(
-                    pool = %pool.name,
-                    backend = %backend.address,
-                    attempt = attempt + 1,
-                    error = %failed.error,
-                    "backend failed"
-                );
-                match failed.request {
-                    Some(unsent) if attempt + 1 < attempts => {
-                        req = unsent;
-                        last_error = Some(failed.error);
-                    }
-                    _ => {
-                        last_error = Some(failed.error);
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-    pool.stats.local_errors.fetch_add(1, Ordering::Relaxed);
-    let now = Instant::now();
-    pool.stats
-        .window
-        .record(now.saturating_duration_since(started), true, now);
-    pool.stats
-        .histogram
-        .record(now.saturating_duration_since(started));
-    match last_error {
-        None => {
-            tracing::warn!(pool = %pool.name, "no usable backend: 503");
-            local::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no backend available",
-                Some(&pool.name),
-            )
-        }
-        Some(e) if e.is_timeout() => {
-            tracing::warn!(pool = %pool.name, error = %e, "backend timed out: 504");
-            local::error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "backend timed out",
-                Some(&pool.name),
-            )
-        }
-        Some(e) => {
-            tracing::warn!(pool = %pool.name, error = %e, "backend failed: 502");
-            local::error(StatusCode::BAD_GATEWAY, "backend failed", Some(&pool.name))
-        }
-    }
+    forward::forward(parts, body, pool, hash, &ctx.runtime.events).await
 }
 
 #[cfg(test)]

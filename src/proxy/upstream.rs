@@ -9,6 +9,8 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+
+use super::body::RequestBody;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -19,7 +21,7 @@ use crate::server::worker_id;
 /// Idle connections kept per worker and backend.
 const MAX_IDLE_PER_WORKER: usize = 1024;
 
-pub type Sender = http1::SendRequest<Incoming>;
+pub type Sender = http1::SendRequest<RequestBody>;
 
 /// Why a backend gave no response.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,16 @@ impl UpstreamError {
     /// A response timeout answers 504; everything else 502.
     pub fn is_timeout(&self) -> bool {
         matches!(self, UpstreamError::ResponseTimeout { .. })
+    }
+
+    /// Nothing could reach the backend (refused, connect timeout, failed handshake).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Handshake { .. }
+        )
     }
 }
 
@@ -143,7 +155,7 @@ impl ConnPool {
     /// On failure the request comes back when none of it was sent.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle: Duration,
@@ -196,7 +208,7 @@ impl ConnPool {
 #[derive(Debug)]
 pub struct Failed {
     pub error: UpstreamError,
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<Request<RequestBody>>,
 }
 
 impl Failed {

@@ -2,9 +2,9 @@
 //! counters, peak-EWMA latency, idle connections) that survives a reload.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -24,16 +24,51 @@ pub struct Backend {
     pub weight: u32,
     /// Configured `disabled` (maintenance): never picked.
     pub disabled: bool,
+    /// The pool's slow-start window, if any.
+    pub slow_start: Option<Duration>,
     /// Live state shared with the previous and next snapshot.
     pub stats: Arc<BackendStats>,
     pub conns: Arc<ConnPool>,
 }
 
 impl Backend {
-    /// May the balancer pick this backend now?
+    /// May the balancer pick this backend now? (enabled, healthy, not ejected)
     #[inline]
     pub fn usable(&self) -> bool {
-        !self.disabled && self.stats.up.load(Ordering::Relaxed)
+        !self.disabled && self.stats.healthy()
+    }
+
+    /// Weight in thousandths, scaled down while the backend is in slow start: from 10% of its
+    /// weight when it came (back) up to 100% at the end of the window.
+    #[inline]
+    pub fn weight_milli(&self) -> u64 {
+        let full = u64::from(self.weight.max(1)) * 1000;
+        match self.ramp_factor() {
+            Some(f) => ((full as f64) * f).max(1.0) as u64,
+            None => full,
+        }
+    }
+
+    /// The slow-start factor in [0.1, 1), or `None` when not ramping.
+    #[inline]
+    pub fn ramp_factor(&self) -> Option<f64> {
+        let start = self.stats.ramp_start_ns.load(Ordering::Relaxed);
+        if start == 0 {
+            return None;
+        }
+        let window = self.slow_start?.as_nanos() as f64;
+        let elapsed = self.stats.now_ns().saturating_sub(start) as f64;
+        if elapsed >= window {
+            // Done ramping: later picks skip the clock.
+            let _ = self.stats.ramp_start_ns.compare_exchange(
+                start,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return None;
+        }
+        Some((elapsed / window).max(0.1))
     }
 
     #[inline]
@@ -54,8 +89,24 @@ pub struct BackendStats {
     /// Sum of time-to-response-headers in microseconds, and its count.
     pub latency_us_sum: AtomicU64,
     pub latency_count: AtomicU64,
-    /// Health as decided by checks (true until a check says otherwise).
+    /// Health as decided by active checks (true until a check says otherwise).
     pub up: AtomicBool,
+    /// Ejected by passive outlier detection.
+    pub ejected: AtomicBool,
+    /// Ejections so far (each doubles the next one), and when the last one ended.
+    pub ejections: AtomicU32,
+    pub last_lift_ns: AtomicU64,
+    /// Consecutive failures seen by outlier detection.
+    pub consecutive_failures: AtomicU32,
+    /// Consecutive active-check results (only the checker writes them).
+    pub check_successes: AtomicU32,
+    pub check_failures: AtomicU32,
+    /// A backend added while autolb runs: unusable until its first check passes.
+    pub awaiting_first_check: AtomicBool,
+    /// Slow start: when the ramp began (ns since `epoch`, +1), 0 when not ramping.
+    pub ramp_start_ns: AtomicU64,
+    /// The last active check, for the status page (written by the checker only).
+    pub last_check: Mutex<Option<CheckReport>>,
     ewma_bits: AtomicU64,
     ewma_stamp_ns: AtomicU64,
     epoch: Instant,
@@ -70,6 +121,15 @@ impl Default for BackendStats {
             latency_us_sum: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
             up: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU32::new(0),
+            last_lift_ns: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            check_successes: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
+            awaiting_first_check: AtomicBool::new(false),
+            ramp_start_ns: AtomicU64::new(0),
+            last_check: Mutex::new(None),
             ewma_bits: AtomicU64::new(DEFAULT_RTT_NS.to_bits()),
             ewma_stamp_ns: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -77,7 +137,44 @@ impl Default for BackendStats {
     }
 }
 
+/// The outcome of the last active check.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub ok: bool,
+    /// e.g. `status 200`, `connection refused`, `timed out after 1s`.
+    pub detail: String,
+    pub at: SystemTime,
+    pub took: Duration,
+}
+
 impl BackendStats {
+    /// A backend that starts unusable until its first passing check (added while running).
+    pub fn awaiting_check() -> BackendStats {
+        let s = BackendStats::default();
+        s.up.store(false, Ordering::Relaxed);
+        s.awaiting_first_check.store(true, Ordering::Relaxed);
+        s
+    }
+
+    /// Healthy: up by active checks and not ejected.
+    #[inline]
+    pub fn healthy(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Nanoseconds since this backend's state was created, plus one (0 means "never").
+    pub fn now_ns(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
+            + 1
+    }
+
+    /// Begin a slow-start ramp now.
+    pub fn start_ramp(&self) {
+        self.ramp_start_ns.store(self.now_ns(), Ordering::Relaxed);
+    }
+
     /// Count a response by status class.
     #[inline]
     pub fn record_status(&self, status: u16) {

@@ -60,8 +60,6 @@ impl Server {
         for pool in &snapshot.config.pools {
             let pending: Vec<&str> = [
                 ("autoscale", pool.autoscale.is_some()),
-                ("health_check", pool.health_check.is_some()),
-                ("outlier", pool.outlier.is_some()),
                 ("sticky", pool.sticky.is_some()),
             ]
             .into_iter()
@@ -138,6 +136,7 @@ impl Server {
             stats.insert(name, st);
         }
         let listener_stats = Arc::new(stats);
+        runtime.start_health_checks();
         tracing::info!(addr = %admin_addr, "admin listening");
         tokio::spawn(crate::admin::serve(
             admin_listener,
@@ -171,16 +170,26 @@ impl Server {
             .sum()
     }
 
-    /// Stop accepting, let in-flight requests finish (up to `grace`), then stop the workers.
+    /// Stop accepting (new connections are refused), answer in-flight requests with
+    /// `Connection: close`, let them finish for up to `grace`, then stop the workers.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
+        self.runtime.health.stop();
+        tracing::info!(
+            connections = self.open_connections(),
+            grace = ?grace,
+            "draining: no longer accepting"
+        );
         let deadline = tokio::time::Instant::now() + grace;
         while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let left = self.open_connections();
         if left > 0 {
-            tracing::warn!(connections = left, "grace period over, closing connections");
+            tracing::warn!(
+                connections = left,
+                "shutdown grace period over: closing the connections still open"
+            );
         }
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;

@@ -1,0 +1,214 @@
+//! Backend health: active checks with HAProxy's rise/fall semantics (one task per backend,
+//! restarted whole on every config apply), passive outlier ejection, and the event log.
+
+pub mod check;
+pub mod events;
+pub mod outlier;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::config::HealthCheck;
+use crate::runtime::{Backend, BackendStats, CheckReport, Snapshot};
+use events::EventLog;
+
+/// A change of a backend's active-check health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+/// Apply one check result to the backend's counters (HAProxy semantics): DOWN after `fall`
+/// consecutive failures, UP after `rise` consecutive successes, or after the first success
+/// for a backend added while running.
+pub fn record_check(stats: &BackendStats, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
+    let up = stats.up.load(Ordering::Relaxed);
+    if ok {
+        stats.check_failures.store(0, Ordering::Relaxed);
+        let n = stats
+            .check_successes
+            .load(Ordering::Relaxed)
+            .saturating_add(1);
+        stats.check_successes.store(n, Ordering::Relaxed);
+        let needed = if stats.awaiting_first_check.load(Ordering::Relaxed) {
+            1
+        } else {
+            rise
+        };
+        if !up && n >= needed {
+            stats.up.store(true, Ordering::Relaxed);
+            stats.awaiting_first_check.store(false, Ordering::Relaxed);
+            return Some(Transition::Up);
+        }
+    } else {
+        stats.check_successes.store(0, Ordering::Relaxed);
+        let n = stats
+            .check_failures
+            .load(Ordering::Relaxed)
+            .saturating_add(1);
+        stats.check_failures.store(n, Ordering::Relaxed);
+        if up && n >= fall {
+            stats.up.store(false, Ordering::Relaxed);
+            return Some(Transition::Down);
+        }
+    }
+    None
+}
+
+/// The active-check tasks of the current snapshot.
+#[derive(Default)]
+pub struct HealthChecks {
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl HealthChecks {
+    /// Stop the previous snapshot's checks and start one task per checked backend of
+    /// `snapshot` on the current runtime. Health state lives in the backends, so a restart
+    /// keeps it: a changed check starts its new schedule without marking anything down.
+    pub fn reconcile(&self, snapshot: &Snapshot, events: &Arc<EventLog>) {
+        let mut started = Vec::new();
+        for pool in &snapshot.pools {
+            let Some(cfg) = &pool.health_check else {
+                continue;
+            };
+            for backend in pool.backends.iter().filter(|b| !b.disabled) {
+                let task = tokio::spawn(check_loop(
+                    pool.name.clone(),
+                    backend.clone(),
+                    cfg.clone(),
+                    events.clone(),
+                ));
+                started.push(task.abort_handle());
+            }
+        }
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for old in tasks.drain(..) {
+                old.abort();
+            }
+            *tasks = started;
+        }
+    }
+
+    pub fn stop(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+}
+
+async fn check_loop(pool: String, backend: Arc<Backend>, cfg: HealthCheck, events: Arc<EventLog>) {
+    // Spread the first checks over one interval (a new backend is checked at once).
+    let first = if backend.stats.awaiting_first_check.load(Ordering::Relaxed) {
+        Duration::ZERO
+    } else {
+        cfg.interval.mul_f64(fastrand::f64())
+    };
+    tokio::time::sleep(first).await;
+    loop {
+        let started = Instant::now();
+        let verdict = check::probe(backend.addr, &backend.address, &cfg).await;
+        if let Ok(mut last) = backend.stats.last_check.lock() {
+            *last = Some(CheckReport {
+                ok: verdict.ok,
+                detail: verdict.detail.clone(),
+                at: SystemTime::now(),
+                took: started.elapsed(),
+            });
+        }
+        let stats = &backend.stats;
+        match record_check(stats, verdict.ok, cfg.rise, cfg.fall) {
+            Some(Transition::Down) => {
+                let detail = format!(
+                    "{} consecutive failed checks, last: {}",
+                    stats.check_failures.load(Ordering::Relaxed),
+                    verdict.detail
+                );
+                tracing::warn!(pool = %pool, backend = %backend.address, %detail, "backend DOWN");
+                events.push(&pool, &backend.address, "down", detail);
+            }
+            Some(Transition::Up) => {
+                let detail = format!(
+                    "{} consecutive passed checks, last: {}",
+                    stats.check_successes.load(Ordering::Relaxed),
+                    verdict.detail
+                );
+                tracing::info!(pool = %pool, backend = %backend.address, %detail, "backend UP");
+                events.push(&pool, &backend.address, "up", detail);
+                if backend.slow_start.is_some() {
+                    stats.start_ramp();
+                }
+            }
+            None => {}
+        }
+        if verdict.ok {
+            outlier::lift(&pool, &backend, &events, "a passing active check");
+        }
+        tokio::time::sleep(check::next_delay(cfg.interval)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stats: &BackendStats, results: &str, rise: u32, fall: u32) -> Vec<Option<Transition>> {
+        results
+            .chars()
+            .map(|c| record_check(stats, c == '+', rise, fall))
+            .collect()
+    }
+
+    #[test]
+    fn down_after_exactly_fall_failures_and_up_after_exactly_rise_successes() {
+        let s = BackendStats::default();
+        let t = run(&s, "--+--", 2, 3);
+        assert!(
+            t.iter().all(Option::is_none),
+            "a success resets the failure count"
+        );
+        assert_eq!(run(&s, "-", 2, 3), vec![Some(Transition::Down)]);
+        assert!(!s.up.load(Ordering::Relaxed));
+        assert_eq!(run(&s, "----", 2, 3), vec![None; 4]);
+        assert_eq!(
+            run(&s, "+-+", 2, 3),
+            vec![None; 3],
+            "a failure resets the rise count"
+        );
+        assert_eq!(run(&s, "+", 2, 3), vec![Some(Transition::Up)]);
+        assert_eq!(run(&s, "++", 2, 3), vec![None, None]);
+    }
+
+    #[test]
+    fn rise_one_fall_one() {
+        let s = BackendStats::default();
+        assert_eq!(
+            run(&s, "-+-+", 1, 1),
+            vec![
+                Some(Transition::Down),
+                Some(Transition::Up),
+                Some(Transition::Down),
+                Some(Transition::Up)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backend_added_while_running_is_up_after_its_first_passing_check() {
+        let s = BackendStats::awaiting_check();
+        assert!(!s.healthy());
+        assert_eq!(run(&s, "-", 5, 3), vec![None]);
+        assert_eq!(run(&s, "+", 5, 3), vec![Some(Transition::Up)]);
+        assert!(s.healthy());
+        // From then on the usual rise count applies.
+        assert_eq!(run(&s, "---", 5, 3)[2], Some(Transition::Down));
+        assert_eq!(run(&s, "++++", 5, 3), vec![None; 4]);
+        assert_eq!(run(&s, "+", 5, 3), vec![Some(Transition::Up)]);
+    }
+}

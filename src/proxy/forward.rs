@@ -1,0 +1,216 @@
+//! One request's attempts at a pool: pick, send, classify the outcome (for retries and
+//! outlier detection), and retry on another backend only when it is safe.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::RETRY_AFTER;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
+use super::headers;
+use super::local;
+use super::upstream::UpstreamError;
+use crate::balance::PickContext;
+use crate::health::events::EventLog;
+use crate::health::outlier::{self, Outcome};
+use crate::runtime::Pool;
+
+/// Response header telling how many attempts a request took (only when more than one).
+pub const TRIES_HEADER: &str = "x-autolb-tries";
+
+/// A copy of a request head, kept only when the request may be resent after being sent
+/// (idempotent method, no body).
+struct Resendable {
+    parts: Parts,
+}
+
+impl Resendable {
+    fn request(&self) -> Request<RequestBody> {
+        let mut b = Request::builder()
+            .method(self.parts.method.clone())
+            .uri(self.parts.uri.clone())
+            .version(self.parts.version);
+        if let Some(h) = b.headers_mut() {
+            *h = self.parts.headers.clone();
+        }
+        b.body(RequestBody::Empty)
+            .unwrap_or_else(|_| Request::new(RequestBody::Empty))
+    }
+}
+
+/// How an attempt ended, when it gave no response to forward.
+enum Failure {
+    Upstream(UpstreamError),
+    /// A response status listed in `retry_on`, discarded before anything was forwarded.
+    Status(u16),
+}
+
+/// Send `req` to `pool`, retrying on other backends while it is safe.
+pub async fn forward(
+    parts: Parts,
+    body: Incoming,
+    pool: &Arc<Pool>,
+    hash: Option<u64>,
+    events: &Arc<EventLog>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let attempts = pool.retries + 1;
+    let resendable = (attempts > 1
+        && body.is_end_stream()
+        && pool.retry_methods.contains(&parts.method))
+    .then(|| Resendable {
+        parts: clone_head(&parts),
+    });
+    let mut next = Some(Request::from_parts(parts, RequestBody::Client(body)));
+    let mut pick = PickContext {
+        hash,
+        exclude: 0,
+        panic: pool.in_panic(),
+    };
+    pool.stats.active.fetch_add(1, Ordering::Relaxed);
+    let mut last: Option<Failure> = None;
+    for attempt in 0..attempts {
+        let req = match (next.take(), &resendable) {
+            (Some(r), _) => r,
+            (None, Some(copy)) => copy.request(),
+            (None, None) => break,
+        };
+        // Another backend where one exists, else the same one again.
+        let Some(idx) = pool.balancer.pick(&pool.backends, &pick).or_else(|| {
+            (attempt > 0)
+                .then(|| {
+                    pool.balancer
+                        .pick(&pool.backends, &PickContext { exclude: 0, ..pick })
+                })
+                .flatten()
+        }) else {
+            break;
+        };
+        if idx < 64 {
+            pick.exclude |= 1 << idx;
+        }
+        let backend = &pool.backends[idx];
+        backend.stats.active.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
+        let t = &pool.timeouts;
+        let more = attempt + 1 < attempts;
+        match backend.conns.send(req, t.connect, t.response, t.idle).await {
+            Ok((resp, conn)) => {
+                let now = Instant::now();
+                backend
+                    .stats
+                    .record_latency(now.saturating_duration_since(sent_at), now);
+                let status = resp.status().as_u16();
+                backend.stats.record_status(status);
+                let outcome = if status >= 500 {
+                    Outcome::Status5xx
+                } else {
+                    Outcome::Success
+                };
+                outlier::observe(pool, backend, outcome, events);
+                if more && resendable.is_some() && pool.retry_on.statuses.contains(&status) {
+                    // Nothing was forwarded yet: drop this answer and try elsewhere.
+                    backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+                    tracing::info!(pool = %pool.name, backend = %backend.address, status, attempt = attempt + 1, "retrying on status");
+                    last = Some(Failure::Status(status));
+                    continue;
+                }
+                let (mut head, incoming) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut head.headers, false);
+                if attempt > 0 {
+                    head.headers
+                        .insert(TRIES_HEADER, HeaderValue::from(attempt + 1));
+                }
+                let exchange = Exchange {
+                    backend: backend.clone(),
+                    pool: pool.stats.clone(),
+                    started,
+                    status,
+                    conn: Some(conn),
+                };
+                let body = ProxyBody::Upstream(UpstreamBody::new(incoming, exchange, t.idle));
+                return Response::from_parts(head, body);
+            }
+            Err(failed) => {
+                backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+                backend.stats.record_failure();
+                let e = &failed.error;
+                let (outcome, allowed) = if e.is_connect_failure() {
+                    (Outcome::ConnectFailure, pool.retry_on.connect_failure)
+                } else if e.is_timeout() {
+                    (Outcome::Timeout, pool.retry_on.timeout)
+                } else {
+                    (Outcome::Reset, pool.retry_on.reset)
+                };
+                outlier::observe(pool, backend, outcome, events);
+                tracing::warn!(
+                    pool = %pool.name,
+                    backend = %backend.address,
+                    attempt = attempt + 1,
+                    error = %e,
+                    "backend failed"
+                );
+                // Unsent requests go again as they are; sent ones only as a bodiless copy.
+                let retry = more && allowed && (failed.request.is_some() || resendable.is_some());
+                next = failed.request;
+                last = Some(Failure::Upstream(failed.error));
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+    pool.stats.local_errors.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let elapsed = now.saturating_duration_since(started);
+    pool.stats.window.record(elapsed, true, now);
+    pool.stats.histogram.record(elapsed);
+    failure_response(pool, last)
+}
+
+fn failure_response(pool: &Pool, last: Option<Failure>) -> Response<ProxyBody> {
+    match last {
+        None => {
+            tracing::warn!(pool = %pool.name, "no usable backend: 503");
+            let mut resp = local::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no backend available",
+                Some(&pool.name),
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(pool.retry_after_secs()));
+            resp
+        }
+        Some(Failure::Upstream(e)) if e.is_timeout() => {
+            tracing::warn!(pool = %pool.name, error = %e, "backend timed out: 504");
+            local::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend timed out",
+                Some(&pool.name),
+            )
+        }
+        Some(Failure::Upstream(e)) => {
+            tracing::warn!(pool = %pool.name, error = %e, "backend failed: 502");
+            local::error(StatusCode::BAD_GATEWAY, "backend failed", Some(&pool.name))
+        }
+        Some(Failure::Status(status)) => {
+            tracing::warn!(pool = %pool.name, status, "every try answered a retryable status: 502");
+            local::error(StatusCode::BAD_GATEWAY, "backend failed", Some(&pool.name))
+        }
+    }
+}
+
+fn clone_head(parts: &Parts) -> Parts {
+    let mut p = Request::new(()).into_parts().0;
+    p.method = parts.method.clone();
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
+}
