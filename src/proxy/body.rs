@@ -32,8 +32,12 @@ impl Exchange {
     fn finish(mut self, complete: bool) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.started);
-        if let (true, Some(tx)) = (complete, self.conn.take()) {
-            self.backend.conns.checkin(tx);
+        match (complete, self.conn.take()) {
+            (true, Some(tx)) => self.backend.conns.checkin(tx),
+            (false, Some(_)) => {
+                tracing::debug!(backend = %self.backend.address, "response incomplete: connection closed")
+            }
+            _ => {}
         }
         self.backend.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.pool.active.fetch_sub(1, Ordering::Relaxed);

@@ -105,10 +105,14 @@ impl ConnPool {
         let queue = self.queue();
         while let Some(Idle { mut tx, since }) = queue.pop() {
             if since.elapsed() >= max_idle || tx.is_closed() {
+                tracing::debug!(backend = %self.addr, closed = tx.is_closed(), "idle connection dropped");
                 continue;
             }
-            if tx.ready().await.is_ok() {
-                return Some(tx);
+            match tx.ready().await {
+                Ok(()) => return Some(tx),
+                Err(e) => {
+                    tracing::debug!(backend = %self.addr, error = %e, "idle connection unusable")
+                }
             }
         }
         None
@@ -138,6 +142,7 @@ impl ConnPool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        tracing::debug!(backend = %addr, "new backend connection");
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
