@@ -32,9 +32,17 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// May the balancer pick this backend now? (enabled, healthy, not ejected)
+    /// May the balancer pick this backend for a new request or session now?
+    /// (enabled, healthy, not ejected, not draining)
     #[inline]
     pub fn usable(&self) -> bool {
+        !self.disabled && self.stats.healthy() && !self.stats.draining.load(Ordering::Relaxed)
+    }
+
+    /// May a request already pinned to this backend (sticky session) still go to it?
+    /// Like `usable`, but a draining backend keeps its sessions.
+    #[inline]
+    pub fn serves_pinned(&self) -> bool {
         !self.disabled && self.stats.healthy()
     }
 
@@ -103,6 +111,14 @@ pub struct BackendStats {
     pub check_failures: AtomicU32,
     /// A backend added while autolb runs: unusable until its first check passes.
     pub awaiting_first_check: AtomicBool,
+    /// Draining (autoscaler scale-in, or removed by a reload): takes no new requests or
+    /// sessions; requests and WebSockets pinned to it (sticky) may still use it.
+    pub draining: AtomicBool,
+    /// Open WebSocket (upgraded) connections through this backend.
+    pub websockets: AtomicU64,
+    /// Notified when a draining backend's `drain_timeout` is over: its WebSockets close
+    /// with 1001 ("going away").
+    pub close_websockets: tokio::sync::Notify,
     /// Slow start: when the ramp began (ns since `epoch`, +1), 0 when not ramping.
     pub ramp_start_ns: AtomicU64,
     /// The last active check, for the status page (written by the checker only).
@@ -128,6 +144,9 @@ impl Default for BackendStats {
             check_successes: AtomicU32::new(0),
             check_failures: AtomicU32::new(0),
             awaiting_first_check: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            websockets: AtomicU64::new(0),
+            close_websockets: tokio::sync::Notify::new(),
             ramp_start_ns: AtomicU64::new(0),
             last_check: Mutex::new(None),
             ewma_bits: AtomicU64::new(DEFAULT_RTT_NS.to_bits()),
