@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod affinity;
+pub mod autoscale;
 pub mod balance;
 pub mod config;
 pub mod health;
@@ -9,3 +10,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod tls;

@@ -6,13 +6,13 @@ mod pool;
 pub mod stats;
 
 pub use backend::{Backend, BackendStats, CheckReport};
-pub use pool::{Pool, PoolStats};
+pub use pool::{default_instance_check, ManagedBackend, Pool, PoolStats};
 pub use stats::{LatencyWindow, WindowSummary};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -91,7 +91,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Build a snapshot from `config`, carrying over per-backend state (counters, EWMA,
     /// idle connections) and per-pool statistics from `previous` where names match.
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, workers: usize) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        managed: &HashMap<String, Vec<ManagedBackend>>,
+        previous: Option<&Snapshot>,
+        workers: usize,
+    ) -> Snapshot {
         let pool_index: HashMap<&str, usize> = config
             .pools
             .iter()
@@ -103,7 +108,8 @@ impl Snapshot {
             .iter()
             .map(|pc| {
                 let prev = previous.and_then(|s| s.pool(&pc.name));
-                Arc::new(Pool::build(pc, prev.map(|p| p.as_ref()), workers))
+                let instances = managed.get(&pc.name).map_or(&[][..], |v| v.as_slice());
+                Arc::new(Pool::build(pc, instances, prev.map(|p| p.as_ref()), workers))
             })
             .collect();
         // Config validation guarantees every named pool exists; a miss is skipped, not a panic.
@@ -150,9 +156,18 @@ impl Snapshot {
     }
 }
 
+/// What the snapshot is built from; only the apply step holds it.
+struct Inputs {
+    config: Arc<Config>,
+    /// Autoscaled instances per pool, as the autoscaler last published them.
+    managed: HashMap<String, Vec<ManagedBackend>>,
+}
+
 /// Owner of the live snapshot and process-wide facts (start time, worker count).
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
+    /// Serialises writers (reload, autoscaler); never touched by the data plane.
+    inputs: Mutex<Inputs>,
     pub workers: usize,
     pub started: std::time::Instant,
     pub reloads_ok: AtomicU64,
@@ -165,9 +180,12 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: Config, workers: usize) -> Arc<Runtime> {
-        let snapshot = Snapshot::build(Arc::new(config), None, workers);
+        let config = Arc::new(config);
+        let managed = HashMap::new();
+        let snapshot = Snapshot::build(config.clone(), &managed, None, workers);
         Arc::new(Runtime {
             current: ArcSwap::from_pointee(snapshot),
+            inputs: Mutex::new(Inputs { config, managed }),
             workers,
             started: std::time::Instant::now(),
             reloads_ok: AtomicU64::new(0),
@@ -183,14 +201,38 @@ impl Runtime {
         self.current.load_full()
     }
 
-    /// Build a new snapshot from `config` and swap it in whole. The only writer.
+    /// Swap in a new config: the whole snapshot is rebuilt and swapped once.
     /// Must run inside a tokio runtime: it restarts the active checks.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
+        let next = self.rebuild(|inputs| inputs.config = Arc::new(config));
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        next
+    }
+
+    /// Publish the autoscaler's current instances of `pool` (starting, ready and draining
+    /// ones: the balancer only picks the usable).
+    pub fn set_managed(&self, pool: &str, instances: Vec<ManagedBackend>) -> Arc<Snapshot> {
+        self.rebuild(|inputs| {
+            inputs.managed.insert(pool.to_string(), instances);
+        })
+    }
+
+    /// The one apply step: change the inputs, build the whole snapshot, swap it.
+    fn rebuild(&self, change: impl FnOnce(&mut Inputs)) -> Arc<Snapshot> {
+        let mut inputs = match self.inputs.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        change(&mut inputs);
         let old = self.current.load_full();
-        let next = Arc::new(Snapshot::build(Arc::new(config), Some(&old), self.workers));
+        let next = Arc::new(Snapshot::build(
+            inputs.config.clone(),
+            &inputs.managed,
+            Some(&old),
+            self.workers,
+        ));
         self.current.store(next.clone());
         self.health.reconcile(&next, &self.events);
-        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         next
     }
 

@@ -1,6 +1,8 @@
-//! The admin HTTP API on its own port: health, performance, load-balancer status and
-//! Prometheus metrics. Every answer is JSON except `/metrics`; errors are `{"error": ...}`.
+//! The admin HTTP API on its own port: health, performance, load-balancer, scaling and
+//! cluster status, Prometheus metrics, and manual scaling (POSTs need the bearer token).
+//! Every answer is JSON except `/metrics`; errors are `{"error": ...}`.
 
+mod scaling;
 mod status;
 
 use std::collections::BTreeMap;
@@ -18,6 +20,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::autoscale::Autoscaler;
+use crate::server::reload::Trigger;
 use crate::runtime::Runtime;
 use crate::server::ListenerStats;
 
@@ -26,6 +30,12 @@ use crate::server::ListenerStats;
 pub struct AdminState {
     pub runtime: Arc<Runtime>,
     pub listeners: Arc<BTreeMap<String, Arc<ListenerStats>>>,
+    pub autoscaler: Arc<Autoscaler>,
+    /// Bearer token every POST must carry (from `admin.token_env`); `None` on a loopback
+    /// admin without `token_env`.
+    pub token: Option<Arc<str>>,
+    pub reload: crate::server::reload::Handle,
+    pub reload_state: Arc<std::sync::Mutex<crate::server::reload::ReloadState>>,
 }
 
 /// Serve the admin API until shutdown.
@@ -46,7 +56,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req, &state)) }
+                async move { Ok::<_, Infallible>(route(req, &state).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -57,34 +67,66 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    let known = matches!(
-        path,
-        "/health" | "/health/performance" | "/loadbalancer/status" | "/metrics"
-    );
-    if !known {
+/// Every endpoint and the methods it takes.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("/health", "GET"),
+    ("/health/performance", "GET"),
+    ("/loadbalancer/status", "GET"),
+    ("/metrics", "GET"),
+    ("/scaling/status", "GET"),
+    ("/cluster/status", "GET"),
+    ("/scaling/manual", "POST"),
+    ("/config/reload", "POST"),
+];
+
+async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let Some(&(_, method)) = ENDPOINTS.iter().find(|(p, _)| *p == path) else {
         return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"));
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    };
+    let allowed = match method {
+        "GET" => req.method() == Method::GET || req.method() == Method::HEAD,
+        _ => req.method() == Method::POST,
+    };
+    if !allowed {
+        let allow = if method == "GET" { "GET, HEAD" } else { "POST" };
         let mut resp = error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed; use GET",
+            &format!("method not allowed; use {allow}"),
         );
         resp.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(http::header::ALLOW, HeaderValue::from_static(allow));
         return resp;
     }
+    if method == "POST" {
+        if let Err(resp) = authorize(&req, state) {
+            return resp;
+        }
+    }
     let rt = &state.runtime;
-    match path {
-        "/health" => json(StatusCode::OK, &status::health(rt)),
+    match path.as_str() {
+        "/health" => {
+            let mut h = status::health(rt);
+            if let Ok(r) = state.reload_state.lock() {
+                let extra = r.to_json();
+                h["config"]["hash"] = extra["config_hash"].clone();
+                h["config"]["last_reload"] = extra["last_reload"].clone();
+            }
+            json(StatusCode::OK, &h)
+        }
         "/health/performance" => json(StatusCode::OK, &status::performance(rt, &state.listeners)),
         "/loadbalancer/status" => json(StatusCode::OK, &status::loadbalancer(rt, &state.listeners)),
+        "/scaling/status" => json(StatusCode::OK, &state.autoscaler.scaling_status()),
+        "/cluster/status" => json(StatusCode::OK, &state.autoscaler.cluster_status()),
+        "/scaling/manual" => scaling::manual(req, state).await,
+        "/config/reload" => match state.reload.reload(Trigger::Admin).await {
+            Some(o) if o.ok => json(StatusCode::OK, &o.to_json()),
+            Some(o) => json(StatusCode::BAD_REQUEST, &o.to_json()),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "autolb is shutting down"),
+        },
         _ => {
-            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(
-                rt,
-                &state.listeners,
-            ))));
+            let text = crate::metrics::render(rt, &state.listeners, Some(&state.autoscaler));
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -94,7 +136,35 @@ fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     }
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+/// Every POST needs `Authorization: Bearer TOKEN` when a token is configured.
+fn authorize(req: &Request<Incoming>, state: &AdminState) -> Result<(), Response<Full<Bytes>>> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "invalid bearer token")),
+        None => {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "missing bearer token");
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            Err(resp)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -104,6 +174,6 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     resp
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": message }))
 }

@@ -144,6 +144,8 @@ fn pool_status(p: &Pool) -> Value {
                     "ewma": (s.ewma_ns() / 1e3).round() / 1e3,
                 },
                 "idle_connections": b.conns.idle_count(),
+                "websockets": s.websockets.load(Ordering::Relaxed),
+                "draining": s.draining.load(Ordering::Relaxed),
                 "check": check,
                 "ejected": s.ejected.load(Ordering::Relaxed),
                 "ejections": s.ejections.load(Ordering::Relaxed),
@@ -160,6 +162,8 @@ fn pool_status(p: &Pool) -> Value {
         "total": p.backends.len(),
         "local_errors": p.stats.local_errors.load(Ordering::Relaxed),
         "panic": p.in_panic(),
+        "affinity": p.affinity.as_ref().map(|a| a.mode()),
+        "websockets": p.backends.iter().map(|b| b.stats.websockets.load(Ordering::Relaxed)).sum::<u64>(),
         "backends": backends,
     });
     if p.algorithm == Algorithm::ConsistentHash {

@@ -1,5 +1,11 @@
-//! Affinity keys: the request value a `consistent_hash` pool hashes (source IP, a header, a
-//! cookie or the URI), hashed with a fixed seed so every node gives the same answer.
+//! Affinity: the request value a `consistent_hash` pool hashes (source IP, a header, a
+//! cookie or the URI), hashed with a fixed seed so every node gives the same answer; and
+//! sticky sessions (`sticky:`): signed cookies naming a backend, or hashed keys.
+
+pub mod cookie;
+mod sticky;
+
+pub use sticky::{take_cookie, Affinity, Resolved};
 
 use std::net::IpAddr;
 
@@ -35,12 +41,21 @@ pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a 
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = trim(pair);
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]))
-        })
+        .flat_map(|v| cookie_pairs(v.as_bytes()))
+        .find_map(|(k, v)| (k == name.as_bytes()).then_some(v))
+}
+
+/// The `(name, value)` pairs of one Cookie header value, trimmed.
+fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    value
+        .split(|&b| b == b';')
+        .filter_map(|pair| split_pair(trim(pair)))
+}
+
+/// `name=value` (both trimmed), or `None` without `=`.
+fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    Some((trim(&pair[..eq]), trim(&pair[eq + 1..])))
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {

@@ -142,7 +142,8 @@ impl Balancer {
             })
     }
 
-    /// Fewest in-flight requests per unit of weight; ties go to the first in a rotating order.
+    /// Fewest in-flight requests and WebSockets per unit of weight; ties go to the first in a
+    /// rotating order.
     fn least_conn(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
         let n = backends.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +154,7 @@ impl Balancer {
                 continue;
             }
             let b = &backends[i];
-            let (l, w) = (b.active() + 1, b.weight_milli());
+            let (l, w) = (connections(b) + 1, b.weight_milli());
             match best {
                 // l/w < bl/bw  <=>  l*bw < bl*w
                 Some((_, bl, bw)) if l * bw >= bl * w => {}
@@ -216,7 +217,13 @@ impl Balancer {
 /// In-flight requests per unit of (slow-start scaled) weight, scaled to stay an integer.
 #[inline]
 fn load(b: &Backend) -> u64 {
-    (b.active() + 1) * 1_000_000 / b.weight_milli()
+    (connections(b) + 1) * 1_000_000 / b.weight_milli()
+}
+
+/// What least_conn and p2c count as a backend's load: in-flight requests and open WebSockets.
+#[inline]
+fn connections(b: &Backend) -> u64 {
+    b.active() + b.stats.websockets.load(Ordering::Relaxed)
 }
 
 /// Thinning for table-driven algorithms: a backend in slow start keeps each of its turns

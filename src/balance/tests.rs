@@ -227,3 +227,18 @@ async fn slow_start_ramps_the_share_of_a_recovered_backend() {
         assert!((0.45..0.55).contains(&done), "{alg:?}: final share {done}");
     }
 }
+
+#[test]
+fn least_conn_and_p2c_count_websockets_as_load() {
+    let bs = backends(&[1, 1]);
+    bs[0].stats.websockets.store(3, Ordering::Relaxed);
+    bs[1].stats.active.store(1, Ordering::Relaxed);
+    for alg in [Algorithm::LeastConn, Algorithm::P2c] {
+        let b = Balancer::new(alg, &bs);
+        assert_eq!(
+            counts(&b, &bs, 20, PickContext::default()),
+            vec![0, 20],
+            "{alg:?}"
+        );
+    }
+}

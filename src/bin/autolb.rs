@@ -83,6 +83,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load_file(path) {
         Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("{w}");
+            }
             let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
             println!(
                 "{}: ok: {} listener(s), {} route(s), {} pool(s), {} backend(s)",
@@ -138,41 +141,37 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Run until SIGTERM or SIGINT; SIGHUP reloads the config file.
-async fn wait_for_signals(server: &Server, path: &std::path::Path) -> anyhow::Result<()> {
+/// Run until SIGTERM or SIGINT; SIGHUP, the config file watcher and `POST /config/reload`
+/// all reload through `Server::reload`.
+async fn wait_for_signals(server: &Server, _path: &std::path::Path) -> anyhow::Result<()> {
+    use autolb::server::reload::Trigger;
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut requests = server.reload_requests();
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); return Ok(()); }
-            _ = hup.recv() => reload(server, path),
-        }
-    }
-}
-
-fn reload(server: &Server, path: &std::path::Path) {
-    use std::sync::atomic::Ordering;
-    match config::load_file(path) {
-        Ok(cfg) => {
-            let old = server.runtime.snapshot();
-            if cfg.listeners != old.config.listeners || cfg.admin != old.config.admin {
-                tracing::warn!(
-                    "reload: listener and admin changes need a restart; applying the rest"
-                );
-            }
-            let next = server.runtime.apply(cfg);
-            tracing::info!(generation = next.generation, "reload: config applied");
-        }
-        Err(errors) => {
-            server
-                .runtime
-                .reloads_failed
-                .fetch_add(1, Ordering::Relaxed);
-            for e in &errors.0 {
-                tracing::error!("reload refused: {e}");
+            _ = hup.recv() => { server.reload(Trigger::Signal); }
+            Some(req) = async {
+                match requests.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // An unchanged file (an editor touching it) is not a reload.
+                if req.trigger == Trigger::File
+                    && autolb::server::reload::file_hash(&server.runtime.snapshot().config.source)
+                        == server.config_hash()
+                {
+                    continue;
+                }
+                let outcome = server.reload(req.trigger);
+                if let Some(reply) = req.reply {
+                    let _ = reply.send(outcome);
+                }
             }
         }
     }

@@ -120,7 +120,8 @@ pub(crate) fn cross_checks(g: &Gathered, issues: &mut Issues) {
             (None, _) if ln.protocol == Protocol::Tcp => {
                 issues.push(l.pos, format!("tcp listener \"{}\" needs a pool", ln.name))
             }
-            (None, _) if g.routes_seen == 0 => issues.push(
+            // A redirect_https listener answers every request itself.
+            (None, _) if g.routes_seen == 0 && ln.redirect_https.is_none() => issues.push(
                 l.pos,
                 format!(
                     "listener \"{}\" has no pool and no routes are defined",

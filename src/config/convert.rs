@@ -12,15 +12,12 @@ use super::checks::{cross_checks, default_admin_listen, Gathered};
 use super::de::from_node;
 use super::error::{Issues, Pos};
 use super::file::{
-    AdminFile, Dur, ListenerFile, ProtocolFile, RouteFile, StateBackendFile, StateFile, TlsFile,
+    AdminFile, Dur, ListenerFile, ProtocolFile, RouteFile, StateBackendFile, StateFile,
     TOP_LEVEL_KEYS,
 };
-use super::model::{Admin, CertPair, Config, Listener, ListenerTls, Protocol, Route, State};
+use super::model::{Admin, Config, Listener, Protocol, Route, State};
 use super::node::{Located, Node, Value};
 use super::pool::{convert_pool, nonzero_dur};
-
-/// ALPN protocols an https listener can offer.
-pub const ALPN: &[&str] = &["h2", "http/1.1"];
 
 /// A converted listener with the positions the cross-item checks need.
 #[derive(Debug)]
@@ -86,7 +83,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             issues.push(p.pos, "listener pool must not be empty");
         }
         let tls = match (&file.tls, protocol) {
-            (Some(tls), Protocol::Https) => tls_of(tls, &mut issues),
+            (Some(tls), Protocol::Https) => Some(super::tls::listener_tls(tls, &mut issues)),
             (Some(tls), _) => {
                 issues.push(
                     tls.pos,
@@ -114,6 +111,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             "idle_timeout",
             &mut issues,
         );
+        let http = super::tls::listener_http(&file, protocol, &mut issues);
         let Ok(listen) = listen else {
             return Err(issues);
         };
@@ -125,6 +123,9 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             trusted_proxies,
             idle_timeout,
             tls,
+            h2c: http.h2c,
+            redirect_https: http.redirect_https,
+            hsts: http.hsts,
         };
         issues.result(ListenerItem {
             listener,
@@ -134,44 +135,6 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             pool_pos: file.pool.as_ref().map(|p| p.pos),
         })
     }
-}
-
-fn tls_of(tls: &Located<TlsFile>, issues: &mut Issues) -> Option<ListenerTls> {
-    let mut certificates = Vec::new();
-    match &tls.value.certificates {
-        Some(c) if c.value.is_empty() => issues.push(c.pos, "tls needs at least one certificate"),
-        None => issues.push(tls.pos, "tls needs at least one certificate"),
-        Some(c) => {
-            for pair in &c.value {
-                for path in [&pair.cert, &pair.key] {
-                    if path.value.trim().is_empty() {
-                        issues.push(path.pos, "certificate path must not be empty");
-                    }
-                }
-                certificates.push(CertPair {
-                    cert: pair.cert.value.trim().into(),
-                    key: pair.key.value.trim().into(),
-                });
-            }
-        }
-    }
-    let alpn = match &tls.value.alpn {
-        None => ALPN.iter().map(|s| s.to_string()).collect(),
-        Some(list) => {
-            for p in list.iter().filter(|p| !ALPN.contains(&p.value.as_str())) {
-                issues.push(
-                    p.pos,
-                    format!(
-                        "unsupported alpn protocol \"{}\" (supported: {})",
-                        p.value,
-                        ALPN.join(", ")
-                    ),
-                );
-            }
-            list.iter().map(|p| p.value.clone()).collect()
-        }
-    };
-    Some(ListenerTls { certificates, alpn })
 }
 
 impl TryFrom<RouteFile> for RouteItem {
@@ -411,16 +374,8 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
     let mut issues = Issues::new();
     let mut g = gather(root, &mut issues);
     let base = source.parent().unwrap_or(Path::new(""));
-    for l in &mut g.listeners {
-        for pair in l
-            .listener
-            .tls
-            .iter_mut()
-            .flat_map(|t| t.certificates.iter_mut())
-        {
-            pair.cert = base.join(&pair.cert);
-            pair.key = base.join(&pair.key);
-        }
+    for a in g.pools.iter_mut().filter_map(|p| p.pool.autoscale.as_mut()) {
+        a.cwd = a.cwd.as_ref().map(|cwd| base.join(cwd));
     }
     cross_checks(&g, &mut issues);
     let (admin, _) = g.admin.unwrap_or((
@@ -433,7 +388,7 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
     let threads = g.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    issues.result(Config {
+    let mut config = Config {
         source: source.to_path_buf(),
         threads,
         shutdown_grace: g.shutdown_grace.unwrap_or(Duration::from_secs(30)),
@@ -442,5 +397,8 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
         routes: g.routes.into_iter().map(|r| r.route).collect(),
         pools: g.pools.into_iter().map(|p| p.pool).collect(),
         state: g.state.unwrap_or(State::Memory),
-    })
+        warnings: Vec::new(),
+    };
+    super::tls::rebase_paths(&mut config, base);
+    issues.result(config)
 }

@@ -108,14 +108,34 @@ pub struct ListenerFile {
     pub tls: Option<Located<TlsFile>>,
     pub trusted_proxies: Option<Vec<Located<String>>>,
     pub idle_timeout: Option<Located<Dur>>,
+    pub h2c: Option<Located<bool>>,
+    pub redirect_https: Option<Located<bool>>,
+    pub https_port: Option<Located<u64>>,
+    pub hsts: Option<Located<HstsFile>>,
+}
+
+/// `listeners[].hsts:`
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an hsts mapping (max_age, include_subdomains, preload)"
+)]
+pub struct HstsFile {
+    pub max_age: Option<Located<Dur>>,
+    pub include_subdomains: Option<bool>,
+    pub preload: Option<bool>,
 }
 
 /// `listeners[].tls:`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a tls mapping (certificates, alpn)")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a tls mapping (certificates, alpn, strict_sni)"
+)]
 pub struct TlsFile {
     pub certificates: Option<Located<Vec<CertFile>>>,
     pub alpn: Option<Vec<Located<String>>>,
+    pub strict_sni: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,19 +191,55 @@ pub struct PoolFile {
     #[allow(dead_code)]
     pub backends: Option<IgnoredAny>,
     pub autoscale: Option<Located<AutoscaleFile>>,
+    pub protocol: Option<Located<UpstreamProtocolFile>>,
+    pub tls: Option<Located<UpstreamTlsFile>>,
 }
 
+/// `pools.NAME.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocolFile {
+    H1,
+    H2,
+}
+
+/// `pools.NAME.tls:`
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a sticky mapping (cookie)")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a tls mapping (sni, ca, verify, client_cert, client_key)"
+)]
+pub struct UpstreamTlsFile {
+    pub sni: Option<Located<String>>,
+    pub ca: Option<Located<String>>,
+    pub verify: Option<bool>,
+    pub client_cert: Option<Located<String>>,
+    pub client_key: Option<Located<String>>,
+}
+
+/// `pools.NAME.sticky:` (checked in `sticky.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a sticky mapping (cookie, source_ip, header)"
+)]
 pub struct StickyFile {
-    pub cookie: Option<CookieFile>,
+    pub cookie: Option<Located<CookieFile>>,
+    pub source_ip: Option<Located<bool>>,
+    pub header: Option<Located<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a cookie mapping (name, ttl)")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a cookie mapping (name, ttl, path, same_site, secure)"
+)]
 pub struct CookieFile {
     pub name: Option<Located<String>>,
     pub ttl: Option<Located<Dur>>,
+    pub path: Option<Located<String>>,
+    pub same_site: Option<Located<String>>,
+    pub secure: Option<Located<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -227,12 +283,13 @@ pub struct OutlierFile {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a timeouts mapping (connect, response, idle)"
+    expecting = "a timeouts mapping (connect, response, idle, websocket_idle)"
 )]
 pub struct TimeoutsFile {
     pub connect: Option<Located<Dur>>,
     pub response: Option<Located<Dur>>,
     pub idle: Option<Located<Dur>>,
+    pub websocket_idle: Option<Located<Dur>>,
 }
 
 /// One item of `pools.NAME.backends:`.
@@ -252,32 +309,75 @@ pub struct BackendFile {
 pub struct AutoscaleFile {
     pub provider: Option<Located<String>>,
     pub command: Option<Located<Vec<String>>>,
+    pub env: Option<EnvFile>,
+    pub cwd: Option<Located<String>>,
     pub ports: Option<Located<String>>,
     pub min: Option<Located<u32>>,
     pub max: Option<Located<u32>>,
-    pub target: Option<TargetFile>,
+    pub interval: Option<Located<Dur>>,
+    pub target: Option<Located<TargetFile>>,
+    pub scale_up: Option<ScaleUpFile>,
     pub scale_down: Option<ScaleDownFile>,
     pub drain_timeout: Option<Located<Dur>>,
+    pub stop_grace: Option<Located<Dur>>,
+    pub manual_hold: Option<Located<Dur>>,
+    pub cold_start_queue: Option<Located<u32>>,
+    pub cold_start_timeout: Option<Located<Dur>>,
+}
+
+/// `autoscale.env`: a mapping of strings, in file order, each key and value located.
+#[derive(Debug, Default)]
+pub struct EnvFile(pub Vec<(Located<String>, Located<String>)>);
+
+impl<'de> Deserialize<'de> for EnvFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EnvVisitor;
+
+        impl<'de> Visitor<'de> for EnvVisitor {
+            type Value = EnvFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an env mapping (NAME: value)")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<EnvFile, A::Error> {
+                let mut vars = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    vars.push(entry);
+                }
+                Ok(EnvFile(vars))
+            }
+        }
+
+        d.deserialize_map(EnvVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a target mapping (inflight_per_instance, p95_latency_ms, cpu_percent)"
+    expecting = "a target mapping (inflight_per_instance, rps_per_instance, p95_latency_ms, cpu_percent, memory_mb)"
 )]
 pub struct TargetFile {
     pub inflight_per_instance: Option<Located<u32>>,
+    pub rps_per_instance: Option<Located<u32>>,
     pub p95_latency_ms: Option<Located<u32>>,
     pub cpu_percent: Option<Located<u32>>,
+    pub memory_mb: Option<Located<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a scale_up mapping (max_step)")]
+pub struct ScaleUpFile {
+    pub max_step: Option<Located<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a scale_down mapping (stabilization)"
+    expecting = "a scale_down mapping (stabilization, max_step)"
 )]
 pub struct ScaleDownFile {
     pub stabilization: Option<Located<Dur>>,
+    pub max_step: Option<Located<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -2,17 +2,24 @@
 //! -> validated runtime types (`model`, via `convert`/`pool`/`health`/`retry`), every error
 //! as FILE:LINE:COL.
 
+mod autoscale;
 mod checks;
 mod convert;
 mod de;
+pub mod diff;
 mod error;
 mod file;
+mod files;
 mod health;
 mod node;
 mod pool;
 mod retry;
+mod sticky;
+mod tls;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_autoscale;
 #[cfg(test)]
 mod tests_errors;
 #[cfg(test)]
@@ -26,10 +33,16 @@ use std::path::Path;
 
 use error::Issues;
 
-/// Reads and validates the config file at `path` (an I/O error is one error at line 0).
+/// Reads and validates the config file at `path` (an I/O error is one error at line 0), then
+/// the files it names (certificates, keys, CA bundles): a bad one is an error at the line of
+/// its path; an expired certificate is a warning in `Config::warnings`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&text, path),
+        Ok(text) => {
+            let mut config = load_str(&text, path)?;
+            config.warnings = files::check(&text, &config)?;
+            Ok(config)
+        }
         Err(e) => Err(ConfigErrors::single(
             &path.display().to_string(),
             format!("cannot read config: {e}"),

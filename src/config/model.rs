@@ -24,6 +24,9 @@ pub struct Config {
     /// In file order (a `BTreeMap` in the file keeps key order sorted; we keep the file's order).
     pub pools: Vec<Pool>,
     pub state: State,
+    /// Non-fatal findings of `load_file` (an expired certificate, ...), each as
+    /// `FILE:LINE:COL: warning: ...`; `autolb check` prints them and still exits 0.
+    pub warnings: Vec<super::ConfigError>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,12 +57,45 @@ pub struct Listener {
     pub idle_timeout: Duration,
     /// `https` listeners only (checked to be present there, absent elsewhere).
     pub tls: Option<ListenerTls>,
+    /// `http` listeners: also serve HTTP/2 with prior knowledge (h2c) next to HTTP/1.1.
+    pub h2c: bool,
+    /// `http` listeners: answer every request with a 308 to `https://HOST[:port]/...`;
+    /// the value is the https port (default 443, left out of the URL).
+    pub redirect_https: Option<u16>,
+    /// `https` listeners: the Strict-Transport-Security header added to responses.
+    pub hsts: Option<Hsts>,
+}
+
+/// `hsts: {max_age, include_subdomains, preload}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    /// Default 365 days.
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The Strict-Transport-Security header value.
+    pub fn header_value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerTls {
+    /// SNI picks among them by their names (wildcards too); the first is the default.
     pub certificates: Vec<CertPair>,
     pub alpn: Vec<String>,
+    /// Refuse handshakes whose SNI matches no certificate (and those without SNI).
+    pub strict_sni: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +156,35 @@ pub struct Pool {
     pub panic_threshold: u8,
     pub backends: Vec<Backend>,
     pub autoscale: Option<Autoscale>,
+    /// HTTP version spoken to the backends (`protocol: h1 | h2`, default h1).
+    pub protocol: UpstreamProtocol,
+    /// `tls:` speak https to the backends.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `pools.NAME.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    H1,
+    /// HTTP/2: over TLS (ALPN h2) or with prior knowledge (h2c).
+    H2,
+}
+
+/// `pools.NAME.tls: {sni, ca, verify, client_cert, client_key}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Server name sent and verified (default: each backend's host name; an IP address
+    /// sends no SNI and is verified against the certificate's IP addresses).
+    pub sni: Option<String>,
+    /// PEM bundle of trusted CAs (default: the system's bundle).
+    pub ca: Option<PathBuf>,
+    /// Verify the backend's certificate (default true).
+    pub verify: bool,
+    /// mTLS: the client certificate chain and its key.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// Retry conditions (`retry_on: [connect_failure, reset, timeout, 502, 503, 504]`).
@@ -146,10 +211,49 @@ impl Default for RetryOn {
     }
 }
 
+/// Session affinity (`sticky:`): a cookie naming the backend, and/or keys hashed on the
+/// consistent-hash ring for clients without the cookie. At least one is set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sticky {
-    pub cookie_name: String,
-    pub cookie_ttl: Duration,
+    /// `cookie:` (also the default of an empty `sticky: {}`).
+    pub cookie: Option<StickyCookie>,
+    /// `source_ip: true`: the client IP, hashed.
+    pub source_ip: bool,
+    /// `header: NAME` (lower-case): that request header's value, hashed.
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyCookie {
+    /// Default `AUTOLB_SID`.
+    pub name: String,
+    /// Max-Age, and how long an unrefreshed cookie is honoured (default 1h).
+    pub ttl: Duration,
+    /// Default `/`.
+    pub path: String,
+    /// Default `Lax`.
+    pub same_site: SameSite,
+    /// `None` (default): Secure on https requests (and always with `SameSite=None`);
+    /// `Some(true)`: always; `Some(false)`: never.
+    pub secure: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    /// The attribute value as browsers expect it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +321,9 @@ pub struct Timeouts {
     /// Inactivity on a backend connection, and how long an unused pooled connection is kept.
     /// Default 60s.
     pub idle: Duration,
+    /// An upgraded (WebSocket) connection silent both ways for this long is closed.
+    /// Default 1h.
+    pub websocket_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -233,21 +340,48 @@ pub struct Backend {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Autoscale {
+    /// Only `process` (the embedded default) today.
     pub provider: String,
+    /// argv; `{port}` and `{instance}` are substituted. A bare program name is looked up
+    /// beside the autolb binary, then on PATH.
     pub command: Vec<String>,
+    /// Extra environment for instances (PORT is always set).
+    pub env: Vec<(String, String)>,
+    /// Working directory of instances (default: autolb's).
+    pub cwd: Option<PathBuf>,
+    /// Inclusive port range instances listen on.
     pub ports: (u16, u16),
     pub min: u32,
     pub max: u32,
+    /// How often the policy runs (default 5s).
+    pub interval: Duration,
     pub target: ScaleTarget,
+    /// Most instances added by one decision (default 4).
+    pub scale_up_max_step: u32,
+    /// Highest recommendation over this window wins before scaling down (default 300s).
     pub scale_down_stabilization: Duration,
+    /// Most instances removed by one decision (default 1).
+    pub scale_down_max_step: u32,
+    /// Draining instances finish requests and WebSockets for at most this (default 30s).
     pub drain_timeout: Duration,
+    /// SIGTERM, then SIGKILL after this (default 10s).
+    pub stop_grace: Duration,
+    /// A manual size holds this long before the policy may change it (default 10m).
+    pub manual_hold: Duration,
+    /// Scale from zero: requests held while the first instance starts (default 100).
+    pub cold_start_queue: u32,
+    /// ... for at most this long, then 503 (default 30s).
+    pub cold_start_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ScaleTarget {
     pub inflight_per_instance: Option<u32>,
+    pub rps_per_instance: Option<u32>,
     pub p95_latency_ms: Option<u32>,
     pub cpu_percent: Option<u32>,
+    /// RSS per instance, in MiB.
+    pub memory_mb: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,21 +1,20 @@
 //! Pool conversion: `PoolFile` (+ its backends, deserialized one by one) -> `model::Pool`,
-//! with every per-pool check (weights, addresses, autoscale, hash keys); health checks and
-//! outlier detection are in `health.rs`, retries in `retry.rs`.
+//! with every per-pool check (weights, addresses, hash keys); health checks and outlier
+//! detection are in `health.rs`, retries in `retry.rs`, autoscale in `autoscale.rs`.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::autoscale::autoscale;
 use super::de::from_node;
 use super::error::{Issues, Pos};
-use super::file::{AutoscaleFile, BackendFile, BalanceFile, PoolFile, StickyFile, TimeoutsFile};
+use super::file::{BackendFile, BalanceFile, PoolFile, TimeoutsFile};
 use super::health::{health, outlier};
-use super::model::{Algorithm, Autoscale, Backend, HashKey, Pool, ScaleTarget, Sticky, Timeouts};
+use super::model::{Algorithm, Backend, HashKey, Pool, Timeouts};
 use super::node::{Located, Node, Value};
 use super::retry::{percent, retry_methods, retry_on};
-
-/// Autoscale providers this build knows.
-pub const PROVIDERS: &[&str] = &["process"];
+use super::sticky::sticky;
 
 /// A converted pool with the positions the cross-item checks need.
 #[derive(Debug)]
@@ -91,7 +90,7 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
             HashKey::SourceIp
         }),
     };
-    let sticky = file.sticky.as_ref().map(|s| sticky(&s.value, &mut issues));
+    let sticky = file.sticky.as_ref().map(|s| sticky(s, &mut issues));
     let health_check = file
         .health_check
         .as_ref()
@@ -114,6 +113,7 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
             format!("pool \"{}\" has no backends and no autoscale", name.value),
         );
     }
+    let (protocol, tls) = super::tls::pool_upstream(&file, &mut issues);
     let pool = Pool {
         name: name.value.clone(),
         balance,
@@ -132,6 +132,8 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
         panic_threshold: percent(&file.panic_threshold, 0, "panic_threshold", &mut issues),
         backends: backends.unwrap_or_default(),
         autoscale,
+        protocol,
+        tls,
     };
     issues.result(PoolItem { pool, ports_pos })
 }
@@ -303,29 +305,11 @@ pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     }
 }
 
-fn sticky(file: &StickyFile, issues: &mut Issues) -> Sticky {
-    let cookie = file.cookie.as_ref();
-    let name_field = cookie.and_then(|c| c.name.as_ref());
-    let cookie_name = match name_field {
-        Some(n) if !is_token(n.value.trim()) => {
-            issues.push(n.pos, format!("invalid cookie name \"{}\"", n.value));
-            String::new()
-        }
-        Some(n) => n.value.trim().to_string(),
-        None => "AUTOLB_SID".to_string(),
-    };
-    let ttl = cookie.and_then(|c| c.ttl.clone());
-    Sticky {
-        cookie_name,
-        cookie_ttl: nonzero_dur(&ttl, Duration::from_secs(3600), "sticky cookie ttl", issues),
-    }
-}
-
 fn timeouts(file: Option<&TimeoutsFile>, issues: &mut Issues) -> Timeouts {
     let none = None;
-    let (connect, response, idle) = match file {
-        Some(t) => (&t.connect, &t.response, &t.idle),
-        None => (&none, &none, &none),
+    let (connect, response, idle, websocket_idle) = match file {
+        Some(t) => (&t.connect, &t.response, &t.idle, &t.websocket_idle),
+        None => (&none, &none, &none, &none),
     };
     Timeouts {
         connect: nonzero_dur(connect, Duration::from_secs(2), "timeouts.connect", issues),
@@ -336,113 +320,11 @@ fn timeouts(file: Option<&TimeoutsFile>, issues: &mut Issues) -> Timeouts {
             issues,
         ),
         idle: nonzero_dur(idle, Duration::from_secs(60), "timeouts.idle", issues),
+        websocket_idle: nonzero_dur(
+            websocket_idle,
+            Duration::from_secs(3600),
+            "timeouts.websocket_idle",
+            issues,
+        ),
     }
-}
-
-/// `3100-3199` (or a single port) -> inclusive range.
-pub(crate) fn parse_ports(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("invalid ports \"{s}\", expected a range like 3100-3199");
-    let (lo, hi) = match s.split_once('-') {
-        Some((lo, hi)) => (lo.trim(), hi.trim()),
-        None => (s.trim(), s.trim()),
-    };
-    let lo: u16 = lo.parse().map_err(|_| bad())?;
-    let hi: u16 = hi.parse().map_err(|_| bad())?;
-    if lo == 0 || lo > hi {
-        return Err(bad());
-    }
-    Ok((lo, hi))
-}
-
-fn autoscale(located: &Located<AutoscaleFile>, issues: &mut Issues) -> Option<Autoscale> {
-    let (file, pos) = (&located.value, located.pos);
-    let before = issues.len();
-    let provider = or(&file.provider, "process".to_string());
-    if let Some(p) = &file.provider {
-        if !PROVIDERS.contains(&p.value.as_str()) {
-            issues.push(
-                p.pos,
-                format!(
-                    "unknown autoscale provider \"{}\" (known: {})",
-                    p.value,
-                    PROVIDERS.join(", ")
-                ),
-            );
-        }
-    }
-    let command = or(&file.command, Vec::new());
-    if command.first().is_none_or(|c| c.trim().is_empty()) {
-        let at = file.command.as_ref().map_or(pos, |c| c.pos);
-        issues.push(
-            at,
-            "autoscale needs a command, e.g. [autolb-echo, --port, \"{port}\"]",
-        );
-    }
-    let ports = match &file.ports {
-        None => {
-            issues.push(pos, "autoscale needs ports, e.g. 3100-3199");
-            (0, 0)
-        }
-        Some(p) => parse_ports(&p.value).unwrap_or_else(|m| {
-            issues.push(p.pos, m);
-            (0, 0)
-        }),
-    };
-    let (min, max) = (or(&file.min, 1), or(&file.max, 8));
-    let max_pos = file.max.as_ref().map_or(pos, |m| m.pos);
-    if max == 0 {
-        issues.push(max_pos, "autoscale max must be at least 1");
-    } else if min > max {
-        let at = file.min.as_ref().map_or(max_pos, |m| m.pos);
-        issues.push(at, format!("autoscale min {min} is greater than max {max}"));
-    }
-    let count = if ports.0 == 0 {
-        None
-    } else {
-        Some(u32::from(ports.1) - u32::from(ports.0) + 1)
-    };
-    if let Some(count) = count.filter(|&c| max > c) {
-        let ports_pos = file.ports.as_ref().map_or(pos, |p| p.pos);
-        let at = file.max.as_ref().map_or(ports_pos, |m| m.pos);
-        issues.push(
-            at,
-            format!(
-                "autoscale max {max} exceeds the {count} ports in {}-{}",
-                ports.0, ports.1
-            ),
-        );
-    }
-    let target = file.target.as_ref().map_or(ScaleTarget::default(), |t| {
-        let mut positive = |f: &Option<Located<u32>>, what: &str| {
-            f.as_ref().map(|l| {
-                if l.value == 0 {
-                    issues.push(l.pos, format!("target.{what} must be greater than 0"));
-                }
-                l.value
-            })
-        };
-        ScaleTarget {
-            inflight_per_instance: positive(&t.inflight_per_instance, "inflight_per_instance"),
-            p95_latency_ms: positive(&t.p95_latency_ms, "p95_latency_ms"),
-            cpu_percent: positive(&t.cpu_percent, "cpu_percent"),
-        }
-    });
-    let stabilization = file
-        .scale_down
-        .as_ref()
-        .and_then(|s| s.stabilization.as_ref());
-    let autoscale = Autoscale {
-        provider,
-        command,
-        ports,
-        min,
-        max,
-        target,
-        scale_down_stabilization: stabilization.map_or(Duration::from_secs(300), |s| s.value.0),
-        drain_timeout: file
-            .drain_timeout
-            .as_ref()
-            .map_or(Duration::from_secs(30), |d| d.value.0),
-    };
-    (issues.len() == before).then_some(autoscale)
 }

@@ -76,6 +76,7 @@ listeners:
     pool: web
     trusted_proxies: [10.0.0.0/8, 192.168.1.7, "fd00::/8"]
     idle_timeout: 90s
+    h2c: true
   - name: secure
     listen: 0.0.0.0:8443
     protocol: https
@@ -84,6 +85,8 @@ listeners:
         - { cert: certs/example.crt, key: certs/example.key }
         - { cert: /abs/other.crt, key: /abs/other.key }
       alpn: [http/1.1]
+      strict_sni: true
+    hsts: { max_age: 730d, include_subdomains: true }
   - name: db
     listen: 127.0.0.1:5432
     protocol: tcp
@@ -96,7 +99,9 @@ pools:
     balance: least_conn
     hash_key: source_ip
     sticky:
-      cookie: { name: SID, ttl: 2h }
+      cookie: { name: SID, ttl: 2h, path: /app, same_site: Strict, secure: true }
+      source_ip: true
+      header: X-Session
     health_check:
       type: http
       path: /healthz
@@ -118,7 +123,7 @@ pools:
     retry_on: [connect_failure, timeout, 502, "503"]
     slow_start: 30s
     panic_threshold: 40
-    timeouts: { connect: 1s, response: 10s, idle: 2m }
+    timeouts: { connect: 1s, response: 10s, idle: 2m, websocket_idle: 90m }
     backends:
       - { address: 127.0.0.1:3001, weight: 3 }
       - { address: 127.0.0.1:3002 }
@@ -126,17 +131,28 @@ pools:
     autoscale:
       provider: process
       command: [autolb-echo, --port, "{port}"]
+      env: { RUST_LOG: debug, WORKERS: 4, _X1: "" }
+      cwd: apps/echo
       ports: 3100-3199
-      min: 2
+      min: 0
       max: 10
-      target: { inflight_per_instance: 50, p95_latency_ms: 200, cpu_percent: 70 }
-      scale_down: { stabilization: 120s }
+      interval: 2s
+      target: { inflight_per_instance: 50, rps_per_instance: 300, p95_latency_ms: 200,
+                cpu_percent: 70, memory_mb: 512 }
+      scale_up: { max_step: 2 }
+      scale_down: { stabilization: 120s, max_step: 3 }
       drain_timeout: 15s
+      stop_grace: 5s
+      manual_hold: 15m
+      cold_start_queue: 50
+      cold_start_timeout: 20s
   api:
     balance: consistent_hash
     hash_key: header:X-User
     health_check: { type: tcp }
     outlier: { ejection: 400s }
+    protocol: h2
+    tls: { sni: API.internal, ca: certs/ca.pem, client_cert: /abs/c.crt, client_key: c.key }
     backends:
       - address: 127.0.0.1:4001
 state:
@@ -177,6 +193,9 @@ fn full_config_parses_into_the_model() {
                 ],
                 idle_timeout: Duration::from_secs(90),
                 tls: None,
+                h2c: true,
+                redirect_https: None,
+                hsts: None,
             },
             Listener {
                 name: "secure".into(),
@@ -197,6 +216,14 @@ fn full_config_parses_into_the_model() {
                         },
                     ],
                     alpn: vec!["http/1.1".into()],
+                    strict_sni: true,
+                }),
+                h2c: false,
+                redirect_https: None,
+                hsts: Some(Hsts {
+                    max_age: Duration::from_secs(730 * 86400),
+                    include_subdomains: true,
+                    preload: false,
                 }),
             },
             Listener {
@@ -207,6 +234,9 @@ fn full_config_parses_into_the_model() {
                 trusted_proxies: vec![],
                 idle_timeout: Duration::from_secs(60),
                 tls: None,
+                h2c: false,
+                redirect_https: None,
+                hsts: None,
             },
         ],
         routes: vec![
@@ -227,8 +257,15 @@ fn full_config_parses_into_the_model() {
                 balance: Algorithm::LeastConn,
                 hash_key: HashKey::SourceIp,
                 sticky: Some(Sticky {
-                    cookie_name: "SID".into(),
-                    cookie_ttl: Duration::from_secs(7200),
+                    cookie: Some(StickyCookie {
+                        name: "SID".into(),
+                        ttl: Duration::from_secs(7200),
+                        path: "/app".into(),
+                        same_site: SameSite::Strict,
+                        secure: Some(true),
+                    }),
+                    source_ip: true,
+                    header: Some("x-session".into()),
                 }),
                 health_check: Some(HealthCheck {
                     kind: HealthCheckKind::Http,
@@ -265,6 +302,7 @@ fn full_config_parses_into_the_model() {
                     connect: Duration::from_secs(1),
                     response: Duration::from_secs(10),
                     idle: Duration::from_secs(120),
+                    websocket_idle: Duration::from_secs(5400),
                 },
                 slow_start: Some(Duration::from_secs(30)),
                 panic_threshold: 40,
@@ -291,17 +329,32 @@ fn full_config_parses_into_the_model() {
                 autoscale: Some(Autoscale {
                     provider: "process".into(),
                     command: vec!["autolb-echo".into(), "--port".into(), "{port}".into()],
+                    env: [("RUST_LOG", "debug"), ("WORKERS", "4"), ("_X1", "")]
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .to_vec(),
+                    cwd: Some(PathBuf::from("conf/apps/echo")),
                     ports: (3100, 3199),
-                    min: 2,
+                    min: 0,
                     max: 10,
+                    interval: Duration::from_secs(2),
                     target: ScaleTarget {
                         inflight_per_instance: Some(50),
+                        rps_per_instance: Some(300),
                         p95_latency_ms: Some(200),
                         cpu_percent: Some(70),
+                        memory_mb: Some(512),
                     },
+                    scale_up_max_step: 2,
                     scale_down_stabilization: Duration::from_secs(120),
+                    scale_down_max_step: 3,
                     drain_timeout: Duration::from_secs(15),
+                    stop_grace: Duration::from_secs(5),
+                    manual_hold: Duration::from_secs(900),
+                    cold_start_queue: 50,
+                    cold_start_timeout: Duration::from_secs(20),
                 }),
+                protocol: UpstreamProtocol::H1,
+                tls: None,
             },
             Pool {
                 name: "api".into(),
@@ -335,6 +388,7 @@ fn full_config_parses_into_the_model() {
                     connect: Duration::from_secs(2),
                     response: Duration::from_secs(30),
                     idle: Duration::from_secs(60),
+                    websocket_idle: Duration::from_secs(3600),
                 },
                 slow_start: None,
                 panic_threshold: 0,
@@ -345,11 +399,20 @@ fn full_config_parses_into_the_model() {
                     disabled: false,
                 }],
                 autoscale: None,
+                protocol: UpstreamProtocol::H2,
+                tls: Some(UpstreamTls {
+                    sni: Some("api.internal".into()),
+                    ca: Some("conf/certs/ca.pem".into()),
+                    verify: true,
+                    client_cert: Some("/abs/c.crt".into()),
+                    client_key: Some("conf/c.key".into()),
+                }),
             },
         ],
         state: State::Redis {
             url: "redis://127.0.0.1:6379".into(),
         },
+        warnings: vec![],
     };
     assert_eq!(c, expected);
 }
@@ -359,7 +422,7 @@ fn defaults_fill_a_minimal_config() {
     let yaml = "listeners:\n  - { name: web, listen: \"127.0.0.1:8080\", pool: web }\n\
                 pools:\n  web:\n    sticky: {}\n    health_check: {}\n    outlier: {}\n    \
                 backends: [{ address: 127.0.0.1:3001 }]\n  auto:\n    autoscale:\n      \
-                command: [app]\n      ports: 3100-3199\n";
+                command: [app]\n      ports: 3100-3199\n      target: { cpu_percent: 70 }\n";
     let c = load(yaml).unwrap_or_else(|e| panic!("{e}"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(c.threads, cores);
@@ -390,14 +453,22 @@ fn defaults_fill_a_minimal_config() {
         Timeouts {
             connect: Duration::from_secs(2),
             response: Duration::from_secs(30),
-            idle: Duration::from_secs(60)
+            idle: Duration::from_secs(60),
+            websocket_idle: Duration::from_secs(3600),
         }
     );
     assert_eq!(
         web.sticky,
         Some(Sticky {
-            cookie_name: "AUTOLB_SID".into(),
-            cookie_ttl: Duration::from_secs(3600)
+            cookie: Some(StickyCookie {
+                name: "AUTOLB_SID".into(),
+                ttl: Duration::from_secs(3600),
+                path: "/".into(),
+                same_site: SameSite::Lax,
+                secure: None,
+            }),
+            source_ip: false,
+            header: None,
         })
     );
     let hc = web.health_check.clone().expect("health check");
@@ -442,15 +513,8 @@ fn defaults_fill_a_minimal_config() {
         (web.backends[0].weight, web.backends[0].disabled),
         (1, false)
     );
-    let a = c.pools[1].autoscale.clone().expect("autoscale");
-    assert_eq!(
-        (a.provider.as_str(), a.min, a.max, a.ports),
-        ("process", 1, 8, (3100, 3199))
-    );
-    assert_eq!(a.scale_down_stabilization, Duration::from_secs(300));
-    assert_eq!(a.drain_timeout, Duration::from_secs(30));
-    assert_eq!(a.target, ScaleTarget::default());
-    assert!(c.pools[1].backends.is_empty());
+    // Autoscale defaults: tests_autoscale.rs.
+    assert!(c.pools[1].autoscale.is_some() && c.pools[1].backends.is_empty());
 }
 
 #[test]
@@ -465,25 +529,20 @@ fn https_listener_gets_default_alpn() {
 }
 
 #[test]
-fn display_formats() {
-    let e = ConfigError {
-        file: "a.yaml".into(),
-        line: 3,
-        column: 7,
-        message: "bad".into(),
-    };
-    assert_eq!(e.to_string(), "a.yaml:3:7: bad");
-    let all = ConfigErrors(vec![e.clone(), e]);
-    assert_eq!(all.to_string(), "a.yaml:3:7: bad\na.yaml:3:7: bad");
-    let _: &dyn std::error::Error = &all;
-}
-
-#[test]
 fn load_file_reads_and_reports_io_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("autolb.yaml");
     std::fs::write(&path, FULL).expect("write");
-    let c = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    // The certificate files FULL names do not exist: each is an error at its path.
+    let e = load_file(&path).expect_err("missing certificates");
+    let at = pos_of_nth(FULL, "certs/example.crt", 0);
+    assert!(
+        e.0.iter()
+            .any(|x| (x.line, x.column) == at && x.message.contains("cannot read certificate")),
+        "{e}"
+    );
+    // Relative paths resolve against the config's directory.
+    let c = load_str(FULL, &path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.source, path);
     let cert = &c.listeners[1].tls.as_ref().expect("tls").certificates[0].cert;
     assert_eq!(cert, &dir.path().join("certs/example.crt"));

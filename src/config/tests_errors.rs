@@ -4,6 +4,7 @@
 use super::tests::{
     assert_error, assert_error_after, assert_error_nth, errors, load, pos_of_nth, FILE,
 };
+use super::{ConfigError, ConfigErrors};
 
 /// A valid config the tests below break in one place.
 pub(super) const BASE: &str = "\
@@ -251,7 +252,11 @@ fn hash_keys() {
 
 #[test]
 fn autoscale_rules() {
-    let auto = |body: &str| with_pool(&format!("    autoscale:\n      command: [app]\n{body}"));
+    let auto = |body: &str| {
+        with_pool(&format!(
+            "    autoscale:\n      command: [app]\n      target: {{ cpu_percent: 70 }}\n{body}"
+        ))
+    };
     let yaml = auto("      ports: 3100-abc\n");
     assert_error(&yaml, "3100-abc", "invalid ports \"3100-abc\"");
     let yaml = auto("      ports: 3199-3100\n");
@@ -277,7 +282,7 @@ fn autoscale_rules() {
     let yaml = auto("      ports: 8000-8100\n");
     assert_error(&yaml, "8000-8100", "include port 8080 of listener \"web\"");
     let yaml = format!(
-        "{}  other:\n    autoscale: {{ command: [app], ports: 3150-3160, max: 2 }}\n",
+        "{}  other:\n    autoscale: {{ command: [app], ports: 3150-3160, max: 2, target: {{ memory_mb: 9 }} }}\n",
         auto("      ports: 3100-3199\n")
     );
     assert_error(
@@ -415,4 +420,18 @@ pools:
     let c = load(yaml).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.listeners[0].name, "1");
     assert_eq!(c.pools[0].name, "2");
+}
+
+#[test]
+fn display_formats() {
+    let e = ConfigError {
+        file: "a.yaml".into(),
+        line: 3,
+        column: 7,
+        message: "bad".into(),
+    };
+    assert_eq!(e.to_string(), "a.yaml:3:7: bad");
+    let all = ConfigErrors(vec![e.clone(), e]);
+    assert_eq!(all.to_string(), "a.yaml:3:7: bad\na.yaml:3:7: bad");
+    let _: &dyn std::error::Error = &all;
 }

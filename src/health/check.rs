@@ -1,18 +1,17 @@
 //! One active check of one backend: a TCP connect, or an HTTP GET whose status must be in
-//! the expected list; each on a fresh connection, bounded by the check timeout.
+//! the expected list (over the backend's TLS and HTTP version); each on a fresh connection,
+//! bounded by the check timeout.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{CONNECTION, HOST, USER_AGENT};
 use http::HeaderValue;
-use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheck, HealthCheckKind};
+use crate::proxy::body::RequestBody;
+use crate::proxy::upstream::ConnPool;
 
 /// A check's verdict: passed or not, and a short reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,35 +29,34 @@ impl Verdict {
     }
 }
 
-/// Probe `addr` (with the check's port override) once.
-pub async fn probe(addr: SocketAddr, backend_name: &str, cfg: &HealthCheck) -> Verdict {
+/// Probe `addr` (with the check's port override) once; http checks speak the backend's
+/// protocol (HTTP/1.1 or HTTP/2, over TLS when its pool has `tls`) through `conns`.
+pub async fn probe(
+    conns: &ConnPool,
+    addr: SocketAddr,
+    backend_name: &str,
+    cfg: &HealthCheck,
+) -> Verdict {
     let mut target = addr;
     if let Some(port) = cfg.port {
         target.set_port(port);
     }
-    match tokio::time::timeout(cfg.timeout, run(target, backend_name, cfg)).await {
+    match tokio::time::timeout(cfg.timeout, run(conns, target, backend_name, cfg)).await {
         Ok(v) => v,
         Err(_) => Verdict::fail(format!("timed out after {:?}", cfg.timeout)),
     }
 }
 
-async fn run(target: SocketAddr, backend_name: &str, cfg: &HealthCheck) -> Verdict {
-    let stream = match TcpStream::connect(target).await {
-        Ok(s) => s,
-        Err(e) => return Verdict::fail(format!("connect: {e}")),
-    };
+async fn run(conns: &ConnPool, target: SocketAddr, backend_name: &str, cfg: &HealthCheck) -> Verdict {
     if cfg.kind == HealthCheckKind::Tcp {
-        return Verdict {
-            ok: true,
-            detail: "connected".into(),
+        return match TcpStream::connect(target).await {
+            Ok(_) => Verdict {
+                ok: true,
+                detail: "connected".into(),
+            },
+            Err(e) => Verdict::fail(format!("connect: {e}")),
         };
     }
-    let _ = stream.set_nodelay(true);
-    let (mut tx, conn) = match http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await {
-        Ok(p) => p,
-        Err(e) => return Verdict::fail(format!("handshake: {e}")),
-    };
-    let conn_task = tokio::spawn(conn);
     let host = cfg.host.as_deref().unwrap_or(backend_name);
     let req = http::Request::get(cfg.path.as_str())
         .header(
@@ -67,11 +65,11 @@ async fn run(target: SocketAddr, backend_name: &str, cfg: &HealthCheck) -> Verdi
         )
         .header(USER_AGENT, HeaderValue::from_static("autolb-health-check"))
         .header(CONNECTION, HeaderValue::from_static("close"))
-        .body(Empty::new());
-    let verdict = match req {
+        .body(RequestBody::Empty);
+    match req {
         Err(e) => Verdict::fail(format!("bad request: {e}")),
-        Ok(req) => match tx.send_request(req).await {
-            Err(e) => Verdict::fail(format!("request: {e}")),
+        Ok(req) => match conns.probe(target, req, cfg.timeout).await {
+            Err(e) => Verdict::fail(e.to_string()),
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let ok = cfg
@@ -84,9 +82,7 @@ async fn run(target: SocketAddr, backend_name: &str, cfg: &HealthCheck) -> Verdi
                 }
             }
         },
-    };
-    conn_task.abort();
-    verdict
+    }
 }
 
 /// The delay before the next check: `interval` with +-10% jitter, so checks of many backends

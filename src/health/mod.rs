@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::config::HealthCheck;
-use crate::runtime::{Backend, BackendStats, CheckReport, Snapshot};
+use crate::runtime::{Backend, BackendStats, CheckReport, PoolStats, Snapshot};
 use events::EventLog;
 
 /// A change of a backend's active-check health.
@@ -79,6 +79,7 @@ impl HealthChecks {
             for backend in pool.backends.iter().filter(|b| !b.disabled) {
                 let task = tokio::spawn(check_loop(
                     pool.name.clone(),
+                    pool.stats.clone(),
                     backend.clone(),
                     cfg.clone(),
                     events.clone(),
@@ -103,7 +104,13 @@ impl HealthChecks {
     }
 }
 
-async fn check_loop(pool: String, backend: Arc<Backend>, cfg: HealthCheck, events: Arc<EventLog>) {
+async fn check_loop(
+    pool: String,
+    pool_stats: Arc<PoolStats>,
+    backend: Arc<Backend>,
+    cfg: HealthCheck,
+    events: Arc<EventLog>,
+) {
     // Spread the first checks over one interval (a new backend is checked at once).
     let first = if backend.stats.awaiting_first_check.load(Ordering::Relaxed) {
         Duration::ZERO
@@ -113,7 +120,7 @@ async fn check_loop(pool: String, backend: Arc<Backend>, cfg: HealthCheck, event
     tokio::time::sleep(first).await;
     loop {
         let started = Instant::now();
-        let verdict = check::probe(backend.addr, &backend.address, &cfg).await;
+        let verdict = check::probe(&backend.conns, backend.addr, &backend.address, &cfg).await;
         if let Ok(mut last) = backend.stats.last_check.lock() {
             *last = Some(CheckReport {
                 ok: verdict.ok,
@@ -141,6 +148,8 @@ async fn check_loop(pool: String, backend: Arc<Backend>, cfg: HealthCheck, event
                 );
                 tracing::info!(pool = %pool, backend = %backend.address, %detail, "backend UP");
                 events.push(&pool, &backend.address, "up", detail);
+                // Requests waiting for a first instance (scale from zero) may go now.
+                pool_stats.ready_notify.notify_waiters();
                 if backend.slow_start.is_some() {
                     stats.start_ramp();
                 }

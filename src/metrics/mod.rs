@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::runtime::stats::HISTOGRAM_BOUNDS;
+use crate::autoscale::Autoscaler;
 use crate::runtime::Runtime;
 use crate::server::ListenerStats;
 
@@ -26,7 +27,11 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Render every metric in the Prometheus text format (version 0.0.4).
-pub fn render(runtime: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>>) -> String {
+pub fn render(
+    runtime: &Runtime,
+    listeners: &BTreeMap<String, Arc<ListenerStats>>,
+    autoscaler: Option<&Autoscaler>,
+) -> String {
     let snap = runtime.snapshot();
     let mut out = String::with_capacity(4096);
 
@@ -122,11 +127,33 @@ pub fn render(runtime: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>
 
     header(
         &mut out,
-        "pool_instances",
+        "websocket_connections",
         "gauge",
-        "Backends of a pool by state.",
+        "Open WebSocket (upgraded) connections through the backend.",
     );
     for pool in &snap.pools {
+        for b in &pool.backends {
+            let _ = writeln!(
+                out,
+                "autolb_websocket_connections{{pool=\"{}\",backend=\"{}\"}} {}",
+                label(&pool.name),
+                label(&b.address),
+                b.stats.websockets.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "pool_instances",
+        "gauge",
+        "Instances of a pool by state (static pools: ready, unavailable).",
+    );
+    let (scaled, scaling_events) = autoscaler.map(|a| a.metrics()).unwrap_or_default();
+    for pool in &snap.pools {
+        if scaled.iter().any(|(p, _, _)| *p == pool.name) {
+            continue;
+        }
         let ready = pool.ready_backends();
         let total = pool.backends.len();
         for (state, n) in [("ready", ready), ("unavailable", total - ready)] {
@@ -137,6 +164,13 @@ pub fn render(runtime: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>
             );
         }
     }
+    for (pool, state, n) in &scaled {
+        let _ = writeln!(
+            out,
+            "autolb_pool_instances{{pool=\"{}\",state=\"{state}\"}} {n}",
+            label(pool)
+        );
+    }
 
     header(
         &mut out,
@@ -144,6 +178,15 @@ pub fn render(runtime: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>
         "counter",
         "Autoscaler decisions that changed a pool's size.",
     );
+    for (pool, ups, downs) in &scaling_events {
+        for (direction, n) in [("up", ups), ("down", downs)] {
+            let _ = writeln!(
+                out,
+                "autolb_scaling_events_total{{pool=\"{}\",direction=\"{direction}\"}} {n}",
+                label(pool)
+            );
+        }
+    }
 
     header(
         &mut out,
@@ -176,5 +219,6 @@ pub fn render(runtime: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>
             st.connections.load(Ordering::Relaxed)
         );
     }
+    crate::tls::render_metrics(&mut out);
     out
 }

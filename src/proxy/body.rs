@@ -29,7 +29,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    fn finish(mut self, complete: bool) {
+    /// Settle the accounting (and return the connection to the pool after a complete
+    /// response).
+    pub(crate) fn finish(mut self, complete: bool) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.started);
         match (complete, self.conn.take()) {

@@ -4,17 +4,20 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::header::RETRY_AFTER;
+use http::header::{RETRY_AFTER, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
 use super::headers;
 use super::local;
 use super::upstream::UpstreamError;
+use super::websocket;
+use crate::affinity::Resolved;
 use crate::balance::PickContext;
 use crate::health::events::EventLog;
 use crate::health::outlier::{self, Outcome};
@@ -50,12 +53,27 @@ enum Failure {
     Status(u16),
 }
 
+/// Where a request should go, decided by `proxy` before the first pick.
+#[derive(Default)]
+pub struct Plan {
+    /// The pool's hash key (consistent_hash).
+    pub hash: Option<u64>,
+    /// Sticky sessions: the pinned backend and the one the client's cookie names.
+    pub affinity: Resolved,
+    /// The client sees https (for the cookie's Secure attribute).
+    pub https: bool,
+    /// The pool is in panic mode (health ignored).
+    pub panic: bool,
+    /// A WebSocket upgrade: the client side, taken over after a 101.
+    pub upgrade: Option<OnUpgrade>,
+}
+
 /// Send `req` to `pool`, retrying on other backends while it is safe.
 pub async fn forward(
     parts: Parts,
     body: Incoming,
     pool: &Arc<Pool>,
-    hash: Option<u64>,
+    mut plan: Plan,
     events: &Arc<EventLog>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -68,9 +86,9 @@ pub async fn forward(
     });
     let mut next = Some(Request::from_parts(parts, RequestBody::Client(body)));
     let mut pick = PickContext {
-        hash,
+        hash: plan.hash,
         exclude: 0,
-        panic: pool.in_panic(),
+        panic: plan.panic,
     };
     pool.stats.active.fetch_add(1, Ordering::Relaxed);
     let mut last: Option<Failure> = None;
@@ -80,15 +98,20 @@ pub async fn forward(
             (None, Some(copy)) => copy.request(),
             (None, None) => break,
         };
-        // Another backend where one exists, else the same one again.
-        let Some(idx) = pool.balancer.pick(&pool.backends, &pick).or_else(|| {
-            (attempt > 0)
-                .then(|| {
-                    pool.balancer
-                        .pick(&pool.backends, &PickContext { exclude: 0, ..pick })
-                })
-                .flatten()
-        }) else {
+        // The pinned backend first (sticky); then another one where one exists, else the
+        // same one again.
+        let pinned = plan.affinity.pinned.filter(|_| attempt == 0);
+        let Some(idx) = pinned
+            .or_else(|| pool.balancer.pick(&pool.backends, &pick))
+            .or_else(|| {
+                (attempt > 0)
+                    .then(|| {
+                        pool.balancer
+                            .pick(&pool.backends, &PickContext { exclude: 0, ..pick })
+                    })
+                    .flatten()
+            })
+        else {
             break;
         };
         if idx < 64 {
@@ -100,7 +123,7 @@ pub async fn forward(
         let t = &pool.timeouts;
         let more = attempt + 1 < attempts;
         match backend.conns.send(req, t.connect, t.response, t.idle).await {
-            Ok((resp, conn)) => {
+            Ok((mut resp, conn)) => {
                 let now = Instant::now();
                 backend
                     .stats
@@ -120,19 +143,51 @@ pub async fn forward(
                     last = Some(Failure::Status(status));
                     continue;
                 }
+                let switching = status == 101;
+                let backend_side = switching.then(|| hyper::upgrade::on(&mut resp));
                 let (mut head, incoming) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut head.headers, false);
+                headers::strip_hop_by_hop(&mut head.headers, switching);
                 if attempt > 0 {
                     head.headers
                         .insert(TRIES_HEADER, HeaderValue::from(attempt + 1));
                 }
-                let exchange = Exchange {
+                if let Some(aff) = pool.affinity.as_ref() {
+                    if plan.affinity.cookie_backend != Some(idx) {
+                        if let Some(cookie) = aff.set_cookie(idx, plan.https) {
+                            head.headers.append(SET_COOKIE, cookie);
+                        }
+                    }
+                }
+                let mut exchange = Exchange {
                     backend: backend.clone(),
                     pool: pool.stats.clone(),
                     started,
                     status,
                     conn: Some(conn),
                 };
+                if let Some(backend_side) = backend_side {
+                    // The connection is the tunnel's now, never back in the pool.
+                    exchange.conn = None;
+                    let Some(client_side) = plan.upgrade.take() else {
+                        tracing::warn!(pool = %pool.name, backend = %backend.address, "101 to a request that asked for no upgrade: 502");
+                        exchange.finish(false);
+                        return local::error(
+                            StatusCode::BAD_GATEWAY,
+                            "backend failed",
+                            Some(&pool.name),
+                        );
+                    };
+                    websocket::spawn(
+                        client_side,
+                        backend_side,
+                        backend.clone(),
+                        pool.name.clone(),
+                        t.websocket_idle,
+                    );
+                    exchange.finish(true);
+                    websocket::mark_upgrade(&mut head.headers);
+                    return Response::from_parts(head, ProxyBody::empty());
+                }
                 let body = ProxyBody::Upstream(UpstreamBody::new(incoming, exchange, t.idle));
                 return Response::from_parts(head, body);
             }

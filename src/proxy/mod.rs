@@ -1,11 +1,16 @@
-//! HTTP proxying on hyper: route a request to a pool, pick a backend, rewrite headers, send
-//! it over a pooled keep-alive connection and stream the answer back; 502/503/504 otherwise.
+//! HTTP proxying on hyper: route a request to a pool, apply its affinity, pick a backend,
+//! rewrite headers, send it over a pooled keep-alive connection and stream the answer back
+//! (or, after a 101, tunnel the WebSocket); 502/503/504 otherwise.
 
 pub mod body;
+pub mod cold;
 pub mod forward;
+pub mod frames;
 pub mod headers;
 pub mod local;
+pub mod tunnel;
 pub mod upstream;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::affinity;
+use crate::affinity::{self, Resolved};
 use crate::config::Algorithm;
 use crate::runtime::Runtime;
 use body::ProxyBody;
@@ -55,7 +60,7 @@ fn host_name(authority: &HeaderValue) -> &str {
     s.rsplit_once(':').map_or(s, |(h, _)| h)
 }
 
-async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let snapshot = ctx.runtime.snapshot();
     let authority = authority(&req);
     let host = authority.as_ref().map_or("", host_name);
@@ -63,14 +68,48 @@ async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody>
         tracing::info!(host, path = req.uri().path(), "no route matches");
         return local::error(StatusCode::NOT_FOUND, "no route for this request", None);
     };
-    let pool = &snapshot.pools[pool_idx];
+    let mut pool = &snapshot.pools[pool_idx];
+    let warmed;
+    if pool.cold_start.is_some() && pool.ready_backends() == 0 {
+        warmed = match cold::wait_for_ready(&ctx.runtime, pool).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(pool = %pool.name, reason = ?e, "no instance became ready: 503");
+                return local::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no instance ready",
+                    Some(&pool.name),
+                );
+            }
+        };
+        pool = &warmed;
+    }
 
+    let upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let hash = match pool.algorithm {
         Algorithm::ConsistentHash => affinity::hash_key(&pool.hash_key, &parts, ctx.client.ip),
         _ => None,
     };
-    headers::rewrite_request(&mut parts.headers, &ctx.client, authority.as_ref(), false);
+    let panic = pool.in_panic();
+    // Before the rewrite: the sticky cookie is taken out of what the backend sees.
+    let resolved = pool.affinity.as_ref().map_or(Resolved::default(), |a| {
+        a.resolve(&mut parts.headers, ctx.client.ip, &pool.backends, panic)
+    });
+    headers::rewrite_request(
+        &mut parts.headers,
+        &ctx.client,
+        authority.as_ref(),
+        upgrade.is_some(),
+    );
+    if upgrade.is_some() {
+        websocket::mark_upgrade(&mut parts.headers);
+    }
+    // As the client sees it: X-Forwarded-Proto is ours, or a trusted proxy's.
+    let https = parts
+        .headers
+        .get(headers::X_FORWARDED_PROTO_NAME)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
         // Absolute-form from the client: backends get origin-form; Host carries the authority.
         if let Some(a) = &authority {
@@ -84,7 +123,14 @@ async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody>
         parts.uri = Uri::from(pq);
     }
     parts.version = http::Version::HTTP_11;
-    forward::forward(parts, body, pool, hash, &ctx.runtime.events).await
+    let plan = forward::Plan {
+        hash,
+        affinity: resolved,
+        https,
+        panic,
+        upgrade,
+    };
+    forward::forward(parts, body, pool, plan, &ctx.runtime.events).await
 }
 
 #[cfg(test)]

@@ -19,6 +19,11 @@ pub struct PoolStats {
     pub local_errors: AtomicU64,
     /// Requests currently in flight through this pool.
     pub active: AtomicU64,
+    /// Requests waiting for a first instance (scale from zero).
+    pub cold_waiters: AtomicU64,
+    /// Woken when a backend of the pool becomes ready, and when cold requests arrive.
+    pub ready_notify: tokio::sync::Notify,
+    pub demand_notify: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -33,16 +38,57 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     pub outlier: Option<Outlier>,
     pub panic_threshold: u8,
+    /// Autoscaled pools: requests wait for a first ready instance.
+    pub cold_start: Option<ColdStart>,
+    /// Sticky sessions (`sticky:`), over `backends`.
+    pub affinity: Option<crate::affinity::Affinity>,
     pub backends: Vec<Arc<Backend>>,
     pub balancer: Balancer,
     pub stats: Arc<PoolStats>,
 }
 
+/// Scale-from-zero queue of an autoscaled pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColdStart {
+    pub queue: u32,
+    pub timeout: std::time::Duration,
+}
+
+/// A backend the autoscaler manages: its state is owned by the instance, not the config.
+#[derive(Debug, Clone)]
+pub struct ManagedBackend {
+    pub address: String,
+    pub addr: std::net::SocketAddr,
+    pub stats: Arc<BackendStats>,
+    pub conns: Arc<ConnPool>,
+}
+
+/// The check an autoscaled pool without `health_check` gets: a TCP connect every second,
+/// ready after one pass.
+pub fn default_instance_check() -> HealthCheck {
+    HealthCheck {
+        kind: config::HealthCheckKind::Tcp,
+        path: "/".into(),
+        host: None,
+        expected_status: vec![(200, 399)],
+        port: None,
+        interval: std::time::Duration::from_secs(1),
+        timeout: std::time::Duration::from_secs(1),
+        rise: 1,
+        fall: 3,
+    }
+}
+
 impl Pool {
-    /// Build from config, reusing the state of backends (by address) and of the pool itself
-    /// from `previous`.
-    pub fn build(cfg: &config::Pool, previous: Option<&Pool>, workers: usize) -> Pool {
-        let backends: Vec<Arc<Backend>> = cfg
+    /// Build from config and the autoscaler's instances, reusing the state of backends (by
+    /// address) and of the pool itself from `previous`.
+    pub fn build(
+        cfg: &config::Pool,
+        managed: &[ManagedBackend],
+        previous: Option<&Pool>,
+        workers: usize,
+    ) -> Pool {
+        let mut backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
             .map(|b| {
@@ -71,6 +117,21 @@ impl Pool {
                 })
             })
             .collect();
+        backends.extend(managed.iter().map(|m| {
+            Arc::new(Backend {
+                address: m.address.clone(),
+                addr: m.addr,
+                weight: 1,
+                disabled: false,
+                slow_start: cfg.slow_start,
+                stats: m.stats.clone(),
+                conns: m.conns.clone(),
+            })
+        }));
+        // The pool's `protocol` and `tls` (a no-op unless they changed).
+        for b in &backends {
+            b.conns.configure(cfg, &b.address);
+        }
         let balancer = Balancer::new(cfg.balance, &backends);
         Pool {
             name: cfg.name.clone(),
@@ -80,9 +141,20 @@ impl Pool {
             retry_methods: cfg.retry_methods.clone(),
             retry_on: cfg.retry_on.clone(),
             timeouts: cfg.timeouts,
-            health_check: cfg.health_check.clone(),
+            health_check: cfg
+                .health_check
+                .clone()
+                .or_else(|| cfg.autoscale.as_ref().map(|_| default_instance_check())),
             outlier: cfg.outlier.clone(),
             panic_threshold: cfg.panic_threshold,
+            cold_start: cfg.autoscale.as_ref().map(|a| ColdStart {
+                queue: a.cold_start_queue,
+                timeout: a.cold_start_timeout,
+            }),
+            affinity: cfg
+                .sticky
+                .as_ref()
+                .map(|s| crate::affinity::Affinity::new(s, &cfg.name, &backends)),
             backends,
             balancer,
             stats: previous.map_or_else(Default::default, |p| p.stats.clone()),

@@ -110,13 +110,15 @@ impl LatencyWindow {
         slot.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Add this window's last minute into `acc` (bucket counts) and return requests, errors.
-    pub fn merge_into(&self, acc: &mut [u64; BUCKETS], now: Instant) -> (u64, u64) {
+    /// Add this window's last `secs` seconds (at most a minute) into `acc` (bucket counts)
+    /// and return requests, errors.
+    pub fn merge_into(&self, acc: &mut [u64; BUCKETS], now: Instant, secs: u64) -> (u64, u64) {
         let current = now.saturating_duration_since(self.epoch).as_secs();
+        let age = secs.clamp(1, SLOTS as u64);
         let (mut requests, mut errors) = (0, 0);
         for slot in self.slots.iter() {
             let s = slot.second.load(Ordering::Acquire);
-            if s == u64::MAX || s > current || current - s >= SLOTS as u64 {
+            if s == u64::MAX || s > current || current - s >= age {
                 continue;
             }
             requests += slot.requests.load(Ordering::Relaxed);
@@ -138,6 +140,11 @@ impl LatencyWindow {
     pub fn summary(&self, now: Instant) -> WindowSummary {
         summarize(std::iter::once(self), now)
     }
+
+    /// The last `secs` seconds only (the autoscaler's short window).
+    pub fn summary_recent(&self, now: Instant, secs: u64) -> WindowSummary {
+        summarize_recent(std::iter::once(self), now, secs)
+    }
 }
 
 /// One summary over several windows (e.g. every pool): their buckets are merged.
@@ -145,13 +152,22 @@ pub fn summarize<'a>(
     windows: impl Iterator<Item = &'a LatencyWindow>,
     now: Instant,
 ) -> WindowSummary {
+    summarize_recent(windows, now, SLOTS as u64)
+}
+
+/// Like `summarize`, over the last `secs` seconds.
+pub fn summarize_recent<'a>(
+    windows: impl Iterator<Item = &'a LatencyWindow>,
+    now: Instant,
+    secs: u64,
+) -> WindowSummary {
     let mut acc = [0u64; BUCKETS];
     let (mut requests, mut errors, mut span) = (0, 0, 1.0f64);
     for w in windows {
-        let (r, e) = w.merge_into(&mut acc, now);
+        let (r, e) = w.merge_into(&mut acc, now, secs);
         requests += r;
         errors += e;
-        span = span.max(w.span_secs(now));
+        span = span.max(w.span_secs(now).min(secs.max(1) as f64));
     }
     let total: u64 = acc.iter().sum();
     let pct = |q: f64| -> Duration {

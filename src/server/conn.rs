@@ -1,26 +1,82 @@
-//! One client connection: HTTP/1.1 with keep-alive on hyper, served until the client leaves,
-//! the idle timeout passes, or a graceful shutdown asks it to finish its current request.
+//! One client connection: the TLS handshake on https listeners, then HTTP/1.1 (keep-alive,
+//! upgrades) or HTTP/2 (chosen by ALPN, or by the client's preface on `h2c: true` http
+//! listeners) on hyper, served until the client leaves, the idle timeout passes, or a
+//! graceful shutdown asks it to finish its requests.
 
+mod front;
+mod idle;
+
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::listener::ConnectionGuard;
-use crate::proxy::{self, headers::ClientInfo, ConnContext};
+use crate::proxy::{headers::ClientInfo, ConnContext};
 use crate::runtime::Runtime;
+use crate::tls::TlsListener;
+use front::Front;
+use idle::{Activity, Tracked};
 
-pub(crate) async fn serve_http(
+/// The longest a client may take to complete its TLS handshake (or the listener's
+/// `idle_timeout`, if shorter).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 limits. Streams a client may have open at once (nginx uses 128, HAProxy 100);
+/// more are refused with REFUSED_STREAM and retried by clients.
+const H2_MAX_STREAMS: u32 = 128;
+/// Decoded size of a request's header list (RFC 9113 SETTINGS_MAX_HEADER_LIST_SIZE).
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Rapid reset (CVE-2023-44487): streams reset by the client before we accepted them; more
+/// than this pending at once is answered with GOAWAY (the h2 default, made explicit).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// MadeYouReset (CVE-2025-8671): streams *we* reset because the client misbehaved; past this
+/// many on one connection, GOAWAY (hyper's default, made explicit).
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+/// Pings to notice dead clients on quiet connections.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The HTTP/2 server settings, for hyper's and hyper-util's (auto) builders alike.
+macro_rules! h2_settings {
+    ($builder:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+    };
+}
+
+/// What every protocol's serving loop needs.
+struct Serving {
+    ctx: Arc<ConnContext>,
+    front: Option<Arc<Front>>,
+    idle: Duration,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Serve one accepted connection of the listener `listener_name`; `tls` for https ones.
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     runtime: Arc<Runtime>,
     listener_name: String,
     mut shutdown: watch::Receiver<bool>,
     _guard: ConnectionGuard,
+    tls: Option<Arc<TlsListener>>,
 ) {
     let _ = stream.set_nodelay(true);
     let snapshot = runtime.snapshot();
@@ -29,30 +85,167 @@ pub(crate) async fn serve_http(
     };
     let info = &snapshot.listeners[listener];
     let idle = info.idle_timeout;
-    let client = ClientInfo::new(peer.ip(), "http", info.trusts(peer.ip()));
+    let trusted = info.trusts(peer.ip());
+    let config = snapshot
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener_name);
+    let h2c = config.is_some_and(|l| l.h2c);
+    let front = Front::of(config, tls.is_some());
     drop(snapshot);
-    let ctx = Arc::new(ConnContext {
-        runtime,
-        listener,
-        client,
+    let proto = if tls.is_some() { "https" } else { "http" };
+    let serving = Serving {
+        ctx: Arc::new(ConnContext {
+            runtime,
+            listener,
+            client: ClientInfo::new(peer.ip(), proto, trusted),
+        }),
+        front,
+        idle,
+        peer,
+        shutdown: shutdown.clone(),
+    };
+    let Some(tls) = tls else {
+        let io = TokioIo::new(stream);
+        return if h2c {
+            serve_auto(io, serving).await
+        } else {
+            serve_h1(io, serving).await
+        };
+    };
+    let accepted = tokio::select! {
+        accepted = tls.accept(stream, HANDSHAKE_TIMEOUT.min(idle)) => accepted,
+        _ = shutdown.changed() => return,
+    };
+    let Ok(accepted) = accepted else {
+        return;
+    };
+    let io = TokioIo::new(accepted.stream);
+    if accepted.h2 {
+        serve_h2(io, serving).await
+    } else {
+        serve_h1(io, serving).await
+    }
+}
+
+fn ended<E: std::fmt::Display>(peer: SocketAddr, result: Result<(), E>) {
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended");
+    }
+}
+
+/// HTTP/1.1 with keep-alive and upgrades; `idle` bounds the wait for the next request head.
+async fn serve_h1<I>(io: I, s: Serving)
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let Serving {
+        ctx,
+        front,
+        idle,
+        peer,
+        mut shutdown,
+    } = s;
+    let service = service_fn(move |req| {
+        let (ctx, front) = (ctx.clone(), front.clone());
+        async move { Ok::<_, Infallible>(front::respond(req, ctx, front).await) }
     });
-    let service = service_fn(move |req| proxy::handle(req, ctx.clone()));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "client connection ended");
+        result = conn.as_mut() => ended(peer, result),
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            ended(peer, conn.await);
+        }
+    }
+}
+
+/// A service counting its requests (until their bodies end) in `activity`.
+macro_rules! tracked_service {
+    ($ctx:expr, $front:expr, $activity:expr) => {{
+        let (ctx, front, activity) = ($ctx, $front, $activity);
+        service_fn(move |req| {
+            let active = activity.begin();
+            let (ctx, front) = (ctx.clone(), front.clone());
+            async move {
+                let resp = front::respond(req, ctx, front).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active)))
             }
+        })
+    }};
+}
+
+/// HTTP/2 (after ALPN h2): closed gracefully (GOAWAY) after `idle` without requests.
+async fn serve_h2<I>(io: I, s: Serving)
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let Serving {
+        ctx,
+        front,
+        idle,
+        peer,
+        mut shutdown,
+    } = s;
+    let activity = Activity::new();
+    let service = tracked_service!(ctx, front, activity.clone());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    h2_settings!(builder);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => ended(peer, result),
+        _ = activity.idle(idle) => {
+            conn.as_mut().graceful_shutdown();
+            ended(peer, conn.await);
         }
         _ = shutdown.changed() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            ended(peer, conn.await);
+        }
+    }
+}
+
+/// `h2c: true`: HTTP/2 with prior knowledge when the client starts with the h2 preface,
+/// HTTP/1.1 (with upgrades) otherwise.
+async fn serve_auto<I>(io: I, s: Serving)
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let Serving {
+        ctx,
+        front,
+        idle,
+        peer,
+        mut shutdown,
+    } = s;
+    let activity = Activity::new();
+    let service = tracked_service!(ctx, front, activity.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true);
+    h2_settings!(builder.http2());
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => ended(peer, result),
+        _ = activity.idle(idle) => {
+            conn.as_mut().graceful_shutdown();
+            ended(peer, conn.await);
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            ended(peer, conn.await);
         }
     }
 }

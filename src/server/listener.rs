@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::conn;
+use crate::config::Protocol as ListenerProtocol;
 use crate::runtime::Runtime;
 
 /// Live counters of one listener.
@@ -67,6 +68,18 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
             return;
         }
     };
+    // https listeners take their TLS state (certificates, ALPN) from the registry.
+    let https = ctx
+        .runtime
+        .snapshot()
+        .listeners
+        .iter()
+        .any(|l| l.name == ctx.name && l.protocol == ListenerProtocol::Https);
+    let tls = crate::tls::listener(&ctx.name);
+    if https && tls.is_none() {
+        tracing::error!(listener = %ctx.name, "https listener without TLS setup: not serving it");
+        return;
+    }
     let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
@@ -75,13 +88,14 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
                     ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
                     let guard = ConnectionGuard(ctx.stats.clone());
-                    tokio::spawn(conn::serve_http(
+                    tokio::spawn(conn::serve(
                         stream,
                         peer,
                         ctx.runtime.clone(),
                         ctx.name.clone(),
                         ctx.shutdown.clone(),
                         guard,
+                        tls.clone(),
                     ));
                 }
                 Err(e) => {

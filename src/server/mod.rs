@@ -3,6 +3,7 @@
 
 mod conn;
 mod listener;
+pub mod reload;
 mod worker;
 
 pub use listener::{bind_reuseport, ListenerStats};
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::autoscale::Autoscaler;
 use crate::config::{Config, Protocol};
 use crate::runtime::Runtime;
 
@@ -36,6 +38,21 @@ pub enum ServerError {
     Unsupported { name: String, protocol: Protocol },
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("admin: token_env names {0}, but that environment variable is unset or empty")]
+    MissingToken(String),
+}
+
+/// The admin bearer token from the environment variable `token_env` names.
+fn admin_token(admin: &crate::config::Admin) -> Result<Option<Arc<str>>, ServerError> {
+    let Some(var) = &admin.token_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(Arc::from(t.trim()))),
+        _ => Err(ServerError::MissingToken(var.clone())),
+    }
 }
 
 /// A started autolb: owns the workers and knows where everything listens.
@@ -45,6 +62,13 @@ pub struct Server {
     pub listeners: BTreeMap<String, SocketAddr>,
     pub admin_addr: SocketAddr,
     pub listener_stats: Arc<BTreeMap<String, Arc<ListenerStats>>>,
+    pub autoscaler: Arc<Autoscaler>,
+    /// The running config's hash and the last reload (shown by `/health`).
+    pub reload_state: Arc<std::sync::Mutex<reload::ReloadState>>,
+    /// Where reload triggers send requests; `reload_requests` is taken by the owner loop.
+    pub reload_handle: reload::Handle,
+    reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<reload::Request>>>,
+    _watcher: Option<notify::RecommendedWatcher>,
     workers: Workers,
     shutdown: watch::Sender<bool>,
 }
@@ -57,22 +81,6 @@ impl Server {
         let model = WorkerModel::from_env();
         let runtime = Runtime::new(config, threads);
         let snapshot = runtime.snapshot();
-        for pool in &snapshot.config.pools {
-            let pending: Vec<&str> = [
-                ("autoscale", pool.autoscale.is_some()),
-                ("sticky", pool.sticky.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(name, set)| set.then_some(name))
-            .collect();
-            if !pending.is_empty() {
-                tracing::warn!(
-                    pool = %pool.name,
-                    settings = ?pending,
-                    "these settings are validated but not acted on by this version yet"
-                );
-            }
-        }
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         // Bind everything first: a bad address fails the start before any thread exists.
@@ -80,9 +88,11 @@ impl Server {
             WorkerModel::PerCore => threads,
             WorkerModel::Shared => 1,
         };
+        // Certificates of the https listeners, loaded before anything listens.
+        crate::tls::install(&snapshot.config)?;
         let mut bound = Vec::new();
         for l in &snapshot.config.listeners {
-            if l.protocol != Protocol::Http {
+            if l.protocol == Protocol::Tcp {
                 return Err(ServerError::Unsupported {
                     name: l.name.clone(),
                     protocol: l.protocol,
@@ -97,6 +107,7 @@ impl Server {
             })?;
             bound.push((l.name.clone(), sockets));
         }
+        let token = admin_token(&snapshot.config.admin)?;
         let admin_listener = tokio::net::TcpListener::bind(snapshot.config.admin.listen)
             .await
             .map_err(|source| ServerError::AdminBind {
@@ -137,12 +148,34 @@ impl Server {
         }
         let listener_stats = Arc::new(stats);
         runtime.start_health_checks();
+        let autoscaler = Autoscaler::start(runtime.clone());
+        let reload_state = Arc::new(std::sync::Mutex::new(reload::ReloadState {
+            hash: reload::file_hash(&snapshot.config.source),
+            last: None,
+        }));
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);
+        let reload_handle = reload::Handle(reload_tx);
+        let watcher = match reload::watch(
+            &snapshot.config.source,
+            reload_handle.clone(),
+            Duration::from_millis(300),
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
+                None
+            }
+        };
         tracing::info!(addr = %admin_addr, "admin listening");
         tokio::spawn(crate::admin::serve(
             admin_listener,
             crate::admin::AdminState {
                 runtime: runtime.clone(),
                 listeners: listener_stats.clone(),
+                autoscaler: autoscaler.clone(),
+                token,
+                reload: reload_handle.clone(),
+                reload_state: reload_state.clone(),
             },
             shutdown_rx,
         ));
@@ -157,9 +190,20 @@ impl Server {
             listeners,
             admin_addr,
             listener_stats,
+            autoscaler,
+            reload_state,
+            reload_handle,
+            reload_requests: std::sync::Mutex::new(Some(reload_rx)),
+            _watcher: watcher,
             workers,
             shutdown,
         })
+    }
+
+    /// The stream of reload requests (file watcher, admin API); taken once by the loop that
+    /// owns the server, which answers each with `Server::reload`.
+    pub fn reload_requests(&self) -> Option<tokio::sync::mpsc::Receiver<reload::Request>> {
+        self.reload_requests.lock().ok().and_then(|mut r| r.take())
     }
 
     /// Open client connections over all listeners.
@@ -174,6 +218,7 @@ impl Server {
     /// `Connection: close`, let them finish for up to `grace`, then stop the workers.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
+        crate::proxy::websocket::close_all();
         self.runtime.health.stop();
         tracing::info!(
             connections = self.open_connections(),
@@ -181,7 +226,9 @@ impl Server {
             "draining: no longer accepting"
         );
         let deadline = tokio::time::Instant::now() + grace;
-        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        while (self.open_connections() > 0 || crate::proxy::websocket::open() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let left = self.open_connections();
@@ -191,6 +238,7 @@ impl Server {
                 "shutdown grace period over: closing the connections still open"
             );
         }
+        self.autoscaler.shutdown().await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         tracing::info!("autolb stopped");

@@ -2,6 +2,8 @@
 //! killed when their guard drops (even when a test panics), and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -118,6 +120,11 @@ pub struct Autolb {
 
 impl Autolb {
     pub fn start(yaml: &str) -> Autolb {
+        Autolb::start_with_env(yaml, &[])
+    }
+
+    /// Start with extra environment variables (e.g. the admin token).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Autolb {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("autolb.yaml");
         std::fs::write(&config, yaml).expect("write config");
@@ -126,6 +133,7 @@ impl Autolb {
             .arg("-c")
             .arg(&config)
             .env("AUTOLB_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -332,4 +340,102 @@ where
         }
     });
     addr
+}
+
+/// A WebSocket client connection (tokio-tungstenite over plain TCP).
+pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Open a WebSocket to `ws://addr{path}` with extra request headers (e.g. a cookie); returns
+/// the socket and the 101 response head. Panics unless the handshake succeeds within 10 s.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Ws, http::Response<Option<Vec<u8>>>) {
+    try_ws_connect(addr, path, headers)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket handshake with {addr}{path}: {e}"))
+}
+
+/// Like `ws_connect`, but returns the handshake error (e.g. a non-101 answer).
+pub async fn try_ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("ws request");
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async_with_config(req, stream, Some(config)),
+    )
+    .await
+    .expect("WebSocket handshake within 10s")
+}
+
+/// The next message that is not a ping or pong, within `secs` seconds (`None`: the stream
+/// ended).
+pub async fn ws_next(ws: &mut Ws, secs: u64) -> Option<tokio_tungstenite::tungstenite::Message> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no WebSocket message within {secs}s"));
+        match next {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return Some(m),
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// The first text message of a WebSocket (autolb-echo's `/ws` sends its name first).
+pub async fn ws_text(ws: &mut Ws) -> String {
+    match ws_next(ws, 10).await {
+        Some(tokio_tungstenite::tungstenite::Message::Text(t)) => t.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn wait_until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `Set-Cookie` value of a response for cookie `name` (just `name=value`), if any.
+pub fn set_cookie(headers: &http::HeaderMap, name: &str) -> Option<(String, String)> {
+    headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| {
+            let pair = v.split(';').next().unwrap_or_default().to_string();
+            (pair, v.to_string())
+        })
 }

@@ -1,0 +1,319 @@
+//! The control loop of one autoscaled pool: every `interval` (or at once on demand) it
+//! reads the signals, asks the policy, starts instances, drains and stops others, and
+//! publishes the instance set to the runtime.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::instance::{self, Instance, Phase};
+use super::policy::{Decision, Limits, Policy, Signals};
+use super::procstat;
+use crate::config::Autoscale;
+use crate::runtime::Runtime;
+
+/// Scaling events kept per pool.
+pub const MAX_EVENTS: usize = 100;
+
+/// One change of a pool's size.
+#[derive(Debug, Clone)]
+pub struct ScalingEvent {
+    pub at_ms: u64,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    pub signals: Value,
+}
+
+/// Everything about one pool's scaling, shared by its loop and the admin API.
+pub struct PoolScaler {
+    pub pool: String,
+    pub state: Mutex<ScalerState>,
+    /// Wakes the loop early (manual scaling, cold requests, shutdown).
+    pub wake: Notify,
+    pub scale_ups: AtomicU64,
+    pub scale_downs: AtomicU64,
+}
+
+pub struct ScalerState {
+    pub cfg: Arc<Autoscale>,
+    pub policy: Policy,
+    pub instances: Vec<Arc<Instance>>,
+    pub desired: u32,
+    pub last: Option<Decision>,
+    pub last_signals: Signals,
+    pub events: VecDeque<ScalingEvent>,
+    pub next_seq: u32,
+    pub stopped: bool,
+    last_tick: Option<(Instant, u64)>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl PoolScaler {
+    pub fn new(pool: &str, cfg: Arc<Autoscale>) -> Arc<PoolScaler> {
+        Arc::new(PoolScaler {
+            pool: pool.to_string(),
+            state: Mutex::new(ScalerState {
+                desired: cfg.min,
+                cfg,
+                policy: Policy::default(),
+                instances: Vec::new(),
+                last: None,
+                last_signals: Signals::default(),
+                events: VecDeque::new(),
+                next_seq: 1,
+                stopped: false,
+                last_tick: None,
+            }),
+            wake: Notify::new(),
+            scale_ups: AtomicU64::new(0),
+            scale_downs: AtomicU64::new(0),
+        })
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ScalerState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Run until the pool is stopped.
+    pub async fn run(self: Arc<Self>, runtime: Arc<Runtime>) {
+        // The first decision at once: start `min` instances.
+        self.tick(&runtime);
+        loop {
+            let interval = self.lock().cfg.interval;
+            let demand = runtime.snapshot().pool(&self.pool).map(|p| p.stats.clone());
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {}
+                _ = async {
+                    match &demand {
+                        Some(s) => s.demand_notify.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+            if self.lock().stopped {
+                return;
+            }
+            self.tick(&runtime);
+        }
+    }
+
+    /// One evaluation: signals, decision, actions.
+    pub fn tick(self: &Arc<Self>, runtime: &Arc<Runtime>) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.instances.retain(|i| i.info().phase != Phase::Stopped);
+        let signals = self.signals(&mut st, runtime, now);
+        let limits = Limits::from(st.cfg.as_ref());
+        let decision = st.policy.decide(&limits, &signals, now);
+        let capacity = signals.ready + signals.starting;
+        st.last_signals = signals;
+        st.desired = decision.desired;
+        if decision.desired != capacity {
+            let (from, to) = (capacity, decision.desired);
+            tracing::info!(pool = %self.pool, from, to, reason = %decision.reason, "scaling");
+            if to > from {
+                self.scale_ups.fetch_add(1, Ordering::Relaxed);
+                for _ in from..to {
+                    self.start_instance(&mut st, runtime);
+                }
+            } else {
+                self.scale_downs.fetch_add(1, Ordering::Relaxed);
+                for _ in to..from {
+                    self.drain_one(&mut st, runtime);
+                }
+            }
+            let event = ScalingEvent {
+                at_ms: now_ms(),
+                from,
+                to,
+                reason: decision.reason.clone(),
+                signals: signals_json(&signals),
+            };
+            if st.events.len() == MAX_EVENTS {
+                st.events.pop_front();
+            }
+            st.events.push_back(event);
+            self.publish(&st, runtime);
+        }
+        st.last = Some(decision);
+    }
+
+    fn signals(&self, st: &mut ScalerState, runtime: &Runtime, now: Instant) -> Signals {
+        let active: Vec<&Arc<Instance>> = st
+            .instances
+            .iter()
+            .filter(|i| matches!(i.info().phase, Phase::Running | Phase::Crashed))
+            .collect();
+        let ready: Vec<&Arc<Instance>> = active.iter().copied().filter(|i| i.is_ready()).collect();
+        let n = ready.len().max(1) as f64;
+        let inflight: u64 = ready.iter().map(|i| i.load()).sum();
+        let total: u64 = st
+            .instances
+            .iter()
+            .map(|i| i.backend.stats.total_responses())
+            .sum();
+        let rps = match st.last_tick {
+            Some((at, prev)) => {
+                let secs = now.saturating_duration_since(at).as_secs_f64().max(0.001);
+                total.saturating_sub(prev) as f64 / secs
+            }
+            None => 0.0,
+        };
+        let elapsed = st.last_tick.map(|(at, _)| now.saturating_duration_since(at));
+        st.last_tick = Some((now, total));
+        let snapshot = runtime.snapshot();
+        let pool = snapshot.pool(&self.pool);
+        let window = st.cfg.interval.as_secs().max(1);
+        let p95 = pool.map(|p| p.stats.window.summary_recent(now, window)).and_then(|s| {
+            (s.requests > 0).then(|| s.p95.as_secs_f64() * 1000.0)
+        });
+        let cold_waiters = pool.map_or(0, |p| p.stats.cold_waiters.load(Ordering::Relaxed));
+        let (cpu, rss) = usage(&ready, elapsed);
+        Signals {
+            ready: ready.len() as u32,
+            starting: (active.len() - ready.len()) as u32,
+            inflight_per_instance: inflight as f64 / n,
+            rps_per_instance: rps / n,
+            p95_latency_ms: p95,
+            cpu_percent: cpu,
+            memory_mb: rss,
+            cold_waiters,
+        }
+    }
+
+    fn start_instance(&self, st: &mut ScalerState, runtime: &Runtime) {
+        let used: Vec<u16> = st.instances.iter().map(|i| i.port).collect();
+        let (lo, hi) = st.cfg.ports;
+        let Some(port) = (lo..=hi).find(|p| !used.contains(p) && port_free(*p)) else {
+            tracing::error!(pool = %self.pool, "no free port left in the autoscale range");
+            return;
+        };
+        let id = format!("{}-{}", self.pool, st.next_seq);
+        st.next_seq += 1;
+        let inst = instance::launch(st.cfg.clone(), &self.pool, id, port, runtime.workers);
+        st.instances.push(inst);
+    }
+
+    /// Scale in by one: a starting instance if any (it serves nobody), else the ready one
+    /// with the fewest requests and WebSockets in flight.
+    fn drain_one(self: &Arc<Self>, st: &mut ScalerState, runtime: &Arc<Runtime>) {
+        let candidates = st
+            .instances
+            .iter()
+            .filter(|i| matches!(i.info().phase, Phase::Running | Phase::Crashed));
+        let victim = candidates
+            .min_by_key(|i| (i.is_ready(), i.load()))
+            .cloned();
+        let Some(victim) = victim else { return };
+        victim.set_phase(Phase::Draining);
+        victim.backend.stats.draining.store(true, Ordering::Relaxed);
+        tracing::info!(pool = %self.pool, instance = %victim.id, in_flight = victim.load(), "draining instance");
+        tokio::spawn(drain(self.clone(), victim, runtime.clone(), st.cfg.drain_timeout));
+    }
+
+    /// Hand the current instance set to the runtime (one snapshot swap).
+    pub fn publish(&self, st: &ScalerState, runtime: &Runtime) {
+        let managed = st
+            .instances
+            .iter()
+            .filter(|i| !matches!(i.info().phase, Phase::Stopping | Phase::Stopped))
+            .map(|i| i.backend.clone())
+            .collect();
+        runtime.set_managed(&self.pool, managed);
+    }
+}
+
+/// Wait for in-flight requests and WebSockets to finish (or the timeout, after which
+/// WebSockets are told to go away), then remove the instance and stop its process.
+async fn drain(scaler: Arc<PoolScaler>, inst: Arc<Instance>, runtime: Arc<Runtime>, timeout: Duration) {
+    let pool = &scaler.pool;
+    let deadline = Instant::now() + timeout;
+    while inst.load() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if inst.load() > 0 {
+        tracing::warn!(pool = %pool, instance = %inst.id, in_flight = inst.load(), "drain timeout: closing what is left");
+        inst.backend.stats.close_websockets.notify_waiters();
+        // Let the tunnels send their close frames.
+        let grace = Instant::now() + Duration::from_secs(2);
+        while inst.load() > 0 && Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    inst.set_phase(Phase::Stopping);
+    {
+        let st = scaler.lock();
+        scaler.publish(&st, &runtime);
+    }
+    inst.request_stop();
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Average CPU% and RSS (MiB) per ready instance since the last tick.
+fn usage(ready: &[&Arc<Instance>], elapsed: Option<Duration>) -> (Option<f64>, Option<f64>) {
+    let pids: Vec<u32> = ready.iter().filter_map(|i| i.info().pid).collect();
+    if pids.is_empty() {
+        return (None, None);
+    }
+    let usage = procstat::tree_usage(&pids);
+    let tps = procstat::ticks_per_second() as f64;
+    let (mut cpu_sum, mut cpu_n, mut rss_sum, mut rss_n) = (0.0, 0, 0.0, 0);
+    for inst in ready {
+        let Some(pid) = inst.info().pid else { continue };
+        let Some(u) = usage.get(&pid) else { continue };
+        let prev = inst.info().cpu_ticks;
+        let cpu = match (prev, elapsed) {
+            (Some(p), Some(e)) if e.as_secs_f64() > 0.0 => {
+                Some(u.cpu_ticks.saturating_sub(p) as f64 / tps / e.as_secs_f64() * 100.0)
+            }
+            _ => None,
+        };
+        if let Ok(mut info) = inst.info.lock() {
+            info.cpu_ticks = Some(u.cpu_ticks);
+            info.rss_bytes = Some(u.rss_bytes);
+            info.cpu_percent = cpu;
+        }
+        if let Some(c) = cpu {
+            cpu_sum += c;
+            cpu_n += 1;
+        }
+        rss_sum += u.rss_bytes as f64 / (1024.0 * 1024.0);
+        rss_n += 1;
+    }
+    (
+        (cpu_n > 0).then(|| cpu_sum / cpu_n as f64),
+        (rss_n > 0).then(|| rss_sum / rss_n as f64),
+    )
+}
+
+pub fn signals_json(s: &Signals) -> Value {
+    let r = |v: f64| (v * 100.0).round() / 100.0;
+    json!({
+        "ready": s.ready,
+        "starting": s.starting,
+        "inflight_per_instance": r(s.inflight_per_instance),
+        "rps_per_instance": r(s.rps_per_instance),
+        "p95_latency_ms": s.p95_latency_ms.map(r),
+        "cpu_percent": s.cpu_percent.map(r),
+        "memory_mb": s.memory_mb.map(r),
+        "cold_waiters": s.cold_waiters,
+    })
+}

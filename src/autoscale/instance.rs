@@ -1,0 +1,229 @@
+//! One managed instance and its supervisor task: start, restart after a crash (with
+//! exponential backoff), and stop on request.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::process;
+use crate::config::Autoscale;
+use crate::proxy::upstream::ConnPool;
+use crate::runtime::{BackendStats, ManagedBackend};
+
+/// Where an instance is in its life. `Running` shows as `starting` or `ready` by health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Exited on its own; waiting to be restarted.
+    Crashed,
+    Draining,
+    Stopping,
+    Stopped,
+}
+
+/// What the status pages show about an instance; written by its supervisor.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    pub last_exit: Option<String>,
+    /// Filled by the controller on each tick.
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub cpu_ticks: Option<u64>,
+}
+
+pub struct Instance {
+    pub id: String,
+    pub port: u16,
+    pub backend: ManagedBackend,
+    pub info: Mutex<InstanceInfo>,
+    stop: watch::Sender<bool>,
+}
+
+impl Instance {
+    pub fn info(&self) -> InstanceInfo {
+        match self.info.lock() {
+            Ok(i) => i.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut InstanceInfo)) {
+        match self.info.lock() {
+            Ok(mut i) => f(&mut i),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.update(|i| i.phase = phase);
+    }
+
+    /// `starting`, `ready`, `crashed`, `draining`, `stopping` or `stopped`.
+    pub fn state(&self) -> &'static str {
+        match self.info().phase {
+            Phase::Running if self.backend.stats.healthy() => "ready",
+            Phase::Running => "starting",
+            Phase::Crashed => "crashed",
+            Phase::Draining => "draining",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state() == "ready"
+    }
+
+    /// Requests and WebSockets in flight: the cost of stopping it.
+    pub fn load(&self) -> u64 {
+        let s = &self.backend.stats;
+        s.active.load(Ordering::Relaxed) + s.websockets.load(Ordering::Relaxed)
+    }
+
+    /// Ask the supervisor to stop the process (after draining is done).
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Start an instance on `port` and its supervisor. It begins unusable: the pool's health
+/// check must pass `rise` times before the balancer may pick it.
+pub fn launch(cfg: Arc<Autoscale>, pool: &str, id: String, port: u16, workers: usize) -> Arc<Instance> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stats = BackendStats::default();
+    stats.up.store(false, Ordering::Relaxed);
+    let (stop, stop_rx) = watch::channel(false);
+    let instance = Arc::new(Instance {
+        id,
+        port,
+        backend: ManagedBackend {
+            address: addr.to_string(),
+            addr,
+            stats: Arc::new(stats),
+            conns: Arc::new(ConnPool::new(addr, workers)),
+        },
+        info: Mutex::new(InstanceInfo {
+            phase: Phase::Running,
+            pid: None,
+            restarts: 0,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            last_exit: None,
+            cpu_percent: None,
+            rss_bytes: None,
+            cpu_ticks: None,
+        }),
+        stop,
+    });
+    tokio::spawn(supervise(instance.clone(), cfg, pool.to_string(), stop_rx));
+    instance
+}
+
+/// Backoff before the n-th consecutive restart: 1s, 2s, 4s ... 30s.
+pub fn backoff(consecutive: u32) -> Duration {
+    Duration::from_secs(1u64 << consecutive.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+async fn supervise(inst: Arc<Instance>, cfg: Arc<Autoscale>, pool: String, mut stop: watch::Receiver<bool>) {
+    let mut consecutive_crashes = 0u32;
+    loop {
+        let mut child = match process::spawn(&cfg, &pool, &inst.id, inst.port) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(pool = %pool, instance = %inst.id, error = %e, "cannot start instance");
+                inst.update(|i| {
+                    i.phase = Phase::Crashed;
+                    i.last_exit = Some(format!("spawn failed: {e}"));
+                });
+                consecutive_crashes += 1;
+                if wait_or_stop(&mut stop, backoff(consecutive_crashes)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let pid = child.id();
+        let began = Instant::now();
+        inst.update(|i| {
+            i.pid = pid;
+            i.started_at = began;
+            i.started = SystemTime::now();
+            if i.phase == Phase::Crashed {
+                i.phase = Phase::Running;
+            }
+        });
+        tracing::info!(pool = %pool, instance = %inst.id, port = inst.port, pid, "instance started");
+        let mut stop_wait = stop.clone();
+        tokio::select! {
+            status = child.wait() => {
+                let how = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                // Never route to it while it is down; its health check must pass `rise`
+                // times again.
+                inst.backend.stats.up.store(false, Ordering::Relaxed);
+                inst.backend.stats.check_successes.store(0, Ordering::Relaxed);
+                if *stop.borrow() {
+                    inst.update(|i| { i.phase = Phase::Stopped; i.last_exit = Some(how); i.pid = None; });
+                    return;
+                }
+                if began.elapsed() > Duration::from_secs(30) {
+                    consecutive_crashes = 0;
+                }
+                consecutive_crashes += 1;
+                let delay = backoff(consecutive_crashes);
+                tracing::warn!(pool = %pool, instance = %inst.id, status = %how, restart_in = ?delay, "instance exited; restarting");
+                inst.update(|i| {
+                    i.phase = Phase::Crashed;
+                    i.restarts += 1;
+                    i.pid = None;
+                    i.last_exit = Some(how);
+                });
+                if wait_or_stop(&mut stop, delay).await {
+                    break;
+                }
+            }
+            _ = async { let _ = stop_wait.wait_for(|s| *s).await; } => {
+                inst.set_phase(Phase::Stopping);
+                let how = process::stop(&mut child, cfg.stop_grace).await;
+                tracing::info!(pool = %pool, instance = %inst.id, how = %how, "instance stopped");
+                inst.update(|i| { i.phase = Phase::Stopped; i.last_exit = Some(how); i.pid = None; });
+                return;
+            }
+        }
+    }
+    inst.update(|i| {
+        i.phase = Phase::Stopped;
+        i.pid = None;
+    });
+}
+
+/// Sleep `d`, or return true early when a stop is requested.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    let mut waiter = stop.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = async { let _ = waiter.wait_for(|s| *s).await; } => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+}

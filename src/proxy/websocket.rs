@@ -1,0 +1,193 @@
+//! WebSocket proxying: an `Upgrade: websocket` request goes to a backend like any request
+//! (affinity, retries, timeouts); only when the backend answers 101 are both connections
+//! taken over from hyper and joined by a `Tunnel`. Any other answer stays plain HTTP.
+//!
+//! Each tunnel counts in its backend's `websockets` (load for least_conn, status, metrics)
+//! and closes with 1001 when the backend's drain is over, when it idles for
+//! `timeouts.websocket_idle`, or when autolb shuts down.
+
+use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+
+use super::tunnel::{CloseReason, End, Tunnel};
+use crate::runtime::Backend;
+
+/// How long the two upgraded connections may take to be handed over after the 101.
+const HANDOVER: Duration = Duration::from_secs(30);
+
+/// Woken when autolb shuts down: every tunnel of the process closes with 1001.
+static SHUTDOWN: Notify = Notify::const_new();
+
+/// Open WebSockets of this process.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Close every WebSocket of this process with 1001 "going away" (graceful shutdown); each
+/// then has `tunnel::CLOSE_GRACE` to finish.
+pub fn close_all() {
+    SHUTDOWN.notify_waiters();
+}
+
+/// WebSockets open in this process (a graceful shutdown waits for them).
+pub fn open() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// Is `header` a comma-separated list holding `token` (case-insensitive)?
+fn has_token(headers: &HeaderMap, header: HeaderName, token: &str) -> bool {
+    headers.get_all(header).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// An HTTP/1.1 `GET` asking to upgrade to WebSocket (other upgrades are not proxied: their
+/// Upgrade header is stripped and the request served as plain HTTP).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.method() == Method::GET
+        && has_token(req.headers(), CONNECTION, "upgrade")
+        && has_token(req.headers(), UPGRADE, "websocket")
+}
+
+/// The hop-by-hop header an upgrade needs again after the headers were rewritten.
+pub fn mark_upgrade(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// Counts one WebSocket in its backend from the 101 until the tunnel ends.
+struct Open(Arc<Backend>);
+
+impl Open {
+    fn new(backend: Arc<Backend>) -> Open {
+        backend.stats.websockets.fetch_add(1, Ordering::Relaxed);
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        Open(backend)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.stats.websockets.fetch_sub(1, Ordering::Relaxed);
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// After a 101: count the WebSocket and run its tunnel on this worker.
+pub(crate) fn spawn(
+    client: OnUpgrade,
+    backend_side: OnUpgrade,
+    backend: Arc<Backend>,
+    pool: String,
+    idle: Duration,
+) {
+    let open = Open::new(backend);
+    tokio::spawn(run(client, backend_side, open, pool, idle));
+}
+
+async fn run(client: OnUpgrade, backend_side: OnUpgrade, open: Open, pool: String, idle: Duration) {
+    let backend = &open.0;
+    let (client, upstream) = match tokio::time::timeout(
+        HANDOVER,
+        futures_util::future::join(client, backend_side),
+    )
+    .await
+    {
+        Ok((Ok(c), Ok(b))) => (c, b),
+        Ok((c, b)) => {
+            tracing::debug!(
+                pool = %pool,
+                backend = %backend.address,
+                client_error = ?c.err(),
+                backend_error = ?b.err(),
+                "WebSocket handover failed"
+            );
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(pool = %pool, backend = %backend.address, "WebSocket handover timed out");
+            return;
+        }
+    };
+    let mut tunnel = Tunnel::new(TokioIo::new(client), TokioIo::new(upstream), idle);
+    // Registered before the first poll: a notify_waiters() from now on reaches this tunnel.
+    let stats = backend.stats.clone();
+    let drained = stats.close_websockets.notified();
+    let shutdown = SHUTDOWN.notified();
+    tokio::pin!(drained, shutdown);
+    drained.as_mut().enable();
+    shutdown.as_mut().enable();
+    tracing::debug!(pool = %pool, backend = %backend.address, "WebSocket open");
+    let end = poll_fn(|cx| {
+        if !tunnel.is_closing() {
+            if drained.as_mut().poll(cx).is_ready() {
+                tracing::debug!(pool = %pool, backend = %backend.address, "backend drained: closing WebSocket with 1001");
+                tunnel.close(CloseReason::Drain);
+            } else if shutdown.as_mut().poll(cx).is_ready() {
+                tunnel.close(CloseReason::Shutdown);
+            }
+        }
+        tunnel.poll_run(cx)
+    })
+    .await;
+    let (up, down) = tunnel.bytes();
+    match end {
+        End::Closed => {
+            tracing::debug!(pool = %pool, backend = %backend.address, up, down, "WebSocket closed")
+        }
+        End::Abandoned => tracing::debug!(
+            pool = %pool,
+            backend = %backend.address,
+            up,
+            down,
+            "WebSocket peer did not finish closing: connections dropped"
+        ),
+        End::Error(e) => tracing::debug!(
+            pool = %pool,
+            backend = %backend.address,
+            up,
+            down,
+            error = %e,
+            "WebSocket ended with an error"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri("/ws")
+            .version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn only_http11_get_websocket_upgrades() {
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert!(is_upgrade(&req("GET", Version::HTTP_11, &ws)));
+        assert!(!is_upgrade(&req("POST", Version::HTTP_11, &ws)));
+        assert!(!is_upgrade(&req("GET", Version::HTTP_10, &ws)));
+        assert!(!is_upgrade(&req("GET", Version::HTTP_2, &ws)));
+        let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
+        assert!(!is_upgrade(&req("GET", Version::HTTP_11, &h2c)));
+        let no_conn = [("upgrade", "websocket")];
+        assert!(!is_upgrade(&req("GET", Version::HTTP_11, &no_conn)));
+    }
+}

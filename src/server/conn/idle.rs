@@ -1,0 +1,139 @@
+//! Idle accounting of a multiplexed (HTTP/2) client connection: requests in flight, counted
+//! until their response body ends, and the time of the last activity; the connection is
+//! closed gracefully after `idle_timeout` without any.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+
+use crate::proxy::body::{BodyError, ProxyBody};
+
+/// Requests in flight on a connection and when the last one ended.
+pub(crate) struct Activity {
+    origin: Instant,
+    active: AtomicUsize,
+    /// Milliseconds since `origin` of the last request start or end.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            origin: Instant::now(),
+            active: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// A request started; it counts until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let wait = if self.active.load(Ordering::Relaxed) > 0 {
+                timeout
+            } else {
+                let since = Duration::from_millis(
+                    self.now_ms()
+                        .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+                );
+                if since >= timeout {
+                    return;
+                }
+                timeout - since
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One request in flight.
+pub(crate) struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as active until it ends.
+pub(crate) struct Tracked {
+    inner: ProxyBody,
+    active: Option<Active>,
+}
+
+impl Tracked {
+    pub fn new(inner: ProxyBody, active: Active) -> Tracked {
+        let active = (!inner.is_end_stream()).then_some(active);
+        Tracked { inner, active }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.active = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_the_last_request_to_end() {
+        let activity = Activity::new();
+        let guard = activity.begin();
+        let idle = activity.idle(Duration::from_secs(10));
+        tokio::pin!(idle);
+        // In flight: never idle.
+        assert!(tokio::time::timeout(Duration::from_secs(60), idle.as_mut())
+            .await
+            .is_err());
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), idle.as_mut())
+                .await
+                .is_err(),
+            "idle only 9.5 s"
+        );
+        assert!(tokio::time::timeout(Duration::from_secs(2), idle.as_mut())
+            .await
+            .is_ok());
+    }
+}

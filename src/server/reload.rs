@@ -1,0 +1,252 @@
+//! Reload: three triggers (the config file changing, SIGHUP, `POST /config/reload`) send
+//! requests to one apply path, which validates the whole new config first and changes
+//! nothing when it is invalid.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use notify::{RecursiveMode, Watcher};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Server;
+use crate::config;
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    File,
+    Signal,
+    Admin,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::File => "file",
+            Trigger::Signal => "sighup",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
+/// The answer of one reload attempt.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ok: bool,
+    pub changes: Vec<String>,
+    pub errors: Vec<String>,
+    pub generation: u64,
+    pub hash: String,
+}
+
+impl Outcome {
+    pub fn to_json(&self) -> Value {
+        if self.ok {
+            json!({
+                "result": "success",
+                "changes": self.changes,
+                "generation": self.generation,
+                "config_hash": self.hash,
+            })
+        } else {
+            json!({ "error": "invalid config: nothing changed", "errors": self.errors })
+        }
+    }
+}
+
+/// A reload request, answered on `reply` when given.
+pub struct Request {
+    pub trigger: Trigger,
+    pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// Where triggers send their requests.
+#[derive(Clone)]
+pub struct Handle(pub mpsc::Sender<Request>);
+
+impl Handle {
+    /// Ask for a reload and wait for its outcome.
+    pub async fn reload(&self, trigger: Trigger) -> Option<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(Request {
+                trigger,
+                reply: Some(tx),
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+/// The last reload, for `/health`.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub at_ms: u64,
+    pub trigger: &'static str,
+    pub ok: bool,
+    pub errors: usize,
+}
+
+/// Hash of a config file's bytes (hex), as `/health` shows it.
+pub fn file_hash(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&b)))
+        .unwrap_or_else(|_| "unreadable".into())
+}
+
+impl Server {
+    /// The one apply path: load and validate everything, then swap the snapshot, the
+    /// certificates and the autoscaler's settings.
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let rt = &self.runtime;
+        let old = rt.snapshot();
+        let path: PathBuf = old.config.source.clone();
+        let hash = file_hash(&path);
+        let refused = |errors: Vec<String>| {
+            rt.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            for e in &errors {
+                tracing::error!(trigger = trigger.name(), "reload refused: {e}");
+            }
+            self.record(trigger, false, errors.len(), None);
+            Outcome {
+                ok: false,
+                changes: Vec::new(),
+                errors,
+                generation: old.generation,
+                hash: self.config_hash(),
+            }
+        };
+        let cfg = match config::load_file(&path) {
+            Ok(c) => c,
+            Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),
+        };
+        let mut changes = config::diff::diff(&old.config, &cfg);
+        match crate::tls::reload_certificates(&cfg) {
+            Ok(report) => {
+                for l in report.changed {
+                    changes.push(format!("listener {l}: certificates reloaded"));
+                }
+                for l in report.needs_restart {
+                    changes.push(format!("listener {l}: new https listener (starts at the next restart)"));
+                }
+            }
+            Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),
+        }
+        if cfg.listeners.iter().map(|l| (l.listen, l.protocol)).ne(old
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.listen, l.protocol)))
+        {
+            changes.push(
+                "listener addresses or protocols changed: they apply at the next restart".into(),
+            );
+            tracing::warn!("reload: listener address and protocol changes need a restart");
+        }
+        let next = rt.apply(cfg);
+        self.autoscaler.reconcile();
+        if changes.is_empty() {
+            tracing::info!(trigger = trigger.name(), generation = next.generation, "reload: no changes");
+        }
+        for c in &changes {
+            tracing::info!(trigger = trigger.name(), generation = next.generation, "reload: {c}");
+        }
+        self.record(trigger, true, 0, Some(hash.clone()));
+        Outcome {
+            ok: true,
+            changes,
+            errors: Vec::new(),
+            generation: next.generation,
+            hash,
+        }
+    }
+
+    fn record(&self, trigger: Trigger, ok: bool, errors: usize, hash: Option<String>) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Ok(mut r) = self.reload_state.lock() {
+            r.last = Some(Record {
+                at_ms,
+                trigger: trigger.name(),
+                ok,
+                errors,
+            });
+            if let Some(h) = hash {
+                r.hash = h;
+            }
+        }
+    }
+
+    /// Hash of the config file that is running now.
+    pub fn config_hash(&self) -> String {
+        self.reload_state
+            .lock()
+            .map(|r| r.hash.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The running config's hash and the last reload.
+#[derive(Debug, Default)]
+pub struct ReloadState {
+    pub hash: String,
+    pub last: Option<Record>,
+}
+
+impl ReloadState {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "config_hash": self.hash,
+            "last_reload": self.last.as_ref().map(|r| json!({
+                "at_ms": r.at_ms,
+                "trigger": r.trigger,
+                "result": if r.ok { "success" } else { "failure" },
+                "errors": r.errors,
+            })),
+        })
+    }
+}
+
+/// Watch the config file (its directory, as editors replace files by renaming) and ask
+/// for a reload once changes have been quiet for `debounce`.
+pub fn watch(path: &Path, handle: Handle, debounce: Duration) -> notify::Result<notify::RecommendedWatcher> {
+    let file = path.file_name().map(|f| f.to_os_string());
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until the writes stop.
+            while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
+            if handle
+                .0
+                .send(Request {
+                    trigger: Trigger::File,
+                    reply: None,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(watcher)
+}

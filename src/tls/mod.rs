@@ -1,0 +1,166 @@
+//! TLS: https listeners on tokio-rustls (TLS 1.2 and 1.3, ALPN h2/http1.1, SNI over an
+//! `ArcSwap`ed certificate store), certificate hot reload (file watcher and config reload),
+//! TLS to backends (`client`), and the TLS metrics.
+//!
+//! The https listeners of the running process live in one registry: `install` fills it when
+//! the server starts, the accept loops take their listener from it, and
+//! `reload_certificates` (config reload) or the watcher (files changed) swap certificates in
+//! it. New handshakes use the new certificates; open connections keep theirs.
+
+pub mod certs;
+pub mod client;
+pub mod metrics;
+pub mod resolver;
+pub mod server;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+
+use rustls::crypto::CryptoProvider;
+
+use crate::config::{Config, ConfigError, ConfigErrors, Protocol};
+pub use certs::CertError;
+pub use server::TlsListener;
+
+/// Why TLS could not be set up for a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("listener {listener:?}: {source}")]
+    Certificate {
+        listener: String,
+        source: CertError,
+    },
+    #[error("listener {listener:?}: TLS setup failed: {source}")]
+    Rustls {
+        listener: String,
+        source: rustls::Error,
+    },
+}
+
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+
+/// The crypto provider of every TLS config autolb builds (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    PROVIDER.clone()
+}
+
+struct Registry {
+    listeners: RwLock<BTreeMap<String, Arc<TlsListener>>>,
+    watcher: Mutex<Option<watch::Watcher>>,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
+    listeners: RwLock::new(BTreeMap::new()),
+    watcher: Mutex::new(None),
+});
+
+fn all_listeners() -> Vec<Arc<TlsListener>> {
+    REGISTRY
+        .listeners
+        .read()
+        .map(|l| l.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Watch the files of every installed listener (starting the watcher the first time).
+fn watch_files() {
+    let paths: Vec<_> = all_listeners().iter().flat_map(|l| l.paths()).collect();
+    if let Ok(mut w) = REGISTRY.watcher.lock() {
+        w.get_or_insert_with(|| watch::Watcher::start(reload_from_disk))
+            .set_paths(&paths);
+    }
+}
+
+/// Set up TLS for every https listener of `config` (loading its certificates) and start
+/// watching their files. Called once by `Server::start`, before the listeners accept.
+pub fn install(config: &Config) -> Result<(), TlsError> {
+    let mut built = BTreeMap::new();
+    for l in &config.listeners {
+        if let (Protocol::Https, Some(tls)) = (l.protocol, &l.tls) {
+            built.insert(l.name.clone(), Arc::new(TlsListener::new(&l.name, tls)?));
+        }
+    }
+    if built.is_empty() {
+        return Ok(());
+    }
+    if let Ok(mut listeners) = REGISTRY.listeners.write() {
+        *listeners = built;
+    }
+    watch_files();
+    Ok(())
+}
+
+/// The TLS state of the https listener `name`, if it was installed.
+pub fn listener(name: &str) -> Option<Arc<TlsListener>> {
+    REGISTRY.listeners.read().ok()?.get(name).cloned()
+}
+
+/// What a certificate reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CertReload {
+    /// Listeners whose certificates (or strict_sni, ALPN) changed.
+    pub changed: Vec<String>,
+    /// https listeners of the new config that are not running (a restart starts them).
+    pub needs_restart: Vec<String>,
+}
+
+/// Apply the certificates of `config` to the running https listeners: every pair of every
+/// listener is loaded first, and only if all load are they swapped in (the old ones keep
+/// serving otherwise). Call it on a config reload, before or after `Runtime::apply`; a
+/// config that `config::load_file` accepted fails here only if a file changed in between.
+pub fn reload_certificates(config: &Config) -> Result<CertReload, ConfigErrors> {
+    let file = config.source.display().to_string();
+    let mut report = CertReload::default();
+    let mut staged = Vec::new();
+    let mut errors = Vec::new();
+    for l in &config.listeners {
+        let (Protocol::Https, Some(tls)) = (l.protocol, &l.tls) else {
+            continue;
+        };
+        let Some(running) = listener(&l.name) else {
+            report.needs_restart.push(l.name.clone());
+            continue;
+        };
+        if running.unchanged(tls) {
+            continue;
+        }
+        match server::load_pairs(&tls.certificates) {
+            Ok(loaded) => staged.push((running, tls, loaded)),
+            Err(e) => {
+                running.stats.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                errors.push(ConfigError {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("listener \"{}\": {e}", l.name),
+                });
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    for (running, tls, loaded) in staged {
+        running.swap_in(tls, &loaded);
+        report.changed.push(running.name.clone());
+    }
+    watch_files();
+    Ok(report)
+}
+
+/// Re-read every listener's files that changed on disk (the watcher's callback).
+pub fn reload_from_disk() {
+    for l in all_listeners() {
+        l.reload_from_disk();
+    }
+}
+
+/// Append the TLS metrics (`autolb_tls_*`) in the Prometheus text format.
+pub fn render_metrics(out: &mut String) {
+    let listeners = all_listeners();
+    let stats: Vec<(String, &metrics::TlsStats)> =
+        listeners.iter().map(|l| (l.name.clone(), &l.stats)).collect();
+    metrics::render(out, &stats);
+}
