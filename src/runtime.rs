@@ -109,7 +109,12 @@ impl Snapshot {
             .map(|pc| {
                 let prev = previous.and_then(|s| s.pool(&pc.name));
                 let instances = managed.get(&pc.name).map_or(&[][..], |v| v.as_slice());
-                Arc::new(Pool::build(pc, instances, prev.map(|p| p.as_ref()), workers))
+                Arc::new(Pool::build(
+                    pc,
+                    instances,
+                    prev.map(|p| p.as_ref()),
+                    workers,
+                ))
             })
             .collect();
         // Config validation guarantees every named pool exists; a miss is skipped, not a panic.

@@ -72,7 +72,11 @@ async fn wait_scaling(lb: &Autolb, secs: u64, what: &str, cond: impl Fn(&Value) 
         if cond(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "never {what}: {s}\n{}", lb.proc.log());
+        assert!(
+            Instant::now() < deadline,
+            "never {what}: {s}\n{}",
+            lb.proc.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -115,7 +119,12 @@ async fn load_scales_up_and_back_down_without_losing_requests() {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(lb.addr("web"), 8, "/delay/100", stop.clone());
     let up = wait_scaling(&lb, 20, "scaled up", |s| s["current"].as_u64() >= Some(3)).await;
-    assert!(up["events"][0]["reason"].as_str().is_some_and(|r| r.contains("inflight_per_instance")), "{up}");
+    assert!(
+        up["events"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("inflight_per_instance")),
+        "{up}"
+    );
     stop.store(true, Ordering::Relaxed);
     let mut ok = 0;
     for t in tasks {
@@ -127,17 +136,31 @@ async fn load_scales_up_and_back_down_without_losing_requests() {
     // Idle again: back to min after the stabilization window, losing nothing meanwhile.
     let stop = Arc::new(AtomicBool::new(false));
     let light = load(lb.addr("web"), 1, "/", stop.clone());
-    let down = wait_scaling(&lb, 40, "scaled back down", |s| s["current"] == 1 && s["draining"] == 0).await;
+    let down = wait_scaling(&lb, 40, "scaled back down", |s| {
+        s["current"] == 1 && s["draining"] == 0
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for t in light {
         let (_, failed) = t.await.expect("light load");
-        assert!(failed.is_empty(), "requests lost during scale-in: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "requests lost during scale-in: {failed:?}"
+        );
     }
-    let downs = down["events"].as_array().expect("events").iter().filter(|e| e["to"].as_u64() < e["from"].as_u64()).count();
+    let downs = down["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["to"].as_u64() < e["from"].as_u64())
+        .count();
     assert!(downs >= 1, "{down}");
     let metrics = common::get(lb.admin, "/metrics").await.text();
     assert!(metrics.contains("autolb_scaling_events_total{pool=\"web\",direction=\"up\"}"));
-    assert!(metrics.contains("autolb_pool_instances{pool=\"web\",state=\"ready\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("autolb_pool_instances{pool=\"web\",state=\"ready\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -151,7 +174,11 @@ async fn a_killed_instance_is_replaced_and_counted() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = cluster(&lb).await;
-        let same = now.iter().find(|i| i["id"] == victim["id"]).cloned().expect("still managed");
+        let same = now
+            .iter()
+            .find(|i| i["id"] == victim["id"])
+            .cloned()
+            .expect("still managed");
         if same["restarts"] == 1 && same["state"] == "ready" && same["pid"] != victim["pid"] {
             break;
         }
@@ -160,7 +187,10 @@ async fn a_killed_instance_is_replaced_and_counted() {
     }
     assert!(lb.proc.log().contains("instance exited; restarting"));
     // Its output reaches autolb's log, prefixed with the instance.
-    assert!(lb.proc.log().contains(&format!("instance={}", victim["id"].as_str().expect("id"))));
+    assert!(lb
+        .proc
+        .log()
+        .contains(&format!("instance={}", victim["id"].as_str().expect("id"))));
 }
 
 async fn post(lb: &Autolb, token: Option<&str>, body: &str) -> common::Reply {
@@ -169,8 +199,13 @@ async fn post(lb: &Autolb, token: Option<&str>, body: &str) -> common::Reply {
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
     }
-    c.request(b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).expect("request"))
-        .await
+    c.request(
+        b.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("request"),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -188,7 +223,10 @@ async fn manual_scaling_is_authorized_validated_and_clamped() {
     assert_eq!(j["event"]["to"], 3);
     wait_scaling(&lb, 20, "three ready", |s| s["current"] == 3).await;
     let s = scaling(&lb).await;
-    assert!(s["manual_hold_seconds"].as_u64().is_some_and(|h| h > 0), "{s}");
+    assert!(
+        s["manual_hold_seconds"].as_u64().is_some_and(|h| h > 0),
+        "{s}"
+    );
 
     for (bad, why) in [
         ("{not json", "invalid JSON"),
@@ -198,7 +236,11 @@ async fn manual_scaling_is_authorized_validated_and_clamped() {
     ] {
         let r = post(&lb, Some(TOKEN), bad).await;
         assert_eq!(r.status, 400, "{bad}");
-        assert!(r.json()["error"].as_str().expect("error").contains(why), "{bad}: {}", r.text());
+        assert!(
+            r.json()["error"].as_str().expect("error").contains(why),
+            "{bad}: {}",
+            r.text()
+        );
     }
 }
 
@@ -216,12 +258,19 @@ async fn scale_from_zero_serves_the_first_request() {
 async fn instances_die_with_autolb_even_after_sigkill() {
     let lb = start(&scaled(2, 2, ""));
     wait_scaling(&lb, 20, "two ready", |s| s["current"] == 2).await;
-    let pids: Vec<i32> = cluster(&lb).await.iter().map(|i| i["pid"].as_i64().expect("pid") as i32).collect();
+    let pids: Vec<i32> = cluster(&lb)
+        .await
+        .iter()
+        .map(|i| i["pid"].as_i64().expect("pid") as i32)
+        .collect();
     assert_eq!(pids.len(), 2);
     unsafe { libc::kill(lb.proc.pid() as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
     // SAFETY: kill with signal 0 only checks for existence.
-    while pids.iter().any(|&p| unsafe { libc::kill(p, 0) } == 0 && !zombie(p)) {
+    while pids
+        .iter()
+        .any(|&p| unsafe { libc::kill(p, 0) } == 0 && !zombie(p))
+    {
         assert!(Instant::now() < deadline, "instances outlived autolb");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -229,6 +278,10 @@ async fn instances_die_with_autolb_even_after_sigkill() {
 
 fn zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }

@@ -23,10 +23,16 @@ fn config(i: usize, e: &[Echo]) -> String {
     };
     let backends: String = set
         .iter()
-        .map(|&k| format!("      - {{ address: \"{}\", weight: {} }}\n", e[k].addr, 1 + i % 3))
+        .map(|&k| {
+            format!(
+                "      - {{ address: \"{}\", weight: {} }}\n",
+                e[k].addr,
+                1 + i % 3
+            )
+        })
         .collect();
     let routes = if i % 2 == 0 {
-        format!("routes:\n  - {{ path_prefix: /api, pool: api }}\n")
+        "routes:\n  - { path_prefix: /api, pool: api }\n".to_string()
     } else {
         String::new()
     };
@@ -105,7 +111,11 @@ async fn fifty_reloads_under_load_lose_nothing_and_traffic_follows() {
                 let path = if done % 5 == 0 { "/api" } else { "/" };
                 let r = c.get(path).await;
                 if r.status != 200 && !(path == "/api" && r.status == 404) {
-                    failures.lock().expect("lock").push(format!("{path}: {} {}", r.status, r.text()));
+                    failures.lock().expect("lock").push(format!(
+                        "{path}: {} {}",
+                        r.status,
+                        r.text()
+                    ));
                 }
                 done += 1;
             }
@@ -122,14 +132,20 @@ async fn fifty_reloads_under_load_lose_nothing_and_traffic_follows() {
                 if answering(addr, 40).await == want {
                     break;
                 }
-                assert!(Instant::now() < deadline, "reload {i} not picked up from the file");
+                assert!(
+                    Instant::now() < deadline,
+                    "reload {i} not picked up from the file"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         } else {
             let r = post_reload(lb.admin).await;
             assert_eq!(r.status, 200, "{}", r.text());
             let got = answering(addr, 40).await;
-            assert_eq!(got, want, "reload {i}: traffic follows the new config at once");
+            assert_eq!(
+                got, want,
+                "reload {i}: traffic follows the new config at once"
+            );
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -138,12 +154,24 @@ async fn fifty_reloads_under_load_lose_nothing_and_traffic_follows() {
         total += t.await.expect("worker");
     }
     let failures = failures.lock().expect("lock").clone();
-    assert!(failures.is_empty(), "{} of {total} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let health = common::get(lb.admin, "/health").await.json();
     assert_eq!(health["config"]["last_reload"]["result"], "success");
     let metrics = common::get(lb.admin, "/metrics").await.text();
-    let ok_line = metrics.lines().find(|l| l.starts_with("autolb_config_reloads_total{result=\"success\"}")).expect("metric");
-    let ok: u64 = ok_line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("count");
+    let ok_line = metrics
+        .lines()
+        .find(|l| l.starts_with("autolb_config_reloads_total{result=\"success\"}"))
+        .expect("metric");
+    let ok: u64 = ok_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("count");
     assert!(ok >= 50, "{ok_line}");
 }
 
@@ -165,7 +193,10 @@ async fn an_invalid_config_changes_nothing_and_says_where() {
     // Still serving the old config.
     assert_eq!(answering(lb.addr("web"), 40).await, expected(0, &e));
     let after = common::get(lb.admin, "/health").await.json();
-    assert_eq!(after["config"]["generation"], before["config"]["generation"]);
+    assert_eq!(
+        after["config"]["generation"],
+        before["config"]["generation"]
+    );
     assert_eq!(after["config"]["hash"], before["config"]["hash"]);
     assert_eq!(after["config"]["last_reload"]["result"], "failure");
     assert!(lb.proc.log().contains("reload refused"));
@@ -190,6 +221,14 @@ async fn an_invalid_config_changes_nothing_and_says_where() {
         .iter()
         .map(|c| c.as_str().unwrap_or("").to_string())
         .collect();
-    assert!(changes.iter().any(|c| c == "pool web: balance round_robin -> least_conn"), "{changes:?}");
-    assert!(changes.iter().any(|c| c.contains("removed (drains)")), "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c == "pool web: balance round_robin -> least_conn"),
+        "{changes:?}"
+    );
+    assert!(
+        changes.iter().any(|c| c.contains("removed (drains)")),
+        "{changes:?}"
+    );
 }

@@ -10,7 +10,9 @@ use common::tls::TestCa;
 
 /// 1-based line and column of the first occurrence of `needle` in `text`.
 fn pos(text: &str, needle: &str) -> (usize, usize) {
-    let offset = text.find(needle).unwrap_or_else(|| panic!("{needle} not in yaml"));
+    let offset = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in yaml"));
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -20,7 +22,8 @@ fn pos(text: &str, needle: &str) -> (usize, usize) {
 fn assert_reported(err: &str, file: &Path, at: (usize, usize), needle: &str) {
     let prefix = format!("{}:{}:{}: ", file.display(), at.0, at.1);
     assert!(
-        err.lines().any(|l| l.starts_with(&prefix) && l.contains(needle)),
+        err.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(needle)),
         "no error {prefix}...{needle}... in:\n{err}"
     );
 }
@@ -79,12 +82,32 @@ fn bad_certificate_files_are_reported_at_their_path() {
     std::fs::write(&file, &yaml).expect("write");
     let (code, out, err) = common::check(&file);
     assert_eq!(code, 1, "{out}{err}");
-    assert_reported(&err, &file, pos(&yaml, "garbage.crt"), "no certificate found");
+    assert_reported(
+        &err,
+        &file,
+        pos(&yaml, "garbage.crt"),
+        "no certificate found",
+    );
     assert_reported(&err, &file, pos(&yaml, "der.crt"), "looks like DER");
-    assert_reported(&err, &file, pos(&yaml, "cut.crt"), "invalid PEM: missing \"-----END CERTIFICATE-----\"");
-    assert_reported(&err, &file, pos(&yaml, "other.key"), "does not match certificate");
+    assert_reported(
+        &err,
+        &file,
+        pos(&yaml, "cut.crt"),
+        "invalid PEM: missing \"-----END CERTIFICATE-----\"",
+    );
+    assert_reported(
+        &err,
+        &file,
+        pos(&yaml, "other.key"),
+        "does not match certificate",
+    );
     assert_reported(&err, &file, pos(&yaml, "nokey.key"), "no private key found");
-    assert_reported(&err, &file, pos(&yaml, "missing.crt"), "cannot read certificate");
+    assert_reported(
+        &err,
+        &file,
+        pos(&yaml, "missing.crt"),
+        "cannot read certificate",
+    );
     assert_reported(&err, &file, pos(&yaml, "bad-ca.pem"), "pool \"web\": ca");
     assert!(err.contains("7 error(s)"), "{err}");
 }
@@ -140,12 +163,27 @@ pools:
     for (at, message) in [
         (after("h2c: "), "h2c is only allowed on http listeners"),
         (pos(yaml, "strict_snii"), "unknown field \"strict_snii\""),
-        (after("name: f, listen: 127.0.0.1:0, protocol: https, pool: web, redirect_https: "), "redirect_https is only allowed on http listeners"),
-        (after("https_port: "), "https_port needs redirect_https: true"),
-        (after("8443, hsts: "), "hsts is only allowed on https listeners"),
+        (
+            after("name: f, listen: 127.0.0.1:0, protocol: https, pool: web, redirect_https: "),
+            "redirect_https is only allowed on http listeners",
+        ),
+        (
+            after("https_port: "),
+            "https_port needs redirect_https: true",
+        ),
+        (
+            after("8443, hsts: "),
+            "hsts is only allowed on https listeners",
+        ),
         (pos(yaml, "70000"), "https_port must be between 1 and 65535"),
-        (after("      hsts: "), "hsts preload needs include_subdomains"),
-        (pos(yaml, "h3"), "unknown value \"h3\", expected one of: h1, h2"),
+        (
+            after("      hsts: "),
+            "hsts preload needs include_subdomains",
+        ),
+        (
+            pos(yaml, "h3"),
+            "unknown value \"h3\", expected one of: h1, h2",
+        ),
         (pos(yaml, "\"bad name!\""), "invalid sni"),
         (after("client_cert: "), "client_cert needs client_key"),
     ] {

@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::autoscale::Autoscaler;
-use crate::server::reload::Trigger;
 use crate::runtime::Runtime;
+use crate::server::reload::Trigger;
 use crate::server::ListenerStats;
 
 /// What the admin API reads.
@@ -100,7 +100,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
     }
     if method == "POST" {
         if let Err(resp) = authorize(&req, state) {
-            return resp;
+            return *resp;
         }
     }
     let rt = &state.runtime;
@@ -137,7 +137,10 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
 }
 
 /// Every POST needs `Authorization: Bearer TOKEN` when a token is configured.
-fn authorize(req: &Request<Incoming>, state: &AdminState) -> Result<(), Response<Full<Bytes>>> {
+fn authorize(
+    req: &Request<Incoming>,
+    state: &AdminState,
+) -> Result<(), Box<Response<Full<Bytes>>>> {
     let Some(token) = &state.token else {
         return Ok(());
     };
@@ -148,14 +151,17 @@ fn authorize(req: &Request<Incoming>, state: &AdminState) -> Result<(), Response
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "invalid bearer token")),
+        Some(_) => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid bearer token",
+        ))),
         None => {
             let mut resp = error(StatusCode::UNAUTHORIZED, "missing bearer token");
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer"),
             );
-            Err(resp)
+            Err(Box::new(resp))
         }
     }
 }

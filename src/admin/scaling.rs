@@ -35,7 +35,10 @@ pub async fn manual(req: Request<Incoming>, state: &AdminState) -> Response<Full
         return error(StatusCode::BAD_REQUEST, "\"pool\" (a string) is required");
     };
     let Some(instances) = v.get("instances").and_then(|n| n.as_i64()) else {
-        return error(StatusCode::BAD_REQUEST, "\"instances\" (an integer) is required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "\"instances\" (an integer) is required",
+        );
     };
     let reason = match v.get("reason") {
         None => "manual",

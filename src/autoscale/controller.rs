@@ -174,14 +174,16 @@ impl PoolScaler {
             }
             None => 0.0,
         };
-        let elapsed = st.last_tick.map(|(at, _)| now.saturating_duration_since(at));
+        let elapsed = st
+            .last_tick
+            .map(|(at, _)| now.saturating_duration_since(at));
         st.last_tick = Some((now, total));
         let snapshot = runtime.snapshot();
         let pool = snapshot.pool(&self.pool);
         let window = st.cfg.interval.as_secs().max(1);
-        let p95 = pool.map(|p| p.stats.window.summary_recent(now, window)).and_then(|s| {
-            (s.requests > 0).then(|| s.p95.as_secs_f64() * 1000.0)
-        });
+        let p95 = pool
+            .map(|p| p.stats.window.summary_recent(now, window))
+            .and_then(|s| (s.requests > 0).then_some(s.p95.as_secs_f64() * 1000.0));
         let cold_waiters = pool.map_or(0, |p| p.stats.cold_waiters.load(Ordering::Relaxed));
         let (cpu, rss) = usage(&ready, elapsed);
         Signals {
@@ -216,14 +218,17 @@ impl PoolScaler {
             .instances
             .iter()
             .filter(|i| matches!(i.info().phase, Phase::Running | Phase::Crashed));
-        let victim = candidates
-            .min_by_key(|i| (i.is_ready(), i.load()))
-            .cloned();
+        let victim = candidates.min_by_key(|i| (i.is_ready(), i.load())).cloned();
         let Some(victim) = victim else { return };
         victim.set_phase(Phase::Draining);
         victim.backend.stats.draining.store(true, Ordering::Relaxed);
         tracing::info!(pool = %self.pool, instance = %victim.id, in_flight = victim.load(), "draining instance");
-        tokio::spawn(drain(self.clone(), victim, runtime.clone(), st.cfg.drain_timeout));
+        tokio::spawn(drain(
+            self.clone(),
+            victim,
+            runtime.clone(),
+            st.cfg.drain_timeout,
+        ));
     }
 
     /// Hand the current instance set to the runtime (one snapshot swap).
@@ -240,7 +245,12 @@ impl PoolScaler {
 
 /// Wait for in-flight requests and WebSockets to finish (or the timeout, after which
 /// WebSockets are told to go away), then remove the instance and stop its process.
-async fn drain(scaler: Arc<PoolScaler>, inst: Arc<Instance>, runtime: Arc<Runtime>, timeout: Duration) {
+async fn drain(
+    scaler: Arc<PoolScaler>,
+    inst: Arc<Instance>,
+    runtime: Arc<Runtime>,
+    timeout: Duration,
+) {
     let pool = &scaler.pool;
     let deadline = Instant::now() + timeout;
     while inst.load() > 0 && Instant::now() < deadline {

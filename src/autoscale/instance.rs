@@ -97,7 +97,13 @@ impl Instance {
 
 /// Start an instance on `port` and its supervisor. It begins unusable: the pool's health
 /// check must pass `rise` times before the balancer may pick it.
-pub fn launch(cfg: Arc<Autoscale>, pool: &str, id: String, port: u16, workers: usize) -> Arc<Instance> {
+pub fn launch(
+    cfg: Arc<Autoscale>,
+    pool: &str,
+    id: String,
+    port: u16,
+    workers: usize,
+) -> Arc<Instance> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let stats = BackendStats::default();
     stats.up.store(false, Ordering::Relaxed);
@@ -133,7 +139,12 @@ pub fn backoff(consecutive: u32) -> Duration {
     Duration::from_secs(1u64 << consecutive.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
-async fn supervise(inst: Arc<Instance>, cfg: Arc<Autoscale>, pool: String, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    inst: Arc<Instance>,
+    cfg: Arc<Autoscale>,
+    pool: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut consecutive_crashes = 0u32;
     loop {
         let mut child = match process::spawn(&cfg, &pool, &inst.id, inst.port) {

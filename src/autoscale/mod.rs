@@ -31,6 +31,11 @@ pub enum ManualError {
     Negative(i64),
 }
 
+/// `(pool, state, instances)` for `autolb_pool_instances`.
+pub type InstanceCount = (String, &'static str, usize);
+/// `(pool, scale-ups, scale-downs)` for `autolb_scaling_events_total`.
+pub type ScalingCount = (String, u64, u64);
+
 /// Every pool's scaler.
 pub struct Autoscaler {
     runtime: Arc<Runtime>,
@@ -86,7 +91,11 @@ impl Autoscaler {
                 }
             }
         }
-        let gone: Vec<String> = pools.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+        let gone: Vec<String> = pools
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
         for name in gone {
             if let Some(scaler) = pools.remove(&name) {
                 tracing::info!(pool = %name, "pool no longer autoscaled: stopping its instances");
@@ -122,7 +131,13 @@ impl Autoscaler {
         let event = (st.events.len() != before)
             .then(|| st.events.back().cloned())
             .flatten();
-        tracing::info!(pool, requested = instances, instances = clamped, reason, "manual scaling");
+        tracing::info!(
+            pool,
+            requested = instances,
+            instances = clamped,
+            reason,
+            "manual scaling"
+        );
         Ok(json!({
             "pool": pool,
             "requested": instances,
@@ -200,7 +215,7 @@ impl Autoscaler {
     }
 
     /// `(pool, state, count)` for `autolb_pool_instances`, and `(pool, ups, downs)`.
-    pub fn metrics(&self) -> (Vec<(String, &'static str, usize)>, Vec<(String, u64, u64)>) {
+    pub fn metrics(&self) -> (Vec<InstanceCount>, Vec<ScalingCount>) {
         let mut states = Vec::new();
         let mut events = Vec::new();
         for s in self.pools().values() {
@@ -229,7 +244,10 @@ impl Autoscaler {
         let deadline = Instant::now() + longest + Duration::from_secs(2);
         loop {
             let running = scalers.iter().any(|s| {
-                s.lock().instances.iter().any(|i| i.info().phase != Phase::Stopped)
+                s.lock()
+                    .instances
+                    .iter()
+                    .any(|i| i.info().phase != Phase::Stopped)
             });
             if !running || Instant::now() >= deadline {
                 break;

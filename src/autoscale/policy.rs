@@ -84,7 +84,9 @@ impl Policy {
     }
 
     pub fn manual_until(&self, now: Instant) -> Option<Instant> {
-        self.manual.filter(|(_, until)| *until > now).map(|(_, u)| u)
+        self.manual
+            .filter(|(_, until)| *until > now)
+            .map(|(_, u)| u)
     }
 
     /// Decide the desired number of instances.
@@ -106,7 +108,10 @@ impl Policy {
             let (desired, reason) = if capacity > 0 {
                 (capacity, "waiting for starting instances".to_string())
             } else if demand {
-                (1, format!("scale from zero: {} requests waiting", s.cold_waiters))
+                (
+                    1,
+                    format!("scale from zero: {} requests waiting", s.cold_waiters),
+                )
             } else {
                 (0, "no instances and no demand".to_string())
             };
@@ -120,9 +125,21 @@ impl Policy {
         // HPA: desired = ceil(ready * observed / target) per target; the largest wins.
         let t = &limits.target;
         let candidates = [
-            ("inflight_per_instance", Some(s.inflight_per_instance), t.inflight_per_instance),
-            ("rps_per_instance", Some(s.rps_per_instance), t.rps_per_instance),
-            ("p95_latency_ms", s.p95_latency_ms.or(Some(0.0)), t.p95_latency_ms),
+            (
+                "inflight_per_instance",
+                Some(s.inflight_per_instance),
+                t.inflight_per_instance,
+            ),
+            (
+                "rps_per_instance",
+                Some(s.rps_per_instance),
+                t.rps_per_instance,
+            ),
+            (
+                "p95_latency_ms",
+                s.p95_latency_ms.or(Some(0.0)),
+                t.p95_latency_ms,
+            ),
             ("cpu_percent", s.cpu_percent, t.cpu_percent),
             ("memory_mb", s.memory_mb, t.memory_mb),
         ];
@@ -165,14 +182,26 @@ impl Policy {
 
         let (desired, reason) = if raw > capacity {
             // Scale up at once; starting instances already count as capacity.
-            let step = if panic { raw } else { raw.min(capacity + limits.up_step) };
-            (step, format!("scale up: {why}{}", if panic { " (panic)" } else { "" }))
+            let step = if panic {
+                raw
+            } else {
+                raw.min(capacity + limits.up_step)
+            };
+            (
+                step,
+                format!("scale up: {why}{}", if panic { " (panic)" } else { "" }),
+            )
         } else if raw < capacity {
             let in_panic_window = self
                 .last_panic
                 .is_some_and(|p| now.saturating_duration_since(p) < limits.stabilization);
             // The highest recommendation of the window wins: no flapping.
-            let stable = self.recommendations.iter().map(|&(_, r)| r).max().unwrap_or(raw);
+            let stable = self
+                .recommendations
+                .iter()
+                .map(|&(_, r)| r)
+                .max()
+                .unwrap_or(raw);
             if in_panic_window || stable >= capacity {
                 (capacity, format!("hold: {why}, stabilizing at {capacity}"))
             } else {

@@ -15,7 +15,10 @@ use crate::config::Autoscale;
 /// PATH (by the OS).
 pub fn resolve_program(name: &str) -> PathBuf {
     if !name.contains('/') {
-        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
             let beside = dir.join(name);
             if beside.is_file() {
                 return beside;
@@ -65,15 +68,30 @@ pub fn spawn(cfg: &Autoscale, pool: &str, instance: &str, port: u16) -> std::io:
     }
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_lines(out, pool.to_string(), instance.to_string(), "stdout"));
+        tokio::spawn(forward_lines(
+            out,
+            pool.to_string(),
+            instance.to_string(),
+            "stdout",
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_lines(err, pool.to_string(), instance.to_string(), "stderr"));
+        tokio::spawn(forward_lines(
+            err,
+            pool.to_string(),
+            instance.to_string(),
+            "stderr",
+        ));
     }
     Ok(child)
 }
 
-async fn forward_lines<R: AsyncRead + Unpin>(r: R, pool: String, instance: String, stream: &'static str) {
+async fn forward_lines<R: AsyncRead + Unpin>(
+    r: R,
+    pool: String,
+    instance: String,
+    stream: &'static str,
+) {
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "autolb::instance", pool = %pool, instance = %instance, stream, "{line}");
@@ -117,7 +135,10 @@ mod tests {
 
     #[test]
     fn bare_names_fall_back_to_path() {
-        assert_eq!(resolve_program("definitely-not-here-xyz"), PathBuf::from("definitely-not-here-xyz"));
+        assert_eq!(
+            resolve_program("definitely-not-here-xyz"),
+            PathBuf::from("definitely-not-here-xyz")
+        );
         assert_eq!(resolve_program("/bin/sh"), PathBuf::from("/bin/sh"));
     }
 }

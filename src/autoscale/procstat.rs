@@ -56,7 +56,10 @@ pub fn tree_usage(roots: &[u32]) -> HashMap<u32, TreeUsage> {
     let mut stats: HashMap<u32, Stat> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
             else {
                 continue;
             };

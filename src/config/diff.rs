@@ -42,7 +42,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     }
     for p in &new.pools {
         match old.pools.iter().find(|o| o.name == p.name) {
-            None => out.push(format!("pool {} added ({} backends)", p.name, p.backends.len())),
+            None => out.push(format!(
+                "pool {} added ({} backends)",
+                p.name,
+                p.backends.len()
+            )),
             Some(o) => pool(o, p, &mut out),
         }
     }
@@ -152,7 +156,10 @@ fn pool(o: &Pool, p: &Pool, out: &mut Vec<String>) {
     }
     for x in &o.backends {
         if !p.backends.iter().any(|b| b.address == x.address) {
-            out.push(format!("pool {name}: backend {} removed (drains)", x.address));
+            out.push(format!(
+                "pool {name}: backend {} removed (drains)",
+                x.address
+            ));
         }
     }
     let parts: [(&str, bool); 8] = [
@@ -160,10 +167,18 @@ fn pool(o: &Pool, p: &Pool, out: &mut Vec<String>) {
         ("sticky", o.sticky != p.sticky),
         ("health_check", o.health_check != p.health_check),
         ("outlier", o.outlier != p.outlier),
-        ("retries", o.retries != p.retries || o.retry_methods != p.retry_methods || o.retry_on != p.retry_on),
+        (
+            "retries",
+            o.retries != p.retries
+                || o.retry_methods != p.retry_methods
+                || o.retry_on != p.retry_on,
+        ),
         ("timeouts", o.timeouts != p.timeouts),
         ("autoscale", o.autoscale != p.autoscale),
-        ("slow_start/panic", o.slow_start != p.slow_start || o.panic_threshold != p.panic_threshold),
+        (
+            "slow_start/panic",
+            o.slow_start != p.slow_start || o.panic_threshold != p.panic_threshold,
+        ),
     ];
     for (what, changed) in parts {
         if changed {

@@ -63,7 +63,11 @@ fn listeners(root: &Node, config: &Config, issues: &mut Issues, warnings: &mut I
                     if let Some(w) = p.validity_warning() {
                         warnings.push(cert_pos, format!("warning: {w}"));
                     }
-                    let fresh = p.names.iter().filter(|n| names.insert((*n).clone())).count();
+                    let fresh = p
+                        .names
+                        .iter()
+                        .filter(|n| names.insert((*n).clone()))
+                        .count();
                     if j > 0 && fresh == 0 {
                         warnings.push(
                             cert_pos,
@@ -89,10 +93,7 @@ fn listeners(root: &Node, config: &Config, issues: &mut Issues, warnings: &mut I
 
 fn pools(root: &Node, config: &Config, issues: &mut Issues, warnings: &mut Issues) {
     // A valid config holds every pool of the file, in file order.
-    let entries = root
-        .get("pools")
-        .and_then(Node::as_map)
-        .unwrap_or_default();
+    let entries = root.get("pools").and_then(Node::as_map).unwrap_or_default();
     for (k, pool) in config.pools.iter().enumerate() {
         let Some(tls) = &pool.tls else {
             continue;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::error::Issues;
 use super::file::{ListenerFile, PoolFile, TlsFile, UpstreamProtocolFile, UpstreamTlsFile};
-use super::model::{Hsts, ListenerTls, Protocol, UpstreamProtocol, UpstreamTls};
 use super::model::{CertPair, Config};
+use super::model::{Hsts, ListenerTls, Protocol, UpstreamProtocol, UpstreamTls};
 use super::node::Located;
 
 /// ALPN protocols an https listener can offer.
@@ -77,7 +77,9 @@ pub(crate) fn listener_http(
     issues: &mut Issues,
 ) -> ListenerHttp {
     let name = file.name.value.trim();
-    let only = |key: &str, what: &str| format!("{key} is only allowed on {what} listeners (listener \"{name}\")");
+    let only = |key: &str, what: &str| {
+        format!("{key} is only allowed on {what} listeners (listener \"{name}\")")
+    };
     let h2c = match &file.h2c {
         Some(h) if h.value && protocol != Protocol::Http => {
             issues.push(
@@ -178,7 +180,10 @@ fn upstream_tls(file: &UpstreamTlsFile, issues: &mut Issues) -> UpstreamTls {
             Err(_) => {
                 issues.push(
                     s.pos,
-                    format!("invalid sni \"{}\" (expected a DNS name or an IP address)", s.value),
+                    format!(
+                        "invalid sni \"{}\" (expected a DNS name or an IP address)",
+                        s.value
+                    ),
                 );
                 None
             }

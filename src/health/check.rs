@@ -47,7 +47,12 @@ pub async fn probe(
     }
 }
 
-async fn run(conns: &ConnPool, target: SocketAddr, backend_name: &str, cfg: &HealthCheck) -> Verdict {
+async fn run(
+    conns: &ConnPool,
+    target: SocketAddr,
+    backend_name: &str,
+    cfg: &HealthCheck,
+) -> Verdict {
     if cfg.kind == HealthCheckKind::Tcp {
         return match TcpStream::connect(target).await {
             Ok(_) => Verdict {

@@ -6,8 +6,8 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::runtime::stats::HISTOGRAM_BOUNDS;
 use crate::autoscale::Autoscaler;
+use crate::runtime::stats::HISTOGRAM_BOUNDS;
 use crate::runtime::Runtime;
 use crate::server::ListenerStats;
 

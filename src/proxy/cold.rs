@@ -26,7 +26,10 @@ impl Drop for Waiter<'_> {
 }
 
 /// Wait until `pool` (by name, in the live snapshot) has a ready backend.
-pub async fn wait_for_ready(runtime: &Runtime, pool: &Arc<Pool>) -> Result<Arc<Pool>, ColdStartError> {
+pub async fn wait_for_ready(
+    runtime: &Runtime,
+    pool: &Arc<Pool>,
+) -> Result<Arc<Pool>, ColdStartError> {
     let Some(cold) = pool.cold_start else {
         return Ok(pool.clone());
     };

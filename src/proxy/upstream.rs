@@ -311,12 +311,10 @@ impl ConnPool {
         let up = self.upstream.load_full();
         let mut tx = self.open(target, timeout).await?;
         connect::prepare(&mut req, tx.is_h2(), &up, target);
-        tx.try_send(req)
-            .await
-            .map_err(|e| UpstreamError::Request {
-                addr: target,
-                source: e.into_error(),
-            })
+        tx.try_send(req).await.map_err(|e| UpstreamError::Request {
+            addr: target,
+            source: e.into_error(),
+        })
     }
 }
 

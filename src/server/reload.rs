@@ -130,7 +130,9 @@ impl Server {
                     changes.push(format!("listener {l}: certificates reloaded"));
                 }
                 for l in report.needs_restart {
-                    changes.push(format!("listener {l}: new https listener (starts at the next restart)"));
+                    changes.push(format!(
+                        "listener {l}: new https listener (starts at the next restart)"
+                    ));
                 }
             }
             Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),
@@ -149,10 +151,18 @@ impl Server {
         let next = rt.apply(cfg);
         self.autoscaler.reconcile();
         if changes.is_empty() {
-            tracing::info!(trigger = trigger.name(), generation = next.generation, "reload: no changes");
+            tracing::info!(
+                trigger = trigger.name(),
+                generation = next.generation,
+                "reload: no changes"
+            );
         }
         for c in &changes {
-            tracing::info!(trigger = trigger.name(), generation = next.generation, "reload: {c}");
+            tracing::info!(
+                trigger = trigger.name(),
+                generation = next.generation,
+                "reload: {c}"
+            );
         }
         self.record(trigger, true, 0, Some(hash.clone()));
         Outcome {
@@ -213,7 +223,11 @@ impl ReloadState {
 
 /// Watch the config file (its directory, as editors replace files by renaming) and ask
 /// for a reload once changes have been quiet for `debounce`.
-pub fn watch(path: &Path, handle: Handle, debounce: Duration) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    path: &Path,
+    handle: Handle,
+    debounce: Duration,
+) -> notify::Result<notify::RecommendedWatcher> {
     let file = path.file_name().map(|f| f.to_os_string());
     let dir = path
         .parent()
@@ -226,7 +240,11 @@ pub fn watch(path: &Path, handle: Handle, debounce: Duration) -> notify::Result<
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file) {
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|f| f.to_os_string()) == file)
+        {
             let _ = tx.send(());
         }
     })?;

@@ -71,7 +71,8 @@ impl CertError {
 }
 
 const PEM_CERT_HINT: &str = " (expected a PEM \"-----BEGIN CERTIFICATE-----\" block)";
-const DER_HINT: &str = " (the file looks like DER: convert it to PEM, e.g. `openssl x509 -inform der`)";
+const DER_HINT: &str =
+    " (the file looks like DER: convert it to PEM, e.g. `openssl x509 -inform der`)";
 const PEM_KEY_HINT: &str =
     " (expected a PEM \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" block)";
 
@@ -242,10 +243,13 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedPair, CertError> {
             })
         }
     }
-    let leaf = certified.cert.first().ok_or_else(|| CertError::BadCertificate {
-        path: cert.to_path_buf(),
-        detail: "empty chain".into(),
-    })?;
+    let leaf = certified
+        .cert
+        .first()
+        .ok_or_else(|| CertError::BadCertificate {
+            path: cert.to_path_buf(),
+            detail: "empty chain".into(),
+        })?;
     let (_, parsed) = X509Certificate::from_der(leaf).map_err(|e| CertError::BadCertificate {
         path: cert.to_path_buf(),
         detail: e.to_string(),

@@ -76,8 +76,10 @@ static SYSTEM_ROOTS: LazyLock<Option<Arc<RootCertStore>>> = LazyLock::new(|| {
 fn roots(ca: Option<&Path>) -> Result<Arc<RootCertStore>, ClientTlsError> {
     match ca {
         Some(path) => {
-            let certs =
-                certs::load_ca(path).map_err(|source| ClientTlsError::File { field: Field::Ca, source })?;
+            let certs = certs::load_ca(path).map_err(|source| ClientTlsError::File {
+                field: Field::Ca,
+                source,
+            })?;
             let mut roots = RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
@@ -127,7 +129,10 @@ pub fn client_config(
 /// configured address (an IP address sends no SNI and is checked against IP SANs); the
 /// resolved `addr` when the host is not a valid name.
 pub fn server_name(tls: &UpstreamTls, address: &str, addr: SocketAddr) -> ServerName<'static> {
-    let host = tls.sni.clone().unwrap_or_else(|| host_of(address).to_string());
+    let host = tls
+        .sni
+        .clone()
+        .unwrap_or_else(|| host_of(address).to_string());
     ServerName::try_from(host).unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()))
 }
 
@@ -204,13 +209,22 @@ mod tests {
             client_cert: None,
             client_key: None,
         };
-        assert_eq!(server_name(&tls, "app.internal:8443", ip).to_str(), "app.internal");
-        assert_eq!(server_name(&tls, "127.0.0.1:8443", ip).to_str(), "127.0.0.1");
+        assert_eq!(
+            server_name(&tls, "app.internal:8443", ip).to_str(),
+            "app.internal"
+        );
+        assert_eq!(
+            server_name(&tls, "127.0.0.1:8443", ip).to_str(),
+            "127.0.0.1"
+        );
         assert_eq!(server_name(&tls, "[::1]:8443", ip).to_str(), "::1");
         let named = UpstreamTls {
             sni: Some("api.example".into()),
             ..tls
         };
-        assert_eq!(server_name(&named, "127.0.0.1:8443", ip).to_str(), "api.example");
+        assert_eq!(
+            server_name(&named, "127.0.0.1:8443", ip).to_str(),
+            "api.example"
+        );
     }
 }

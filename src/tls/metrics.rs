@@ -79,7 +79,10 @@ impl Failure {
     }
 
     fn index(self) -> usize {
-        REASONS.iter().position(|r| *r == self).unwrap_or(REASONS.len() - 1)
+        REASONS
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(REASONS.len() - 1)
     }
 }
 

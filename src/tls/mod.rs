@@ -27,10 +27,7 @@ pub use server::TlsListener;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("listener {listener:?}: {source}")]
-    Certificate {
-        listener: String,
-        source: CertError,
-    },
+    Certificate { listener: String, source: CertError },
     #[error("listener {listener:?}: TLS setup failed: {source}")]
     Rustls {
         listener: String,
@@ -129,7 +126,10 @@ pub fn reload_certificates(config: &Config) -> Result<CertReload, ConfigErrors> 
         match server::load_pairs(&tls.certificates) {
             Ok(loaded) => staged.push((running, tls, loaded)),
             Err(e) => {
-                running.stats.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                running
+                    .stats
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 errors.push(ConfigError {
                     file: file.clone(),
                     line: 0,
@@ -160,7 +160,9 @@ pub fn reload_from_disk() {
 /// Append the TLS metrics (`autolb_tls_*`) in the Prometheus text format.
 pub fn render_metrics(out: &mut String) {
     let listeners = all_listeners();
-    let stats: Vec<(String, &metrics::TlsStats)> =
-        listeners.iter().map(|l| (l.name.clone(), &l.stats)).collect();
+    let stats: Vec<(String, &metrics::TlsStats)> = listeners
+        .iter()
+        .map(|l| (l.name.clone(), &l.stats))
+        .collect();
     metrics::render(out, &stats);
 }

@@ -100,7 +100,6 @@ fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    cfg.ignore_client_order = true;
     cfg.session_storage = sessions;
     cfg.ticketer = ticketer;
     Ok(cfg)
@@ -135,8 +134,13 @@ impl TlsListener {
         let resolver = Arc::new(SniResolver::new(CertStore::new(&loaded, tls.strict_sni)));
         let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(rustls_err)?;
-        let config = server_config(resolver.clone(), &tls.alpn, sessions.clone(), ticketer.clone())
-            .map_err(rustls_err)?;
+        let config = server_config(
+            resolver.clone(),
+            &tls.alpn,
+            sessions.clone(),
+            ticketer.clone(),
+        )
+        .map_err(rustls_err)?;
         log_pairs(name, &loaded, "certificate loaded");
         let listener = TlsListener {
             name: name.to_string(),

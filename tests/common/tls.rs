@@ -247,18 +247,19 @@ pub async fn tls_backend(
                     Some(cn.to_string())
                 })
                 .unwrap_or_else(|| "none".into());
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let client = client.clone();
-                async move {
-                    let resp = http::Response::builder()
-                        .header("x-backend", name)
-                        .header("x-client-cert", client)
-                        .header("x-version", format!("{:?}", req.version()))
-                        .body(Full::new(Bytes::from(name)))
-                        .expect("response");
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let resp = http::Response::builder()
+                            .header("x-backend", name)
+                            .header("x-client-cert", client)
+                            .header("x-version", format!("{:?}", req.version()))
+                            .body(Full::new(Bytes::from(name)))
+                            .expect("response");
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -343,7 +344,10 @@ pub fn any_cert_connector(alpn: &[&[u8]]) -> TlsConnector {
 }
 
 /// The certificate `addr` presents for `sni` (any certificate accepted).
-pub async fn presented_for(addr: SocketAddr, sni: &str) -> std::io::Result<CertificateDer<'static>> {
+pub async fn presented_for(
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<CertificateDer<'static>> {
     let stream = connect(addr, sni, &any_cert_connector(&[])).await?;
     Ok(presented(&stream))
 }
@@ -353,4 +357,59 @@ pub fn replace_file(path: &Path, contents: &[u8]) {
     let tmp = path.with_extension("tmp-swap");
     std::fs::write(&tmp, contents).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// One https listener `secure` (pool `web`) with `certs`, plus `extra` YAML (listeners
+/// first, then top-level keys) and the backends of `web`.
+pub fn https_config(
+    certs: &[(PathBuf, PathBuf)],
+    tls_extra: &str,
+    listener_extra: &str,
+    more_listeners: &str,
+    backends: &[SocketAddr],
+) -> String {
+    let pairs: String = certs
+        .iter()
+        .map(|(c, k)| format!("        - {{ cert: {c:?}, key: {k:?} }}\n"))
+        .collect();
+    format!(
+        "threads: 1
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - name: secure
+    listen: \"127.0.0.1:0\"
+    protocol: https
+    pool: web
+{listener_extra}    tls:
+      certificates:
+{pairs}{tls_extra}{more_listeners}pools:
+  web:
+    backends:
+{}",
+        super::backend_list(backends, "")
+    )
+}
+
+/// A Prometheus sample of the admin `/metrics` (0 when absent).
+pub async fn metric(lb: &super::Autolb, sample: &str) -> u64 {
+    let text = super::get(lb.admin, "/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Poll `cond` every 100 ms for at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

@@ -165,7 +165,11 @@ pub(super) async fn connect(
     handshake(TokioIo::new(stream), up.protocol, addr).await
 }
 
-async fn handshake<I>(io: I, protocol: UpstreamProtocol, addr: SocketAddr) -> Result<Conn, UpstreamError>
+async fn handshake<I>(
+    io: I,
+    protocol: UpstreamProtocol,
+    addr: SocketAddr,
+) -> Result<Conn, UpstreamError>
 where
     I: Read + Write + Unpin + Send + 'static,
 {

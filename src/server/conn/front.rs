@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderValue, CONTENT_LENGTH, COOKIE, HOST, LOCATION, STRICT_TRANSPORT_SECURITY};
+use http::header::{
+    HeaderValue, CONTENT_LENGTH, COOKIE, HOST, LOCATION, STRICT_TRANSPORT_SECURITY,
+};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -51,7 +53,8 @@ pub(crate) async fn respond(
         Err(never) => match never {},
     };
     if let Some(h) = front.as_ref().and_then(|f| f.hsts.as_ref()) {
-        resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, h.clone());
+        resp.headers_mut()
+            .insert(STRICT_TRANSPORT_SECURITY, h.clone());
     }
     resp
 }
@@ -88,9 +91,16 @@ fn redirect(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
             .and_then(|h| h.to_str().ok())
             .map(str::to_string),
     };
-    let host = authority.as_deref().map(strip_port).filter(|h| valid_host(h));
+    let host = authority
+        .as_deref()
+        .map(strip_port)
+        .filter(|h| valid_host(h));
     let Some(host) = host else {
-        return local::error(StatusCode::BAD_REQUEST, "missing or invalid Host header", None);
+        return local::error(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Host header",
+            None,
+        );
     };
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = if port == 443 {
@@ -115,7 +125,11 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     if values.next().is_none() || values.next().is_none() {
         return;
     }
-    let joined: Vec<&[u8]> = headers.get_all(COOKIE).iter().map(|v| v.as_bytes()).collect();
+    let joined: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
         headers.insert(COOKIE, v);
     }
