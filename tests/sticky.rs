@@ -320,7 +320,7 @@ pools:
       interval: 200ms
       target: {{ inflight_per_instance: 1000 }}
       scale_down: {{ stabilization: 1h }}
-      drain_timeout: 4s
+      drain_timeout: 6s
 ",
         echo = common::ECHO,
         hi = base + 49,

@@ -286,3 +286,65 @@ async fn upgrade_requests_keep_their_websocket_headers() {
          key=Some(\"dGhlIHNhbXBsZSBub25jZQ==\") proto=Some(\"chat\")"
     );
 }
+
+#[tokio::test]
+async fn wss_through_an_https_listener_gets_a_secure_sticky_cookie() {
+    use common::tls::{self as t, https_config, TestCa};
+    let e = echo("tls-ws");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("ws CA");
+    let certs = vec![ca.issue(&["ws.test"]).write(dir.path(), "ws")];
+    let yaml = https_config(&certs, "", "", "", &[e.addr]).replace(
+        "  web:\n    backends:",
+        "  web:\n    sticky: {}\n    backends:",
+    );
+    let lb = Autolb::start(&yaml);
+    let tls = t::connect(
+        lb.addr("secure"),
+        "ws.test",
+        &t::connector(&ca, &[b"http/1.1"], false),
+    )
+    .await
+    .expect("TLS handshake");
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async("wss://ws.test/ws", tls),
+    )
+    .await
+    .expect("handshake within 10s")
+    .expect("WebSocket handshake over TLS");
+    let (_, cookie) = common::set_cookie(resp.headers(), "AUTOLB_SID").expect("sticky cookie");
+    assert!(
+        cookie.ends_with("; HttpOnly; SameSite=Lax; Secure"),
+        "{cookie}"
+    );
+    match ws_next_any(&mut ws).await {
+        Some(Message::Text(t)) => assert_eq!(t.as_str(), "tls-ws"),
+        other => panic!("expected the name, got {other:?}"),
+    }
+    let big = vec![42u8; 300_000];
+    ws.send(Message::binary(big.clone())).await.expect("send");
+    match ws_next_any(&mut ws).await {
+        Some(Message::Binary(b)) => assert!(b[..] == big[..]),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    ws.close(None).await.expect("close");
+}
+
+/// The next data or close message of any WebSocket stream, within 10 s.
+async fn ws_next_any<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<Message>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a message within 10s")
+        {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return Some(m),
+            _ => return None,
+        }
+    }
+}

@@ -4,17 +4,21 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use autolb::config;
-use autolb::server::Server;
+use autolb::server::{upgrade, Server};
 
 const USAGE: &str = "usage:
-  autolb run -c FILE     run the balancer (also: autolb -c FILE)
-  autolb check -c FILE   validate FILE; print each error as FILE:LINE:COL: message
+  autolb run -c FILE             run the balancer (also: autolb -c FILE)
+  autolb run --upgrade -c FILE   zero-downtime restart: take over the listening sockets of
+                                 the autolb running FILE, then let it drain and exit
+  autolb check -c FILE           validate FILE; print each error as FILE:LINE:COL: message
   autolb --version";
 
 enum Command {
-    Run(PathBuf),
+    Run { path: PathBuf, upgrade: bool },
     Check(PathBuf),
 }
 
@@ -32,11 +36,13 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         _ => false,
     };
     let mut path = None;
+    let mut upgrade = false;
     while let Some(w) = words.next() {
         match w {
             "-c" | "--config" => {
                 path = Some(PathBuf::from(words.next().ok_or("-c needs a FILE")?));
             }
+            "--upgrade" if !check => upgrade = true,
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
@@ -44,7 +50,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     Ok(if check {
         Command::Check(path)
     } else {
-        Command::Run(path)
+        Command::Run { path, upgrade }
     })
 }
 
@@ -67,9 +73,9 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Check(path) => check(&path),
-        Command::Run(path) => {
+        Command::Run { path, upgrade } => {
             init_logging();
-            match run(&path) {
+            match run(&path, upgrade) {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -118,7 +124,7 @@ fn init_logging() {
         .init();
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
     let cfg = match config::load_file(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -133,17 +139,52 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the main runtime")?;
     rt.block_on(async {
-        let server = Server::start(cfg).await?;
-        wait_for_signals(&server, path).await?;
+        let socket = upgrade::socket_path(path);
+        let server = if upgrade {
+            let from = socket.clone();
+            let (sockets, predecessor) =
+                tokio::task::spawn_blocking(move || upgrade::take_over(&from)).await??;
+            let server = Server::start_with(cfg, Some(sockets)).await?;
+            server.wait_until_serving(Duration::from_secs(30)).await;
+            upgrade::ready(predecessor).context("cannot tell the old process to drain")?;
+            tracing::info!("upgrade: serving; the previous process drains");
+            server
+        } else {
+            Server::start(cfg).await?
+        };
+        // Wait for a successor (`autolb run --upgrade`) on a blocking thread.
+        let (handed_tx, handed_rx) = tokio::sync::oneshot::channel();
+        let sockets = server.handover.clone();
+        let wait_socket = socket.clone();
+        std::thread::Builder::new()
+            .name("autolb-upgrade".into())
+            .spawn(move || {
+                // The predecessor may still hold the path for a moment after READY.
+                std::thread::sleep(Duration::from_millis(if upgrade { 200 } else { 0 }));
+                if let Err(e) = upgrade::hand_over(&wait_socket, &sockets, Duration::from_secs(60))
+                {
+                    tracing::warn!(error = %e, "zero-downtime restart unavailable");
+                    return;
+                }
+                let _ = handed_tx.send(());
+            })
+            .context("cannot start the upgrade thread")?;
+        let handed_over = wait_for_signals(&server, handed_rx).await?;
         let grace = server.runtime.snapshot().config.shutdown_grace;
         server.shutdown(grace).await;
+        if !handed_over {
+            let _ = std::fs::remove_file(&socket);
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
 
 /// Run until SIGTERM or SIGINT; SIGHUP, the config file watcher and `POST /config/reload`
 /// all reload through `Server::reload`.
-async fn wait_for_signals(server: &Server, _path: &std::path::Path) -> anyhow::Result<()> {
+async fn wait_for_signals(
+    server: &Server,
+    mut handed_over: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<bool> {
     use autolb::server::reload::Trigger;
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -152,8 +193,12 @@ async fn wait_for_signals(server: &Server, _path: &std::path::Path) -> anyhow::R
     let mut requests = server.reload_requests();
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); return Ok(()); }
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return Ok(false); }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); return Ok(false); }
+            Ok(()) = &mut handed_over => {
+                tracing::info!("upgrade: the new process serves; draining");
+                return Ok(true);
+            }
             _ = hup.recv() => { server.reload(Trigger::Signal); }
             Some(req) = async {
                 match requests.as_mut() {

@@ -15,7 +15,6 @@ mod node;
 mod pool;
 mod retry;
 mod sticky;
-mod tls;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -24,6 +23,7 @@ mod tests_autoscale;
 mod tests_errors;
 #[cfg(test)]
 mod tests_policy;
+mod tls;
 
 pub mod model;
 pub use error::{ConfigError, ConfigErrors};

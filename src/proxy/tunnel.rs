@@ -120,6 +120,27 @@ impl Half {
         }
     }
 
+    /// Write `data` straight from the scratch buffer; keep only what the peer refused.
+    fn forward<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut W,
+        data: &[u8],
+    ) -> Poll<io::Result<()>> {
+        let written = match Pin::new(&mut *dst).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => 0,
+        };
+        if written > 0 {
+            self.needs_flush = true;
+        }
+        if written < data.len() {
+            self.pending.extend_from_slice(&data[written..]);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Run this direction until it must wait (`Pending`) or is finished (`Ready(Ok)`).
     fn poll<R, W>(
         &mut self,
@@ -179,7 +200,15 @@ impl Half {
                     Mode::Inject => {
                         // Up to the end of the current frame; the rest is dropped once our
                         // Close is out, except for noticing the source's own Close.
-                        let head = self.frames.advance(data, true).consumed;
+                        let first = self.frames.advance(data, true);
+                        if first.close {
+                            // That frame was the source's own Close: ours is not needed.
+                            self.close_passed = true;
+                            self.mode = Mode::Forward;
+                            self.frames.advance(&data[first.consumed..], false);
+                            return self.forward(cx, dst, data);
+                        }
+                        let head = first.consumed;
                         self.pending = close_frame(GOING_AWAY, self.reason.text(), self.masked);
                         self.mode = Mode::Discard;
                         if self.frames.advance(&data[head..], false).close {
@@ -199,19 +228,7 @@ impl Half {
                         return Poll::Ready(Ok(()));
                     }
                 };
-                // Write straight from the scratch buffer; keep only what the peer refused.
-                let written = match Pin::new(&mut *dst).poll_write(cx, forward) {
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => 0,
-                };
-                if written > 0 {
-                    self.needs_flush = true;
-                }
-                if written < forward.len() {
-                    self.pending.extend_from_slice(&forward[written..]);
-                }
-                Poll::Ready(Ok(()))
+                self.forward(cx, dst, forward)
             });
             ready!(step)?;
         }

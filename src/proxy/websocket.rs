@@ -7,7 +7,7 @@
 //! `timeouts.websocket_idle`, or when autolb shuts down.
 
 use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +26,16 @@ const HANDOVER: Duration = Duration::from_secs(30);
 /// Woken when autolb shuts down: every tunnel of the process closes with 1001.
 static SHUTDOWN: Notify = Notify::const_new();
 
+/// Set (for good) once the process shuts down: tunnels handed over later close at once.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
 /// Open WebSockets of this process.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Close every WebSocket of this process with 1001 "going away" (graceful shutdown); each
-/// then has `tunnel::CLOSE_GRACE` to finish.
+/// then has `tunnel::CLOSE_GRACE` to finish. Process-wide: one autolb per process.
 pub fn close_all() {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
     SHUTDOWN.notify_waiters();
 }
 
@@ -124,6 +128,9 @@ async fn run(client: OnUpgrade, backend_side: OnUpgrade, open: Open, pool: Strin
     tokio::pin!(drained, shutdown);
     drained.as_mut().enable();
     shutdown.as_mut().enable();
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        tunnel.close(CloseReason::Shutdown);
+    }
     tracing::debug!(pool = %pool, backend = %backend.address, "WebSocket open");
     let end = poll_fn(|cx| {
         if !tunnel.is_closing() {

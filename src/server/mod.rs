@@ -4,6 +4,7 @@
 mod conn;
 mod listener;
 pub mod reload;
+pub mod upgrade;
 mod worker;
 
 pub use listener::{bind_reuseport, ListenerStats};
@@ -44,6 +45,18 @@ pub enum ServerError {
     MissingToken(String),
 }
 
+/// Same listening address, where port 0 in the config matches any port.
+fn same_address(configured: SocketAddr, actual: SocketAddr) -> bool {
+    configured.ip() == actual.ip() && (configured.port() == 0 || configured.port() == actual.port())
+}
+
+/// The admin socket (one, not shared with other processes).
+fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
 /// The admin bearer token from the environment variable `token_env` names.
 fn admin_token(admin: &crate::config::Admin) -> Result<Option<Arc<str>>, ServerError> {
     let Some(var) = &admin.token_env else {
@@ -69,6 +82,8 @@ pub struct Server {
     pub reload_handle: reload::Handle,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<reload::Request>>>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// Duplicates of every listening socket, for a zero-downtime restart.
+    pub handover: Arc<upgrade::Sockets>,
     workers: Workers,
     shutdown: watch::Sender<bool>,
 }
@@ -77,6 +92,16 @@ impl Server {
     /// Bind every listener and the admin port, start the workers. Must run inside a tokio
     /// runtime: the admin API is served on it.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
+        Server::start_with(config, None).await
+    }
+
+    /// Like `start`, taking over the sockets a previous autolb handed over (zero-downtime
+    /// restart) where listener names and addresses match, and binding the rest.
+    pub async fn start_with(
+        config: Config,
+        inherited: Option<upgrade::Sockets>,
+    ) -> Result<Server, ServerError> {
+        let mut inherited = inherited.unwrap_or_default();
         let threads = config.threads.max(1);
         let model = WorkerModel::from_env();
         let runtime = Runtime::new(config, threads);
@@ -98,22 +123,49 @@ impl Server {
                     protocol: l.protocol,
                 });
             }
-            let sockets = bind_reuseport(l.listen, sockets_per_listener).map_err(|source| {
-                ServerError::Bind {
-                    name: l.name.clone(),
-                    addr: l.listen,
-                    source,
+            let taken = inherited.listeners.remove(&l.name).filter(|list| {
+                list.first()
+                    .and_then(|s| s.local_addr().ok())
+                    .is_some_and(|a| same_address(l.listen, a))
+            });
+            let sockets = match taken {
+                Some(list) => {
+                    tracing::info!(listener = %l.name, sockets = list.len(), "taking over listening sockets");
+                    list
                 }
-            })?;
+                None => bind_reuseport(l.listen, sockets_per_listener).map_err(|source| {
+                    ServerError::Bind {
+                        name: l.name.clone(),
+                        addr: l.listen,
+                        source,
+                    }
+                })?,
+            };
             bound.push((l.name.clone(), sockets));
         }
         let token = admin_token(&snapshot.config.admin)?;
-        let admin_listener = tokio::net::TcpListener::bind(snapshot.config.admin.listen)
-            .await
-            .map_err(|source| ServerError::AdminBind {
+        let admin_std = match inherited.admin.take().filter(|a| {
+            a.local_addr()
+                .is_ok_and(|addr| same_address(snapshot.config.admin.listen, addr))
+        }) {
+            Some(a) => a,
+            None => bind_admin(snapshot.config.admin.listen).map_err(|source| {
+                ServerError::AdminBind {
+                    addr: snapshot.config.admin.listen,
+                    source,
+                }
+            })?,
+        };
+        let mut handover = upgrade::Sockets {
+            admin: admin_std.try_clone().ok(),
+            ..Default::default()
+        };
+        let admin_listener = tokio::net::TcpListener::from_std(admin_std).map_err(|source| {
+            ServerError::AdminBind {
                 addr: snapshot.config.admin.listen,
                 source,
-            })?;
+            }
+        })?;
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| ServerError::AdminBind {
@@ -125,6 +177,10 @@ impl Server {
         let mut listeners = BTreeMap::new();
         let mut stats = BTreeMap::new();
         for (name, sockets) in bound {
+            handover.listeners.insert(
+                name.clone(),
+                sockets.iter().filter_map(|s| s.try_clone().ok()).collect(),
+            );
             let st = Arc::new(ListenerStats::default());
             if let Some(first) = sockets.first() {
                 if let Ok(addr) = first.local_addr() {
@@ -194,6 +250,7 @@ impl Server {
             reload_state,
             reload_handle,
             reload_requests: std::sync::Mutex::new(Some(reload_rx)),
+            handover: Arc::new(handover),
             _watcher: watcher,
             workers,
             shutdown,
@@ -204,6 +261,35 @@ impl Server {
     /// owns the server, which answers each with `Server::reload`.
     pub fn reload_requests(&self) -> Option<tokio::sync::mpsc::Receiver<reload::Request>> {
         self.reload_requests.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// Wait (at most `limit`) until every pool can serve: a ready backend in each pool
+    /// that has backends or instances to wait for. A successor says READY only then.
+    pub async fn wait_until_serving(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let snap = self.runtime.snapshot();
+            let waiting: Vec<&str> = snap
+                .pools
+                .iter()
+                .filter(|p| {
+                    let expects = !p.backends.is_empty()
+                        || snap.config.pools.iter().any(|c| {
+                            c.name == p.name && c.autoscale.as_ref().is_some_and(|a| a.min > 0)
+                        });
+                    expects && p.ready_backends() == 0
+                })
+                .map(|p| p.name.as_str())
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(pools = ?waiting, "taking over although these pools have no ready backend yet");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Open client connections over all listeners.

@@ -75,6 +75,14 @@ fn drain<R: std::io::Read + Send + 'static>(
     });
 }
 
+/// Collect a child's output into a shared string (read on a thread).
+pub fn collect<R: std::io::Read + Send + 'static>(stream: R) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, _rx) = std::sync::mpsc::channel();
+    drain(stream, log.clone(), tx);
+    log
+}
+
 /// An `autolb-echo` instance.
 pub struct Echo {
     pub addr: SocketAddr,
@@ -235,7 +243,44 @@ impl Reply {
     }
 }
 
+/// Why a request got no response.
+#[derive(Debug)]
+pub struct ClientError {
+    /// The connection was closed by the server while idle (the keep-alive race): a client
+    /// may resend an idempotent request on a new connection.
+    pub resendable: bool,
+    pub message: String,
+}
+
 impl Client {
+    /// A GET that reports connection errors instead of panicking.
+    pub async fn try_get(&mut self, path: &str) -> Result<Reply, ClientError> {
+        let closed = |e: hyper::Error| ClientError {
+            resendable: e.is_canceled() || e.is_closed() || e.is_incomplete_message(),
+            message: e.to_string(),
+        };
+        self.tx.ready().await.map_err(closed)?;
+        let req = http::Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = self.tx.send_request(req).await.map_err(closed)?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| ClientError {
+                resendable: false,
+                message: format!("body: {e}"),
+            })?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (tx, conn) = http1::handshake(TokioIo::new(stream))

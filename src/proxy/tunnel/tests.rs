@@ -192,3 +192,30 @@ async fn silence_closes_with_1001_but_traffic_keeps_it_open() {
         "{waited:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_second_close_goes_where_one_already_went() {
+    let mut t = tunnel(Duration::from_secs(60));
+    // The client starts closing; the drain comes before the backend replies.
+    let client_close = super::super::frames::close_frame(1000, "bye", true);
+    t.client.write_all(&client_close).await.expect("write");
+    assert_eq!(
+        read_exact(&mut t.backend, client_close.len()).await,
+        client_close
+    );
+    t.close.notify_one();
+    // The client gets our 1001 as the reply (the backend's own is dropped) ...
+    let to_client = read_exact(&mut t.client, 14).await;
+    assert_eq!(parse_close(&to_client).0, 1001);
+    // ... and the backend no second Close: it only sees the end once the client leaves.
+    t.backend
+        .write_all(&super::super::frames::close_frame(1000, "", false))
+        .await
+        .expect("write");
+    drop(t.client);
+    let mut rest = Vec::new();
+    t.backend.read_to_end(&mut rest).await.expect("eof");
+    assert!(rest.is_empty(), "{rest:?}");
+    let end = t.done.await.expect("task");
+    assert!(matches!(end, End::Closed | End::Error(_)), "{end:?}");
+}

@@ -1,0 +1,258 @@
+//! Zero-downtime restart (`autolb run --upgrade`): the running autolb hands its listening
+//! sockets (every SO_REUSEPORT socket of every listener, and the admin socket) to the new
+//! process over a Unix socket with SCM_RIGHTS. The kernel sockets never close, so no
+//! connection is refused: the new process accepts on them, says READY once its pools can
+//! serve, and the old one stops accepting and drains.
+//!
+//! This module holds the crate's only descriptor-passing `unsafe` code: `sendmsg` and
+//! `recvmsg` with a control buffer, checked for truncation.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// At most this many descriptors in one hand-over (the kernel's SCM_MAX_FD is 253).
+pub const MAX_FDS: usize = 250;
+const ADMIN: &str = "__admin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("upgrade socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("upgrade protocol: {0}")]
+    Protocol(String),
+    #[error("too many sockets to hand over ({0} > {MAX_FDS})")]
+    TooMany(usize),
+}
+
+/// The sockets of a running autolb, by listener name (`__admin` for the admin port).
+#[derive(Default)]
+pub struct Sockets {
+    pub listeners: BTreeMap<String, Vec<std::net::TcpListener>>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    /// (name, address, how many sockets), in the order of the descriptors.
+    entries: Vec<(String, SocketAddr, usize)>,
+}
+
+/// Where a running autolb waits for its successor: one path per config file.
+pub fn socket_path(config: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let hash = xxhash_rust::xxh3::xxh3_64(abs.as_os_str().as_encoded_bytes());
+    std::env::temp_dir().join(format!("autolb-{:08x}.sock", hash as u32))
+}
+
+fn send_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is CMSG_SPACE(fd_bytes) long, enough for one header
+        // and the descriptors; CMSG_FIRSTHDR is non-null for a non-empty buffer.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(cmsg) as *mut RawFd,
+                fds.len(),
+            );
+        }
+    }
+    // SAFETY: msg points at valid buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n as usize != data.len() {
+        return Err(std::io::Error::other("short sendmsg"));
+    }
+    Ok(())
+}
+
+fn recv_fds(stream: &UnixStream, max_fds: usize) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut data = vec![0u8; 64 * 1024];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space =
+        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: plain data, pointers valid for the call below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: msg points at valid buffers; MSG_CMSG_CLOEXEC keeps the fds from leaking
+    // into instances autolb starts.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
+        return Err(std::io::Error::other("hand-over message truncated"));
+    }
+    data.truncate(n as usize);
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into our buffer.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / std::mem::size_of::<RawFd>();
+                let ptr = libc::CMSG_DATA(cmsg) as *const RawFd;
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(ptr.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((data, fds))
+}
+
+/// Old side: wait for a successor on `path`; hand it `sockets`; return once it said READY
+/// (the caller then stops accepting and drains). Runs on a blocking thread.
+pub fn hand_over(
+    path: &Path,
+    sockets: &Sockets,
+    ready_timeout: Duration,
+) -> Result<(), UpgradeError> {
+    let sock_err = |source| UpgradeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    loop {
+        let (stream, _) = listener.accept().map_err(sock_err)?;
+        match serve_successor(&stream, sockets, ready_timeout) {
+            Ok(()) => return Ok(()),
+            // A failed successor: keep running and wait for the next one.
+            Err(e) => tracing::error!(error = %e, "upgrade failed; still serving"),
+        }
+    }
+}
+
+fn serve_successor(
+    stream: &UnixStream,
+    sockets: &Sockets,
+    ready_timeout: Duration,
+) -> Result<(), UpgradeError> {
+    let proto = |e: std::io::Error| UpgradeError::Protocol(e.to_string());
+    let mut reader = BufReader::new(stream.try_clone().map_err(proto)?);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(proto)?;
+    if line.trim() != "UPGRADE" {
+        return Err(UpgradeError::Protocol(format!(
+            "expected UPGRADE, got {line:?}"
+        )));
+    }
+    let mut entries = Vec::new();
+    let mut fds = Vec::new();
+    for (name, list) in &sockets.listeners {
+        if let Some(addr) = list.first().and_then(|l| l.local_addr().ok()) {
+            entries.push((name.clone(), addr, list.len()));
+            fds.extend(list.iter().map(|l| l.as_raw_fd()));
+        }
+    }
+    if let Some(admin) = &sockets.admin {
+        if let Ok(addr) = admin.local_addr() {
+            entries.push((ADMIN.to_string(), addr, 1));
+            fds.push(admin.as_raw_fd());
+        }
+    }
+    if fds.len() > MAX_FDS {
+        return Err(UpgradeError::TooMany(fds.len()));
+    }
+    let manifest = serde_json::to_vec(&Manifest { entries })
+        .map_err(|e| UpgradeError::Protocol(e.to_string()))?;
+    send_fds(stream, &manifest, &fds).map_err(proto)?;
+    tracing::info!(
+        sockets = fds.len(),
+        "upgrade: sockets handed to the new process"
+    );
+    stream
+        .set_read_timeout(Some(ready_timeout))
+        .map_err(proto)?;
+    line.clear();
+    reader.read_line(&mut line).map_err(proto)?;
+    if line.trim() != "READY" {
+        return Err(UpgradeError::Protocol(format!(
+            "expected READY, got {line:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// New side: take over the sockets of the autolb serving `config`.
+pub fn take_over(path: &Path) -> Result<(Sockets, UnixStream), UpgradeError> {
+    let proto = |e: std::io::Error| UpgradeError::Protocol(e.to_string());
+    let mut stream = UnixStream::connect(path).map_err(|source| UpgradeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream.write_all(b"UPGRADE\n").map_err(proto)?;
+    let (data, fds) = recv_fds(&stream, MAX_FDS).map_err(proto)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&data).map_err(|e| UpgradeError::Protocol(e.to_string()))?;
+    let wanted: usize = manifest.entries.iter().map(|e| e.2).sum();
+    if wanted != fds.len() {
+        return Err(UpgradeError::Protocol(format!(
+            "expected {wanted} sockets, got {}",
+            fds.len()
+        )));
+    }
+    let mut fds = fds.into_iter();
+    let mut sockets = Sockets::default();
+    for (name, _, count) in manifest.entries {
+        let list: Vec<std::net::TcpListener> = fds
+            .by_ref()
+            .take(count)
+            .map(std::net::TcpListener::from)
+            .collect();
+        for l in &list {
+            l.set_nonblocking(true).map_err(proto)?;
+        }
+        if name == ADMIN {
+            sockets.admin = list.into_iter().next();
+        } else {
+            sockets.listeners.insert(name, list);
+        }
+    }
+    Ok((sockets, stream))
+}
+
+/// New side: tell the old process to stop accepting and drain.
+pub fn ready(mut stream: UnixStream) -> std::io::Result<()> {
+    stream.write_all(b"READY\n")
+}

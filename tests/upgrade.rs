@@ -1,0 +1,125 @@
+//! Zero-downtime restart: `autolb run --upgrade` takes over the listening sockets of the
+//! running autolb under load; not one request fails and the old process exits 0.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{echo, Autolb, Client};
+use std::process::Stdio;
+
+/// One GET as a browser does it: on a keep-alive connection the server closed while idle
+/// (the classic race), resend on a new connection. Anything else is a failure.
+async fn get(client: &mut Option<Client>, addr: std::net::SocketAddr) -> Result<(), String> {
+    for _ in 0..2 {
+        let c = match client {
+            Some(c) => c,
+            None => client.insert(Client::connect(addr).await),
+        };
+        match c.try_get("/").await {
+            Ok(r) if r.status == 200 => return Ok(()),
+            Ok(r) => return Err(format!("{} {}", r.status, r.text())),
+            Err(e) if e.resendable => {
+                *client = None;
+                continue;
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+    Err("failed twice".into())
+}
+
+#[tokio::test]
+async fn an_upgrade_under_load_loses_no_request() {
+    let (a, b) = (echo("a"), echo("b"));
+    let list = common::backend_list(&[a.addr, b.addr], "");
+    let yaml = common::config(
+        2,
+        "",
+        &format!("shutdown_grace: 10s\npools:\n  web:\n    backends:\n{list}"),
+    );
+    let old = Autolb::start(&yaml);
+    let addr = old.addr("web");
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = None;
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) && n < 50_000 {
+                if w % 2 == 1 {
+                    client = None; // a new connection per request
+                }
+                if let Err(e) = get(&mut client, addr).await {
+                    failures.lock().expect("lock").push(e);
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut new = common::command(common::AUTOLB)
+        .args(["run", "--upgrade", "-c"])
+        .arg(&old.config)
+        .env("AUTOLB_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the new autolb");
+    let new_log = common::collect(new.stderr.take().expect("stderr"));
+    let new = common::Proc {
+        child: new,
+        log: new_log,
+    };
+
+    // The old process drains and exits 0 by itself.
+    let mut old_proc = old.proc;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = old_proc.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old process still running\n{}",
+            old_proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", old_proc.log());
+    // Load goes on against the new process alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("worker");
+    }
+    let failures = failures.lock().expect("lock").clone();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} failed: {:?}\nnew log:\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        new.log()
+    );
+    assert!(
+        new.log().contains("taking over listening sockets"),
+        "{}",
+        new.log()
+    );
+    assert!(
+        old_proc.log().contains("upgrade: the new process serves"),
+        "{}",
+        old_proc.log()
+    );
+    // The admin port moved too.
+    let h = common::get(old.admin, "/health").await;
+    assert_eq!(h.status, 200);
+    drop(new);
+}
