@@ -232,3 +232,75 @@ async fn an_invalid_config_changes_nothing_and_says_where() {
         "{changes:?}"
     );
 }
+
+/// The address a listener reported in the log, waiting up to 10 s.
+async fn logged_addr(lb: &Autolb, name: &str) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = lb.proc.log();
+        let needle = format!("listening listener={name} addr=");
+        if let Some(line) = log.lines().rev().find(|l| l.contains(&needle)) {
+            let addr = line
+                .split(&needle)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next());
+            if let Some(a) = addr.and_then(|a| a.parse().ok()) {
+                return a;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listener {name} never listened:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn listeners_are_added_and_removed_without_a_restart() {
+    let e = echo("l0");
+    let list = common::backend_list(&[e.addr], "");
+    let pools = format!("pools:\n  web:\n    backends:\n{list}");
+    let base = common::config(1, "", &pools).replace("token_env: RELOAD_TOKEN", "");
+    let lb = Autolb::start_with_env(
+        &base.replace(
+            "admin: { listen: \"127.0.0.1:0\" }",
+            "admin: { listen: \"127.0.0.1:0\", token_env: RELOAD_TOKEN }",
+        ),
+        &[("RELOAD_TOKEN", TOKEN)],
+    );
+    let with_alt = base
+        .replace(
+            "listeners:\n",
+            "listeners:\n  - { name: alt, listen: \"127.0.0.1:0\", protocol: http, pool: web }\n",
+        )
+        .replace(
+            "admin: { listen: \"127.0.0.1:0\" }",
+            "admin: { listen: \"127.0.0.1:0\", token_env: RELOAD_TOKEN }",
+        );
+    write(&lb.config, &with_alt);
+    let r = post_reload(lb.admin).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("listener alt now serves"), "{}", r.text());
+    let alt = logged_addr(&lb, "alt").await;
+    let mut kept = Client::connect(alt).await;
+    assert_eq!(kept.get("/").await.text(), "l0");
+
+    write(
+        &lb.config,
+        &base.replace(
+            "admin: { listen: \"127.0.0.1:0\" }",
+            "admin: { listen: \"127.0.0.1:0\", token_env: RELOAD_TOKEN }",
+        ),
+    );
+    let r = post_reload(lb.admin).await;
+    assert!(r.text().contains("listener alt stopped"), "{}", r.text());
+    // New connections are refused; the open one keeps working; the other listener serves.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(alt).await.is_ok() {
+        assert!(Instant::now() < deadline, "alt still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(kept.get("/").await.text(), "l0");
+    assert_eq!(answering(lb.addr("web"), 3).await.len(), 1);
+}

@@ -13,6 +13,7 @@ use std::process::Stdio;
 /// One GET as a browser does it: on a keep-alive connection the server closed while idle
 /// (the classic race), resend on a new connection. Anything else is a failure.
 async fn get(client: &mut Option<Client>, addr: std::net::SocketAddr) -> Result<(), String> {
+    let mut last = String::new();
     for _ in 0..2 {
         let c = match client {
             Some(c) => c,
@@ -22,13 +23,15 @@ async fn get(client: &mut Option<Client>, addr: std::net::SocketAddr) -> Result<
             Ok(r) if r.status == 200 => return Ok(()),
             Ok(r) => return Err(format!("{} {}", r.status, r.text())),
             Err(e) if e.resendable => {
+                last.push_str(&e.message);
+                last.push_str("; ");
                 *client = None;
                 continue;
             }
             Err(e) => return Err(e.message),
         }
     }
-    Err("failed twice".into())
+    Err(format!("failed twice: {last}"))
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ async fn mem() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before = lb.rss_kib();
     let mut v = Vec::new();
-    for chunk in 0..10 {
-        let tasks: Vec<_> = (0..500).map(|_| tokio::spawn(async move { let (mut ws, _) = ws_connect(addr, "/ws", &[]).await; ws_text(&mut ws).await; ws })).collect();
+    for chunk in 0..5000 {
+        let tasks: Vec<_> = (0..1).map(|_| tokio::spawn(async move { let (mut ws, _) = ws_connect(addr, "/ws", &[]).await; ws_text(&mut ws).await; ws })).collect();
         for t in tasks { v.push(t.await.unwrap()); }
         let _ = chunk;
     }

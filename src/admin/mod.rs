@@ -2,10 +2,10 @@
 //! cluster status, Prometheus metrics, and manual scaling (POSTs need the bearer token).
 //! Every answer is JSON except `/metrics`; errors are `{"error": ...}`.
 
+mod dashboard;
 mod scaling;
 mod status;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -23,13 +23,12 @@ use tokio::sync::watch;
 use crate::autoscale::Autoscaler;
 use crate::runtime::Runtime;
 use crate::server::reload::Trigger;
-use crate::server::ListenerStats;
 
 /// What the admin API reads.
 #[derive(Clone)]
 pub struct AdminState {
     pub runtime: Arc<Runtime>,
-    pub listeners: Arc<BTreeMap<String, Arc<ListenerStats>>>,
+    pub listeners: Arc<crate::server::listeners::Listeners>,
     pub autoscaler: Arc<Autoscaler>,
     /// Bearer token every POST must carry (from `admin.token_env`); `None` on a loopback
     /// admin without `token_env`.
@@ -69,6 +68,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 
 /// Every endpoint and the methods it takes.
 const ENDPOINTS: &[(&str, &str)] = &[
+    ("/", "GET"),
     ("/health", "GET"),
     ("/health/performance", "GET"),
     ("/loadbalancer/status", "GET"),
@@ -105,6 +105,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
     }
     let rt = &state.runtime;
     match path.as_str() {
+        "/" => dashboard::page(),
         "/health" => {
             let mut h = status::health(rt);
             if let Ok(r) = state.reload_state.lock() {
@@ -114,8 +115,14 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             }
             json(StatusCode::OK, &h)
         }
-        "/health/performance" => json(StatusCode::OK, &status::performance(rt, &state.listeners)),
-        "/loadbalancer/status" => json(StatusCode::OK, &status::loadbalancer(rt, &state.listeners)),
+        "/health/performance" => json(
+            StatusCode::OK,
+            &status::performance(rt, &state.listeners.stats()),
+        ),
+        "/loadbalancer/status" => json(
+            StatusCode::OK,
+            &status::loadbalancer(rt, &state.listeners.stats()),
+        ),
         "/scaling/status" => json(StatusCode::OK, &state.autoscaler.scaling_status()),
         "/cluster/status" => json(StatusCode::OK, &state.autoscaler.cluster_status()),
         "/scaling/manual" => scaling::manual(req, state).await,
@@ -125,7 +132,8 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             None => error(StatusCode::SERVICE_UNAVAILABLE, "autolb is shutting down"),
         },
         _ => {
-            let text = crate::metrics::render(rt, &state.listeners, Some(&state.autoscaler));
+            let text =
+                crate::metrics::render(rt, &state.listeners.stats(), Some(&state.autoscaler));
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

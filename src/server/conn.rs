@@ -161,11 +161,22 @@ where
     tokio::select! {
         result = conn.as_mut() => ended(peer, result),
         _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            ended(peer, conn.await);
+            // A connection accepted just before the shutdown may not have sent its first
+            // request yet: give it a moment, so that it is answered (with Connection:
+            // close) rather than closed unanswered.
+            match tokio::time::timeout(SHUTDOWN_FIRST_REQUEST_GRACE, conn.as_mut()).await {
+                Ok(result) => ended(peer, result),
+                Err(_) => {
+                    conn.as_mut().graceful_shutdown();
+                    ended(peer, conn.await);
+                }
+            }
         }
     }
 }
+
+/// How long a connection may still send a request once shutdown began.
+const SHUTDOWN_FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A service counting its requests (until their bodies end) in `activity`.
 macro_rules! tracked_service {

@@ -57,6 +57,8 @@ pub(crate) struct AcceptContext {
     pub runtime: Arc<Runtime>,
     pub stats: Arc<ListenerStats>,
     pub shutdown: watch::Receiver<bool>,
+    /// This listener alone is stopped (removed or moved by a reload).
+    pub stop: watch::Receiver<bool>,
 }
 
 /// Accept connections until shutdown; each connection is served on this worker.
@@ -81,6 +83,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
         return;
     }
     let mut shutdown = ctx.shutdown.clone();
+    let mut stop = ctx.stop.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -105,6 +108,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
                 }
             },
             _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod conn;
 mod listener;
+pub mod listeners;
 pub mod reload;
 pub mod upgrade;
 mod worker;
@@ -71,10 +72,14 @@ fn admin_token(admin: &crate::config::Admin) -> Result<Option<Arc<str>>, ServerE
 /// A started autolb: owns the workers and knows where everything listens.
 pub struct Server {
     pub runtime: Arc<Runtime>,
-    /// Listener name -> bound address (the real port when the config said 0).
+    /// Listener name -> bound address at start (the real port when the config said 0).
     pub listeners: BTreeMap<String, SocketAddr>,
+    /// The listeners serving now (reload adds, moves and removes them).
+    pub running: Arc<listeners::Listeners>,
+    shutdown_rx: watch::Receiver<bool>,
+    /// A duplicate of the admin socket, for a zero-downtime restart.
+    admin_socket: Option<std::net::TcpListener>,
     pub admin_addr: SocketAddr,
-    pub listener_stats: Arc<BTreeMap<String, Arc<ListenerStats>>>,
     pub autoscaler: Arc<Autoscaler>,
     /// The running config's hash and the last reload (shown by `/health`).
     pub reload_state: Arc<std::sync::Mutex<reload::ReloadState>>,
@@ -82,8 +87,6 @@ pub struct Server {
     pub reload_handle: reload::Handle,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<reload::Request>>>,
     _watcher: Option<notify::RecommendedWatcher>,
-    /// Duplicates of every listening socket, for a zero-downtime restart.
-    pub handover: Arc<upgrade::Sockets>,
     workers: Workers,
     shutdown: watch::Sender<bool>,
 }
@@ -160,6 +163,7 @@ impl Server {
             admin: admin_std.try_clone().ok(),
             ..Default::default()
         };
+        let shutdown_rx_keep = shutdown_rx.clone();
         let admin_listener = tokio::net::TcpListener::from_std(admin_std).map_err(|source| {
             ServerError::AdminBind {
                 addr: snapshot.config.admin.listen,
@@ -174,35 +178,23 @@ impl Server {
             })?;
 
         let workers = Workers::start(model, threads).map_err(ServerError::Workers)?;
-        let mut listeners = BTreeMap::new();
-        let mut stats = BTreeMap::new();
+        let running = Arc::new(listeners::Listeners::default());
         for (name, sockets) in bound {
-            handover.listeners.insert(
-                name.clone(),
-                sockets.iter().filter_map(|s| s.try_clone().ok()).collect(),
+            let protocol = snapshot
+                .config
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .map_or(Protocol::Http, |l| l.protocol);
+            running.start(
+                &name,
+                protocol,
+                sockets,
+                &workers.handles,
+                &runtime,
+                &shutdown_rx,
             );
-            let st = Arc::new(ListenerStats::default());
-            if let Some(first) = sockets.first() {
-                if let Ok(addr) = first.local_addr() {
-                    tracing::info!(listener = %name, addr = %addr, "listening");
-                    listeners.insert(name.clone(), addr);
-                }
-            }
-            for (i, socket) in sockets.into_iter().enumerate() {
-                let handle = &workers.handles[i % workers.handles.len()];
-                handle.spawn(listener::accept_loop(
-                    socket,
-                    listener::AcceptContext {
-                        name: name.clone(),
-                        runtime: runtime.clone(),
-                        stats: st.clone(),
-                        shutdown: shutdown_rx.clone(),
-                    },
-                ));
-            }
-            stats.insert(name, st);
         }
-        let listener_stats = Arc::new(stats);
         runtime.start_health_checks();
         let autoscaler = Autoscaler::start(runtime.clone());
         let reload_state = Arc::new(std::sync::Mutex::new(reload::ReloadState {
@@ -227,7 +219,7 @@ impl Server {
             admin_listener,
             crate::admin::AdminState {
                 runtime: runtime.clone(),
-                listeners: listener_stats.clone(),
+                listeners: running.clone(),
                 autoscaler: autoscaler.clone(),
                 token,
                 reload: reload_handle.clone(),
@@ -241,16 +233,18 @@ impl Server {
             pools = snapshot.pools.len(),
             "autolb started"
         );
+        let listeners = running.addrs();
         Ok(Server {
             runtime,
             listeners,
             admin_addr,
-            listener_stats,
+            running,
+            shutdown_rx: shutdown_rx_keep,
             autoscaler,
             reload_state,
             reload_handle,
             reload_requests: std::sync::Mutex::new(Some(reload_rx)),
-            handover: Arc::new(handover),
+            admin_socket: handover.admin.take(),
             _watcher: watcher,
             workers,
             shutdown,
@@ -292,9 +286,74 @@ impl Server {
         }
     }
 
+    /// A duplicate of the admin socket, for a successor.
+    pub fn admin_socket_dup(&self) -> Option<std::net::TcpListener> {
+        self.admin_socket.as_ref().and_then(|a| a.try_clone().ok())
+    }
+
+    /// Follow the listeners of the live config: bind new ones, move changed ones, stop
+    /// removed ones (their open connections finish). An https listener that did not run
+    /// before needs a restart (its TLS setup is made at start). Returns what it did.
+    pub fn apply_listeners(&self) -> Vec<String> {
+        let snapshot = self.runtime.snapshot();
+        let mut notes = Vec::new();
+        let sockets_per_listener = match self.workers.model {
+            WorkerModel::PerCore => self.workers.handles.len(),
+            WorkerModel::Shared => 1,
+        };
+        for l in &snapshot.config.listeners {
+            let current = self.running.get(&l.name);
+            let unchanged = current
+                .is_some_and(|(addr, proto)| proto == l.protocol && same_address(l.listen, addr));
+            if unchanged {
+                continue;
+            }
+            let tls_ready =
+                l.protocol != Protocol::Https || crate::tls::listener(&l.name).is_some();
+            if l.protocol == Protocol::Tcp || !tls_ready {
+                notes.push(format!(
+                    "listener {}: {:?} on {} starts at the next restart",
+                    l.name, l.protocol, l.listen
+                ));
+                continue;
+            }
+            match bind_reuseport(l.listen, sockets_per_listener) {
+                Ok(sockets) => {
+                    self.running.start(
+                        &l.name,
+                        l.protocol,
+                        sockets,
+                        &self.workers.handles,
+                        &self.runtime,
+                        &self.shutdown_rx,
+                    );
+                    notes.push(format!(
+                        "listener {} now serves {:?} on {}",
+                        l.name, l.protocol, l.listen
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(listener = %l.name, addr = %l.listen, error = %e, "cannot bind");
+                    notes.push(format!(
+                        "listener {}: cannot bind {}: {e}",
+                        l.name, l.listen
+                    ));
+                }
+            }
+        }
+        for name in self.running.names() {
+            if !snapshot.config.listeners.iter().any(|l| l.name == name) {
+                self.running.stop(&name);
+                notes.push(format!("listener {name} stopped"));
+            }
+        }
+        notes
+    }
+
     /// Open client connections over all listeners.
     pub fn open_connections(&self) -> i64 {
-        self.listener_stats
+        self.running
+            .stats()
             .values()
             .map(|s| s.connections.load(Ordering::Relaxed))
             .sum()

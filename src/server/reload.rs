@@ -137,19 +137,9 @@ impl Server {
             }
             Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),
         }
-        if cfg.listeners.iter().map(|l| (l.listen, l.protocol)).ne(old
-            .config
-            .listeners
-            .iter()
-            .map(|l| (l.listen, l.protocol)))
-        {
-            changes.push(
-                "listener addresses or protocols changed: they apply at the next restart".into(),
-            );
-            tracing::warn!("reload: listener address and protocol changes need a restart");
-        }
         let next = rt.apply(cfg);
         self.autoscaler.reconcile();
+        changes.extend(self.apply_listeners());
         if changes.is_empty() {
             tracing::info!(
                 trigger = trigger.name(),

@@ -144,7 +144,7 @@ fn recv_fds(stream: &UnixStream, max_fds: usize) -> std::io::Result<(Vec<u8>, Ve
 /// (the caller then stops accepting and drains). Runs on a blocking thread.
 pub fn hand_over(
     path: &Path,
-    sockets: &Sockets,
+    sockets: &dyn Fn() -> Sockets,
     ready_timeout: Duration,
 ) -> Result<(), UpgradeError> {
     let sock_err = |source| UpgradeError::Socket {
@@ -155,7 +155,7 @@ pub fn hand_over(
     let listener = UnixListener::bind(path).map_err(sock_err)?;
     loop {
         let (stream, _) = listener.accept().map_err(sock_err)?;
-        match serve_successor(&stream, sockets, ready_timeout) {
+        match serve_successor(&stream, &sockets(), ready_timeout) {
             Ok(()) => return Ok(()),
             // A failed successor: keep running and wait for the next one.
             Err(e) => tracing::error!(error = %e, "upgrade failed; still serving"),

@@ -3,7 +3,6 @@
 //! resolver behind an `ArcSwap` so a reload swaps it without touching open connections.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -97,8 +96,6 @@ impl CertStore {
 /// rustls's certificate resolver for one listener.
 pub struct SniResolver {
     store: ArcSwap<CertStore>,
-    /// Handshakes refused because no certificate matched (strict_sni).
-    pub unmatched: AtomicU64,
 }
 
 impl std::fmt::Debug for SniResolver {
@@ -113,7 +110,6 @@ impl SniResolver {
     pub fn new(store: CertStore) -> SniResolver {
         SniResolver {
             store: ArcSwap::from_pointee(store),
-            unmatched: AtomicU64::new(0),
         }
     }
 
@@ -130,7 +126,6 @@ impl ResolvesServerCert for SniResolver {
             .load()
             .resolve(hello.server_name(), hello.signature_schemes());
         if found.is_none() {
-            self.unmatched.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(sni = ?hello.server_name(), "no certificate for this name: handshake refused");
         }
         found

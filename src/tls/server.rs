@@ -170,11 +170,6 @@ impl TlsListener {
         }
     }
 
-    /// Handshakes refused because no certificate matched the name (strict_sni).
-    pub fn unmatched_names(&self) -> u64 {
-        self.resolver.unmatched.load(Ordering::Relaxed)
-    }
-
     /// Every file the listener reads (for the watcher).
     pub fn paths(&self) -> Vec<PathBuf> {
         self.current.lock().map_or_else(

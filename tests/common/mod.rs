@@ -2,6 +2,7 @@
 //! killed when their guard drops (even when a test panics), and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod cdp;
 pub mod tls;
 
 use std::collections::HashMap;
