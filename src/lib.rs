@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod affinity;
+pub mod alerts;
 pub mod autoscale;
 pub mod balance;
 pub mod config;
@@ -10,4 +11,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod tls;

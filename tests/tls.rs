@@ -1,6 +1,7 @@
 //! TLS termination and HTTP/2 through the real `autolb`: SNI with wildcards and strict_sni,
-//! TLS versions, ALPN h2 with many concurrent streams, h2c, redirect and HSTS, and curl where
-//! it is installed. Certificate reloads: `tls_reload.rs`; TLS to backends: `tls_backends.rs`.
+//! TLS versions, ALPN h2 with many concurrent streams, h2c, idle and handshake timeouts,
+//! redirect and HSTS, and curl where it is installed. Certificate reloads: `tls_reload.rs`;
+//! TLS to backends: `tls_backends.rs`; `autolb check`: `tls_config.rs`.
 
 mod common;
 
@@ -170,7 +171,7 @@ async fn redirect_to_https_and_hsts() {
     let ca = TestCa::new("test CA");
     let certs = vec![ca.issue(&["shop.test"]).write(dir.path(), "shop")];
     let redirects = "  - { name: web, listen: \"127.0.0.1:0\", protocol: http, redirect_https: true, https_port: 8443 }
-  - { name: web443, listen: \"127.0.0.1:0\", protocol: http, redirect_https: true }
+  - { name: web443, listen: \"127.0.0.1:0\", protocol: http, redirect_https: true, pool: web }
 ";
     let hsts = "    hsts: { max_age: 1d, include_subdomains: true }\n";
     let lb = Autolb::start(&https_config(&certs, "", hsts, redirects, &[e.addr]));
@@ -188,6 +189,15 @@ async fn redirect_to_https_and_hsts() {
     assert_eq!(r.status, 308);
     assert_eq!(r.headers["location"], "https://shop.test/x");
     assert!(r.headers.get("strict-transport-security").is_none());
+    // ACME HTTP-01 challenges go to the listener's pool (when it has one) over plain http.
+    let challenge = "/.well-known/acme-challenge/token";
+    let r = common::Client::connect(lb.addr("web443"))
+        .await
+        .get_with(challenge, &[("host", "shop.test")])
+        .await;
+    assert_eq!(r.headers["x-backend"], "e", "status {}", r.status);
+    let r = c.get_with(challenge, &[("host", "shop.test")]).await;
+    assert_eq!(r.status, 308, "no pool, no route: redirected");
 
     let s = t::connect(
         lb.addr("secure"),
@@ -256,4 +266,52 @@ async fn curl_speaks_http2_over_tls_when_installed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout, "e\n2");
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_but_a_slow_response_is_not_cut() {
+    let e = echo("e");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("test CA");
+    let certs = vec![ca.issue(&["a.test"]).write(dir.path(), "a")];
+    let lb = Autolb::start(&https_config(
+        &certs,
+        "",
+        "    idle_timeout: 1s\n",
+        "",
+        &[e.addr],
+    ));
+    let connector = t::connector(&ca, &[b"h2"], false);
+    let s = t::connect(lb.addr("secure"), "a.test", &connector)
+        .await
+        .expect("tls");
+    let mut tx = t::h2(s).await;
+    // Longer than idle_timeout, but in flight: not idle.
+    let req = http::Request::get("https://a.test/delay/2500")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let r = t::reply(tx.send_request(req).await.expect("response")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "e"));
+    // Then idle: GOAWAY and close after about a second.
+    let closed = eventually(15, || {
+        let closed = tx.is_closed();
+        async move { closed }
+    })
+    .await;
+    assert!(closed, "the idle h2 connection stayed open");
+
+    // A client that never sends its ClientHello is dropped after min(idle_timeout, 10s).
+    let mut silent = tokio::net::TcpStream::connect(lb.addr("secure"))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("closed by autolb within 15s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let timeouts = "autolb_tls_handshake_errors_total{listener=\"secure\",reason=\"timeout\"}";
+    assert!(eventually(10, || async { metric(&lb, timeouts).await >= 1 }).await);
 }

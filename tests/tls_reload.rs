@@ -177,3 +177,50 @@ async fn a_config_reload_swaps_in_new_certificate_files_or_is_refused() {
         .await
     );
 }
+
+#[tokio::test]
+async fn a_new_https_listener_starts_on_reload() {
+    let e = echo("e");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("test CA");
+    let cert = ca.issue(&["a.test"]);
+    let (c, k) = cert.write(dir.path(), "a");
+    let pools = format!(
+        "pools:\n  web:\n    backends:\n{}",
+        common::backend_list(&[e.addr], "")
+    );
+    let lb = Autolb::start(&common::config(1, "", &pools));
+    let https = format!(
+        "  - {{ name: secure, listen: \"127.0.0.1:0\", protocol: https, pool: web,\n      \
+         tls: {{ certificates: [{{ cert: {c:?}, key: {k:?} }}] }} }}\n"
+    );
+    let yaml = common::config(1, "", &format!("{https}{pools}"));
+    std::fs::write(&lb.config, &yaml).expect("write config");
+    let req = http::Request::post("/config/reload")
+        .header("host", "admin")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let r = common::Client::connect(lb.admin).await.request(req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Its address is in the log ("listening listener=secure addr=...").
+    let mut addr = None;
+    let found = eventually(20, || {
+        addr = lb.proc.log().lines().find_map(|l| {
+            let rest = l.split("listener=secure addr=").nth(1)?;
+            rest.split_whitespace()
+                .next()?
+                .parse::<std::net::SocketAddr>()
+                .ok()
+        });
+        let found = addr.is_some();
+        async move { found }
+    })
+    .await;
+    assert!(found, "log:\n{}", lb.proc.log());
+    let addr = addr.expect("address");
+    let s = t::connect(addr, "a.test", &t::connector(&ca, &[], false))
+        .await
+        .expect("handshake");
+    let r = t::get1(&mut t::h1(s).await, "a.test", "/").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "e"));
+}

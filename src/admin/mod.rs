@@ -35,6 +35,8 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     pub reload: crate::server::reload::Handle,
     pub reload_state: Arc<std::sync::Mutex<crate::server::reload::ReloadState>>,
+    /// Shared state (memory or Redis), the fleet registry and rate limits.
+    pub shared: Arc<crate::state::Shared>,
 }
 
 /// Serve the admin API until shutdown.
@@ -77,6 +79,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("/cluster/status", "GET"),
     ("/scaling/manual", "POST"),
     ("/config/reload", "POST"),
+    ("/redis/status", "GET"),
 ];
 
 async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -113,6 +116,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
                 h["config"]["hash"] = extra["config_hash"].clone();
                 h["config"]["last_reload"] = extra["last_reload"].clone();
             }
+            h["shared_state"] = state.shared.health();
             json(StatusCode::OK, &h)
         }
         "/health/performance" => json(
@@ -124,7 +128,12 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             &status::loadbalancer(rt, &state.listeners.stats()),
         ),
         "/scaling/status" => json(StatusCode::OK, &state.autoscaler.scaling_status()),
-        "/cluster/status" => json(StatusCode::OK, &state.autoscaler.cluster_status()),
+        "/cluster/status" => {
+            let mut c = state.autoscaler.cluster_status();
+            state.shared.fill_cluster_status(&mut c);
+            json(StatusCode::OK, &c)
+        }
+        "/redis/status" => json(StatusCode::OK, &state.shared.redis_status()),
         "/scaling/manual" => scaling::manual(req, state).await,
         "/config/reload" => match state.reload.reload(Trigger::Admin).await {
             Some(o) if o.ok => json(StatusCode::OK, &o.to_json()),
@@ -132,8 +141,9 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             None => error(StatusCode::SERVICE_UNAVAILABLE, "autolb is shutting down"),
         },
         _ => {
-            let text =
+            let mut text =
                 crate::metrics::render(rt, &state.listeners.stats(), Some(&state.autoscaler));
+            text.push_str(&state.shared.metrics());
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

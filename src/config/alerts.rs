@@ -163,10 +163,15 @@ pub(crate) fn alerts(file: AlertsFile, pos: Pos, issues: &mut Issues) -> Option<
     let before = issues.len();
     let webhook = match &file.webhook {
         None => {
-            issues.push(pos, "alerts needs a webhook, e.g. https://hooks.example.com/autolb");
+            issues.push(
+                pos,
+                "alerts needs a webhook, e.g. https://hooks.example.com/autolb",
+            );
             None
         }
-        Some(w) => parse_webhook(&w.value).map_err(|m| issues.push(w.pos, m)).ok(),
+        Some(w) => parse_webhook(&w.value)
+            .map_err(|m| issues.push(w.pos, m))
+            .ok(),
     };
     let events = match &file.events {
         None => AlertKind::ALL.to_vec(),
@@ -201,10 +206,18 @@ pub(crate) fn alerts(file: AlertsFile, pos: Pos, issues: &mut Issues) -> Option<
     let batch = nonzero_dur(&file.batch, secs(2), "alerts batch", issues);
     let timeout = nonzero_dur(&file.timeout, secs(5), "alerts timeout", issues);
     let backoff = nonzero_dur(&file.backoff, secs(1), "alerts backoff", issues);
-    let certificate_days = nonzero(&file.certificate_days, 14, "alerts certificate_days", issues);
+    let certificate_days = nonzero(
+        &file.certificate_days,
+        14,
+        "alerts certificate_days",
+        issues,
+    );
     let retries = or(&file.retries, 5);
     if let Some(r) = file.retries.as_ref().filter(|r| r.value > 20) {
-        issues.push(r.pos, format!("alerts retries must be at most 20, got {}", r.value));
+        issues.push(
+            r.pos,
+            format!("alerts retries must be at most 20, got {}", r.value),
+        );
     }
     let webhook = webhook?;
     (issues.len() == before).then_some(Alerts {
@@ -234,7 +247,13 @@ mod tests {
         assert_eq!((w.port, w.path.as_str()), (9000, "/"));
         let w = parse_webhook("http://[::1]:9000/x").expect("url");
         assert_eq!(w.host, "::1");
-        for bad in ["ftp://x/", "hooks.example.com/x", "http://u:p@x/", "http://x:0/", ""] {
+        for bad in [
+            "ftp://x/",
+            "hooks.example.com/x",
+            "http://u:p@x/",
+            "http://x:0/",
+            "",
+        ] {
             assert!(parse_webhook(bad).is_err(), "{bad}");
         }
     }

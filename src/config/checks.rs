@@ -24,6 +24,9 @@ pub(crate) struct Gathered {
     pub pool_names: Vec<String>,
     pub pools: Vec<PoolItem>,
     pub state: Option<State>,
+    /// `access_log:` as written (converted by `build`, which knows the config's directory).
+    pub access_log: Option<super::access_log::AccessLogFile>,
+    pub alerts: Option<super::alerts::Alerts>,
 }
 
 /// Whether two listening sockets would collide (port 0 never does).

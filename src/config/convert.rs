@@ -265,6 +265,11 @@ fn gather(root: &Node, issues: &mut Issues) -> Gathered {
             "pools" => gather_pools(value, &mut g, issues),
             "state" if null => {}
             "state" => g.state = item::<StateFile>(value, issues).and_then(|s| state(s, issues)),
+            "access_log" if null => g.access_log = Some(Default::default()),
+            "access_log" => g.access_log = item(value, issues),
+            "alerts" => {
+                g.alerts = item(value, issues).and_then(|a| super::alerts::alerts(a, value.pos, issues))
+            }
             _ => issues.push(
                 key.pos,
                 format!(
@@ -397,6 +402,11 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
         routes: g.routes.into_iter().map(|r| r.route).collect(),
         pools: g.pools.into_iter().map(|p| p.pool).collect(),
         state: g.state.unwrap_or(State::Memory),
+        access_log: g
+            .access_log
+            .take()
+            .and_then(|a| super::access_log::access_log(a, base, &mut issues)),
+        alerts: g.alerts.take(),
         warnings: Vec::new(),
     };
     super::tls::rebase_paths(&mut config, base);

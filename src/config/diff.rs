@@ -58,6 +58,18 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     if old.state != new.state {
         out.push("state backend changed".into());
     }
+    if old.access_log != new.access_log {
+        out.push(match &new.access_log {
+            Some(_) => "access_log settings changed".into(),
+            None => "access_log turned off".into(),
+        });
+    }
+    if old.alerts != new.alerts {
+        out.push(match &new.alerts {
+            Some(a) => format!("alerts: webhook {}", a.webhook.redacted()),
+            None => "alerts turned off".into(),
+        });
+    }
     out
 }
 

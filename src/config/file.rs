@@ -193,6 +193,7 @@ pub struct PoolFile {
     pub autoscale: Option<Located<AutoscaleFile>>,
     pub protocol: Option<Located<UpstreamProtocolFile>>,
     pub tls: Option<Located<UpstreamTlsFile>>,
+    pub rate_limit: Option<Located<super::rate_limit::RateLimitFile>>,
 }
 
 /// `pools.NAME.protocol`.
@@ -410,4 +411,6 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "pools",
     "state",
+    "access_log",
+    "alerts",
 ];

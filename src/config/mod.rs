@@ -2,6 +2,8 @@
 //! -> validated runtime types (`model`, via `convert`/`pool`/`health`/`retry`), every error
 //! as FILE:LINE:COL.
 
+mod access_log;
+mod alerts;
 mod autoscale;
 mod checks;
 mod convert;
@@ -13,6 +15,7 @@ mod files;
 mod health;
 mod node;
 mod pool;
+mod rate_limit;
 mod retry;
 mod sticky;
 #[cfg(test)]
@@ -22,12 +25,17 @@ mod tests_autoscale;
 #[cfg(test)]
 mod tests_errors;
 #[cfg(test)]
+mod tests_ops;
+#[cfg(test)]
 mod tests_policy;
 mod tls;
 
 pub mod model;
+pub use access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
+pub use alerts::{AlertKind, Alerts, WebhookUrl};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use rate_limit::{parse_rate, RateLimit, RateLimitScope};
 
 use std::path::Path;
 

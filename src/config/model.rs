@@ -24,6 +24,10 @@ pub struct Config {
     /// In file order (a `BTreeMap` in the file keeps key order sorted; we keep the file's order).
     pub pools: Vec<Pool>,
     pub state: State,
+    /// `access_log:` (None: no access log).
+    pub access_log: Option<super::AccessLog>,
+    /// `alerts:` (None: no alerts).
+    pub alerts: Option<super::Alerts>,
     /// Non-fatal findings of `load_file` (an expired certificate, ...), each as
     /// `FILE:LINE:COL: warning: ...`; `autolb check` prints them and still exits 0.
     pub warnings: Vec<super::ConfigError>,
@@ -160,6 +164,8 @@ pub struct Pool {
     pub protocol: UpstreamProtocol,
     /// `tls:` speak https to the backends.
     pub tls: Option<UpstreamTls>,
+    /// `rate_limit:` per node or for the whole fleet (`scope: cluster`).
+    pub rate_limit: Option<super::RateLimit>,
 }
 
 /// `pools.NAME.protocol`.

@@ -134,6 +134,10 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
         autoscale,
         protocol,
         tls,
+        rate_limit: file
+            .rate_limit
+            .as_ref()
+            .and_then(|r| super::rate_limit::rate_limit(r, &mut issues)),
     };
     issues.result(PoolItem { pool, ports_pos })
 }

@@ -355,6 +355,7 @@ fn full_config_parses_into_the_model() {
                 }),
                 protocol: UpstreamProtocol::H1,
                 tls: None,
+                rate_limit: None,
             },
             Pool {
                 name: "api".into(),
@@ -407,11 +408,14 @@ fn full_config_parses_into_the_model() {
                     client_cert: Some("/abs/c.crt".into()),
                     client_key: Some("conf/c.key".into()),
                 }),
+                rate_limit: None,
             },
         ],
         state: State::Redis {
             url: "redis://127.0.0.1:6379".into(),
         },
+        access_log: None,
+        alerts: None,
         warnings: vec![],
     };
     assert_eq!(c, expected);

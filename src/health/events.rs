@@ -19,10 +19,21 @@ pub struct Event {
     pub detail: String,
 }
 
-/// Written on health transitions only (never per request), read by the admin API.
-#[derive(Debug, Default)]
+/// Written on health transitions only (never per request), read by the admin API; every
+/// event is also broadcast to subscribers (alerts), without ever waiting for them.
+#[derive(Debug)]
 pub struct EventLog {
     events: Mutex<VecDeque<Event>>,
+    subscribers: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            events: Mutex::default(),
+            subscribers: tokio::sync::broadcast::Sender::new(MAX_EVENTS),
+        }
+    }
 }
 
 impl EventLog {
@@ -37,12 +48,19 @@ impl EventLog {
             kind,
             detail,
         };
+        // No subscriber is not an error; a slow one loses the oldest events (it is told).
+        let _ = self.subscribers.send(event.clone());
         if let Ok(mut events) = self.events.lock() {
             if events.len() == MAX_EVENTS {
                 events.pop_front();
             }
             events.push_back(event);
         }
+    }
+
+    /// Every event pushed from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.subscribers.subscribe()
     }
 
     /// The kept events, oldest first.

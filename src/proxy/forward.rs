@@ -100,7 +100,10 @@ pub async fn forward(
         };
         // The pinned backend first (sticky); then another one where one exists, else the
         // same one again.
-        let pinned = plan.affinity.pinned.filter(|_| attempt == 0);
+        let pinned = plan
+            .affinity
+            .pinned
+            .filter(|&i| attempt == 0 && i < pool.backends.len());
         let Some(idx) = pinned
             .or_else(|| pool.balancer.pick(&pool.backends, &pick))
             .or_else(|| {

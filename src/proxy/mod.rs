@@ -68,6 +68,9 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         tracing::info!(host, path = req.uri().path(), "no route matches");
         return local::error(StatusCode::NOT_FOUND, "no route for this request", None);
     };
+    if let Some(refused) = crate::state::ratelimit::check(&ctx.runtime, &snapshot, pool_idx) {
+        return refused;
+    }
     let mut pool = &snapshot.pools[pool_idx];
     let warmed;
     if pool.cold_start.is_some() && pool.ready_backends() == 0 {

@@ -196,6 +196,7 @@ impl Server {
             );
         }
         runtime.start_health_checks();
+        crate::alerts::start(runtime.clone());
         let autoscaler = Autoscaler::start(runtime.clone());
         let reload_state = Arc::new(std::sync::Mutex::new(reload::ReloadState {
             hash: reload::file_hash(&snapshot.config.source),
@@ -224,6 +225,7 @@ impl Server {
                 token,
                 reload: reload_handle.clone(),
                 reload_state: reload_state.clone(),
+                shared: crate::state::start(&runtime, admin_addr),
             },
             shutdown_rx,
         ));

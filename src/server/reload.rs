@@ -111,6 +111,7 @@ impl Server {
                 tracing::error!(trigger = trigger.name(), "reload refused: {e}");
             }
             self.record(trigger, false, errors.len(), None);
+            crate::alerts::reload_failed(trigger.name(), &errors);
             Outcome {
                 ok: false,
                 changes: Vec::new(),

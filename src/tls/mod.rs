@@ -3,9 +3,10 @@
 //! TLS to backends (`client`), and the TLS metrics.
 //!
 //! The https listeners of the running process live in one registry: `install` fills it when
-//! the server starts, the accept loops take their listener from it, and
-//! `reload_certificates` (config reload) or the watcher (files changed) swap certificates in
-//! it. New handshakes use the new certificates; open connections keep theirs.
+//! the server starts, `reload_certificates` (config reload) swaps certificates in it and adds
+//! or drops listeners, the watcher (files changed) swaps certificates, and the accept loops
+//! take their listener from it. New handshakes use the new certificates; open connections
+//! keep theirs.
 
 pub mod certs;
 pub mod client;
@@ -65,22 +66,22 @@ fn all_listeners() -> Vec<Arc<TlsListener>> {
 fn watch_files() {
     let paths: Vec<_> = all_listeners().iter().flat_map(|l| l.paths()).collect();
     if let Ok(mut w) = REGISTRY.watcher.lock() {
+        if paths.is_empty() && w.is_none() {
+            return;
+        }
         w.get_or_insert_with(|| watch::Watcher::start(reload_from_disk))
             .set_paths(&paths);
     }
 }
 
 /// Set up TLS for every https listener of `config` (loading its certificates) and start
-/// watching their files. Called once by `Server::start`, before the listeners accept.
+/// watching their files. Called by `Server::start`, before the listeners accept.
 pub fn install(config: &Config) -> Result<(), TlsError> {
     let mut built = BTreeMap::new();
     for l in &config.listeners {
         if let (Protocol::Https, Some(tls)) = (l.protocol, &l.tls) {
             built.insert(l.name.clone(), Arc::new(TlsListener::new(&l.name, tls)?));
         }
-    }
-    if built.is_empty() {
-        return Ok(());
     }
     if let Ok(mut listeners) = REGISTRY.listeners.write() {
         *listeners = built;
@@ -97,27 +98,46 @@ pub fn listener(name: &str) -> Option<Arc<TlsListener>> {
 /// What a certificate reload did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CertReload {
-    /// Listeners whose certificates (or strict_sni, ALPN) changed.
+    /// Running listeners whose certificates (or strict_sni, ALPN) changed.
     pub changed: Vec<String>,
-    /// https listeners of the new config that are not running (a restart starts them).
+    /// https listeners new to the config: their TLS is set up, their sockets can be bound.
+    pub added: Vec<String>,
+    /// Listeners no longer https (or gone): their TLS state was dropped.
+    pub removed: Vec<String>,
+    /// Always empty: new https listeners are set up by the reload itself (see `added`).
     pub needs_restart: Vec<String>,
 }
 
-/// Apply the certificates of `config` to the running https listeners: every pair of every
-/// listener is loaded first, and only if all load are they swapped in (the old ones keep
-/// serving otherwise). Call it on a config reload, before or after `Runtime::apply`; a
-/// config that `config::load_file` accepted fails here only if a file changed in between.
+fn reload_error(file: &str, listener: &str, e: &dyn std::fmt::Display) -> ConfigError {
+    ConfigError {
+        file: file.to_string(),
+        line: 0,
+        column: 0,
+        message: format!("listener \"{listener}\": {e}"),
+    }
+}
+
+/// Apply the TLS settings of `config` to the https listeners: the certificates of running
+/// ones (and their strict_sni, ALPN), and the TLS state of new ones (so that their sockets
+/// can be bound at once). Every pair of every listener is loaded first; only if all load is
+/// anything swapped in (the certificates already loaded keep serving otherwise). Call it on
+/// a config reload before binding new listeners; a config that `config::load_file` accepted
+/// fails here only if a file changed in between. Errors are `FILE:0:0: listener "NAME": ...`.
 pub fn reload_certificates(config: &Config) -> Result<CertReload, ConfigErrors> {
     let file = config.source.display().to_string();
     let mut report = CertReload::default();
     let mut staged = Vec::new();
+    let mut fresh = Vec::new();
     let mut errors = Vec::new();
     for l in &config.listeners {
         let (Protocol::Https, Some(tls)) = (l.protocol, &l.tls) else {
             continue;
         };
         let Some(running) = listener(&l.name) else {
-            report.needs_restart.push(l.name.clone());
+            match TlsListener::new(&l.name, tls) {
+                Ok(new) => fresh.push(Arc::new(new)),
+                Err(e) => errors.push(reload_error(&file, &l.name, &e)),
+            }
             continue;
         };
         if running.unchanged(tls) {
@@ -130,12 +150,7 @@ pub fn reload_certificates(config: &Config) -> Result<CertReload, ConfigErrors> 
                     .stats
                     .reloads_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                errors.push(ConfigError {
-                    file: file.clone(),
-                    line: 0,
-                    column: 0,
-                    message: format!("listener \"{}\": {e}", l.name),
-                });
+                errors.push(reload_error(&file, &l.name, &e));
             }
         }
     }
@@ -145,6 +160,22 @@ pub fn reload_certificates(config: &Config) -> Result<CertReload, ConfigErrors> 
     for (running, tls, loaded) in staged {
         running.swap_in(tls, &loaded);
         report.changed.push(running.name.clone());
+    }
+    if let Ok(mut listeners) = REGISTRY.listeners.write() {
+        for new in fresh {
+            report.added.push(new.name.clone());
+            listeners.insert(new.name.clone(), new);
+        }
+        listeners.retain(|name, _| {
+            let keep = config
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && l.protocol == Protocol::Https);
+            if !keep {
+                report.removed.push(name.clone());
+            }
+            keep
+        });
     }
     watch_files();
     Ok(report)

@@ -1,6 +1,7 @@
-//! What a listener does around the proxy: `redirect_https` (a 308 to the https URL),
-//! `hsts` (Strict-Transport-Security on https responses), and HTTP/2 requests' `cookie`
-//! fields joined into one header for HTTP/1.1 backends (RFC 9113 8.2.3).
+//! What a listener does around the proxy: `redirect_https` (a 308 to the https URL; ACME
+//! HTTP-01 challenges excepted), `hsts` (Strict-Transport-Security on https responses), and
+//! HTTP/2 requests' `cookie` fields joined into one header for HTTP/1.1 backends (RFC 9113
+//! 8.2.3).
 
 use std::sync::Arc;
 
@@ -43,7 +44,9 @@ pub(crate) async fn respond(
     front: Option<Arc<Front>>,
 ) -> Response<ProxyBody> {
     if let Some(port) = front.as_ref().and_then(|f| f.redirect) {
-        return redirect(&req, port);
+        if !acme_challenge(&req, &ctx) {
+            return redirect(&req, port);
+        }
     }
     if req.version() == Version::HTTP_2 {
         join_cookies(req.headers_mut());
@@ -57,6 +60,28 @@ pub(crate) async fn respond(
             .insert(STRICT_TRANSPORT_SECURITY, h.clone());
     }
     resp
+}
+
+/// ACME HTTP-01 challenges (`/.well-known/acme-challenge/...`) must be answered over plain
+/// http: they are proxied, not redirected, when a route or the listener's pool takes them.
+fn acme_challenge(req: &Request<Incoming>, ctx: &ConnContext) -> bool {
+    const PREFIX: &str = "/.well-known/acme-challenge/";
+    if !req.uri().path().starts_with(PREFIX) {
+        return false;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers().get(HOST)?.to_str().ok()?;
+            Some(strip_port(h).trim_matches(['[', ']']).to_string())
+        })
+        .unwrap_or_default();
+    ctx.runtime
+        .snapshot()
+        .select_pool(ctx.listener, &host, req.uri().path())
+        .is_some()
 }
 
 /// A host as it may appear in a URL: a DNS name or IPv4 address, or a bracketed IPv6 one.

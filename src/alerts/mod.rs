@@ -1,0 +1,160 @@
+//! Alerts (`alerts: {webhook, events, ...}`): backend down/up/ejected, pool without a
+//! usable backend (and back), scaling, refused reloads and certificates near expiry, sent
+//! as JSON POSTs to a webhook.
+//!
+//! Raising an alert never blocks and never fails: it is a `try_send` into one bounded queue
+//! (full: the alert is dropped and counted). One task batches what arrives within
+//! `alerts.batch`, filters it by `alerts.events` of the running config, and POSTs it,
+//! retrying with exponential backoff. Health events come from the runtime's event log
+//! (a broadcast), scaling and reload failures from one call each in the autoscaler and the
+//! reload path, certificate expiry from a daily look at the served certificates.
+
+mod sender;
+mod watch;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::config::AlertKind;
+use crate::runtime::Runtime;
+
+/// Alerts waiting for the sender; more are dropped (and counted).
+pub const QUEUE: usize = 1024;
+/// The most alerts in one POST.
+pub const MAX_BATCH: usize = 100;
+
+static SENDER: OnceLock<mpsc::Sender<Alert>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// One alert, as it goes into the POST's `alerts` list.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub kind: AlertKind,
+    /// One line for humans (and Slack-style `text`).
+    pub summary: String,
+    /// `event`, `severity`, `at`, `at_ms`, `summary`, and the kind's own fields.
+    pub body: Value,
+}
+
+impl Alert {
+    /// An alert raised now; `fields` (a JSON object) adds the kind's own fields.
+    pub fn new(kind: AlertKind, severity: &str, summary: String, fields: Value) -> Alert {
+        let now = SystemTime::now();
+        let at_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut body = Map::new();
+        body.insert("event".into(), json!(kind.name()));
+        body.insert("severity".into(), json!(severity));
+        body.insert(
+            "at".into(),
+            json!(humantime::format_rfc3339_millis(now).to_string()),
+        );
+        body.insert("at_ms".into(), json!(at_ms));
+        body.insert("summary".into(), json!(summary));
+        if let Value::Object(extra) = fields {
+            body.extend(extra);
+        }
+        Alert {
+            kind,
+            summary,
+            body: Value::Object(body),
+        }
+    }
+}
+
+/// Start the sender and the watchers (once per process; inside the main tokio runtime).
+/// What is sent follows the running config: without `alerts:`, alerts are discarded.
+pub fn start(runtime: Arc<Runtime>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    if SENDER.set(tx).is_err() {
+        return;
+    }
+    tokio::spawn(sender::run(runtime.clone(), rx));
+    tokio::spawn(watch::health(runtime.clone()));
+    tokio::spawn(watch::certificates(runtime));
+}
+
+/// Queue `alert` for the sender, or drop it: never waits.
+pub fn emit(alert: Alert) {
+    let Some(tx) = SENDER.get() else {
+        return;
+    };
+    if let Err(e) = tx.try_send(alert) {
+        let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        // Say so on the first drop and then every 100, not once per alert.
+        if n == 1 || n % 100 == 0 {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "queue full",
+                mpsc::error::TrySendError::Closed(_) => "sender stopped",
+            };
+            tracing::warn!(dropped = n, why, "alert dropped");
+        }
+    }
+}
+
+/// Alerts dropped since start because the queue was full.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// The autoscaler changed `pool` from `from` to `to` instances.
+pub fn scaling(pool: &str, from: u32, to: u32, reason: &str) {
+    let direction = if to > from { "up" } else { "down" };
+    emit(Alert::new(
+        AlertKind::Scaling,
+        "info",
+        format!("pool {pool} scaled {direction} from {from} to {to} instances: {reason}"),
+        json!({ "pool": pool, "from": from, "to": to, "direction": direction, "reason": reason }),
+    ));
+}
+
+/// A reload (by `trigger`) was refused with `errors`; the running config kept serving.
+pub fn reload_failed(trigger: &str, errors: &[String]) {
+    let first = errors.first().map_or("", String::as_str);
+    let more = match errors.len() {
+        0 | 1 => String::new(),
+        n => format!(" (+{} more)", n - 1),
+    };
+    emit(Alert::new(
+        AlertKind::ReloadFailed,
+        "warning",
+        format!(
+            "config reload ({trigger}) refused, the running config keeps serving: {first}{more}"
+        ),
+        json!({ "trigger": trigger, "errors": errors }),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_carries_its_kind_time_and_fields() {
+        let a = Alert::new(
+            AlertKind::PoolDown,
+            "critical",
+            "pool web has no usable backend".into(),
+            json!({ "pool": "web" }),
+        );
+        assert_eq!(a.body["event"], "pool_down");
+        assert_eq!(a.body["severity"], "critical");
+        assert_eq!(a.body["pool"], "web");
+        assert!(a.body["at_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 1_600_000_000_000));
+        assert!(a.body["at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn emitting_before_start_or_with_a_full_queue_never_blocks() {
+        // Not started in unit tests: a no-op.
+        reload_failed("admin", &["x".into()]);
+        scaling("web", 1, 2, "test");
+    }
+}

@@ -1,0 +1,130 @@
+//! Unit tests of the operations keys: `alerts`, `access_log` (and per pool or route
+//! `compress`): defaults, values, and errors at their LINE:COL.
+
+use std::time::Duration;
+
+use super::tests::{assert_error, load};
+use super::tests_errors::BASE;
+use super::{AccessLogFormat, AccessLogTarget, AlertKind};
+
+#[test]
+fn alerts_defaults_and_values() {
+    let c = load(&format!(
+        "{BASE}alerts: {{ webhook: \"http://127.0.0.1:9/hook\" }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let a = c.alerts.expect("alerts");
+    assert_eq!(a.webhook.port, 9);
+    assert_eq!(a.events, AlertKind::ALL.to_vec());
+    assert_eq!(
+        (a.batch, a.timeout, a.retries, a.backoff, a.certificate_days),
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            5,
+            Duration::from_secs(1),
+            14
+        )
+    );
+    let yaml = format!(
+        "{BASE}alerts:
+  webhook: https://hooks.example.com/x
+  events: [backend_down, pool_down, reload_failed]
+  batch: 500ms
+  retries: 2
+  certificate_days: 30
+  token_env: HOOK_TOKEN
+"
+    );
+    let a = load(&yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .alerts
+        .expect("alerts");
+    assert!(a.webhook.https && a.wants(AlertKind::PoolDown) && !a.wants(AlertKind::Scaling));
+    assert_eq!(
+        (a.batch, a.retries, a.certificate_days),
+        (Duration::from_millis(500), 2, 30)
+    );
+    assert_eq!(a.token_env.as_deref(), Some("HOOK_TOKEN"));
+    assert!(load(BASE).expect("base").alerts.is_none());
+}
+
+#[test]
+fn alerts_errors_point_at_the_value() {
+    let yaml = format!("{BASE}alerts: {{ webhook: \"ftp://x/\" }}\n");
+    assert_error(
+        &yaml,
+        "\"ftp://x/\"",
+        "invalid webhook \"ftp://x/\": expected an http:// or https:// URL",
+    );
+    let yaml = format!(
+        "{BASE}alerts: {{ webhook: \"http://x/\", events: [backend_down, backend_dwn] }}\n"
+    );
+    assert_error(
+        &yaml,
+        "backend_dwn",
+        "unknown alert event \"backend_dwn\", expected one of: backend_down, backend_up",
+    );
+    let yaml = format!("{BASE}alerts: {{ events: [scaling] }}\n");
+    assert_error(&yaml, "{ events", "alerts needs a webhook");
+    let yaml = format!("{BASE}alerts: {{ webhook: \"http://x/\", batch: 0s }}\n");
+    assert_error(&yaml, "0s", "alerts batch must be greater than 0");
+    let yaml = format!("{BASE}alerts: {{ webhook: \"http://x/\", retries: 99 }}\n");
+    assert_error(&yaml, "99", "alerts retries must be at most 20");
+    let yaml = format!("{BASE}alerts: {{ webhook: \"http://x/\", hook: 1 }}\n");
+    assert_error(
+        &yaml,
+        "hook: 1",
+        "unknown field \"hook\", expected one of: webhook, events",
+    );
+}
+
+#[test]
+fn access_log_defaults_and_values() {
+    let c = load(&format!("{BASE}access_log:\n")).unwrap_or_else(|e| panic!("{e}"));
+    let a = c.access_log.expect("access_log");
+    assert_eq!(
+        (a.format, &a.target, a.buffer),
+        (AccessLogFormat::Json, &AccessLogTarget::Stdout, 16_384)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("autolb.yaml");
+    let yaml =
+        format!("{BASE}access_log: {{ format: combined, path: logs/access.log, buffer: 10 }}\n");
+    let err = super::load_str(&yaml, &source).expect_err("no logs/ directory");
+    assert!(err.to_string().contains("access_log directory"), "{err}");
+    std::fs::create_dir(dir.path().join("logs")).expect("mkdir");
+    let a = super::load_str(&yaml, &source)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .access_log
+        .expect("access_log");
+    assert_eq!(a.format, AccessLogFormat::Combined);
+    assert_eq!(
+        a.target,
+        AccessLogTarget::File(dir.path().join("logs/access.log"))
+    );
+    assert_eq!(a.buffer, 10);
+    let a = load(&format!("{BASE}access_log: {{ path: stderr }}\n"))
+        .expect("stderr")
+        .access_log
+        .expect("on");
+    assert_eq!(a.target, AccessLogTarget::Stderr);
+}
+
+#[test]
+fn access_log_errors_point_at_the_value() {
+    let yaml = format!("{BASE}access_log: {{ format: xml }}\n");
+    assert_error(&yaml, "xml", "unknown value \"xml\", expected one of: json, combined");
+    let yaml = format!("{BASE}access_log: {{ buffer: 0 }}\n");
+    assert_error(
+        &yaml,
+        "0 }",
+        "access_log buffer must be between 1 and 1048576 lines, got 0",
+    );
+    let yaml = format!("{BASE}access_log: {{ path: /nonexistent-dir-autolb/a.log }}\n");
+    assert_error(
+        &yaml,
+        "/nonexistent",
+        "access_log directory /nonexistent-dir-autolb does not exist",
+    );
+}

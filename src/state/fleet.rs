@@ -1,0 +1,170 @@
+//! The fleet registry: every node heartbeats its id, addresses, version, uptime, config
+//! hash and pool summaries to the shared state with a TTL, and reads the others back.
+//! A node that stops heartbeating disappears after `TTL`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{bounded, config_hash, now_ms, SharedState};
+use crate::runtime::Runtime;
+
+/// How often a node heartbeats.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a heartbeat stays valid.
+pub const TTL: Duration = Duration::from_secs(5);
+const GROUP: &str = "nodes";
+
+/// This node's view of the fleet.
+pub struct Fleet {
+    id: String,
+    admin: SocketAddr,
+    started_ms: u64,
+    hash: Mutex<String>,
+    /// The other nodes' last records (empty while the backend does not answer).
+    others: Mutex<Vec<Value>>,
+    /// Nodes seen in the last successful read, this one included (1 before any).
+    count: AtomicUsize,
+}
+
+/// `AUTOLB_NODE_ID`, or `HOSTNAME:ADMIN_PORT:PID`.
+fn node_id(admin: SocketAddr) -> String {
+    if let Ok(id) = std::env::var("AUTOLB_NODE_ID") {
+        if !id.trim().is_empty() {
+            return id.trim().to_string();
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}:{}", admin.port(), std::process::id())
+}
+
+impl Fleet {
+    /// Starts the heartbeat task (it ends when the runtime is dropped).
+    pub fn start(
+        runtime: &Arc<Runtime>,
+        backend: Arc<dyn SharedState>,
+        admin: SocketAddr,
+    ) -> Arc<Fleet> {
+        let fleet = Arc::new(Fleet {
+            id: node_id(admin),
+            admin,
+            started_ms: now_ms(),
+            hash: Mutex::new(config_hash(&runtime.snapshot().config)),
+            others: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(1),
+        });
+        tokio::spawn(heartbeat(
+            Arc::downgrade(runtime),
+            backend,
+            Arc::downgrade(&fleet),
+        ));
+        fleet
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn config_hash(&self) -> String {
+        self.hash.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Nodes in the fleet, this one included, as last seen.
+    pub fn node_count(&self) -> usize {
+        self.count.load(Ordering::Relaxed).max(1)
+    }
+
+    /// The other nodes, each with `config_drift`, and whether any drifts.
+    pub fn others_json(&self) -> (Vec<Value>, bool) {
+        let mine = self.config_hash();
+        let mut nodes = self.others.lock().map(|o| o.clone()).unwrap_or_default();
+        let mut drift = false;
+        for n in &mut nodes {
+            let d = n["config_hash"].as_str() != Some(mine.as_str());
+            drift |= d;
+            n["config_drift"] = Value::Bool(d);
+        }
+        (nodes, drift)
+    }
+
+    /// This node's heartbeat record.
+    fn record(&self, runtime: &Runtime) -> Value {
+        let snap = runtime.snapshot();
+        let hash = config_hash(&snap.config);
+        if let Ok(mut h) = self.hash.lock() {
+            h.clone_from(&hash);
+        }
+        let pools: Vec<Value> = snap
+            .pools
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "ready": p.ready_backends(),
+                    "total": p.backends.len(),
+                })
+            })
+            .collect();
+        let listeners: Vec<Value> = snap
+            .config
+            .listeners
+            .iter()
+            .map(|l| json!({ "name": l.name, "listen": l.listen.to_string() }))
+            .collect();
+        let now = now_ms();
+        json!({
+            "id": self.id,
+            "address": self.admin.to_string(),
+            "listeners": listeners,
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "started_ms": self.started_ms,
+            "uptime_seconds": now.saturating_sub(self.started_ms) / 1000,
+            "config_hash": hash,
+            "pools": pools,
+            "heartbeat_ms": now,
+        })
+    }
+}
+
+async fn heartbeat(runtime: Weak<Runtime>, backend: Arc<dyn SharedState>, fleet: Weak<Fleet>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (Some(rt), Some(fleet)) = (runtime.upgrade(), fleet.upgrade()) else {
+            return;
+        };
+        let record = fleet.record(&rt).to_string();
+        drop(rt);
+        if !backend.connected() {
+            if let Ok(mut o) = fleet.others.lock() {
+                o.clear();
+            }
+            continue;
+        }
+        if bounded(backend.put_member(GROUP, &fleet.id, record, TTL))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        if let Ok(list) = bounded(backend.members(GROUP)).await {
+            let mut others: Vec<Value> = list
+                .into_iter()
+                .filter(|(id, _)| *id != fleet.id)
+                .filter_map(|(_, v)| serde_json::from_str(&v).ok())
+                .collect();
+            others.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+            fleet.count.store(others.len() + 1, Ordering::Relaxed);
+            if let Ok(mut o) = fleet.others.lock() {
+                *o = others;
+            }
+        }
+    }
+}
