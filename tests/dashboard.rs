@@ -45,8 +45,13 @@ async fn the_page_is_self_contained_html_with_a_strict_policy() {
     let resp = common::get(lb.admin, "/").await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.headers["content-type"], "text/html; charset=utf-8");
-    let csp = resp.headers["content-security-policy"].to_str().expect("csp");
-    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    let csp = resp.headers["content-security-policy"]
+        .to_str()
+        .expect("csp");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
     let html = resp.text();
     assert!(html.starts_with("<!doctype html>"));
     for endpoint in [
@@ -56,7 +61,10 @@ async fn the_page_is_self_contained_html_with_a_strict_policy() {
         "/scaling/status",
         "/cluster/status",
     ] {
-        assert!(html.contains(&format!("getJSON(\"{endpoint}\")")), "polls {endpoint}");
+        assert!(
+            html.contains(&format!("getJSON(\"{endpoint}\")")),
+            "polls {endpoint}"
+        );
     }
     // Other methods are refused like on every admin endpoint.
     let mut client = common::Client::connect(lb.admin).await;
@@ -115,7 +123,9 @@ async fn a_backend_going_down_appears_down_in_a_real_browser() {
         .await
         .expect("listeners");
     assert!(
-        listener.as_str().is_some_and(|t| t.starts_with("web127.0.0.1:") && t.contains("http")),
+        listener
+            .as_str()
+            .is_some_and(|t| t.starts_with("web127.0.0.1:") && t.contains("http")),
         "{listener}"
     );
 
@@ -135,8 +145,12 @@ async fn a_backend_going_down_appears_down_in_a_real_browser() {
     // (it is not), and the event list has the transition.
     let _ = b.proc.child.kill();
     let _ = b.proc.child.wait();
-    page.wait_for(&format!("{} === 'down'", health(b.addr)), 20, "backend b down")
-        .await;
+    page.wait_for(
+        &format!("{} === 'down'", health(b.addr)),
+        20,
+        "backend b down",
+    )
+    .await;
     let a_health = page.eval(&health(a.addr)).await.expect("eval");
     assert_eq!(a_health, "up");
     let badge = page

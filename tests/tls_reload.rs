@@ -1,7 +1,8 @@
 //! Certificate reload without restart through the real `autolb`: a pair replaced on disk is
 //! served on the next handshake while open connections keep theirs; a bad pair (not PEM, a
 //! key of another certificate) is refused loudly and the old one keeps serving; a config
-//! reload swaps in new certificate files, or is refused with FILE:LINE:COL errors.
+//! reload swaps in new certificate files, or is refused with FILE:LINE:COL errors, and starts
+//! a new https listener.
 
 mod common;
 

@@ -268,7 +268,8 @@ fn gather(root: &Node, issues: &mut Issues) -> Gathered {
             "access_log" if null => g.access_log = Some(Default::default()),
             "access_log" => g.access_log = item(value, issues),
             "alerts" => {
-                g.alerts = item(value, issues).and_then(|a| super::alerts::alerts(a, value.pos, issues))
+                g.alerts =
+                    item(value, issues).and_then(|a| super::alerts::alerts(a, value.pos, issues))
             }
             _ => issues.push(
                 key.pos,

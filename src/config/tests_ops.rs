@@ -114,7 +114,11 @@ fn access_log_defaults_and_values() {
 #[test]
 fn access_log_errors_point_at_the_value() {
     let yaml = format!("{BASE}access_log: {{ format: xml }}\n");
-    assert_error(&yaml, "xml", "unknown value \"xml\", expected one of: json, combined");
+    assert_error(
+        &yaml,
+        "xml",
+        "unknown value \"xml\", expected one of: json, combined",
+    );
     let yaml = format!("{BASE}access_log: {{ buffer: 0 }}\n");
     assert_error(
         &yaml,

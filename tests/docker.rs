@@ -1,0 +1,506 @@
+//! docker/ without a Docker engine: the compose file, prometheus.yml and the Grafana
+//! provisioning parse as YAML and agree with each other and with autolb's config; the
+//! Dockerfile is multi-stage, non-root, with a HEALTHCHECK; the Grafana dashboard asks only
+//! for metrics (and labels) that a running autolb really exports; `autolb check` accepts
+//! the config the compose file mounts; the systemd unit reloads with SIGHUP.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn docker(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docker")
+        .join(rel)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml(rel: &str) -> Value {
+    let path = docker(rel);
+    serde_saphyr::from_str::<Value>(&read(&path))
+        .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()))
+}
+
+fn compose() -> Value {
+    yaml("docker-compose.yml")
+}
+
+/// The host path and container path of a `SRC:DST[:ro]` volume of `service`, whose source
+/// ends with `suffix`.
+fn mount(service: &Value, suffix: &str) -> (PathBuf, String) {
+    service["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|v| {
+            let mut parts = v.split(':');
+            let (src, dst) = (parts.next()?, parts.next()?);
+            src.ends_with(suffix)
+                .then(|| (docker(src), dst.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no volume ending in {suffix}"))
+}
+
+/// The validated config the compose file mounts into the autolb container.
+fn mounted_config() -> (PathBuf, autolb::config::Config) {
+    let c = compose();
+    let (path, target) = mount(&c["services"]["autolb"], "autolb.yaml");
+    assert_eq!(target, "/etc/autolb/autolb.yaml");
+    let config = autolb::config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    (path, config)
+}
+
+#[test]
+fn the_compose_file_wires_autolb_apps_prometheus_and_grafana() {
+    let c = compose();
+    let services = c["services"].as_object().expect("services");
+    for s in ["autolb", "app1", "app2", "app3", "prometheus", "grafana"] {
+        assert!(services.contains_key(s), "service {s}");
+    }
+    let lb = &c["services"]["autolb"];
+    assert_eq!(lb["build"]["dockerfile"], "docker/Dockerfile");
+    let context = docker(lb["build"]["context"].as_str().expect("context"));
+    assert!(
+        context.join("Cargo.toml").is_file(),
+        "the build context is the repository"
+    );
+    // Every bind-mounted source exists.
+    for (name, s) in services {
+        for v in s["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let src = v.split(':').next().unwrap_or_default();
+            if src.starts_with('.') {
+                assert!(docker(src).exists(), "{name}: {src} does not exist");
+            }
+        }
+    }
+    // The app containers are the `apps` pool's backends, by their fixed addresses, and the
+    // merge key gave each the shared settings.
+    let (_, config) = mounted_config();
+    let apps = config
+        .pools
+        .iter()
+        .find(|p| p.name == "apps")
+        .expect("pool apps");
+    let wanted: BTreeSet<String> = apps.backends.iter().map(|b| b.addr.to_string()).collect();
+    let mut have = BTreeSet::new();
+    for name in ["app1", "app2", "app3"] {
+        let s = &c["services"][name];
+        assert_eq!(s["entrypoint"][0], "/usr/local/bin/autolb-echo", "{name}");
+        let ip = s["networks"]["autolb"]["ipv4_address"]
+            .as_str()
+            .expect("ip");
+        let args: Vec<&str> = s["command"]
+            .as_array()
+            .expect("command")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let port = args
+            .windows(2)
+            .find(|w| w[0] == "--port")
+            .map(|w| w[1])
+            .expect("--port");
+        assert!(
+            args.windows(2).any(|w| w == ["--host", "0.0.0.0"]),
+            "{name} listens on all addresses"
+        );
+        have.insert(format!("{ip}:{port}"));
+        assert!(
+            s["healthcheck"]["test"].to_string().contains("/health"),
+            "{name}"
+        );
+    }
+    assert_eq!(have, wanted);
+    // Published ports are the config's listeners and admin port.
+    let published: Vec<String> = lb["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect();
+    let mut ports: Vec<u16> = config.listeners.iter().map(|l| l.listen.port()).collect();
+    ports.push(config.admin.listen.port());
+    for port in ports {
+        assert!(
+            published.iter().any(|p| p.ends_with(&format!(":{port}"))),
+            "port {port} published: {published:?}"
+        );
+    }
+    // Secrets come from .env; every variable used has a line in .env.example.
+    let text = read(&docker("docker-compose.yml"));
+    let example = read(&docker(".env.example"));
+    let defined: BTreeSet<&str> = example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    for var in text
+        .split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split(['}', ':', '-', '?']).next())
+    {
+        assert!(
+            defined.contains(var),
+            "{var} is used by docker-compose.yml but not in .env.example"
+        );
+    }
+    assert!(
+        lb["environment"]["AUTOLB_ADMIN_TOKEN"]
+            .as_str()
+            .is_some_and(|v| v.contains(":?")),
+        "the token is required"
+    );
+    assert_eq!(
+        config.admin.token_env.as_deref(),
+        Some("AUTOLB_ADMIN_TOKEN"),
+        "the admin listens beyond loopback: a token"
+    );
+}
+
+#[test]
+fn autolb_check_accepts_the_mounted_config() {
+    let (path, config) = mounted_config();
+    let (code, out, err) = common::check(&path);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(": ok:"), "{out}");
+    assert!(
+        config.pools.iter().any(|p| p.autoscale.is_some()),
+        "an autoscaled pool"
+    );
+}
+
+#[test]
+fn the_dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
+    let text = read(&docker("Dockerfile"));
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let froms: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("FROM "))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage");
+    let last = &lines[froms[froms.len() - 1]..];
+    assert!(
+        last.iter().any(|l| l.starts_with("COPY --from=build")),
+        "binaries from the build stage"
+    );
+    let user = last
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER in the final stage");
+    assert!(
+        !matches!(user.split(':').next(), Some("root" | "0")),
+        "non-root: {user}"
+    );
+    let (_, config) = mounted_config();
+    let admin = config.admin.listen.port();
+    let health = text.split("HEALTHCHECK").nth(1).expect("HEALTHCHECK");
+    let health = health.split("\nENTRYPOINT").next().unwrap_or(health);
+    assert!(
+        health.contains(&format!("127.0.0.1:{admin}/health")),
+        "{health}"
+    );
+    let exposed: Vec<u16> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for l in &config.listeners {
+        assert!(
+            exposed.contains(&l.listen.port()),
+            "EXPOSE {}",
+            l.listen.port()
+        );
+    }
+    assert!(exposed.contains(&admin));
+    assert!(
+        text.contains("\"/etc/autolb/autolb.yaml\""),
+        "runs the mounted config"
+    );
+    assert!(text.contains("--locked"), "builds from Cargo.lock");
+    assert!(docker("Dockerfile.dockerignore").is_file());
+}
+
+#[test]
+fn prometheus_scrapes_the_admin_port_of_the_autolb_service() {
+    let p = yaml("prometheus.yml");
+    let job = p["scrape_configs"]
+        .as_array()
+        .expect("scrape_configs")
+        .iter()
+        .find(|j| j["job_name"] == "autolb")
+        .expect("job autolb");
+    assert_eq!(job["metrics_path"], "/metrics");
+    let (_, config) = mounted_config();
+    let target = format!("autolb:{}", config.admin.listen.port());
+    assert_eq!(job["static_configs"][0]["targets"][0], target.as_str());
+    assert!(compose()["services"]["prometheus"]["volumes"]
+        .to_string()
+        .contains("./prometheus.yml:/etc/prometheus/prometheus.yml"));
+}
+
+#[test]
+fn grafana_is_provisioned_from_files() {
+    let c = compose();
+    let g = &c["services"]["grafana"];
+    let (provisioning, at) = mount(g, "grafana/provisioning");
+    assert_eq!(at, "/etc/grafana/provisioning");
+    let (dashboards, dash_at) = mount(g, "grafana/dashboards");
+    let ds = yaml("grafana/provisioning/datasources/prometheus.yml");
+    let uid = ds["datasources"][0]["uid"]
+        .as_str()
+        .expect("datasource uid");
+    assert_eq!(ds["datasources"][0]["url"], "http://prometheus:9090");
+    let provider = yaml("grafana/provisioning/dashboards/autolb.yml");
+    assert_eq!(
+        provider["providers"][0]["options"]["path"],
+        dash_at.as_str()
+    );
+    assert!(provisioning.join("dashboards/autolb.yml").is_file());
+    let dash = dashboard(&dashboards.join("autolb.json"));
+    // Every datasource reference is the provisioned one.
+    let mut refs = Vec::new();
+    collect(&dash, &mut |k, v| {
+        if k == "datasource" {
+            refs.push(v["uid"].as_str().unwrap_or_default().to_string());
+        }
+    });
+    assert!(
+        !refs.is_empty() && refs.iter().all(|r| r == uid),
+        "{refs:?}"
+    );
+    let ids: Vec<u64> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let unique: BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "unique panel ids");
+    assert_eq!(dash["uid"], "autolb-overview");
+}
+
+fn dashboard(path: &Path) -> Value {
+    serde_json::from_str(&read(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Calls `f(key, value)` for every key of every object in `v`.
+fn collect(v: &Value, f: &mut impl FnMut(&str, &Value)) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                f(k, x);
+                collect(x, f);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect(x, f)),
+        _ => {}
+    }
+}
+
+/// The PromQL of the dashboard: targets, annotations and variables.
+fn queries(dash: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    collect(dash, &mut |k, v| match (k, v) {
+        ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
+        ("query", Value::Object(q)) => {
+            out.extend(q.get("query").and_then(Value::as_str).map(str::to_string))
+        }
+        _ => {}
+    });
+    out
+}
+
+fn ident_at(s: &str, start: usize) -> &str {
+    let end = s[start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(s.len(), |e| start + e);
+    &s[start..end]
+}
+
+/// `autolb_*` metric names in `q`.
+fn metric_names(q: &str) -> Vec<String> {
+    q.match_indices("autolb_")
+        .map(|(i, _)| ident_at(q, i).to_string())
+        .collect()
+}
+
+/// Label names used in `q`: inside `{...}` selectors and `by (...)` / `without (...)`.
+fn label_names(q: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in q.split('{').skip(1) {
+        let sel = part.split('}').next().unwrap_or_default();
+        for m in sel.split(',') {
+            let name = m.split(['=', '!', '~']).next().unwrap_or_default().trim();
+            if !name.is_empty() && !name.starts_with('$') {
+                out.push(name.to_string());
+            }
+        }
+    }
+    for kw in ["by (", "without ("] {
+        for part in q.split(kw).skip(1) {
+            out.extend(
+                part.split(')')
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|l| l.trim().to_string()),
+            );
+        }
+    }
+    out
+}
+
+/// What a running autolb exports: sample names and label names.
+fn exported(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut names, mut labels) = (BTreeSet::new(), BTreeSet::new());
+    for line in text.lines().filter(|l| l.starts_with("autolb_")) {
+        names.insert(ident_at(line, 0).to_string());
+        if let Some(inner) = line
+            .split_once('{')
+            .and_then(|(_, r)| r.split_once('}'))
+            .map(|(i, _)| i)
+        {
+            for kv in inner.split("\",") {
+                if let Some((k, _)) = kv.split_once('=') {
+                    labels.insert(k.trim().to_string());
+                }
+            }
+        }
+    }
+    (names, labels)
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_uses_only_metrics_autolb_exports() {
+    // Everything the dashboard can show: an https listener (TLS metrics), a static pool
+    // that served a request, and an autoscaled pool (instances, scaling events).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::tls::TestCa::new("docker test CA");
+    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "site");
+    let a = common::echo("a");
+    let base = 28_000 + (std::process::id() % 100) as u16 * 10;
+    let yaml = format!(
+        "threads: 1
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }}
+  - name: secure
+    listen: \"127.0.0.1:0\"
+    protocol: https
+    pool: web
+    tls:
+      certificates:
+        - {{ cert: {cert:?}, key: {key:?} }}
+pools:
+  web:
+    backends:
+{list}  auto:
+    autoscale:
+      command: [\"{echo}\", --port, \"{{port}}\"]
+      ports: {lo}-{hi}
+      min: 1
+      max: 2
+      interval: 300ms
+      target: {{ inflight_per_instance: 10 }}
+",
+        list = common::backend_list(&[a.addr], ""),
+        echo = common::ECHO,
+        lo = base,
+        hi = base + 9,
+    );
+    let lb = common::Autolb::start(&yaml);
+    assert_eq!(common::get(lb.addr("web"), "/").await.status, 200);
+    let text = common::wait_until(20, "scaling metrics", || async {
+        let t = common::get(lb.admin, "/metrics").await.text();
+        t.contains("autolb_scaling_events_total{").then_some(t)
+    })
+    .await;
+    let (names, labels) = exported(&text);
+    let dash = dashboard(&docker("grafana/dashboards/autolb.json"));
+    let queries = queries(&dash);
+    assert!(queries.len() >= 15, "{} queries", queries.len());
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        for m in metric_names(q) {
+            assert!(
+                names.contains(&m),
+                "the dashboard queries {m}, which autolb does not export\n{q}"
+            );
+            used.insert(m);
+        }
+        for l in label_names(q) {
+            assert!(
+                l == "le" || labels.contains(&l),
+                "label {l:?} is not exported\n{q}"
+            );
+        }
+    }
+    // And the contract's metrics all have a panel.
+    for m in [
+        "autolb_requests_total",
+        "autolb_request_duration_seconds_bucket",
+        "autolb_backend_up",
+        "autolb_backend_active_requests",
+        "autolb_pool_instances",
+        "autolb_scaling_events_total",
+        "autolb_config_reloads_total",
+        "autolb_downstream_connections",
+        "autolb_tls_certificate_expiry_timestamp_seconds",
+    ] {
+        assert!(used.contains(m), "no panel shows {m}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_reloads_with_sighup() {
+    let text = read(&docker("autolb.service"));
+    let mut section = String::new();
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if line.starts_with('[') {
+            section = line.trim_matches(['[', ']']).to_string();
+        } else {
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not KEY=VALUE: {line}"));
+            keys.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let get = |s: &str, k: &str| {
+        keys.iter()
+            .find(|(a, b, _)| a == s && b == k)
+            .map(|(_, _, v)| v.as_str())
+            .unwrap_or_else(|| panic!("[{s}] {k}"))
+    };
+    assert_eq!(get("Service", "ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert!(get("Service", "ExecStart").ends_with("autolb run -c /etc/autolb/autolb.yaml"));
+    assert!(get("Service", "ExecStartPre").contains("autolb check -c /etc/autolb/autolb.yaml"));
+    assert_eq!(get("Service", "KillSignal"), "SIGTERM");
+    assert_ne!(get("Service", "User"), "root");
+    assert_eq!(get("Install", "WantedBy"), "multi-user.target");
+    assert!(get("Unit", "After").contains("network-online.target"));
+}
