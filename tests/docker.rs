@@ -212,7 +212,7 @@ fn the_dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
     );
     let (_, config) = mounted_config();
     let admin = config.admin.listen.port();
-    let health = text.split("HEALTHCHECK").nth(1).expect("HEALTHCHECK");
+    let health = text.split("\nHEALTHCHECK ").nth(1).expect("HEALTHCHECK");
     let health = health.split("\nENTRYPOINT").next().unwrap_or(health);
     assert!(
         health.contains(&format!("127.0.0.1:{admin}/health")),

@@ -87,7 +87,7 @@ pub fn emit(alert: Alert) {
     if let Err(e) = tx.try_send(alert) {
         let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
         // Say so on the first drop and then every 100, not once per alert.
-        if n == 1 || n % 100 == 0 {
+        if n == 1 || n.is_multiple_of(100) {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "queue full",
                 mpsc::error::TrySendError::Closed(_) => "sender stopped",

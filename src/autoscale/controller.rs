@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::instance::{self, Instance, Phase};
 use super::policy::{Decision, Limits, Policy, Signals};
 use super::procstat;
+use super::shared::{Coordination, NodeSignals};
 use crate::config::Autoscale;
 use crate::runtime::Runtime;
 
@@ -51,6 +52,14 @@ pub struct ScalerState {
     pub next_seq: u32,
     pub stopped: bool,
     last_tick: Option<(Instant, u64)>,
+    /// This node's id in the fleet (empty without shared state).
+    pub node_id: String,
+    /// Shared scaling (`autoscale.shared`): leader, token, fleet decision.
+    pub coord: Coordination,
+    /// This node's raw signals, published to the fleet.
+    pub node_signals: NodeSignals,
+    /// The fleet's signals at the leader's last decision (leader only).
+    pub fleet_signals: Option<Signals>,
 }
 
 pub fn now_ms() -> u64 {
@@ -74,6 +83,10 @@ impl PoolScaler {
                 next_seq: 1,
                 stopped: false,
                 last_tick: None,
+                node_id: String::new(),
+                coord: Coordination::default(),
+                node_signals: NodeSignals::default(),
+                fleet_signals: None,
             }),
             wake: Notify::new(),
             scale_ups: AtomicU64::new(0),
@@ -118,8 +131,7 @@ impl PoolScaler {
         let mut st = self.lock();
         st.instances.retain(|i| i.info().phase != Phase::Stopped);
         let signals = self.signals(&mut st, runtime, now);
-        let limits = Limits::from(st.cfg.as_ref());
-        let decision = st.policy.decide(&limits, &signals, now);
+        let decision = self.decide(&mut st, &signals, now);
         let capacity = signals.ready + signals.starting;
         st.last_signals = signals;
         st.desired = decision.desired;
@@ -152,6 +164,55 @@ impl PoolScaler {
             self.publish(&st, runtime);
         }
         st.last = Some(decision);
+    }
+
+    /// The local policy, or with `shared`: this node's share of the leader's decision (and,
+    /// while the shared state does not answer, the local policy never below that share).
+    fn decide(&self, st: &mut ScalerState, signals: &Signals, now: Instant) -> Decision {
+        let mut limits = Limits::from(st.cfg.as_ref());
+        if !st.cfg.shared || st.node_id.is_empty() {
+            return st.policy.decide(&limits, signals, now);
+        }
+        if st.coord.connected {
+            if let Some((share, i, n)) = st.coord.share(&st.node_id) {
+                st.coord.last_share = share;
+                let d = st.coord.decision.as_ref();
+                let (desired, leader, token) =
+                    d.map_or((0, "", 0), |d| (d.desired, d.leader.as_str(), d.token));
+                return Decision {
+                    desired: share,
+                    reason: format!(
+                        "fleet: {desired} by leader {leader} (token {token}); share of node {} of {n}",
+                        i + 1
+                    ),
+                    panic: false,
+                };
+            }
+            // Not yet counted by the leader: keep what runs.
+            let keep = signals.ready + signals.starting;
+            return Decision {
+                desired: keep,
+                reason: "fleet: waiting for the leader's decision".into(),
+                panic: false,
+            };
+        }
+        if st.coord.rounds == 0 {
+            return Decision {
+                desired: signals.ready + signals.starting,
+                reason: "fleet: waiting for the first round with the shared state".into(),
+                panic: false,
+            };
+        }
+        // Never below the last share; the configured min before any share was known.
+        let floor = if st.coord.decision.is_some() {
+            st.coord.last_share
+        } else {
+            limits.min
+        };
+        limits.min = floor.min(limits.max);
+        let mut d = st.policy.decide(&limits, signals, now);
+        d.reason = format!("node-local (shared state unreachable): {}", d.reason);
+        d
     }
 
     fn signals(&self, st: &mut ScalerState, runtime: &Runtime, now: Instant) -> Signals {
@@ -187,6 +248,26 @@ impl PoolScaler {
             .and_then(|s| (s.requests > 0).then_some(s.p95.as_secs_f64() * 1000.0));
         let cold_waiters = pool.map_or(0, |p| p.stats.cold_waiters.load(Ordering::Relaxed));
         let (cpu, rss) = usage(&ready, elapsed);
+        let mut buckets = vec![0u64; crate::runtime::stats::BUCKETS];
+        if let (Some(p), Ok(acc)) = (pool, <&mut [u64; crate::runtime::stats::BUCKETS]>::try_from(buckets.as_mut_slice())) {
+            p.stats.window.merge_into(acc, now, window);
+        }
+        st.node_signals = NodeSignals {
+            node: st.node_id.clone(),
+            ready: ready.len() as u32,
+            starting: (active.len() - ready.len()) as u32,
+            inflight,
+            rps,
+            latency: buckets
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (i as u16, *c))
+                .collect(),
+            cpu_percent: cpu,
+            memory_mb: rss,
+            cold_waiters,
+        };
         Signals {
             ready: ready.len() as u32,
             starting: (active.len() - ready.len()) as u32,

@@ -7,6 +7,7 @@ pub mod instance;
 pub mod policy;
 pub mod process;
 pub mod procstat;
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::runtime::Runtime;
+use crate::state::SharedState;
 use controller::{now_ms, signals_json, PoolScaler};
 use instance::Phase;
 
@@ -40,14 +42,25 @@ pub type ScalingCount = (String, u64, u64);
 pub struct Autoscaler {
     runtime: Arc<Runtime>,
     pools: Mutex<BTreeMap<String, Arc<PoolScaler>>>,
+    /// The shared state and this node's fleet id, for `autoscale.shared` pools.
+    state: Option<(Arc<dyn SharedState>, String)>,
 }
 
 impl Autoscaler {
     /// Start a loop for each autoscaled pool of the current config (inside a runtime).
     pub fn start(runtime: Arc<Runtime>) -> Arc<Autoscaler> {
+        Autoscaler::start_with_state(runtime, None)
+    }
+
+    /// Like `start`; pools with `autoscale.shared` coordinate through `state` as node `id`.
+    pub fn start_with_state(
+        runtime: Arc<Runtime>,
+        state: Option<(Arc<dyn SharedState>, String)>,
+    ) -> Arc<Autoscaler> {
         let a = Arc::new(Autoscaler {
             runtime,
             pools: Mutex::new(BTreeMap::new()),
+            state,
         });
         a.reconcile();
         a
@@ -86,6 +99,10 @@ impl Autoscaler {
                 }
                 None => {
                     let scaler = PoolScaler::new(&p.name, cfg);
+                    if let Some((backend, id)) = &self.state {
+                        scaler.lock().node_id.clone_from(id);
+                        tokio::spawn(shared::run(scaler.clone(), backend.clone(), id.clone()));
+                    }
                     tokio::spawn(scaler.clone().run(self.runtime.clone()));
                     pools.insert(p.name.clone(), scaler);
                 }
@@ -123,6 +140,17 @@ impl Autoscaler {
             let n = (instances.min(u32::MAX as i64) as u32).clamp(min, max.max(min));
             let hold = st.cfg.manual_hold;
             st.policy.set_manual(n, Instant::now(), hold);
+            if st.cfg.shared {
+                if let Some((backend, _)) = &self.state {
+                    // The leader applies it to the fleet-wide size.
+                    tokio::spawn(shared::publish_manual(
+                        backend.clone(),
+                        pool.to_string(),
+                        n,
+                        hold,
+                    ));
+                }
+            }
             (n, min, max, hold)
         };
         let before = scaler.lock().events.len();
@@ -174,6 +202,11 @@ impl Autoscaler {
                     "signals": signals_json(&st.last_signals),
                     "last_decision": st.last.as_ref().map(|d| json!({"desired": d.desired, "reason": d.reason, "panic": d.panic})),
                     "manual_hold_seconds": st.policy.manual_until(now).map(|u| (u - now).as_secs()),
+                    "shared": st.cfg.shared,
+                    "leader": st.cfg.shared.then(|| st.coord.leader.clone()).flatten(),
+                    "is_leader": st.cfg.shared && st.coord.is_leader(now),
+                    "fencing_token": st.cfg.shared.then_some(st.coord.token),
+                    "fleet": st.cfg.shared.then(|| shared::status_json(&st, &st.node_id)),
                     "events": st.events.iter().rev().map(|e| json!({
                         "at_ms": e.at_ms, "from": e.from, "to": e.to, "reason": e.reason, "signals": e.signals,
                     })).collect::<Vec<_>>(),

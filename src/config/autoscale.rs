@@ -221,6 +221,7 @@ pub(crate) fn autoscale(
             "autoscale cold_start_timeout",
             issues,
         ),
+        shared: file.shared.as_ref().is_some_and(|s| s.value),
     };
     (issues.len() == before).then_some(autoscale)
 }

@@ -168,6 +168,10 @@ impl TryFrom<RouteFile> for RouteItem {
             host: file.host.map(|h| h.value.trim().to_ascii_lowercase()),
             path_prefix: file.path_prefix.map(|p| p.value),
             pool: file.pool.value.trim().to_string(),
+            compress: file
+                .compress
+                .as_ref()
+                .and_then(|c| super::compress::compress(c, &mut issues)),
         };
         issues.result(RouteItem {
             route,

@@ -174,8 +174,9 @@ fn pool(o: &Pool, p: &Pool, out: &mut Vec<String>) {
             ));
         }
     }
-    let parts: [(&str, bool); 8] = [
+    let parts: [(&str, bool); 9] = [
         ("hash_key", o.hash_key != p.hash_key),
+        ("compress", o.compress != p.compress),
         ("sticky", o.sticky != p.sticky),
         ("health_check", o.health_check != p.health_check),
         ("outlier", o.outlier != p.outlier),

@@ -155,6 +155,7 @@ pub struct RouteFile {
     pub host: Option<Located<String>>,
     pub path_prefix: Option<Located<String>>,
     pub pool: Located<String>,
+    pub compress: Option<super::compress::CompressFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -193,6 +194,7 @@ pub struct PoolFile {
     pub autoscale: Option<Located<AutoscaleFile>>,
     pub protocol: Option<Located<UpstreamProtocolFile>>,
     pub tls: Option<Located<UpstreamTlsFile>>,
+    pub compress: Option<super::compress::CompressFile>,
     pub rate_limit: Option<Located<super::rate_limit::RateLimitFile>>,
 }
 
@@ -324,6 +326,8 @@ pub struct AutoscaleFile {
     pub manual_hold: Option<Located<Dur>>,
     pub cold_start_queue: Option<Located<u32>>,
     pub cold_start_timeout: Option<Located<Dur>>,
+    /// One autoscaler for the fleet (leader elected through the shared state).
+    pub shared: Option<Located<bool>>,
 }
 
 /// `autoscale.env`: a mapping of strings, in file order, each key and value located.

@@ -116,6 +116,8 @@ pub struct Route {
     /// Path prefix; `None` matches every path.
     pub path_prefix: Option<String>,
     pub pool: String,
+    /// Responses of this route are compressed so (instead of by its pool's `compress`).
+    pub compress: Option<super::Compress>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +166,8 @@ pub struct Pool {
     pub protocol: UpstreamProtocol,
     /// `tls:` speak https to the backends.
     pub tls: Option<UpstreamTls>,
+    /// `compress:` gzip/brotli of responses (a route's `compress` wins over it).
+    pub compress: Option<super::Compress>,
     /// `rate_limit:` per node or for the whole fleet (`scope: cluster`).
     pub rate_limit: Option<super::RateLimit>,
 }
@@ -378,6 +382,9 @@ pub struct Autoscale {
     pub cold_start_queue: u32,
     /// ... for at most this long, then 503 (default 30s).
     pub cold_start_timeout: Duration,
+    /// One autoscaler for the fleet: a leader (Redis lease with fencing) decides the
+    /// fleet-wide size; each node runs its share (default false).
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

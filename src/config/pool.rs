@@ -134,6 +134,10 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
         autoscale,
         protocol,
         tls,
+        compress: file
+            .compress
+            .as_ref()
+            .and_then(|c| super::compress::compress(c, &mut issues)),
         rate_limit: file
             .rate_limit
             .as_ref()

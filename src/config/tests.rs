@@ -244,11 +244,13 @@ fn full_config_parses_into_the_model() {
                 host: Some("api.example.com".into()),
                 path_prefix: Some("/v1".into()),
                 pool: "api".into(),
+                compress: None,
             },
             Route {
                 host: None,
                 path_prefix: Some("/static".into()),
                 pool: "web".into(),
+                compress: None,
             },
         ],
         pools: vec![
@@ -352,10 +354,12 @@ fn full_config_parses_into_the_model() {
                     manual_hold: Duration::from_secs(900),
                     cold_start_queue: 50,
                     cold_start_timeout: Duration::from_secs(20),
+                    shared: false,
                 }),
                 protocol: UpstreamProtocol::H1,
                 tls: None,
                 rate_limit: None,
+                compress: None,
             },
             Pool {
                 name: "api".into(),
@@ -409,6 +413,7 @@ fn full_config_parses_into_the_model() {
                     client_key: Some("conf/c.key".into()),
                 }),
                 rate_limit: None,
+                compress: None,
             },
         ],
         state: State::Redis {

@@ -50,6 +50,7 @@ fn defaults() {
         manual_hold: secs(600),
         cold_start_queue: 100,
         cold_start_timeout: secs(30),
+        shared: false,
     };
     assert_eq!(a, expected);
     // Empty sub-mappings keep the defaults too.
@@ -235,5 +236,17 @@ fn sub_mappings_reject_unknown_keys() {
     assert_eq!(
         e[0].message,
         "autoscale scale_down.max_step must be at least 1"
+    );
+}
+
+#[test]
+fn shared_is_a_boolean() {
+    assert!(!autoscale_of("").shared);
+    assert!(autoscale_of("      shared: true\n").shared);
+    let yaml = auto_t("      shared: sometimes\n");
+    assert_error(
+        &yaml,
+        "sometimes",
+        "expected a boolean, got string \"sometimes\"",
     );
 }

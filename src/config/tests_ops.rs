@@ -132,3 +132,54 @@ fn access_log_errors_point_at_the_value() {
         "access_log directory /nonexistent-dir-autolb does not exist",
     );
 }
+
+#[test]
+fn compress_on_pools_and_routes() {
+    use super::Encoding;
+    let yaml = BASE.replace(
+        "  web:\n",
+        "  web:\n    compress: { types: [text/*, application/json], min_size: 100, level: 9, algorithms: [gzip] }\n",
+    );
+    let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let z = c.pools[0].compress.as_ref().expect("compress");
+    assert_eq!(z.types, ["text/*", "application/json"]);
+    assert_eq!((z.min_size, z.level), (100, 9));
+    assert_eq!(z.algorithms, [Encoding::Gzip]);
+    let yaml = format!("{BASE}routes:\n  - {{ path_prefix: /api, pool: web, compress: {{}} }}\n");
+    let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let z = c.routes[0].compress.as_ref().expect("route compress");
+    assert_eq!((z.min_size, z.level), (1024, 5));
+    assert_eq!(z.algorithms, [Encoding::Brotli, Encoding::Gzip]);
+    assert!(z.types.iter().any(|t| t == "text/html"));
+    assert!(c.pools[0].compress.is_none());
+}
+
+#[test]
+fn compress_errors_point_at_the_value() {
+    let with = |c: &str| BASE.replace("  web:\n", &format!("  web:\n    compress: {c}\n"));
+    assert_error(
+        &with("{ level: 11 }"),
+        "11",
+        "compress level must be between 1 and 9, got 11",
+    );
+    assert_error(
+        &with("{ types: [text/html, html] }"),
+        "html]",
+        "invalid media type \"html\" in compress types",
+    );
+    assert_error(
+        &with("{ algorithms: [zstd] }"),
+        "zstd",
+        "unknown value \"zstd\", expected one of: br, gzip",
+    );
+    assert_error(
+        &with("{ algorithms: [] }"),
+        "[]",
+        "compress algorithms must not be empty",
+    );
+    assert_error(
+        &with("{ min: 1 }"),
+        "min: 1",
+        "unknown field \"min\", expected one of: types, min_size, level, algorithms",
+    );
+}

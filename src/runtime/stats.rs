@@ -10,7 +10,7 @@ const SLOTS: usize = 60;
 /// Log-linear buckets over microseconds: 8 sub-buckets per power of two (<= 12.5% error).
 const SUB_BITS: u32 = 3;
 const SUB: u64 = 1 << SUB_BITS;
-const BUCKETS: usize = 256;
+pub const BUCKETS: usize = 256;
 
 fn bucket_of(us: u64) -> usize {
     if us < SUB {
@@ -23,7 +23,7 @@ fn bucket_of(us: u64) -> usize {
 }
 
 /// Upper edge of a bucket in microseconds.
-fn bucket_upper_us(idx: usize) -> u64 {
+pub fn bucket_upper_us(idx: usize) -> u64 {
     let idx = idx as u64;
     if idx < SUB {
         return idx + 1;

@@ -197,7 +197,11 @@ impl Server {
         }
         runtime.start_health_checks();
         crate::alerts::start(runtime.clone());
-        let autoscaler = Autoscaler::start(runtime.clone());
+        let shared = crate::state::start(&runtime, admin_addr);
+        let autoscaler = Autoscaler::start_with_state(
+            runtime.clone(),
+            Some((shared.backend.clone(), shared.fleet.id().to_string())),
+        );
         let reload_state = Arc::new(std::sync::Mutex::new(reload::ReloadState {
             hash: reload::file_hash(&snapshot.config.source),
             last: None,
@@ -225,7 +229,7 @@ impl Server {
                 token,
                 reload: reload_handle.clone(),
                 reload_state: reload_state.clone(),
-                shared: crate::state::start(&runtime, admin_addr),
+                shared,
             },
             shutdown_rx,
         ));

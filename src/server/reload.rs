@@ -130,10 +130,11 @@ impl Server {
                 for l in report.changed {
                     changes.push(format!("listener {l}: certificates reloaded"));
                 }
-                for l in report.needs_restart {
-                    changes.push(format!(
-                        "listener {l}: new https listener (starts at the next restart)"
-                    ));
+                for l in report.added {
+                    changes.push(format!("listener {l}: TLS set up"));
+                }
+                for l in report.removed {
+                    changes.push(format!("listener {l}: TLS removed"));
                 }
             }
             Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{BackendStatus, SharedState, StateFuture};
+use super::{BackendStatus, Lease, SharedState, StateFuture};
 
 #[derive(Default)]
 struct Inner {
@@ -12,6 +12,12 @@ struct Inner {
     members: HashMap<String, HashMap<String, (String, Instant)>>,
     /// key -> (used, expiry)
     counters: HashMap<String, (u64, Instant)>,
+    /// lease -> (holder, expiry)
+    leases: HashMap<String, (String, Instant)>,
+    /// lease -> newest fencing token (never decreases)
+    tokens: HashMap<String, u64>,
+    /// lease -> (fenced value, expiry)
+    fenced: HashMap<String, (String, Instant)>,
 }
 
 /// In-process state: always connected.
@@ -89,6 +95,63 @@ impl SharedState for MemoryState {
         Box::pin(async move { Ok(granted) })
     }
 
+    fn lease(&self, name: &str, holder: &str, ttl: Duration) -> StateFuture<'_, Lease> {
+        let now = Instant::now();
+        let lease = self.with(|i| {
+            let token = i.tokens.entry(name.to_string()).or_insert(0);
+            match i.leases.get_mut(name) {
+                Some((h, exp)) if *exp > now => {
+                    if h == holder {
+                        *exp = now + ttl;
+                    }
+                    Lease {
+                        holder: h.clone(),
+                        token: *token,
+                    }
+                }
+                _ => {
+                    *token += 1;
+                    i.leases
+                        .insert(name.to_string(), (holder.to_string(), now + ttl));
+                    Lease {
+                        holder: holder.to_string(),
+                        token: *token,
+                    }
+                }
+            }
+        });
+        Box::pin(async move { Ok(lease) })
+    }
+
+    fn put_fenced(
+        &self,
+        name: &str,
+        token: u64,
+        value: String,
+        ttl: Duration,
+    ) -> StateFuture<'_, bool> {
+        let now = Instant::now();
+        let stored = self.with(|i| {
+            if i.tokens.get(name).copied().unwrap_or(0) != token {
+                return false;
+            }
+            i.fenced.insert(name.to_string(), (value, now + ttl));
+            true
+        });
+        Box::pin(async move { Ok(stored) })
+    }
+
+    fn get_fenced(&self, name: &str) -> StateFuture<'_, Option<String>> {
+        let now = Instant::now();
+        let value = self.with(|i| {
+            i.fenced
+                .get(name)
+                .filter(|(_, exp)| *exp > now)
+                .map(|(v, _)| v.clone())
+        });
+        Box::pin(async move { Ok(value) })
+    }
+
     fn status(&self) -> BackendStatus {
         BackendStatus {
             kind: "memory",
@@ -111,6 +174,41 @@ mod tests {
         assert_eq!(m.take("k", 4, 10, ttl).await.ok(), Some(2));
         assert_eq!(m.take("k", 4, 10, ttl).await.ok(), Some(0));
         assert_eq!(m.take("other", 4, 10, ttl).await.ok(), Some(4));
+    }
+
+    #[tokio::test]
+    async fn leases_fence_stale_holders() {
+        let m = MemoryState::default();
+        let ttl = Duration::from_secs(5);
+        let a = m.lease("l", "a", ttl).await.ok();
+        assert_eq!(
+            a,
+            Some(Lease {
+                holder: "a".into(),
+                token: 1
+            })
+        );
+        // Renewal keeps the token; another node sees the holder.
+        assert_eq!(m.lease("l", "a", ttl).await.ok(), a);
+        assert_eq!(m.lease("l", "b", ttl).await.ok(), a);
+        assert_eq!(m.put_fenced("l", 1, "x".into(), ttl).await.ok(), Some(true));
+        // The lease lapses: b takes it with a newer token; a's writes are refused.
+        m.lease("l", "a", Duration::ZERO).await.ok();
+        let b = m.lease("l", "b", ttl).await.ok();
+        assert_eq!(
+            b,
+            Some(Lease {
+                holder: "b".into(),
+                token: 2
+            })
+        );
+        assert_eq!(
+            m.put_fenced("l", 1, "stale".into(), ttl).await.ok(),
+            Some(false)
+        );
+        assert_eq!(m.get_fenced("l").await.ok().flatten().as_deref(), Some("x"));
+        assert_eq!(m.put_fenced("l", 2, "y".into(), ttl).await.ok(), Some(true));
+        assert_eq!(m.get_fenced("l").await.ok().flatten().as_deref(), Some("y"));
     }
 
     #[tokio::test]

@@ -77,8 +77,30 @@ pub trait SharedState: Send + Sync {
     /// Atomically take up to `want` units from the counter `key` that allows `limit` in
     /// total (the key expires after `ttl`); returns how many were granted (0 when spent).
     fn take(&self, key: &str, want: u64, limit: u64, ttl: Duration) -> StateFuture<'_, u64>;
+    /// The lease `name` (SET NX PX): take it for `holder` when free (a new fencing token
+    /// from a counter that only grows, INCR), renew it when `holder` has it; answers the
+    /// holder and its token either way.
+    fn lease(&self, name: &str, holder: &str, ttl: Duration) -> StateFuture<'_, Lease>;
+    /// Store `value` under lease `name` only if `token` is still its newest fencing token;
+    /// false when refused (a newer leader exists).
+    fn put_fenced(
+        &self,
+        name: &str,
+        token: u64,
+        value: String,
+        ttl: Duration,
+    ) -> StateFuture<'_, bool>;
+    /// The value last stored under lease `name` by `put_fenced`.
+    fn get_fenced(&self, name: &str) -> StateFuture<'_, Option<String>>;
     /// Health and connection facts.
     fn status(&self) -> BackendStatus;
+}
+
+/// Who holds a lease, with its fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub token: u64,
 }
 
 /// Every shared-state feature of one autolb.

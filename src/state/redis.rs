@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ::redis::{aio::MultiplexedConnection, cluster_async::ClusterConnection, Cmd, FromRedisValue};
 use serde_json::{json, Value};
 
-use super::{bounded, BackendStatus, SharedState, StateError, StateFuture};
+use super::{bounded, BackendStatus, Lease, SharedState, StateError, StateFuture};
 
 /// One connection, cloned per call (both kinds multiplex).
 #[derive(Clone)]
@@ -40,6 +40,32 @@ redis.call('INCRBY', KEYS[1], grant)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return grant
 ";
+
+/// Lease: KEYS[1] holder (SET NX PX), KEYS[2] fencing counter (INCR, never expires);
+/// ARGV[1] holder, ARGV[2] TTL ms. Returns {holder, token}.
+const LEASE: &str = r"
+local h = redis.call('GET', KEYS[1])
+if not h then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+  local t = redis.call('INCR', KEYS[2])
+  return {ARGV[1], t}
+end
+if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {h, tonumber(redis.call('GET', KEYS[2]) or '0')}
+";
+
+/// Fenced write: KEYS[1] fencing counter, KEYS[2] value; ARGV[1] token, ARGV[2] value,
+/// ARGV[3] TTL ms. Refused (0) unless the token is the newest.
+const PUT_FENCED: &str = r"
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// The keys of one lease share a hash slot (`{...}`), for Redis Cluster.
+fn lease_key(name: &str, part: &str) -> String {
+    format!("{{autolb:lease:{name}}}:{part}")
+}
 
 /// How long a connection attempt may take (in the supervisor, never on a request).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -346,6 +372,59 @@ impl SharedState for RedisState {
                 .arg(ttl.as_millis().max(1) as u64);
             let granted: i64 = self.query(eval).await?;
             Ok(granted.max(0) as u64)
+        })
+    }
+
+    fn lease(&self, name: &str, holder: &str, ttl: Duration) -> StateFuture<'_, Lease> {
+        let (h, t, holder) = (
+            lease_key(name, "holder"),
+            lease_key(name, "token"),
+            holder.to_string(),
+        );
+        Box::pin(async move {
+            let mut eval = ::redis::cmd("EVAL");
+            eval.arg(LEASE)
+                .arg(2)
+                .arg(&h)
+                .arg(&t)
+                .arg(&holder)
+                .arg(ttl.as_millis().max(1) as u64);
+            let (holder, token): (String, i64) = self.query(eval).await?;
+            Ok(Lease {
+                holder,
+                token: token.max(0) as u64,
+            })
+        })
+    }
+
+    fn put_fenced(
+        &self,
+        name: &str,
+        token: u64,
+        value: String,
+        ttl: Duration,
+    ) -> StateFuture<'_, bool> {
+        let (t, v) = (lease_key(name, "token"), lease_key(name, "value"));
+        Box::pin(async move {
+            let mut eval = ::redis::cmd("EVAL");
+            eval.arg(PUT_FENCED)
+                .arg(2)
+                .arg(&t)
+                .arg(&v)
+                .arg(token)
+                .arg(value)
+                .arg(ttl.as_millis().max(1) as u64);
+            let stored: i64 = self.query(eval).await?;
+            Ok(stored == 1)
+        })
+    }
+
+    fn get_fenced(&self, name: &str) -> StateFuture<'_, Option<String>> {
+        let v = lease_key(name, "value");
+        Box::pin(async move {
+            let mut get = ::redis::cmd("GET");
+            get.arg(&v);
+            self.query(get).await
         })
     }
 
