@@ -175,8 +175,8 @@ fn pool_status(p: &Pool) -> Value {
 /// `GET /loadbalancer/status`: every pool and backend.
 pub fn loadbalancer(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>>) -> Value {
     let snap = rt.snapshot();
-    let pools: Vec<Value> = snap.pools.iter().map(|p| pool_status(p)).collect();
-    let listeners: Vec<Value> = snap
+    let mut pools: Vec<Value> = snap.pools.iter().map(|p| pool_status(p)).collect();
+    let mut listeners: Vec<Value> = snap
         .config
         .listeners
         .iter()
@@ -192,6 +192,7 @@ pub fn loadbalancer(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats
             })
         })
         .collect();
+    crate::l4::annotate_status(&snap, &mut pools, &mut listeners);
     let events: Vec<Value> = rt
         .events
         .recent()

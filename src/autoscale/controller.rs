@@ -16,7 +16,7 @@ use super::policy::{Decision, Limits, Policy, Signals};
 use super::procstat;
 use super::shared::{Coordination, NodeSignals};
 use crate::config::Autoscale;
-use crate::runtime::Runtime;
+use crate::runtime::{ManagedBackend, Pool, Runtime};
 
 /// Scaling events kept per pool.
 pub const MAX_EVENTS: usize = 100;
@@ -37,6 +37,8 @@ pub struct PoolScaler {
     pub state: Mutex<ScalerState>,
     /// Wakes the loop early (manual scaling, cold requests, shutdown).
     pub wake: Notify,
+    /// Re-read the members now (provider `command`).
+    pub refresh: Notify,
     pub scale_ups: AtomicU64,
     pub scale_downs: AtomicU64,
 }
@@ -60,6 +62,41 @@ pub struct ScalerState {
     pub node_signals: NodeSignals,
     /// The fleet's signals at the leader's last decision (leader only).
     pub fleet_signals: Option<Signals>,
+    pub pool_name: String,
+    /// Provider `command`: the members (from `list` or DNS).
+    pub members: Vec<ManagedBackend>,
+    /// Provider `command`: the size `scale` last set.
+    pub requested: Option<u32>,
+    /// Provider `command`: a `scale` run is under way.
+    pub scaling: bool,
+}
+
+impl ScalerState {
+    /// Responses/s since the last call (0 on the first).
+    pub fn rate(&mut self, now: Instant, total: u64) -> f64 {
+        let rps = match self.last_tick {
+            Some((at, prev)) => {
+                let secs = now.saturating_duration_since(at).as_secs_f64().max(0.001);
+                total.saturating_sub(prev) as f64 / secs
+            }
+            None => 0.0,
+        };
+        self.last_tick = Some((now, total));
+        rps
+    }
+}
+
+/// The pool's latency histogram over the last `secs`, as (bucket, count) pairs.
+pub fn latency_buckets(pool: Option<&Arc<Pool>>, now: Instant, secs: u64) -> Vec<(u16, u64)> {
+    let mut acc = [0u64; crate::runtime::stats::BUCKETS];
+    if let Some(p) = pool {
+        p.stats.window.merge_into(&mut acc, now, secs);
+    }
+    acc.iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(i, c)| (i as u16, *c))
+        .collect()
 }
 
 pub fn now_ms() -> u64 {
@@ -87,8 +124,13 @@ impl PoolScaler {
                 coord: Coordination::default(),
                 node_signals: NodeSignals::default(),
                 fleet_signals: None,
+                pool_name: pool.to_string(),
+                members: Vec::new(),
+                requested: None,
+                scaling: false,
             }),
             wake: Notify::new(),
+            refresh: Notify::new(),
             scale_ups: AtomicU64::new(0),
             scale_downs: AtomicU64::new(0),
         })
@@ -129,6 +171,18 @@ impl PoolScaler {
     pub fn tick(self: &Arc<Self>, runtime: &Arc<Runtime>) {
         let now = Instant::now();
         let mut st = self.lock();
+        if st.cfg.provider == "command" {
+            let signals = super::command::signals(&mut st, runtime, now);
+            let decision = self.decide(&mut st, &signals, now);
+            st.last_signals = signals;
+            st.desired = decision.desired;
+            let hold = st.cfg.shared && !st.node_id.is_empty() && !st.coord.connected;
+            if !hold {
+                super::command::act(self, &mut st, decision.desired, &decision.reason);
+            }
+            st.last = Some(decision);
+            return;
+        }
         st.instances.retain(|i| i.info().phase != Phase::Stopped);
         let signals = self.signals(&mut st, runtime, now);
         let decision = self.decide(&mut st, &signals, now);
@@ -173,6 +227,17 @@ impl PoolScaler {
         if !st.cfg.shared || st.node_id.is_empty() {
             return st.policy.decide(&limits, signals, now);
         }
+        if st.coord.connected && st.cfg.provider == "command" {
+            // Every node sees every member: the size is the fleet's (only the leader runs
+            // `scale`).
+            if let Some(d) = &st.coord.decision {
+                return Decision {
+                    desired: d.desired,
+                    reason: format!("fleet: {} by leader {} (token {}): {}", d.desired, d.leader, d.token, d.reason),
+                    panic: false,
+                };
+            }
+        }
         if st.coord.connected {
             if let Some((share, i, n)) = st.coord.share(&st.node_id) {
                 st.coord.last_share = share;
@@ -216,6 +281,15 @@ impl PoolScaler {
     }
 
     fn signals(&self, st: &mut ScalerState, runtime: &Runtime, now: Instant) -> Signals {
+        let total: u64 = st
+            .instances
+            .iter()
+            .map(|i| i.backend.stats.total_responses())
+            .sum();
+        let elapsed = st
+            .last_tick
+            .map(|(at, _)| now.saturating_duration_since(at));
+        let rps = st.rate(now, total);
         let active: Vec<&Arc<Instance>> = st
             .instances
             .iter()
@@ -224,22 +298,7 @@ impl PoolScaler {
         let ready: Vec<&Arc<Instance>> = active.iter().copied().filter(|i| i.is_ready()).collect();
         let n = ready.len().max(1) as f64;
         let inflight: u64 = ready.iter().map(|i| i.load()).sum();
-        let total: u64 = st
-            .instances
-            .iter()
-            .map(|i| i.backend.stats.total_responses())
-            .sum();
-        let rps = match st.last_tick {
-            Some((at, prev)) => {
-                let secs = now.saturating_duration_since(at).as_secs_f64().max(0.001);
-                total.saturating_sub(prev) as f64 / secs
-            }
-            None => 0.0,
-        };
-        let elapsed = st
-            .last_tick
-            .map(|(at, _)| now.saturating_duration_since(at));
-        st.last_tick = Some((now, total));
+
         let snapshot = runtime.snapshot();
         let pool = snapshot.pool(&self.pool);
         let window = st.cfg.interval.as_secs().max(1);
@@ -248,25 +307,17 @@ impl PoolScaler {
             .and_then(|s| (s.requests > 0).then_some(s.p95.as_secs_f64() * 1000.0));
         let cold_waiters = pool.map_or(0, |p| p.stats.cold_waiters.load(Ordering::Relaxed));
         let (cpu, rss) = usage(&ready, elapsed);
-        let mut buckets = vec![0u64; crate::runtime::stats::BUCKETS];
-        if let (Some(p), Ok(acc)) = (pool, <&mut [u64; crate::runtime::stats::BUCKETS]>::try_from(buckets.as_mut_slice())) {
-            p.stats.window.merge_into(acc, now, window);
-        }
         st.node_signals = NodeSignals {
             node: st.node_id.clone(),
             ready: ready.len() as u32,
             starting: (active.len() - ready.len()) as u32,
             inflight,
             rps,
-            latency: buckets
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, c)| (i as u16, *c))
-                .collect(),
+            latency: latency_buckets(pool, now, window),
             cpu_percent: cpu,
             memory_mb: rss,
             cold_waiters,
+            members_shared: false,
         };
         Signals {
             ready: ready.len() as u32,

@@ -2,6 +2,7 @@
 //! provider that starts and stops local instances, manual scaling, and the data behind
 //! `/scaling/status` and `/cluster/status`.
 
+pub mod command;
 pub mod controller;
 pub mod instance;
 pub mod policy;
@@ -98,10 +99,14 @@ impl Autoscaler {
                     }
                 }
                 None => {
+                    let command = cfg.provider == "command";
                     let scaler = PoolScaler::new(&p.name, cfg);
                     if let Some((backend, id)) = &self.state {
                         scaler.lock().node_id.clone_from(id);
                         tokio::spawn(shared::run(scaler.clone(), backend.clone(), id.clone()));
+                    }
+                    if command {
+                        tokio::spawn(command::members_loop(scaler.clone(), self.runtime.clone()));
                     }
                     tokio::spawn(scaler.clone().run(self.runtime.clone()));
                     pools.insert(p.name.clone(), scaler);
@@ -189,7 +194,10 @@ impl Autoscaler {
             .values()
             .map(|s| {
                 let st = s.lock();
-                let live: Vec<&str> = st.instances.iter().map(|i| i.state()).collect();
+                let mut live: Vec<&str> = st.instances.iter().map(|i| i.state()).collect();
+                for m in &st.members {
+                    live.push(if m.stats.healthy() { "ready" } else { "starting" });
+                }
                 let count = |name: &str| live.iter().filter(|s| **s == name).count();
                 json!({
                     "pool": s.pool,
@@ -202,6 +210,8 @@ impl Autoscaler {
                     "signals": signals_json(&st.last_signals),
                     "last_decision": st.last.as_ref().map(|d| json!({"desired": d.desired, "reason": d.reason, "panic": d.panic})),
                     "manual_hold_seconds": st.policy.manual_until(now).map(|u| (u - now).as_secs()),
+                    "provider": st.cfg.provider,
+                    "requested": st.requested,
                     "shared": st.cfg.shared,
                     "leader": st.cfg.shared.then(|| st.coord.leader.clone()).flatten(),
                     "is_leader": st.cfg.shared && st.coord.is_leader(now),
@@ -237,6 +247,16 @@ impl Autoscaler {
                     "rss_bytes": info.rss_bytes,
                     "in_flight": i.backend.stats.active.load(Ordering::Relaxed),
                     "websockets": i.backend.stats.websockets.load(Ordering::Relaxed),
+                }));
+            }
+            for m in &st.members {
+                instances.push(json!({
+                    "pool": s.pool,
+                    "provider": "command",
+                    "address": m.address,
+                    "state": if m.stats.healthy() { "ready" } else { "starting" },
+                    "in_flight": m.stats.active.load(Ordering::Relaxed),
+                    "websockets": m.stats.websockets.load(Ordering::Relaxed),
                 }));
             }
         }

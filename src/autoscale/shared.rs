@@ -54,6 +54,9 @@ pub struct NodeSignals {
     pub cpu_percent: Option<f64>,
     pub memory_mb: Option<f64>,
     pub cold_waiters: u64,
+    /// Provider `command`: every node sees the same members (counted once, not summed).
+    #[serde(default)]
+    pub members_shared: bool,
 }
 
 /// The leader's fleet-wide decision, as stored (fenced).
@@ -119,7 +122,16 @@ pub fn share_of(desired: u32, i: usize, n: usize) -> u32 {
 /// The fleet's signals: sums, per-instance averages over every node's ready instances, the
 /// p95 of the merged histograms, CPU and memory weighted by ready instances.
 pub fn fleet_signals(nodes: &[NodeSignals]) -> Signals {
-    let ready: u32 = nodes.iter().map(|n| n.ready).sum();
+    let once = nodes.iter().any(|n| n.members_shared);
+    let count = |f: fn(&NodeSignals) -> u32| -> u32 {
+        let it = nodes.iter().map(f);
+        if once {
+            it.max().unwrap_or(0)
+        } else {
+            it.sum()
+        }
+    };
+    let ready = count(|n| n.ready);
     let per = f64::from(ready.max(1));
     let mut acc = vec![0u64; BUCKETS];
     for n in nodes {
@@ -145,13 +157,15 @@ pub fn fleet_signals(nodes: &[NodeSignals]) -> Signals {
     let weighted = |f: fn(&NodeSignals) -> Option<f64>| {
         let (sum, w) = nodes
             .iter()
-            .filter_map(|n| f(n).map(|v| (v * f64::from(n.ready), f64::from(n.ready))))
+            .filter_map(|n| {
+                f(n).map(|v| (v * f64::from(n.ready), f64::from(n.ready)))
+            })
             .fold((0.0, 0.0), |(s, w), (v, r)| (s + v, w + r));
         (w > 0.0).then(|| sum / w)
     };
     Signals {
         ready,
-        starting: nodes.iter().map(|n| n.starting).sum(),
+        starting: count(|n| n.starting),
         inflight_per_instance: nodes.iter().map(|n| n.inflight).sum::<u64>() as f64 / per,
         rps_per_instance: nodes.iter().map(|n| n.rps).sum::<f64>() / per,
         p95_latency_ms: p95,

@@ -60,22 +60,71 @@ fn only_eligible_responses_are_compressed() {
         applies(&c, m, StatusCode::from_u16(s).expect("status"), &headers(h))
     };
     let get = &Method::GET;
-    assert!(ok(get, 200, &[("content-type", "text/html; charset=utf-8")]));
-    assert!(ok(get, 404, &[("content-type", "application/json"), ("content-length", "100")]));
+    assert!(ok(
+        get,
+        200,
+        &[("content-type", "text/html; charset=utf-8")]
+    ));
+    assert!(ok(
+        get,
+        404,
+        &[
+            ("content-type", "application/json"),
+            ("content-length", "100")
+        ]
+    ));
     assert!(!ok(get, 200, &[("content-type", "image/png")]), "type");
     assert!(!ok(get, 200, &[]), "no type");
-    assert!(!ok(get, 200, &[("content-type", "text/plain"), ("content-length", "99")]), "tiny");
-    assert!(!ok(get, 200, &[("content-type", "text/plain"), ("content-encoding", "gzip")]), "encoded");
-    assert!(ok(get, 200, &[("content-type", "text/plain"), ("content-encoding", "identity")]));
     assert!(
-        !ok(get, 200, &[("content-type", "text/plain"), ("cache-control", "public, No-Transform")]),
+        !ok(
+            get,
+            200,
+            &[("content-type", "text/plain"), ("content-length", "99")]
+        ),
+        "tiny"
+    );
+    assert!(
+        !ok(
+            get,
+            200,
+            &[("content-type", "text/plain"), ("content-encoding", "gzip")]
+        ),
+        "encoded"
+    );
+    assert!(ok(
+        get,
+        200,
+        &[
+            ("content-type", "text/plain"),
+            ("content-encoding", "identity")
+        ]
+    ));
+    assert!(
+        !ok(
+            get,
+            200,
+            &[
+                ("content-type", "text/plain"),
+                ("cache-control", "public, No-Transform")
+            ]
+        ),
         "no-transform"
     );
-    assert!(!ok(&Method::HEAD, 200, &[("content-type", "text/plain")]), "HEAD");
+    assert!(
+        !ok(&Method::HEAD, 200, &[("content-type", "text/plain")]),
+        "HEAD"
+    );
     for s in [101, 204, 206, 304] {
         assert!(!ok(get, s, &[("content-type", "text/plain")]), "{s}");
     }
-    assert!(!ok(get, 200, &[("content-type", "text/plain"), ("content-range", "bytes 0-1/2")]));
+    assert!(!ok(
+        get,
+        200,
+        &[
+            ("content-type", "text/plain"),
+            ("content-range", "bytes 0-1/2")
+        ]
+    ));
 }
 
 #[test]
@@ -127,7 +176,12 @@ fn encoders_stream_and_round_trip() {
             out.extend_from_slice(&e.take());
         }
         out.extend_from_slice(&e.finish().expect("finish"));
-        assert!(out.len() * 5 < text.len(), "{enc:?}: {} -> {}", text.len(), out.len());
+        assert!(
+            out.len() * 5 < text.len(),
+            "{enc:?}: {} -> {}",
+            text.len(),
+            out.len()
+        );
         assert_eq!(decode(enc, &out), text, "{enc:?}");
     }
 }

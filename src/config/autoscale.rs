@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use super::error::{Issues, Pos};
 use super::file::{AutoscaleFile, EnvFile, TargetFile};
-use super::model::{Autoscale, ScaleTarget};
+use super::model::{Autoscale, Discovery, ScaleTarget};
 use super::node::Located;
 use super::pool::{nonzero, nonzero_dur, or};
 
 /// Autoscale providers this build knows.
-pub const PROVIDERS: &[&str] = &["process"];
+pub const PROVIDERS: &[&str] = &["process", "command"];
 
 /// Environment variables autolb sets itself on every instance.
 const RESERVED_ENV: &[&str] = &["PORT"];
@@ -135,8 +135,14 @@ pub(crate) fn autoscale(
             );
         }
     }
+    let is_command = provider == "command";
+    let (scale, list, discovery) = command_provider(file, pos, is_command, issues);
     let command = or(&file.command, Vec::new());
-    if command.first().is_none_or(|c| c.trim().is_empty()) {
+    if is_command {
+        if let Some(c) = &file.command {
+            issues.push(c.pos, "autoscale command is for provider process; provider command uses scale and list");
+        }
+    } else if command.first().is_none_or(|c| c.trim().is_empty()) {
         let at = file.command.as_ref().map_or(pos, |c| c.pos);
         issues.push(
             at,
@@ -154,6 +160,11 @@ pub(crate) fn autoscale(
         }
     });
     let ports = match &file.ports {
+        None if is_command => (0, 0),
+        Some(p) if is_command => {
+            issues.push(p.pos, "autoscale ports are for provider process");
+            (0, 0)
+        }
         None => {
             issues.push(pos, "autoscale needs ports, e.g. 3100-3199");
             (0, 0)
@@ -222,6 +233,79 @@ pub(crate) fn autoscale(
             issues,
         ),
         shared: file.shared.as_ref().is_some_and(|s| s.value),
+        scale,
+        list,
+        discovery,
     };
     (issues.len() == before).then_some(autoscale)
+}
+
+/// `scale`, `list` and `discovery` (provider `command` only; it needs `scale` and exactly
+/// one of `list` or `discovery`).
+fn command_provider(
+    file: &AutoscaleFile,
+    pos: Pos,
+    is_command: bool,
+    issues: &mut Issues,
+) -> (Vec<String>, Vec<String>, Option<Discovery>) {
+    if !is_command {
+        for (what, at) in [
+            ("scale", file.scale.as_ref().map(|s| s.pos)),
+            ("list", file.list.as_ref().map(|s| s.pos)),
+            ("discovery", file.discovery.as_ref().map(|s| s.pos)),
+        ] {
+            if let Some(at) = at {
+                issues.push(at, format!("autoscale {what} needs provider: command"));
+            }
+        }
+        return (Vec::new(), Vec::new(), None);
+    }
+    let argv = |f: &Option<Located<Vec<String>>>, what: &str, issues: &mut Issues| {
+        let v = or(f, Vec::new());
+        if f.is_some() && v.first().is_none_or(|c| c.trim().is_empty()) {
+            let at = f.as_ref().map_or(pos, |l| l.pos);
+            issues.push(at, format!("autoscale {what} must name a program"));
+        }
+        v
+    };
+    let scale = argv(&file.scale, "scale", issues);
+    if file.scale.is_none() {
+        issues.push(
+            pos,
+            "provider command needs scale, e.g. [./scale.sh, \"{pool}\", \"{count}\"]",
+        );
+    }
+    let list = argv(&file.list, "list", issues);
+    let discovery = file.discovery.as_ref().and_then(|d| {
+        let dns = &d.value.dns;
+        let interval = nonzero_dur(
+            &d.value.interval,
+            Duration::from_secs(5),
+            "discovery interval",
+            issues,
+        );
+        match dns.value.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((host, Ok(port))) if !host.is_empty() && port > 0 => Some(Discovery {
+                name: host.to_string(),
+                port,
+                interval,
+            }),
+            _ => {
+                issues.push(
+                    dns.pos,
+                    format!(
+                        "discovery dns \"{}\" must be NAME:PORT (A records, each member on PORT)",
+                        dns.value
+                    ),
+                );
+                None
+            }
+        }
+    });
+    match (&file.list, &file.discovery) {
+        (None, None) => issues.push(pos, "provider command needs list or discovery"),
+        (Some(_), Some(d)) => issues.push(d.pos, "use either list or discovery, not both"),
+        _ => {}
+    }
+    (scale, list, discovery)
 }

@@ -120,9 +120,11 @@ pub(crate) fn cross_checks(g: &Gathered, issues: &mut Issues) {
                     at,
                     format!("unknown pool \"{pool}\" ({})", known(&g.pool_names)),
                 ),
-            (None, _) if ln.protocol == Protocol::Tcp => {
-                issues.push(l.pos, format!("tcp listener \"{}\" needs a pool", ln.name))
-            }
+            (None, _) if ln.protocol == Protocol::Tcp && ln.sni_routes.is_empty() => issues.push(
+                l.pos,
+                format!("tcp listener \"{}\" needs a pool (or sni_routes)", ln.name),
+            ),
+            (None, _) if ln.protocol == Protocol::Tcp => {}
             // A redirect_https listener answers every request itself.
             (None, _) if g.routes_seen == 0 && ln.redirect_https.is_none() => issues.push(
                 l.pos,
@@ -132,6 +134,16 @@ pub(crate) fn cross_checks(g: &Gathered, issues: &mut Issues) {
                 ),
             ),
             _ => {}
+        }
+    }
+    for l in &g.listeners {
+        for (r, at) in l.listener.sni_routes.iter().zip(&l.sni_pool_pos) {
+            if !g.pool_names.contains(&r.pool) {
+                issues.push(
+                    *at,
+                    format!("unknown pool \"{}\" ({})", r.pool, known(&g.pool_names)),
+                );
+            }
         }
     }
     for r in &g.routes {
@@ -165,6 +177,10 @@ fn port_range_checks(g: &Gathered, issues: &mut Issues) {
         let (Some(a), Some(at)) = (&p.pool.autoscale, p.ports_pos) else {
             continue;
         };
+        if a.ports.0 == 0 {
+            // provider command: no local ports
+            continue;
+        }
         let (lo, hi) = a.ports;
         if let Some((other, (olo, ohi))) = ranges
             .iter()

@@ -27,6 +27,8 @@ pub(crate) struct ListenerItem {
     pub name_pos: Pos,
     pub listen_pos: Pos,
     pub pool_pos: Option<Pos>,
+    /// Positions of the pools `sni_routes` names, in its order.
+    pub sni_pool_pos: Vec<Pos>,
 }
 
 /// A converted route with the position of its `pool`.
@@ -112,6 +114,9 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             &mut issues,
         );
         let http = super::tls::listener_http(&file, protocol, &mut issues);
+        let l4 = super::l4::listener_l4(&file, protocol, &mut issues);
+        let limits = super::limits::limits(file.limits.as_ref(), &mut issues);
+        let rate_limit = super::limits::ip_rate_limit(file.rate_limit.as_ref(), &mut issues);
         let Ok(listen) = listen else {
             return Err(issues);
         };
@@ -126,6 +131,10 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             h2c: http.h2c,
             redirect_https: http.redirect_https,
             hsts: http.hsts,
+            accept_proxy: l4.accept_proxy,
+            sni_routes: l4.sni_routes,
+            limits,
+            rate_limit,
         };
         issues.result(ListenerItem {
             listener,
@@ -133,6 +142,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             name_pos: file.name.pos,
             listen_pos: file.listen.pos,
             pool_pos: file.pool.as_ref().map(|p| p.pos),
+            sni_pool_pos: l4.sni_pool_pos,
         })
     }
 }

@@ -112,6 +112,12 @@ pub struct ListenerFile {
     pub redirect_https: Option<Located<bool>>,
     pub https_port: Option<Located<u64>>,
     pub hsts: Option<Located<HstsFile>>,
+    /// Read a PROXY protocol v1/v2 header first (see `l4.rs`).
+    pub accept_proxy: Option<Located<bool>>,
+    /// `tcp` listeners: TLS passthrough, server name -> pool.
+    pub sni_routes: Option<Located<super::l4::SniRoutesFile>>,
+    pub limits: Option<Located<super::limits::LimitsFile>>,
+    pub rate_limit: Option<Located<super::limits::IpRateLimitFile>>,
 }
 
 /// `listeners[].hsts:`
@@ -193,6 +199,8 @@ pub struct PoolFile {
     pub backends: Option<IgnoredAny>,
     pub autoscale: Option<Located<AutoscaleFile>>,
     pub protocol: Option<Located<UpstreamProtocolFile>>,
+    /// Write a PROXY protocol header on every backend connection.
+    pub send_proxy: Option<Located<super::l4::ProxyVersion>>,
     pub tls: Option<Located<UpstreamTlsFile>>,
     pub compress: Option<super::compress::CompressFile>,
     pub rate_limit: Option<Located<super::rate_limit::RateLimitFile>>,
@@ -302,6 +310,7 @@ pub struct BackendFile {
     pub address: Located<String>,
     pub weight: Option<Located<u32>>,
     pub disabled: Option<bool>,
+    pub max_connections: Option<Located<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +337,20 @@ pub struct AutoscaleFile {
     pub cold_start_timeout: Option<Located<Dur>>,
     /// One autoscaler for the fleet (leader elected through the shared state).
     pub shared: Option<Located<bool>>,
+    /// `provider: command`: argv run to set the size (`{pool}`, `{count}`).
+    pub scale: Option<Located<Vec<String>>>,
+    /// `provider: command`: argv printing the members as JSON.
+    pub list: Option<Located<Vec<String>>>,
+    /// `provider: command`: members from DNS A records instead of `list`.
+    pub discovery: Option<Located<DiscoveryFile>>,
+}
+
+/// `autoscale.discovery:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a discovery mapping (dns, interval)")]
+pub struct DiscoveryFile {
+    pub dns: Located<String>,
+    pub interval: Option<Located<Dur>>,
 }
 
 /// `autoscale.env`: a mapping of strings, in file order, each key and value located.

@@ -14,6 +14,8 @@ mod error;
 mod file;
 mod files;
 mod health;
+mod l4;
+mod limits;
 mod node;
 mod pool;
 mod rate_limit;
@@ -36,6 +38,8 @@ pub use access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
 pub use alerts::{AlertKind, Alerts, WebhookUrl};
 pub use compress::{Compress, Encoding};
 pub use error::{ConfigError, ConfigErrors};
+pub use l4::{ProxyVersion, SniRoute};
+pub use limits::{parse_size, IpRateLimit, Limits};
 pub use model::*;
 pub use rate_limit::{parse_rate, RateLimit, RateLimitScope};
 

@@ -68,6 +68,15 @@ pub struct Listener {
     pub redirect_https: Option<u16>,
     /// `https` listeners: the Strict-Transport-Security header added to responses.
     pub hsts: Option<Hsts>,
+    /// Read a PROXY protocol (v1 or v2) header first and take its address as the client's.
+    pub accept_proxy: bool,
+    /// `tcp` listeners: TLS passthrough, routed on the ClientHello's server name (an exact
+    /// name before wildcards); other connections go to `pool`, or are closed.
+    pub sni_routes: Vec<super::SniRoute>,
+    /// `limits:` sizes, counts and timeouts (hardening; safe defaults).
+    pub limits: super::Limits,
+    /// `rate_limit: {per_ip, burst}`: a token bucket per client IP.
+    pub rate_limit: Option<super::IpRateLimit>,
 }
 
 /// `hsts: {max_age, include_subdomains, preload}`.
@@ -164,6 +173,8 @@ pub struct Pool {
     pub autoscale: Option<Autoscale>,
     /// HTTP version spoken to the backends (`protocol: h1 | h2`, default h1).
     pub protocol: UpstreamProtocol,
+    /// `send_proxy: v1 | v2`: a PROXY protocol header on every backend connection.
+    pub send_proxy: Option<super::ProxyVersion>,
     /// `tls:` speak https to the backends.
     pub tls: Option<UpstreamTls>,
     /// `compress:` gzip/brotli of responses (a route's `compress` wins over it).
@@ -346,6 +357,8 @@ pub struct Backend {
     pub weight: u32,
     /// HAProxy `disabled`: configured but in maintenance, never picked.
     pub disabled: bool,
+    /// Most open TCP connections at once (tcp listeners); past it another backend is picked.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -385,6 +398,20 @@ pub struct Autoscale {
     /// One autoscaler for the fleet: a leader (Redis lease with fencing) decides the
     /// fleet-wide size; each node runs its share (default false).
     pub shared: bool,
+    /// `provider: command`: argv that sets the size (`{pool}`, `{count}` substituted).
+    pub scale: Vec<String>,
+    /// `provider: command`: argv that prints the members as `[{"address":"host:port"}]`.
+    pub list: Vec<String>,
+    /// `provider: command`: members from DNS A records instead (`name:port`).
+    pub discovery: Option<Discovery>,
+}
+
+/// `autoscale.discovery`: A records of `name`, each member on `port`, re-resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    pub name: String,
+    pub port: u16,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -133,6 +133,7 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
         backends: backends.unwrap_or_default(),
         autoscale,
         protocol,
+        send_proxy: file.send_proxy.as_ref().map(|v| v.value),
         tls,
         compress: file
             .compress
@@ -211,6 +212,7 @@ impl TryFrom<BackendFile> for (Backend, Pos) {
             }
             w => or(w, 1),
         };
+        let max_connections = super::l4::max_connections(&file.max_connections, &mut issues);
         match addr {
             Ok(addr) if issues.is_empty() => Ok((
                 Backend {
@@ -218,6 +220,7 @@ impl TryFrom<BackendFile> for (Backend, Pos) {
                     addr,
                     weight,
                     disabled: file.disabled.unwrap_or(false),
+                    max_connections,
                 },
                 file.address.pos,
             )),

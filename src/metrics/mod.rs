@@ -220,5 +220,7 @@ pub fn render(
         );
     }
     crate::tls::render_metrics(&mut out);
+    crate::l4::render_metrics(&mut out, &snap);
+    crate::accesslog::render_metrics(&mut out);
     out
 }

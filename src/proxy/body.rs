@@ -57,6 +57,8 @@ pub enum BodyError {
     Backend(#[from] hyper::Error),
     #[error("backend sent nothing for {0:?} in the middle of a response")]
     Idle(Duration),
+    #[error("compression failed: {0}")]
+    Compress(std::io::Error),
 }
 
 pin_project! {
@@ -199,6 +201,8 @@ impl Body for RequestBody {
 pub enum ProxyBody {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
+    /// Compressed and/or access-logged (`crate::observe`).
+    Observed(Box<crate::observe::ObservedBody>),
 }
 
 impl ProxyBody {
@@ -222,6 +226,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Observed(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -229,6 +234,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(d) => d.is_none(),
+            ProxyBody::Observed(b) => b.is_end_stream(),
         }
     }
 
@@ -236,6 +242,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Observed(b) => b.size_hint(),
         }
     }
 }

@@ -150,6 +150,10 @@ pub async fn forward(
                 let backend_side = switching.then(|| hyper::upgrade::on(&mut resp));
                 let (mut head, incoming) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut head.headers, switching);
+                head.extensions.insert(crate::observe::Served {
+                    backend: backend.clone(),
+                    tries: attempt + 1,
+                });
                 if attempt > 0 {
                     head.headers
                         .insert(TRIES_HEADER, HeaderValue::from(attempt + 1));
@@ -270,5 +274,8 @@ fn clone_head(parts: &Parts) -> Parts {
     p.uri = parts.uri.clone();
     p.version = parts.version;
     p.headers = parts.headers.clone();
+    if let Some(addrs) = parts.extensions.get::<crate::l4::ProxyAddrs>() {
+        p.extensions.insert(*addrs);
+    }
     p
 }

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod local;
 pub mod tunnel;
 pub mod upstream;
+pub mod validate;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -32,6 +33,15 @@ pub struct ConnContext {
     /// Index of the listener in the snapshot.
     pub listener: usize,
     pub client: ClientInfo,
+    /// The connection's addresses (client, and what it connected to), set when some pool
+    /// sends PROXY headers: requests carry them to the backend connection (`send_proxy`).
+    pub addrs: Option<crate::l4::ProxyAddrs>,
+    /// The TLS version of an https connection, once its handshake is done (access logs).
+    pub tls: std::sync::OnceLock<&'static str>,
+    /// The listener's `limits:` (hardening).
+    pub limits: crate::config::Limits,
+    /// The listener's per-client-IP rate limit, shared by its connections.
+    pub rate_limit: Option<Arc<validate::IpLimiter>>,
 }
 
 /// hyper service entry point for one request.
@@ -39,11 +49,11 @@ pub async fn handle(
     req: Request<Incoming>,
     ctx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(proxy(req, &ctx).await)
+    Ok(crate::observe::around(req, &ctx, |req| proxy(req, &ctx)).await)
 }
 
 /// The request's authority: the URI's (absolute-form) or the Host header.
-fn authority(req: &Request<Incoming>) -> Option<HeaderValue> {
+pub(crate) fn authority(req: &Request<Incoming>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(HOST).cloned(),
@@ -51,7 +61,7 @@ fn authority(req: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 /// Host without port, for routing.
-fn host_name(authority: &HeaderValue) -> &str {
+pub(crate) fn host_name(authority: &HeaderValue) -> &str {
     let s = authority.to_str().unwrap_or("");
     if s.starts_with('[') {
         // [v6]:port
@@ -61,6 +71,9 @@ fn host_name(authority: &HeaderValue) -> &str {
 }
 
 async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+    if let Some(refused) = validate::check(&req, ctx) {
+        return refused;
+    }
     let snapshot = ctx.runtime.snapshot();
     let authority = authority(&req);
     let host = authority.as_ref().map_or("", host_name);

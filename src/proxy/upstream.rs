@@ -219,7 +219,9 @@ impl ConnPool {
     /// Return a connection whose last response was read completely (HTTP/2 connections are
     /// shared from the queue already).
     pub fn checkin(&self, tx: Sender) {
-        if tx.is_closed() || tx.is_h2() || tx.generation != self.upstream.load().generation {
+        let up = self.upstream.load();
+        if tx.is_closed() || tx.is_h2() || tx.generation != up.generation || up.send_proxy.is_some()
+        {
             return;
         }
         let _ = self.queue().push(Idle {
@@ -229,9 +231,15 @@ impl ConnPool {
     }
 
     /// A new connection to `addr` (the backend's, or a health check's port).
-    async fn open(&self, addr: SocketAddr, timeout: Duration) -> Result<Sender, UpstreamError> {
+    /// `client`: the addresses of the PROXY header (`send_proxy`; `None`: LOCAL/UNKNOWN).
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        client: Option<crate::l4::ProxyAddrs>,
+    ) -> Result<Sender, UpstreamError> {
         let up = self.upstream.load_full();
-        let conn = connect::connect(&up, addr, timeout).await?;
+        let conn = connect::connect(&up, addr, timeout, client).await?;
         Ok(Sender {
             conn,
             generation: up.generation,
@@ -254,7 +262,14 @@ impl ConnPool {
             after: response_timeout,
         };
         let up = self.upstream.load_full();
-        if let Some(mut tx) = self.take_idle(max_idle, up.generation).await {
+        // `send_proxy`: a connection names one client, so it is never reused nor shared.
+        let private = up.send_proxy.is_some();
+        let client = req.extensions().get::<crate::l4::ProxyAddrs>().copied();
+        let idle = match private {
+            true => None,
+            false => self.take_idle(max_idle, up.generation).await,
+        };
+        if let Some(mut tx) = idle {
             connect::prepare(&mut req, tx.is_h2(), &up, addr);
             match tokio::time::timeout(response_timeout, tx.try_send(req)).await {
                 Err(_) => return Err(Failed::sent(timed_out())),
@@ -270,7 +285,7 @@ impl ConnPool {
                 },
             }
         }
-        let mut tx = match self.open(addr, connect_timeout).await {
+        let mut tx = match self.open(addr, connect_timeout, client).await {
             Ok(tx) => tx,
             Err(error) => {
                 return Err(Failed {
@@ -279,7 +294,7 @@ impl ConnPool {
                 })
             }
         };
-        if let Some(shared) = tx.share() {
+        if let Some(shared) = tx.share().filter(|_| !private) {
             let _ = self.queue().push(Idle {
                 tx: shared,
                 since: Instant::now(),
@@ -309,7 +324,7 @@ impl ConnPool {
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let up = self.upstream.load_full();
-        let mut tx = self.open(target, timeout).await?;
+        let mut tx = self.open(target, timeout, None).await?;
         connect::prepare(&mut req, tx.is_h2(), &up, target);
         tx.try_send(req).await.map_err(|e| UpstreamError::Request {
             addr: target,

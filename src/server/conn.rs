@@ -59,6 +59,22 @@ macro_rules! h2_settings {
     };
 }
 
+/// The listener's `limits:` on an HTTP/1 builder (hyper answers 431 past the head size or
+/// header count); the header read timeout is the idle timeout unless `header_timeout` is
+/// shorter. hyper keeps headers on the stack unless `max_headers` changes from its 100.
+macro_rules! h1_limits {
+    ($builder:expr, $limits:expr, $idle:expr) => {{
+        #[allow(unused_mut)]
+        let mut b = $builder;
+        b.timer(TokioTimer::new())
+            .header_read_timeout($limits.header_timeout.map_or($idle, |t| t.min($idle)))
+            .max_buf_size($limits.max_header_bytes.max(8192));
+        if $limits.max_headers != 100 {
+            b.max_headers($limits.max_headers);
+        }
+    }};
+}
+
 /// What every protocol's serving loop needs.
 struct Serving {
     ctx: Arc<ConnContext>,
@@ -70,7 +86,7 @@ struct Serving {
 
 /// Serve one accepted connection of the listener `listener_name`; `tls` for https ones.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     runtime: Arc<Runtime>,
     listener_name: String,
@@ -79,6 +95,12 @@ pub(crate) async fn serve(
     tls: Option<Arc<TlsListener>>,
 ) {
     let _ = stream.set_nodelay(true);
+    // `accept_proxy: true`: the PROXY header names the client (XFF, logs, hashing).
+    let Some(accepted) = crate::l4::accept(&runtime, &listener_name, &mut stream, peer).await
+    else {
+        return;
+    };
+    let peer = accepted.addrs.src;
     let snapshot = runtime.snapshot();
     let Some(listener) = snapshot.listener(&listener_name) else {
         return;
@@ -93,6 +115,10 @@ pub(crate) async fn serve(
         .find(|l| l.name == listener_name);
     let h2c = config.is_some_and(|l| l.h2c);
     let front = Front::of(config, tls.is_some());
+    let limits = config.map(|l| l.limits.clone()).unwrap_or_default();
+    let rate_limit = config
+        .and_then(|l| l.rate_limit.as_ref())
+        .map(|r| crate::proxy::validate::IpLimiter::shared(&listener_name, r));
     drop(snapshot);
     let proto = if tls.is_some() { "https" } else { "http" };
     let serving = Serving {
@@ -100,6 +126,10 @@ pub(crate) async fn serve(
             runtime,
             listener,
             client: ClientInfo::new(peer.ip(), proto, trusted),
+            addrs: accepted.tag_requests.then_some(accepted.addrs),
+            tls: Default::default(),
+            limits: limits.clone(),
+            rate_limit,
         }),
         front,
         idle,
@@ -107,7 +137,7 @@ pub(crate) async fn serve(
         shutdown: shutdown.clone(),
     };
     let Some(tls) = tls else {
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(super::framing::Framed::new(stream, &limits));
         return if h2c {
             serve_auto(io, serving).await
         } else {
@@ -121,10 +151,15 @@ pub(crate) async fn serve(
     let Ok(accepted) = accepted else {
         return;
     };
-    let io = TokioIo::new(accepted.stream);
+    let version = match accepted.stream.get_ref().1.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLSv1.3",
+    };
+    let _ = serving.ctx.tls.set(version);
     if accepted.h2 {
-        serve_h2(io, serving).await
+        serve_h2(TokioIo::new(accepted.stream), serving).await
     } else {
+        let io = TokioIo::new(super::framing::Framed::new(accepted.stream, &limits));
         serve_h1(io, serving).await
     }
 }
@@ -147,13 +182,15 @@ where
         peer,
         mut shutdown,
     } = s;
+    let limits = ctx.limits.clone();
     let service = service_fn(move |req| {
         let (ctx, front) = (ctx.clone(), front.clone());
         async move { Ok::<_, Infallible>(front::respond(req, ctx, front).await) }
     });
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    h1_limits!(&mut builder, limits, idle);
+    let conn = builder
         .timer(TokioTimer::new())
-        .header_read_timeout(idle)
         .keep_alive(true)
         .serve_connection(io, service)
         .with_upgrades();
@@ -238,13 +275,11 @@ where
         mut shutdown,
     } = s;
     let activity = Activity::new();
+    let limits = ctx.limits.clone();
     let service = tracked_service!(ctx, front, activity.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    h1_limits!(builder.http1(), limits, idle);
     h2_settings!(builder.http2());
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

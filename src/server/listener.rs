@@ -77,6 +77,13 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
         .listeners
         .iter()
         .any(|l| l.name == ctx.name && l.protocol == ListenerProtocol::Https);
+    // tcp listeners proxy raw TCP (L4); the protocol changing restarts the listener.
+    let tcp = ctx
+        .runtime
+        .snapshot()
+        .listeners
+        .iter()
+        .any(|l| l.name == ctx.name && l.protocol == ListenerProtocol::Tcp);
     let tls = crate::tls::listener(&ctx.name);
     if https && tls.is_none() {
         tracing::error!(listener = %ctx.name, "https listener without TLS setup: not serving it");
@@ -91,7 +98,21 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
                     ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
                     let guard = ConnectionGuard(ctx.stats.clone());
-                    tokio::spawn(conn::serve(
+                    if tcp {
+                        tokio::spawn(crate::l4::serve(
+                            stream,
+                            peer,
+                            ctx.runtime.clone(),
+                            ctx.name.clone(),
+                            guard,
+                        ));
+                        continue;
+                    }
+                    // limits.max_connections / max_connections_per_ip: past them, closed.
+                    let Some(admitted) = super::admission::admit(&ctx.name, peer.ip(), &ctx.runtime) else {
+                        continue;
+                    };
+                    let serving = conn::serve(
                         stream,
                         peer,
                         ctx.runtime.clone(),
@@ -99,7 +120,11 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
                         ctx.shutdown.clone(),
                         guard,
                         tls.clone(),
-                    ));
+                    );
+                    tokio::spawn(async move {
+                        let _admitted = admitted;
+                        serving.await
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.

@@ -1,7 +1,9 @@
 //! The running balancer: worker runtimes, listeners bound on each, the admin listener,
 //! connection accounting and graceful drain on shutdown.
 
+mod admission;
 mod conn;
+pub mod framing;
 mod listener;
 pub mod listeners;
 pub mod reload;
@@ -36,8 +38,6 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("listener {name:?}: protocol {protocol:?} is not supported yet")]
-    Unsupported { name: String, protocol: Protocol },
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
     #[error(transparent)]
@@ -120,12 +120,6 @@ impl Server {
         crate::tls::install(&snapshot.config)?;
         let mut bound = Vec::new();
         for l in &snapshot.config.listeners {
-            if l.protocol == Protocol::Tcp {
-                return Err(ServerError::Unsupported {
-                    name: l.name.clone(),
-                    protocol: l.protocol,
-                });
-            }
             let taken = inherited.listeners.remove(&l.name).filter(|list| {
                 list.first()
                     .and_then(|s| s.local_addr().ok())
@@ -197,6 +191,7 @@ impl Server {
         }
         runtime.start_health_checks();
         crate::alerts::start(runtime.clone());
+        crate::accesslog::start(runtime.clone());
         let shared = crate::state::start(&runtime, admin_addr);
         let autoscaler = Autoscaler::start_with_state(
             runtime.clone(),
@@ -316,7 +311,7 @@ impl Server {
             }
             let tls_ready =
                 l.protocol != Protocol::Https || crate::tls::listener(&l.name).is_some();
-            if l.protocol == Protocol::Tcp || !tls_ready {
+            if !tls_ready {
                 notes.push(format!(
                     "listener {}: {:?} on {} starts at the next restart",
                     l.name, l.protocol, l.listen
@@ -392,6 +387,7 @@ impl Server {
         self.autoscaler.shutdown().await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
+        let _ = tokio::task::spawn_blocking(|| crate::accesslog::flush(Duration::from_secs(2))).await;
         tracing::info!("autolb stopped");
     }
 }

@@ -32,6 +32,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(super) struct Key {
     protocol: UpstreamProtocol,
+    send_proxy: Option<config::ProxyVersion>,
     tls: Option<UpstreamTls>,
     stamps: Vec<(PathBuf, Option<SystemTime>, u64)>,
 }
@@ -51,6 +52,7 @@ impl Key {
             .collect();
         Key {
             protocol: cfg.protocol,
+            send_proxy: cfg.send_proxy,
             tls: cfg.tls.clone(),
             stamps,
         }
@@ -68,6 +70,8 @@ pub(super) struct Upstream {
     pub key: Key,
     pub protocol: UpstreamProtocol,
     pub tls: Option<TlsTarget>,
+    /// `send_proxy`: every connection starts with a PROXY header (and is never shared).
+    pub send_proxy: Option<config::ProxyVersion>,
     /// Bumped on every change: connections of an older generation are not reused.
     pub generation: u64,
     /// The backend as configured: the HTTP/2 `:authority` of requests without a Host.
@@ -81,6 +85,7 @@ impl Upstream {
             key: Key::default(),
             protocol: UpstreamProtocol::H1,
             tls: None,
+            send_proxy: None,
             generation: 0,
             authority: None,
         }
@@ -105,6 +110,7 @@ impl Upstream {
             key,
             protocol: cfg.protocol,
             tls,
+            send_proxy: cfg.send_proxy,
             generation,
             authority: Some(address.to_string()),
         })
@@ -119,11 +125,13 @@ impl Upstream {
     }
 }
 
-/// Open a connection to `addr` with `up`'s settings, within `timeout` (TCP and TLS).
+/// Open a connection to `addr` with `up`'s settings, within `timeout` (TCP, the PROXY
+/// header of `send_proxy` for `client`, and TLS).
 pub(super) async fn connect(
     up: &Upstream,
     addr: SocketAddr,
     timeout: Duration,
+    client: Option<crate::l4::ProxyAddrs>,
 ) -> Result<Conn, UpstreamError> {
     let deadline = Instant::now() + timeout;
     let timed_out = || UpstreamError::ConnectTimeout {
@@ -136,6 +144,16 @@ pub(super) async fn connect(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    if let Some(version) = up.send_proxy {
+        let header = crate::l4::proxy_proto::encode(version, client);
+        let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &header);
+        match tokio::time::timeout_at(deadline, write).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Ok(Ok(())) => {}
+        }
+    }
     let Some(tls) = &up.tls else {
         tracing::debug!(backend = %addr, "new backend connection");
         return handshake(TokioIo::new(stream), up.protocol, addr).await;

@@ -43,6 +43,9 @@ pub(crate) async fn respond(
     ctx: Arc<ConnContext>,
     front: Option<Arc<Front>>,
 ) -> Response<ProxyBody> {
+    if let Some(addrs) = ctx.addrs {
+        req.extensions_mut().insert(addrs);
+    }
     if let Some(port) = front.as_ref().and_then(|f| f.redirect) {
         if !acme_challenge(&req, &ctx) {
             return redirect(&req, port);

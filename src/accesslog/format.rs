@@ -1,0 +1,212 @@
+//! The two line formats: JSON (one object per line) and Apache/nginx "combined" followed by
+//! autolb's fields as `key=value`.
+
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Version};
+use serde::Serialize;
+
+use super::Entry;
+
+fn text(v: Option<&HeaderValue>) -> Option<String> {
+    v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Names from the entry's snapshot.
+fn names(e: &Entry) -> (&str, Option<&str>, Option<&str>) {
+    let listener = e
+        .snapshot
+        .listeners
+        .get(e.listener)
+        .map_or("-", |l| l.name.as_str());
+    let pool = e
+        .pool
+        .and_then(|p| e.snapshot.pools.get(p))
+        .map(|p| p.name.as_str());
+    let backend = e.backend.as_ref().map(|b| b.address.as_str());
+    (listener, pool, backend)
+}
+
+fn millis(e: &Entry) -> f64 {
+    (e.duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    client: String,
+    method: &'a str,
+    host: Option<String>,
+    path: String,
+    protocol: &'static str,
+    status: u16,
+    bytes: u64,
+    duration_ms: f64,
+    listener: &'a str,
+    pool: Option<&'a str>,
+    backend: Option<&'a str>,
+    tries: u32,
+    tls: Option<&'static str>,
+    request_id: String,
+    user_agent: Option<String>,
+    referer: Option<String>,
+    encoding: Option<&'static str>,
+    complete: bool,
+}
+
+/// One JSON object (no newline).
+pub fn json(e: &Entry) -> String {
+    let (listener, pool, backend) = names(e);
+    let line = JsonLine {
+        time: humantime::format_rfc3339_millis(e.start).to_string(),
+        client: e.client.to_string(),
+        method: e.method.as_str(),
+        host: text(e.host.as_ref()),
+        path: e.uri.to_string(),
+        protocol: protocol(e.version),
+        status: e.status,
+        bytes: e.bytes,
+        duration_ms: millis(e),
+        listener,
+        pool,
+        backend,
+        tries: e.tries,
+        tls: e.tls,
+        request_id: String::from_utf8_lossy(e.request_id.as_bytes()).into_owned(),
+        user_agent: text(e.user_agent.as_ref()),
+        referer: text(e.referer.as_ref()),
+        encoding: e.encoding,
+        complete: e.complete,
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// `[10/Oct/2000:13:55:36 +0000]` (UTC).
+fn clf_time(t: SystemTime) -> String {
+    // RFC 3339 in UTC: 2000-10-10T13:55:36Z
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = s
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .and_then(|m| MONTHS.get(m.wrapping_sub(1)))
+        .copied()
+        .unwrap_or("Jan");
+    match (s.get(0..4), s.get(8..10), s.get(11..19)) {
+        (Some(y), Some(d), Some(hms)) => format!("[{d}/{month}/{y}:{hms} +0000]"),
+        _ => "[-]".to_string(),
+    }
+}
+
+/// Text inside a quoted field: `"` and `\` escaped, control and non-ASCII bytes as `\xHH`
+/// (nginx's escaping), so that a line can never be split or forged by a client.
+fn quoted(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+        }
+    }
+}
+
+/// A value of the `key=value` part: `-` when empty, spaces and controls escaped.
+fn bare(out: &mut String, v: Option<&[u8]>) {
+    match v {
+        None | Some(&[]) => out.push('-'),
+        Some(bytes) => {
+            for &b in bytes {
+                match b {
+                    0x21..=0x7e if b != b'"' && b != b'\\' => out.push(b as char),
+                    _ => {
+                        let _ = write!(out, "\\x{b:02X}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `client - - [time] "METHOD uri PROTO" status bytes "referer" "user-agent"` and then
+/// `host= rt= listener= pool= backend= tries= tls= rid= enc= complete=`.
+pub fn combined(e: &Entry) -> String {
+    let (listener, pool, backend) = names(e);
+    let mut out = String::with_capacity(256);
+    let _ = write!(out, "{} - - {} \"", e.client, clf_time(e.start));
+    quoted(&mut out, e.method.as_str().as_bytes());
+    out.push(' ');
+    quoted(&mut out, e.uri.to_string().as_bytes());
+    let _ = write!(
+        out,
+        " {}\" {} {} \"",
+        protocol(e.version),
+        e.status,
+        e.bytes
+    );
+    match &e.referer {
+        Some(r) => quoted(&mut out, r.as_bytes()),
+        None => out.push('-'),
+    }
+    out.push_str("\" \"");
+    match &e.user_agent {
+        Some(u) => quoted(&mut out, u.as_bytes()),
+        None => out.push('-'),
+    }
+    out.push_str("\" host=");
+    bare(&mut out, e.host.as_ref().map(|h| h.as_bytes()));
+    let _ = write!(out, " rt={:.3} listener=", e.duration.as_secs_f64());
+    bare(&mut out, Some(listener.as_bytes()));
+    out.push_str(" pool=");
+    bare(&mut out, pool.map(str::as_bytes));
+    out.push_str(" backend=");
+    bare(&mut out, backend.map(str::as_bytes));
+    let _ = write!(out, " tries={} tls={} rid=", e.tries, e.tls.unwrap_or("-"));
+    bare(&mut out, Some(e.request_id.as_bytes()));
+    let _ = write!(
+        out,
+        " enc={} complete={}",
+        e.encoding.unwrap_or("-"),
+        e.complete
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clf_dates() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(971_186_136);
+        assert_eq!(clf_time(t), "[10/Oct/2000:13:55:36 +0000]");
+    }
+
+    #[test]
+    fn quoting_cannot_forge_a_line() {
+        let mut s = String::new();
+        quoted(&mut s, b"a\"b\\c\nd\xffe");
+        assert_eq!(s, "a\\\"b\\\\c\\x0Ad\\xFFe");
+        let mut s = String::new();
+        bare(&mut s, Some(b"x y=z"));
+        assert_eq!(s, "x\\x20y=z");
+        let mut s = String::new();
+        bare(&mut s, None);
+        assert_eq!(s, "-");
+    }
+}

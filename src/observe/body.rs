@@ -1,0 +1,170 @@
+//! A response body observed on its way to the client: compressed as it streams (flushed
+//! whenever the backend makes us wait, so that streamed events are not held back), its
+//! bytes counted, and its access log line handed over when it ends, fails or is dropped.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::accesslog::{self, Entry};
+use crate::compress::encoder::Encoder;
+use crate::proxy::body::{BodyError, ProxyBody};
+
+pub struct ObservedBody {
+    inner: ProxyBody,
+    encoder: Option<Encoder>,
+    /// Input written to the encoder since it last produced output.
+    dirty: bool,
+    /// The inner body ended (its trailers, if any, wait in `trailers`).
+    ended: bool,
+    trailers: Option<HeaderMap>,
+    bytes: u64,
+    log: Option<Box<(Entry, Instant)>>,
+}
+
+impl ObservedBody {
+    pub(super) fn new(
+        inner: ProxyBody,
+        encoder: Option<Encoder>,
+        log: Option<Box<(Entry, Instant)>>,
+    ) -> ObservedBody {
+        ObservedBody {
+            inner,
+            encoder,
+            dirty: false,
+            ended: false,
+            trailers: None,
+            bytes: 0,
+            log,
+        }
+    }
+
+    /// Hand the log line over (once).
+    fn settle(&mut self, complete: bool) {
+        if let Some(log) = self.log.take() {
+            let (mut entry, started) = *log;
+            entry.duration = started.elapsed();
+            entry.bytes = self.bytes;
+            entry.complete = complete;
+            accesslog::submit(entry);
+        }
+    }
+
+    fn data(&mut self, out: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.bytes += out.len() as u64;
+        Poll::Ready(Some(Ok(Frame::data(out))))
+    }
+
+    fn failed(&mut self, e: std::io::Error) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        tracing::warn!(error = %e, "compression failed: response aborted");
+        self.encoder = None;
+        self.settle(false);
+        Poll::Ready(Some(Err(BodyError::Compress(e))))
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Dropped before its end was read: complete only if nothing was left.
+        let complete =
+            self.encoder.is_none() && self.trailers.is_none() && self.inner.is_end_stream();
+        self.settle(complete);
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.ended {
+                if let Some(enc) = this.encoder.take() {
+                    match enc.finish() {
+                        Ok(out) if !out.is_empty() => return this.data(out),
+                        Ok(_) => {}
+                        Err(e) => return this.failed(e),
+                    }
+                }
+                if let Some(t) = this.trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                this.settle(true);
+                return Poll::Ready(None);
+            }
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => {
+                    this.settle(false);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    continue;
+                }
+                Poll::Pending => {
+                    // The backend makes us wait: send what was compressed so far.
+                    if let Some(enc) = this.encoder.as_mut().filter(|_| this.dirty) {
+                        this.dirty = false;
+                        if let Err(e) = enc.flush() {
+                            return this.failed(e);
+                        }
+                        let out = enc.take();
+                        if !out.is_empty() {
+                            return this.data(out);
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let Some(enc) = this.encoder.as_mut() else {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    if let Err(e) = enc.write(&data) {
+                        return this.failed(e);
+                    }
+                    this.dirty = true;
+                    // Some input may still sit in the encoder: `dirty` stays set until a
+                    // flush.
+                    let out = enc.take();
+                    if !out.is_empty() {
+                        return this.data(out);
+                    }
+                }
+                Err(frame) => {
+                    // Trailers end the body: the compressed stream ends before them.
+                    this.trailers = frame.into_trailers().ok();
+                    this.ended = true;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.encoder.is_some() || self.trailers.is_some() {
+            return false;
+        }
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.encoder.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}

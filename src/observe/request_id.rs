@@ -1,0 +1,101 @@
+//! `X-Request-Id`: kept when a trusted proxy (the listener's `trusted_proxies`) sent a
+//! well-formed one, else a new random UUID (v4); the backend gets it, the client sees it on
+//! the response (unless the backend answered with its own).
+
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+/// The header, lower-case.
+pub static HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// An id we take from a trusted proxy: 1 to 200 visible ASCII characters.
+fn acceptable(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+/// The request's id: a trusted client's (when well-formed), else a new one; `headers` then
+/// carry exactly that one.
+pub fn assign(headers: &mut HeaderMap, trusted: bool) -> HeaderValue {
+    if trusted {
+        if let Some(v) = headers.get(&HEADER).filter(|v| acceptable(v)).cloned() {
+            headers.insert(HEADER.clone(), v.clone());
+            return v;
+        }
+    }
+    let id = generate();
+    headers.insert(HEADER.clone(), id.clone());
+    id
+}
+
+/// Put `id` on a response that has none.
+pub fn echo(headers: &mut HeaderMap, id: &HeaderValue) {
+    if !headers.contains_key(&HEADER) {
+        headers.insert(HEADER.clone(), id.clone());
+    }
+}
+
+/// A random UUID, version 4 (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
+pub fn generate() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    // Version 4, variant 10xx.
+    n = (n & !(0xf << 76)) | (0x4 << 76);
+    n = (n & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut i = 0;
+    for (k, slot) in out.iter_mut().enumerate() {
+        if matches!(k, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+            continue;
+        }
+        let shift = 124 - 4 * i;
+        *slot = HEX[((n >> shift) & 0xf) as usize];
+        i += 1;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_uuid_v4_and_differ() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a, b);
+        let s = a.to_str().expect("ascii");
+        assert_eq!(s.len(), 36);
+        let parts: Vec<&str> = s.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
+    }
+
+    #[test]
+    fn only_trusted_clients_choose_their_id() {
+        let mut h = HeaderMap::new();
+        h.insert(&HEADER, HeaderValue::from_static("from-client"));
+        let id = assign(&mut h, false);
+        assert_ne!(id, "from-client");
+        assert_eq!(h[&HEADER], id);
+        let mut h = HeaderMap::new();
+        h.append(&HEADER, HeaderValue::from_static("from-proxy"));
+        h.append(&HEADER, HeaderValue::from_static("another"));
+        assert_eq!(assign(&mut h, true), "from-proxy");
+        assert_eq!(h.get_all(&HEADER).iter().count(), 1);
+        let mut h = HeaderMap::new();
+        h.insert(&HEADER, HeaderValue::from_static("has space"));
+        assert_ne!(assign(&mut h, true), "has space", "malformed: replaced");
+        let mut resp = HeaderMap::new();
+        echo(&mut resp, &id);
+        assert_eq!(resp[&HEADER], id);
+        resp.insert(&HEADER, HeaderValue::from_static("backend's"));
+        echo(&mut resp, &id);
+        assert_eq!(resp[&HEADER], "backend's");
+    }
+}

@@ -1,0 +1,405 @@
+//! Hostile-input checks. `check_head` validates a raw HTTP/1 request head strictly
+//! (RFC 9112: token methods, no bare CR/LF, NUL or obs-fold, no whitespace before a colon,
+//! one valid Content-Length or exactly `Transfer-Encoding: chunked` and never both, no TE on
+//! HTTP/1.0, one Host that agrees with an absolute-form target); `server::framing` runs it on
+//! the bytes before hyper sees them. `check` runs per request in `proxy()` on what hyper
+//! parsed (HTTP/1 and HTTP/2): 400 on duplicate or disagreeing Host, 414, 413, and the
+//! listener's per-client-IP rate limit (429 with Retry-After).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use http::header::{CONTENT_LENGTH, HOST, RETRY_AFTER};
+use http::{HeaderValue, Request, Response, StatusCode};
+
+use super::body::ProxyBody;
+use super::{local, ConnContext};
+use crate::config::IpRateLimit;
+
+/// How a request's body is delimited, once its head is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// An upgrade or CONNECT: what follows may be another protocol.
+    Tunnel,
+}
+
+/// Why a request head is refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad request head: {0}")]
+pub struct HeadError(pub &'static str);
+
+/// RFC 9110 tchar.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A field-value byte (RFC 9110 5.5): VCHAR, obs-text, SP, HTAB.
+fn is_value_byte(b: u8) -> bool {
+    b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// 1*DIGIT that fits a u64.
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The authority of an absolute-form target (`http://a.example:80/x` -> `a.example:80`).
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let lower = target.get(..8).map(|p| p.to_ascii_lowercase())?;
+    let rest = if lower.starts_with(b"http://") {
+        &target[7..]
+    } else if lower.starts_with(b"https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Validate one request head (request line, fields and the empty line). Leading empty
+/// lines (RFC 9112 2.2) are allowed.
+pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
+    let mut head = head;
+    while let Some(rest) = head.strip_prefix(b"\r\n") {
+        head = rest;
+    }
+    let body = head
+        .strip_suffix(b"\r\n\r\n")
+        .ok_or(HeadError("head must end with CRLF CRLF"))?;
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' if body.get(i + 1) == Some(&b'\n') => {
+                lines.push(&body[start..i]);
+                i += 2;
+                start = i;
+            }
+            b'\r' => return Err(HeadError("bare CR")),
+            b'\n' => return Err(HeadError("bare LF")),
+            _ => i += 1,
+        }
+    }
+    lines.push(&body[start..]);
+    let (request_line, fields) = lines.split_first().ok_or(HeadError("empty head"))?;
+    let mut parts = request_line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError("malformed request line"));
+    };
+    if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) {
+        return Err(HeadError("method is not a token"));
+    }
+    if target.is_empty() || !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(HeadError("invalid request target"));
+    }
+    let http10 = match version {
+        b"HTTP/1.1" => false,
+        b"HTTP/1.0" => true,
+        _ => return Err(HeadError("unsupported HTTP version")),
+    };
+    let (mut content_length, mut chunked, mut te_seen) = (None, false, false);
+    let (mut host, mut upgrade) = (None::<&[u8]>, false);
+    for line in fields {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            return Err(HeadError("obs-fold"));
+        }
+        let colon = line
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or(HeadError("field without colon"))?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+            return Err(HeadError("invalid field name (whitespace before colon?)"));
+        }
+        if !value.iter().all(|b| is_value_byte(*b)) {
+            return Err(HeadError("control character in field value"));
+        }
+        let value = trim_ows(value);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(HeadError("duplicate Content-Length"));
+            }
+            content_length =
+                Some(parse_content_length(value).ok_or(HeadError("invalid Content-Length"))?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if te_seen {
+                return Err(HeadError("duplicate Transfer-Encoding"));
+            }
+            te_seen = true;
+            if value != b"chunked" {
+                return Err(HeadError("Transfer-Encoding other than chunked"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return Err(HeadError("duplicate Host"));
+            }
+            host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if te_seen && http10 {
+        return Err(HeadError("Transfer-Encoding on HTTP/1.0"));
+    }
+    if te_seen && content_length.is_some() {
+        return Err(HeadError("both Content-Length and Transfer-Encoding"));
+    }
+    if !http10 && host.is_none() {
+        return Err(HeadError("HTTP/1.1 request without Host"));
+    }
+    if let (Some(authority), Some(host)) = (absolute_authority(target), host) {
+        if !authority.eq_ignore_ascii_case(host) {
+            return Err(HeadError("absolute-form authority disagrees with Host"));
+        }
+    }
+    Ok(if upgrade || method == b"CONNECT" {
+        Framing::Tunnel
+    } else if chunked {
+        Framing::Chunked
+    } else {
+        content_length
+            .filter(|n| *n > 0)
+            .map_or(Framing::None, Framing::Length)
+    })
+}
+
+/// Per-request checks on what hyper parsed; `Some` is the answer instead of proxying.
+pub fn check<B>(req: &Request<B>, ctx: &ConnContext) -> Option<Response<ProxyBody>> {
+    let limits = &ctx.limits;
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some(local::error(
+            StatusCode::BAD_REQUEST,
+            "duplicate Host header",
+            None,
+        ));
+    }
+    if let (Some(a), Some(h)) = (req.uri().authority(), host) {
+        if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) {
+            return Some(local::error(
+                StatusCode::BAD_REQUEST,
+                "request target authority disagrees with Host",
+                None,
+            ));
+        }
+    }
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > limits.max_request_line {
+        return Some(local::error(
+            StatusCode::URI_TOO_LONG,
+            "request target too long",
+            None,
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| parse_content_length(v.as_bytes()));
+    if declared.is_some_and(|n| n > limits.max_body) {
+        return Some(local::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            None,
+        ));
+    }
+    let rate = ctx.rate_limit.as_ref()?;
+    match rate.admit(ctx.client.ip, Instant::now()) {
+        Ok(()) => None,
+        Err(wait_s) => {
+            let mut resp = local::error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", None);
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(wait_s));
+            Some(resp)
+        }
+    }
+}
+
+/// Buckets kept per listener; past this many client IPs, idle ones are dropped.
+const MAX_TRACKED_IPS: usize = 100_000;
+const SHARDS: usize = 32;
+
+/// A token bucket per client IP (one per listener and rate-limit setting).
+#[derive(Debug)]
+pub struct IpLimiter {
+    config: IpRateLimit,
+    shards: Vec<Mutex<HashMap<IpAddr, (f64, Instant)>>>,
+}
+
+impl IpLimiter {
+    pub fn new(config: IpRateLimit) -> IpLimiter {
+        IpLimiter {
+            config,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// The limiter of listener `name` with `config`, shared by every connection and worker
+    /// (a reload with another setting starts fresh buckets).
+    pub fn shared(name: &str, config: &IpRateLimit) -> Arc<IpLimiter> {
+        type Registry = Mutex<HashMap<String, Arc<IpLimiter>>>;
+        static REGISTRY: OnceLock<Registry> = OnceLock::new();
+        let mut map = match REGISTRY.get_or_init(Default::default).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let entry = map
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(IpLimiter::new(config.clone())));
+        if entry.config != *config {
+            *entry = Arc::new(IpLimiter::new(config.clone()));
+        }
+        entry.clone()
+    }
+
+    /// Take a token for `ip`, or the whole seconds until one is available.
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+        let shard = &self.shards[shard_of(ip)];
+        let mut map = match shard.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (rate, burst) = (self.config.per_ip, f64::from(self.config.burst));
+        if map.len() >= MAX_TRACKED_IPS / SHARDS && !map.contains_key(&ip) {
+            // Full buckets carry no information: forget them.
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = map.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - *tokens) / rate).ceil() as u64).max(1))
+        }
+    }
+}
+
+fn shard_of(ip: IpAddr) -> usize {
+    let h = match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let n = u128::from(v6);
+            (n as u64) ^ ((n >> 64) as u64)
+        }
+    };
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59) as usize % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(head: &str) -> Framing {
+        check_head(head.as_bytes()).unwrap_or_else(|e| panic!("{head:?}: {e}"))
+    }
+
+    fn bad(head: &str) {
+        assert!(check_head(head.as_bytes()).is_err(), "accepted {head:?}");
+    }
+
+    #[test]
+    fn good_heads_are_framed() {
+        assert_eq!(ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Framing::None);
+        assert_eq!(
+            ok("\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked \r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            ok("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"),
+            Framing::Tunnel
+        );
+        assert_eq!(ok("GET / HTTP/1.0\r\n\r\n"), Framing::None);
+        assert_eq!(
+            ok("GET http://a:1/x HTTP/1.1\r\nHost: A:1\r\n\r\n"),
+            Framing::None
+        );
+    }
+
+    #[test]
+    fn hostile_heads_are_refused() {
+        let h = "POST / HTTP/1.1\r\nHost: a\r\n";
+        for extra in [
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Content-Length: 5\r\nContent-Length: 5\r\n",
+            "Content-Length: +5\r\n",
+            "Content-Length: 0x5\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: Chunked\r\n",
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: \x0bchunked\r\n",
+            "Transfer-Encoding : chunked\r\n",
+            "X: a\r\n Transfer-Encoding: chunked\r\n",
+            "X: a\x00b\r\n",
+            "X: a\rb\r\n",
+            "X: a\nb\r\n",
+            "Host: b\r\n",
+        ] {
+            bad(&format!("{h}{extra}\r\n"));
+        }
+        bad("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        bad("G(T / HTTP/1.1\r\nHost: a\r\n\r\n");
+        bad("GET http://b/ HTTP/1.1\r\nHost: a\r\n\r\n");
+        bad("GET / HTTP/1.1\r\n\r\n");
+        bad("GET / HTTP/1.1\n\n");
+        bad("GET / HTTP/2.0\r\nHost: a\r\n\r\n");
+        bad("GET  / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[test]
+    fn buckets_refill_and_report_the_wait() {
+        let l = IpLimiter::new(IpRateLimit {
+            per_ip: 2.0,
+            burst: 2,
+        });
+        let (ip, t0) = ("10.0.0.1".parse().expect("ip"), Instant::now());
+        assert!(l.admit(ip, t0).is_ok() && l.admit(ip, t0).is_ok());
+        assert_eq!(l.admit(ip, t0), Err(1));
+        let other: IpAddr = "10.0.0.2".parse().expect("ip");
+        assert!(l.admit(other, t0).is_ok());
+        assert!(l
+            .admit(ip, t0 + std::time::Duration::from_millis(600))
+            .is_ok());
+    }
+}

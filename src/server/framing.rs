@@ -1,0 +1,444 @@
+//! A strict RFC 9112 gate in front of hyper on HTTP/1 client connections. It holds each
+//! request head back until it is complete, validates it (`proxy::validate::check_head`),
+//! follows the body's framing (Content-Length or chunked, with chunk sizes, extensions and
+//! trailers checked) to find the next head, and:
+//! - hands a head that fails to hyper as an invalid request line, so that hyper answers
+//!   `400` in order and closes; nothing of it reaches a backend. A chunked body error
+//!   found in the bytes that arrived with the head does the same;
+//! - cuts the connection on a later body error or a chunked body over `max_body`;
+//! - adds `Connection: close` to the head of the `max_requests_per_connection`th request;
+//! - steps aside (passes bytes through) after an upgrade or CONNECT, on the HTTP/2 preface
+//!   (h2c), and once a head outgrows `max_header_bytes` (hyper then answers 431).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::Limits;
+use crate::proxy::validate::{check_head, is_tchar, Framing};
+
+/// What hyper is fed instead of a refused head: an invalid method, answered with 400.
+const REFUSED: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
+/// Chunk extensions (and trailers) of one chunk may not exceed this.
+const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size { digits: u8, size: u64 },
+    Ext { len: usize, size: u64 },
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer(usize),
+    TrailerLf,
+    EndLf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Length(u64),
+    Chunked(Chunk),
+    Passthrough,
+    /// A refused head was handed on: nothing more is read.
+    Closed,
+    /// A body error after its head was forwarded: the read fails.
+    Failed,
+}
+
+/// The framing state of one connection's request stream (separate from I/O for tests).
+#[derive(Debug)]
+pub struct Framer {
+    state: State,
+    head: Vec<u8>,
+    body: u64,
+    requests: u64,
+    max_head: usize,
+    max_body: u64,
+    max_requests: u64,
+}
+
+impl Framer {
+    pub fn new(limits: &Limits) -> Framer {
+        Framer {
+            state: State::Head,
+            head: Vec::new(),
+            body: 0,
+            requests: 0,
+            max_head: limits.max_header_bytes,
+            max_body: limits.max_body,
+            max_requests: limits.max_requests_per_connection,
+        }
+    }
+
+    /// True once the connection must end (after its pending output).
+    pub fn failed(&self) -> bool {
+        self.state == State::Failed
+    }
+
+    pub fn closed(&self) -> bool {
+        matches!(self.state, State::Closed | State::Failed)
+    }
+
+    /// Feed bytes read from the client; what hyper may see is appended to `out`.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        // Where the head released by this call starts in `out`: a body error in the same
+        // bytes still turns the whole request into a 400.
+        let mut released_at: Option<usize> = None;
+        while !data.is_empty() {
+            match self.state {
+                State::Closed | State::Failed => return,
+                State::Passthrough => {
+                    out.extend_from_slice(data);
+                    return;
+                }
+                State::Head => {
+                    let before = self.head.len();
+                    self.head.extend_from_slice(data);
+                    let Some(end) = head_end(&self.head, before) else {
+                        if self.head.len() > self.max_head {
+                            out.append(&mut self.head);
+                            self.state = State::Passthrough;
+                        }
+                        return;
+                    };
+                    let rest_from = end - before;
+                    data = &data[rest_from.min(data.len())..];
+                    let head = std::mem::take(&mut self.head);
+                    let head = &head[..end];
+                    if self.requests == 0 && head.starts_with(b"PRI * HTTP/2.0\r\n") {
+                        out.extend_from_slice(head);
+                        self.state = State::Passthrough;
+                        continue;
+                    }
+                    released_at = Some(out.len());
+                    match check_head(head) {
+                        Err(e) => {
+                            tracing::debug!(error = %e, "request refused: 400");
+                            out.extend_from_slice(REFUSED);
+                            self.state = State::Closed;
+                            return;
+                        }
+                        Ok(framing) => {
+                            self.requests += 1;
+                            if self.requests >= self.max_requests {
+                                out.extend_from_slice(&head[..head.len() - 2]);
+                                out.extend_from_slice(b"Connection: close\r\n\r\n");
+                            } else {
+                                out.extend_from_slice(head);
+                            }
+                            self.body = 0;
+                            self.state = match framing {
+                                Framing::None => State::Head,
+                                Framing::Length(n) => State::Length(n),
+                                Framing::Chunked => {
+                                    State::Chunked(Chunk::Size { digits: 0, size: 0 })
+                                }
+                                Framing::Tunnel => State::Passthrough,
+                            };
+                        }
+                    }
+                }
+                State::Length(n) => {
+                    let k = (n as usize).min(data.len()).min(usize::MAX);
+                    out.extend_from_slice(&data[..k]);
+                    data = &data[k..];
+                    let left = n - k as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Length(left)
+                    };
+                }
+                State::Chunked(c) => match self.chunk(c, data, out) {
+                    Ok(used) => data = &data[used..],
+                    Err(why) => {
+                        tracing::debug!(error = why, "bad chunked body");
+                        match released_at {
+                            Some(at) => {
+                                out.truncate(at);
+                                out.extend_from_slice(REFUSED);
+                                self.state = State::Closed;
+                            }
+                            None => self.state = State::Failed,
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Advance the chunked body over `data`; returns the bytes consumed.
+    fn chunk(&mut self, c: Chunk, data: &[u8], out: &mut Vec<u8>) -> Result<usize, &'static str> {
+        if let Chunk::Data(n) = c {
+            let k = (n as usize).min(data.len());
+            out.extend_from_slice(&data[..k]);
+            let left = n - k as u64;
+            self.state = State::Chunked(if left == 0 {
+                Chunk::DataCr
+            } else {
+                Chunk::Data(left)
+            });
+            return Ok(k);
+        }
+        let b = data[0];
+        let next = match c {
+            Chunk::Size { digits, size } => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    if digits >= 16 {
+                        return Err("chunk size overflow");
+                    }
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    Chunk::Size {
+                        digits: digits + 1,
+                        size: size << 4 | d,
+                    }
+                }
+                _ if digits == 0 => return Err("chunk size missing"),
+                b';' | b' ' | b'\t' => Chunk::Ext { len: 1, size },
+                b'\r' => Chunk::SizeLf(size),
+                _ => return Err("invalid chunk size"),
+            },
+            Chunk::Ext { len, size } => match b {
+                b'\r' => Chunk::SizeLf(size),
+                _ if len >= MAX_LINE => return Err("chunk extension too long"),
+                b';' | b'=' | b'"' | b'\\' | b' ' | b'\t' | 0x80..=0xff => {
+                    Chunk::Ext { len: len + 1, size }
+                }
+                _ if is_tchar(b) => Chunk::Ext { len: len + 1, size },
+                _ => return Err("invalid byte in chunk extension"),
+            },
+            Chunk::SizeLf(size) => {
+                if b != b'\n' {
+                    return Err("chunk size line without CRLF");
+                }
+                self.body = self.body.saturating_add(size);
+                if self.body > self.max_body {
+                    return Err("chunked body over max_body");
+                }
+                if size == 0 {
+                    Chunk::TrailerStart
+                } else {
+                    Chunk::Data(size)
+                }
+            }
+            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+            Chunk::DataLf if b == b'\n' => Chunk::Size { digits: 0, size: 0 },
+            Chunk::DataCr | Chunk::DataLf => return Err("chunk data without CRLF"),
+            Chunk::TrailerStart => match b {
+                b'\r' => Chunk::EndLf,
+                b' ' | b'\t' => return Err("obs-fold in trailer"),
+                _ if is_tchar(b) => Chunk::Trailer(1),
+                _ => return Err("invalid trailer"),
+            },
+            Chunk::Trailer(len) => match b {
+                b'\r' => Chunk::TrailerLf,
+                _ if len >= MAX_LINE => return Err("trailer too long"),
+                b'\t' | 0x20..=0x7e | 0x80..=0xff => Chunk::Trailer(len + 1),
+                _ => return Err("control character in trailer"),
+            },
+            Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
+            Chunk::TrailerLf => return Err("bare CR in trailer"),
+            Chunk::EndLf if b == b'\n' => {
+                out.push(b);
+                self.state = State::Head;
+                return Ok(1);
+            }
+            Chunk::EndLf => return Err("chunked body end without CRLF"),
+            Chunk::Data(_) => unreachable!("handled above"),
+        };
+        out.push(b);
+        self.state = State::Chunked(next);
+        Ok(1)
+    }
+}
+
+/// The end of a head in `buf` (index after its empty line), searching from near `from`.
+/// A bare-LF empty line ends it too (and is then refused by `check_head`).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    // Skip leading empty lines (RFC 9112 2.2).
+    let lead = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    let lead = lead - lead % 2;
+    let start = start.max(lead);
+    (start..buf.len()).find_map(|i| {
+        if buf[i] != b'\n' {
+            return None;
+        }
+        match buf.get(i + 1) {
+            Some(b'\n') => Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+            _ => None,
+        }
+    })
+}
+
+/// An HTTP/1 client stream behind the `Framer`.
+pub struct Framed<T> {
+    inner: T,
+    framer: Framer,
+    out: Vec<u8>,
+    pos: usize,
+}
+
+impl<T> Framed<T> {
+    pub fn new(inner: T, limits: &Limits) -> Framed<T> {
+        Framed {
+            inner,
+            framer: Framer::new(limits),
+            out: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // Bounded: each round either returns or consumes a read from the client.
+        loop {
+            if this.pos < this.out.len() {
+                let k = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + k]);
+                this.pos += k;
+                if this.pos == this.out.len() {
+                    this.out.clear();
+                    this.pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.framer.failed() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad request body framing",
+                )));
+            }
+            if this.framer.closed() {
+                return Poll::Ready(Ok(()));
+            }
+            if this.framer.state == State::Passthrough && this.framer.head.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut scratch = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    // EOF: hand on an incomplete head for hyper to judge.
+                    this.out.append(&mut this.framer.head);
+                    this.framer.state = State::Closed;
+                    if this.out.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Ok(())) => this.framer.feed(rb.filled(), &mut this.out),
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn run(input: &[&[u8]]) -> (Vec<u8>, Framer) {
+        let mut f = Framer::new(&Limits::default());
+        let mut out = Vec::new();
+        for piece in input {
+            f.feed(piece, &mut out);
+        }
+        (out, f)
+    }
+
+    #[test]
+    fn pipelined_requests_pass_in_pieces() {
+        let req: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=\"y\"\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        let whole = run(&[req]).0;
+        assert_eq!(whole, req);
+        let pieces: Vec<&[u8]> = req.chunks(3).collect();
+        let (bytes, f) = run(&pieces);
+        assert_eq!(bytes, req);
+        assert_eq!(f.state, State::Head);
+    }
+
+    #[test]
+    fn bad_chunks_refuse_or_fail() {
+        let head: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (out, f) = run(&[head, b"FFFFFFFFFFFFFFFFF\r\n"]);
+        assert!(f.failed() && out.starts_with(head));
+        let whole = [head, b"5;\x00\r\nhello\r\n0\r\n\r\n"].concat();
+        let (out, f) = run(&[&whole]);
+        assert_eq!(out, REFUSED);
+        assert!(f.closed() && !f.failed());
+    }
+
+    #[test]
+    fn the_last_allowed_request_asks_to_close() {
+        let mut f = Framer::new(&Limits {
+            max_requests_per_connection: 2,
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        f.feed(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            &mut out,
+        );
+        assert!(out.ends_with(b"Host: a\r\nConnection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn h2_preface_and_huge_heads_pass_through() {
+        let (out, f) = run(&[H2_PREFACE, b"\x00\x00"]);
+        assert_eq!(out, [H2_PREFACE, b"\x00\x00"].concat());
+        assert_eq!(f.state, State::Passthrough);
+        let big = vec![b'a'; 70 * 1024];
+        let (out, f) = run(&[b"GET / HTTP/1.1\r\nX: ", &big]);
+        assert_eq!(out.len(), 70 * 1024 + 19);
+        assert_eq!(f.state, State::Passthrough);
+    }
+}
