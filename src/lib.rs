@@ -1,4 +1,8 @@
 //! autolb: a load balancer and reverse proxy with an embedded autoscaler.
+// Unsafe code is denied everywhere but in the modules that say why they need it
+// (`forbid` could not be relaxed per module): server::upgrade, autoscale::process and
+// autoscale::procstat.
+#![deny(unsafe_code)]
 
 pub mod accesslog;
 pub mod admin;

@@ -322,3 +322,48 @@ async fn json_to_stdout_by_default() {
     );
     drop(proc);
 }
+
+#[tokio::test]
+async fn https_requests_log_their_tls_version_and_protocol() {
+    use common::tls;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let ca = tls::TestCa::new("access log CA");
+    let pair = ca.issue(&["localhost"]).write(dir.path(), "site");
+    let a = echo("a");
+    let yaml = tls::https_config(&[pair], "", "", "", &[a.addr]).replace(
+        "pools:\n",
+        &format!("access_log: {{ path: {log:?} }}\npools:\n"),
+    );
+    let lb = Autolb::start(&yaml);
+    let addr = lb.addr("secure");
+    let stream = tls::connect(
+        addr,
+        "localhost",
+        &tls::connector(&ca, &[b"http/1.1"], true),
+    )
+    .await
+    .expect("TLS 1.2");
+    let r = tls::get1(&mut tls::h1(stream).await, "localhost", "/").await;
+    assert_eq!(r.status, 200);
+    let stream = tls::connect(addr, "localhost", &tls::connector(&ca, &[b"h2"], false))
+        .await
+        .expect("TLS 1.3");
+    let mut h2 = tls::h2(stream).await;
+    let req = http::Request::get(format!("https://localhost:{}/", addr.port()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let r = tls::reply(h2.send_request(req).await.expect("h2 response")).await;
+    assert_eq!(r.status, 200);
+    let lines = json_lines(&log, 2).await;
+    assert_eq!(
+        (&lines[0]["tls"], &lines[0]["protocol"]),
+        (&Value::from("TLSv1.2"), &Value::from("HTTP/1.1"))
+    );
+    assert_eq!(
+        (&lines[1]["tls"], &lines[1]["protocol"]),
+        (&Value::from("TLSv1.3"), &Value::from("HTTP/2.0"))
+    );
+    assert_eq!(lines[1]["host"], format!("localhost:{}", addr.port()));
+    assert_eq!(lines[1]["listener"], "secure");
+}

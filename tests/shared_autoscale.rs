@@ -167,9 +167,12 @@ async fn one_leader_shares_and_hands_over() {
     let c = node(&url, 2, 3);
 
     // One leader; the fleet-wide 3 instances run one per node.
-    let s = wait_all(&[&a, &b, &c], Duration::from_secs(20), "one per node", |s| {
-        leaders(s).len() == 1 && s.iter().all(|v| current(v) == 1)
-    })
+    let s = wait_all(
+        &[&a, &b, &c],
+        Duration::from_secs(20),
+        "one per node",
+        |s| leaders(s).len() == 1 && s.iter().all(|v| current(v) == 1),
+    )
     .await;
     let first = leaders(&s)[0].clone();
     let t1 = token(&s[0]);
@@ -205,11 +208,16 @@ async fn one_leader_shares_and_hands_over() {
     let t2 = token(&s[0]);
     signal(paused.proc.pid(), "-CONT");
     // The resumed node learns the new leader and token; there is still one leader.
-    let s = wait_all(&nodes, Duration::from_secs(5), "resumed node follows", |s| {
-        s.iter()
-            .all(|v| v.as_ref().is_some_and(|v| v["leader"] == second.as_str()))
-            && token(&s[idx]) == t2
-    })
+    let s = wait_all(
+        &nodes,
+        Duration::from_secs(5),
+        "resumed node follows",
+        |s| {
+            s.iter()
+                .all(|v| v.as_ref().is_some_and(|v| v["leader"] == second.as_str()))
+                && token(&s[idx]) == t2
+        },
+    )
     .await;
     assert_eq!(leaders(&s), vec![second.clone()]);
 

@@ -3,6 +3,7 @@
 //! Every answer is JSON except `/metrics`; errors are `{"error": ...}`.
 
 mod dashboard;
+mod guard;
 mod scaling;
 mod status;
 
@@ -83,6 +84,9 @@ const ENDPOINTS: &[(&str, &str)] = &[
 ];
 
 async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if !guard::allowed(&req) {
+        return error(StatusCode::MISDIRECTED_REQUEST, "host not allowed (DNS rebinding guard)");
+    }
     let path = req.uri().path().to_string();
     let Some(&(_, method)) = ENDPOINTS.iter().find(|(p, _)| *p == path) else {
         return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"));

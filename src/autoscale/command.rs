@@ -64,7 +64,11 @@ pub fn substitute(argv: &[String], pool: &str, count: u32, token: u64) -> Vec<St
 }
 
 /// Run `argv` (in the autoscale `cwd`, with its `env`) and answer its stdout.
-pub async fn run(cfg: &Autoscale, argv: &[String], limit: Duration) -> Result<String, CommandError> {
+pub async fn run(
+    cfg: &Autoscale,
+    argv: &[String],
+    limit: Duration,
+) -> Result<String, CommandError> {
     let name = argv.first().cloned().unwrap_or_default();
     let mut cmd = tokio::process::Command::new(&name);
     cmd.args(&argv[1.min(argv.len())..])
@@ -76,7 +80,9 @@ pub async fn run(cfg: &Autoscale, argv: &[String], limit: Duration) -> Result<St
     if let Some(cwd) = &cfg.cwd {
         cmd.current_dir(cwd);
     }
-    let child = cmd.spawn().map_err(|e| CommandError::Spawn(name.clone(), e))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| CommandError::Spawn(name.clone(), e))?;
     let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .map_err(|_| CommandError::Timeout(name.clone(), limit))?
@@ -129,7 +135,9 @@ pub async fn members_loop(scaler: Arc<PoolScaler>, runtime: Arc<Runtime>) {
                     scaler.wake.notify_one();
                 }
             }
-            Err(e) => tracing::warn!(pool = %scaler.pool, error = %e, "cannot read the members; keeping the last ones"),
+            Err(e) => {
+                tracing::warn!(pool = %scaler.pool, error = %e, "cannot read the members; keeping the last ones")
+            }
         }
         let every = cfg.discovery.as_ref().map_or(cfg.interval, |d| d.interval);
         tokio::select! {
@@ -181,7 +189,9 @@ pub fn signals(st: &mut ScalerState, runtime: &Runtime, now: Instant) -> Signals
     let n = ready.len().max(1) as f64;
     let inflight: u64 = ready
         .iter()
-        .map(|m| m.stats.active.load(Ordering::Relaxed) + m.stats.websockets.load(Ordering::Relaxed))
+        .map(|m| {
+            m.stats.active.load(Ordering::Relaxed) + m.stats.websockets.load(Ordering::Relaxed)
+        })
         .sum();
     let snapshot = runtime.snapshot();
     let pool = snapshot.pool(&st.pool_name);
@@ -245,7 +255,11 @@ pub fn act(scaler: &Arc<PoolScaler>, st: &mut ScalerState, desired: u32, reason:
         st.events.pop_front();
     }
     st.events.push_back(event);
-    let counter = if desired > from { &scaler.scale_ups } else { &scaler.scale_downs };
+    let counter = if desired > from {
+        &scaler.scale_ups
+    } else {
+        &scaler.scale_downs
+    };
     counter.fetch_add(1, Ordering::Relaxed);
     crate::alerts::scaling(&scaler.pool, from, desired, reason);
     tracing::info!(pool = %scaler.pool, from, to = desired, token, reason, "scaling: running scale");
@@ -256,7 +270,9 @@ pub fn act(scaler: &Arc<PoolScaler>, st: &mut ScalerState, desired: u32, reason:
         st.scaling = false;
         match r {
             Ok(_) => st.requested = Some(desired),
-            Err(e) => tracing::error!(pool = %scaler.pool, error = %e, "scale command failed; retrying at the next decision"),
+            Err(e) => {
+                tracing::error!(pool = %scaler.pool, error = %e, "scale command failed; retrying at the next decision")
+            }
         }
         drop(st);
         scaler.refresh.notify_one();
@@ -270,13 +286,18 @@ mod tests {
     #[test]
     fn list_output_and_substitution() {
         let a = parse_list(r#" [{"address":"10.0.0.1:80"},{"address":"web-2:8080","x":1}] "#);
-        assert_eq!(a.ok(), Some(vec!["10.0.0.1:80".into(), "web-2:8080".into()]));
+        assert_eq!(
+            a.ok(),
+            Some(vec!["10.0.0.1:80".into(), "web-2:8080".into()])
+        );
         assert!(parse_list("10.0.0.1:80").is_err());
         assert!(parse_list(r#"[{"addr":"x"}]"#).is_err());
         let argv = ["./scale.sh", "{pool}", "{count}", "--token={token}"].map(String::from);
         assert_eq!(
             substitute(&argv, "web", 4, 9),
-            ["./scale.sh", "web", "4", "--token=9"].map(String::from).to_vec()
+            ["./scale.sh", "web", "4", "--token=9"]
+                .map(String::from)
+                .to_vec()
         );
     }
 }

@@ -233,7 +233,10 @@ impl PoolScaler {
             if let Some(d) = &st.coord.decision {
                 return Decision {
                     desired: d.desired,
-                    reason: format!("fleet: {} by leader {} (token {}): {}", d.desired, d.leader, d.token, d.reason),
+                    reason: format!(
+                        "fleet: {} by leader {} (token {}): {}",
+                        d.desired, d.leader, d.token, d.reason
+                    ),
                     panic: false,
                 };
             }

@@ -1,6 +1,8 @@
 //! The `process` provider: start an instance from the pool's command (with `{port}` and
 //! `{instance}` substituted, `PORT` set, output sent to the log), and stop it: SIGTERM to
 //! its process group, then SIGKILL after a grace period.
+// pre_exec (setsid/prctl in the child) and kill(2) of a process group have no safe API.
+#![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,5 +1,7 @@
 //! CPU time and resident memory of process trees, read from /proc (one scan for all
 //! instances per policy tick).
+// sysconf(3) for the clock tick and page size has no safe API.
+#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 

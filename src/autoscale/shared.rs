@@ -157,9 +157,7 @@ pub fn fleet_signals(nodes: &[NodeSignals]) -> Signals {
     let weighted = |f: fn(&NodeSignals) -> Option<f64>| {
         let (sum, w) = nodes
             .iter()
-            .filter_map(|n| {
-                f(n).map(|v| (v * f64::from(n.ready), f64::from(n.ready)))
-            })
+            .filter_map(|n| f(n).map(|v| (v * f64::from(n.ready), f64::from(n.ready))))
             .fold((0.0, 0.0), |(s, w), (v, r)| (s + v, w + r));
         (w > 0.0).then(|| sum / w)
     };

@@ -3,6 +3,7 @@
 //! HTTP/1.1 keep-alive and HTTP/2 prior knowledge. Endpoints: `/` (name), `/health`,
 //! `/echo`, `/delay/{ms}`, `/status/{code}`, `/bytes/{n}`, `/ws`; anything else is a
 //! JSON 404. Every answer carries `x-backend: NAME`. Nothing is logged per request.
+#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::io::{self, Write};

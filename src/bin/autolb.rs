@@ -1,5 +1,6 @@
 //! `autolb`: run the balancer (`autolb run -c FILE`, or `autolb -c FILE`) or validate a
 //! config (`autolb check -c FILE`).
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -166,6 +166,51 @@ pub(crate) fn max_connections(field: &Option<Located<u32>>, issues: &mut Issues)
 mod tests {
     use super::*;
 
+    use crate::config::tests::{assert_error, load};
+
+    const BASE: &str = "listeners:
+  - name: t
+    listen: 127.0.0.1:7000
+    protocol: tcp
+    accept_proxy: true
+    sni_routes: { a.example.com: a, \"*.b.example.com\": a }
+pools:
+  a:
+    send_proxy: v2
+    backends: [{ address: 127.0.0.1:7001, max_connections: 3 }]
+";
+
+    #[test]
+    fn l4_keys_are_read() {
+        let c = load(BASE).expect("valid");
+        let l = &c.listeners[0];
+        assert!(l.accept_proxy);
+        assert_eq!(l.pool, None, "sni_routes cover a tcp listener without pool");
+        assert_eq!(l.sni_routes.len(), 2);
+        assert_eq!(l.sni_routes[1].name, "*.b.example.com");
+        assert_eq!(c.pools[0].send_proxy, Some(ProxyVersion::V2));
+        assert_eq!(c.pools[0].backends[0].max_connections, Some(3));
+    }
+
+    #[test]
+    fn l4_errors_point_at_their_value() {
+        let y = BASE.replace("a.example.com: a,", "a.example.com: nope,");
+        assert_error(&y, "nope", "unknown pool \"nope\"");
+        let y = BASE.replace("a.example.com: a,", "\"a b\": a,");
+        assert_error(&y, "\"a b\"", "invalid server name");
+        let y = BASE.replace("max_connections: 3", "max_connections: 0");
+        assert_error(&y, "0 }", "max_connections must be at least 1");
+        let y = BASE.replace("send_proxy: v2", "send_proxy: v3");
+        assert_error(&y, "v3", "expected one of: v1, v2");
+        let y = BASE.replace("protocol: tcp", "protocol: http\n    pool: a");
+        assert_error(&y, "{ a.example.com", "only allowed on tcp listeners");
+        let y = BASE.replace(
+            "    sni_routes: { a.example.com: a, \"*.b.example.com\": a }\n",
+            "",
+        );
+        assert_error(&y, "name: t", "needs a pool (or sni_routes)");
+    }
+
     #[test]
     fn server_names_and_matching() {
         assert!(valid_server_name("db.example.com"));

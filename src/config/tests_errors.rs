@@ -275,7 +275,7 @@ fn autoscale_rules() {
     assert_error(
         &yaml,
         "docker",
-        "unknown autoscale provider \"docker\" (known: process)",
+        "unknown autoscale provider \"docker\" (known: process, command)",
     );
     let yaml = with_pool("    autoscale: { ports: 3100-3199 }\n");
     assert_error(&yaml, "{ ports", "autoscale needs a command");

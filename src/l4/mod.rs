@@ -146,8 +146,7 @@ pub async fn serve<G: Send + 'static>(
     let Some(pool_cfg) = snap.config.pools.iter().find(|p| p.name == pool.name) else {
         return;
     };
-    let Some((backend, lease)) = connect(&runtime, &pool, pool_cfg, addrs, &listener).await
-    else {
+    let Some((backend, lease)) = connect(&runtime, &pool, pool_cfg, addrs, &listener).await else {
         counters.reject("no_backend");
         return;
     };
@@ -284,7 +283,8 @@ async fn connect(
     for attempt in 0..=pool.retries {
         let Some((idx, lease)) = pick(pool, &limits, &mut ctx) else {
             let full = pool.backends.iter().zip(&limits).any(|(b, l)| {
-                b.usable() && l.is_some_and(|m| b.stats.active.load(Ordering::Relaxed) >= u64::from(m))
+                b.usable()
+                    && l.is_some_and(|m| b.stats.active.load(Ordering::Relaxed) >= u64::from(m))
             });
             let why = if full {
                 "every usable backend is at max_connections"

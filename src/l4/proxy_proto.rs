@@ -168,8 +168,14 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
             src.copy_from_slice(&b[..16]);
             dst.copy_from_slice(&b[16..32]);
             Some(ProxyAddrs {
-                src: SocketAddr::new(Ipv6Addr::from(src).into(), u16::from_be_bytes([b[32], b[33]])),
-                dst: SocketAddr::new(Ipv6Addr::from(dst).into(), u16::from_be_bytes([b[34], b[35]])),
+                src: SocketAddr::new(
+                    Ipv6Addr::from(src).into(),
+                    u16::from_be_bytes([b[32], b[33]]),
+                ),
+                dst: SocketAddr::new(
+                    Ipv6Addr::from(dst).into(),
+                    u16::from_be_bytes([b[34], b[35]]),
+                ),
             })
         }
         // UNSPEC, UNIX: no IP addresses; the connection's own are used (spec 2.2).
@@ -399,7 +405,10 @@ mod tests {
             );
         }
         // Mixed families become IPv6 (v4-mapped).
-        let mixed = encode(ProxyVersion::V1, Some(addrs("1.2.3.4:5", "[2001:db8::2]:6")));
+        let mixed = encode(
+            ProxyVersion::V1,
+            Some(addrs("1.2.3.4:5", "[2001:db8::2]:6")),
+        );
         assert_eq!(
             mixed,
             b"PROXY TCP6 ::ffff:1.2.3.4 2001:db8::2 5 6\r\n".to_vec()
@@ -412,7 +421,10 @@ mod tests {
                 len: 16
             }
         );
-        assert_eq!(encode(ProxyVersion::V1, None), b"PROXY UNKNOWN\r\n".to_vec());
+        assert_eq!(
+            encode(ProxyVersion::V1, None),
+            b"PROXY UNKNOWN\r\n".to_vec()
+        );
     }
 
     #[test]

@@ -103,7 +103,9 @@ pub fn parse(buf: &[u8]) -> Result<Hello, SniError> {
             continue;
         }
         if handshake[0] != 1 {
-            return Err(SniError::Malformed("first handshake message is not a ClientHello"));
+            return Err(SniError::Malformed(
+                "first handshake message is not a ClientHello",
+            ));
         }
         let body_len = (usize::from(handshake[1]) << 16)
             | (usize::from(handshake[2]) << 8)
@@ -233,7 +235,10 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_without_panic() {
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Err(SniError::NotTls)));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\n"),
+            Err(SniError::NotTls)
+        ));
         assert!(matches!(parse(b"\x16\x01"), Err(SniError::NotTls)));
         assert!(parse(&[22, 3, 1, 0, 0]).is_err());
         assert!(parse(&[22, 3, 1, 0xff, 0xff]).is_err());

@@ -49,10 +49,7 @@ type Registry<K, V> = LazyLock<RwLock<BTreeMap<K, Arc<V>>>>;
 static LISTENERS: Registry<String, ListenerCounters> = LazyLock::new(Default::default);
 static BACKENDS: Registry<(String, String), BackendCounters> = LazyLock::new(Default::default);
 
-fn get_or_insert<K: Ord + Clone, V: Default>(
-    reg: &RwLock<BTreeMap<K, Arc<V>>>,
-    key: &K,
-) -> Arc<V> {
+fn get_or_insert<K: Ord + Clone, V: Default>(reg: &RwLock<BTreeMap<K, Arc<V>>>, key: &K) -> Arc<V> {
     if let Some(v) = reg.read().ok().and_then(|m| m.get(key).cloned()) {
         return v;
     }
@@ -140,9 +137,24 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
         .collect();
     type Pick = fn(&BackendCounters) -> &AtomicU64;
     let series: [(&str, &str, &str, Pick); 3] = [
-        ("tcp_connections", "gauge", "Open TCP connections to the backend.", |c| &c.open),
-        ("tcp_connections_total", "counter", "TCP connections made to the backend.", |c| &c.total),
-        ("tcp_errors_total", "counter", "TCP connect failures and connections broken by the backend.", |c| &c.errors),
+        (
+            "tcp_connections",
+            "gauge",
+            "Open TCP connections to the backend.",
+            |c| &c.open,
+        ),
+        (
+            "tcp_connections_total",
+            "counter",
+            "TCP connections made to the backend.",
+            |c| &c.total,
+        ),
+        (
+            "tcp_errors_total",
+            "counter",
+            "TCP connect failures and connections broken by the backend.",
+            |c| &c.errors,
+        ),
     ];
     let _ = writeln!(out, "# HELP autolb_tcp_backend_bytes_total Bytes proxied to (in) and from (out) the backend by tcp listeners.\n# TYPE autolb_tcp_backend_bytes_total counter");
     for (p, b, c) in &rows {
@@ -155,7 +167,10 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
         }
     }
     for (name, kind, help, pick) in series {
-        let _ = writeln!(out, "# HELP autolb_{name} {help}\n# TYPE autolb_{name} {kind}");
+        let _ = writeln!(
+            out,
+            "# HELP autolb_{name} {help}\n# TYPE autolb_{name} {kind}"
+        );
         for (p, b, c) in &rows {
             let _ = writeln!(
                 out,

@@ -6,6 +6,8 @@
 //!
 //! This module holds the crate's only descriptor-passing `unsafe` code: `sendmsg` and
 //! `recvmsg` with a control buffer, checked for truncation.
+// SCM_RIGHTS descriptor passing: sendmsg/recvmsg and the CMSG macros have no safe API.
+#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
