@@ -105,7 +105,7 @@ async fn admin_endpoints_report_pools_backends_and_metrics() {
     let post = ac
         .request(
             http::Request::post("/health")
-                .header("host", "admin")
+                .header("host", "localhost")
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .expect("req"),
         )

@@ -69,7 +69,7 @@ async fn the_page_is_self_contained_html_with_a_strict_policy() {
     // Other methods are refused like on every admin endpoint.
     let mut client = common::Client::connect(lb.admin).await;
     let post = http::Request::post("/")
-        .header("host", "admin")
+        .header("host", "localhost")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("request");
     assert_eq!(client.request(post).await.status, 405);

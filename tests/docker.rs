@@ -253,6 +253,12 @@ fn prometheus_scrapes_the_admin_port_of_the_autolb_service() {
     let (_, config) = mounted_config();
     let target = format!("autolb:{}", config.admin.listen.port());
     assert_eq!(job["static_configs"][0]["targets"][0], target.as_str());
+    // The admin API answers only to IPs, localhost and AUTOLB_ADMIN_HOSTS (421 otherwise).
+    let hosts = compose()["services"]["autolb"]["environment"]["AUTOLB_ADMIN_HOSTS"].clone();
+    assert!(
+        hosts.as_str().is_some_and(|h| h.split(',').any(|h| h.trim() == "autolb")),
+        "AUTOLB_ADMIN_HOSTS must name autolb for Prometheus: {hosts}"
+    );
     assert!(compose()["services"]["prometheus"]["volumes"]
         .to_string()
         .contains("./prometheus.yml:/etc/prometheus/prometheus.yml"));

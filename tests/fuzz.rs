@@ -57,7 +57,9 @@ fn sni(input: &[u8]) {
     let _ = autolb::l4::sni::parse(input);
 }
 
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: &[Target] = &[
     ("config", config),
     ("head", head),
     ("cookie", cookie),

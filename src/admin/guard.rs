@@ -36,9 +36,7 @@ pub(crate) fn host_allowed(host: Option<&str>) -> bool {
         return true;
     };
     let host = host_part(value.trim()).to_ascii_lowercase();
-    host.parse::<IpAddr>().is_ok()
-        || host == "localhost"
-        || extra_hosts().iter().any(|h| *h == host)
+    host.parse::<IpAddr>().is_ok() || host == "localhost" || extra_hosts().contains(&host)
 }
 
 /// Check a request: `false` when its Host is not allowed (or not readable, or repeated).

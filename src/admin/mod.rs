@@ -85,7 +85,10 @@ const ENDPOINTS: &[(&str, &str)] = &[
 
 async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     if !guard::allowed(&req) {
-        return error(StatusCode::MISDIRECTED_REQUEST, "host not allowed (DNS rebinding guard)");
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host not allowed (DNS rebinding guard)",
+        );
     }
     let path = req.uri().path().to_string();
     let Some(&(_, method)) = ENDPOINTS.iter().find(|(p, _)| *p == path) else {

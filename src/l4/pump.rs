@@ -78,7 +78,9 @@ where
     loop {
         let n = r.read(&mut buf).await.map_err(Side::Read)?;
         if n == 0 {
-            return w.shutdown().await.map_err(Side::Write);
+            // A failed shutdown means that peer is gone: the other direction notices itself.
+            let _ = w.shutdown().await;
+            return Ok(());
         }
         w.write_all(&buf[..n]).await.map_err(Side::Write)?;
         activity.touch();

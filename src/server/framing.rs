@@ -144,7 +144,7 @@ impl Framer {
                     }
                 }
                 State::Length(n) => {
-                    let k = (n as usize).min(data.len()).min(usize::MAX);
+                    let k = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
                     out.extend_from_slice(&data[..k]);
                     data = &data[k..];
                     let left = n - k as u64;

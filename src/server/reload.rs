@@ -235,7 +235,7 @@ pub fn watch(
         if event
             .paths
             .iter()
-            .any(|p| p.file_name().map(|f| f.to_os_string()) == file)
+            .any(|p| p.file_name() == file.as_deref())
         {
             let _ = tx.send(());
         }
