@@ -256,7 +256,9 @@ fn prometheus_scrapes_the_admin_port_of_the_autolb_service() {
     // The admin API answers only to IPs, localhost and AUTOLB_ADMIN_HOSTS (421 otherwise).
     let hosts = compose()["services"]["autolb"]["environment"]["AUTOLB_ADMIN_HOSTS"].clone();
     assert!(
-        hosts.as_str().is_some_and(|h| h.split(',').any(|h| h.trim() == "autolb")),
+        hosts
+            .as_str()
+            .is_some_and(|h| h.split(',').any(|h| h.trim() == "autolb")),
         "AUTOLB_ADMIN_HOSTS must name autolb for Prometheus: {hosts}"
     );
     assert!(compose()["services"]["prometheus"]["volumes"]

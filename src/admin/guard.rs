@@ -1,7 +1,8 @@
 //! DNS-rebinding guard of the admin API: a request's Host must name the admin by an IP
-//! literal or `localhost`, or be one of the names in `AUTOLB_ADMIN_HOSTS` (comma-separated);
-//! others get 421. A page on another site that rebinds its name to 127.0.0.1 thus never
-//! reaches an endpoint, and the admin API sends no CORS headers either.
+//! literal or a single-label name (`localhost`, `admin`: not resolvable through public DNS),
+//! or be one of the names in `AUTOLB_ADMIN_HOSTS` (comma-separated); others get 421. A page
+//! on another site that rebinds its domain to 127.0.0.1 thus never reaches an endpoint, and
+//! the admin API sends no CORS headers either.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -36,7 +37,9 @@ pub(crate) fn host_allowed(host: Option<&str>) -> bool {
         return true;
     };
     let host = host_part(value.trim()).to_ascii_lowercase();
-    host.parse::<IpAddr>().is_ok() || host == "localhost" || extra_hosts().contains(&host)
+    host.parse::<IpAddr>().is_ok()
+        || (!host.is_empty() && !host.contains('.'))
+        || extra_hosts().contains(&host)
 }
 
 /// Check a request: `false` when its Host is not allowed (or not readable, or repeated).
@@ -62,6 +65,7 @@ mod tests {
             "127.0.0.1:9001",
             "[::1]:9001",
             "localhost:9001",
+            "admin",
             "LOCALHOST",
             "10.1.2.3",
         ] {

@@ -22,7 +22,8 @@ pub struct Limits {
     pub max_body: u64,
     /// The longest wait for a complete request head (slowloris); `None`: the idle timeout.
     pub header_timeout: Option<Duration>,
-    /// Requests on one HTTP/1 connection before it is closed (`Connection: close`).
+    /// Requests on one HTTP/1 connection before it is closed (`Connection: close`); 0 = no
+    /// limit (the default: a keep-alive connection costs no more per request than new ones).
     pub max_requests_per_connection: u64,
     /// Open client connections on the listener (over all workers); more are closed at once.
     pub max_connections: usize,
@@ -38,7 +39,7 @@ impl Default for Limits {
             max_headers: 100,
             max_body: 1 << 30,
             header_timeout: None,
-            max_requests_per_connection: 10_000,
+            max_requests_per_connection: 0,
             max_connections: 10_000,
             max_connections_per_ip: 0,
         }
@@ -185,7 +186,7 @@ pub(crate) fn limits(file: Option<&Located<LimitsFile>>, issues: &mut Issues) ->
     }
     if let Some(v) = count(
         &f.max_requests_per_connection,
-        1,
+        0,
         u64::MAX,
         "max_requests_per_connection",
         issues,
@@ -275,7 +276,7 @@ mod tests {
         assert_eq!(l.limits.max_headers, 20);
         assert_eq!(l.limits.header_timeout, Some(Duration::from_secs(2)));
         assert_eq!(l.limits.max_connections_per_ip, 5);
-        assert_eq!(l.limits.max_requests_per_connection, 10_000);
+        assert_eq!(l.limits.max_requests_per_connection, 0);
         assert_eq!(
             l.rate_limit,
             Some(IpRateLimit {

@@ -125,7 +125,7 @@ impl Framer {
                         }
                         Ok(framing) => {
                             self.requests += 1;
-                            if self.requests >= self.max_requests {
+                            if self.max_requests > 0 && self.requests >= self.max_requests {
                                 out.extend_from_slice(&head[..head.len() - 2]);
                                 out.extend_from_slice(b"Connection: close\r\n\r\n");
                             } else {

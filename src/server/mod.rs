@@ -387,7 +387,8 @@ impl Server {
         self.autoscaler.shutdown().await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
-        let _ = tokio::task::spawn_blocking(|| crate::accesslog::flush(Duration::from_secs(2))).await;
+        let _ =
+            tokio::task::spawn_blocking(|| crate::accesslog::flush(Duration::from_secs(2))).await;
         tracing::info!("autolb stopped");
     }
 }
