@@ -31,7 +31,7 @@ fn config(i: usize, e: &[Echo]) -> String {
             )
         })
         .collect();
-    let routes = if i % 2 == 0 {
+    let routes = if i.is_multiple_of(2) {
         "routes:\n  - { path_prefix: /api, pool: api }\n".to_string()
     } else {
         String::new()
@@ -60,6 +60,18 @@ fn expected(i: usize, e: &[Echo]) -> HashSet<String> {
         _ => &[0, 1, 2],
     };
     set.iter().map(|&k| e[k].name.clone()).collect()
+}
+
+/// Traffic follows config `i`: no answer from a backend outside it, and for the
+/// round-robin configs every backend of it answers (load-aware algorithms may prefer some
+/// backends while the load workers keep others busy).
+fn follows(i: usize, got: &HashSet<String>, want: &HashSet<String>) -> bool {
+    let inside = !got.is_empty() && got.is_subset(want);
+    if i.is_multiple_of(2) {
+        inside && got == want
+    } else {
+        inside
+    }
 }
 
 async fn post_reload(admin: SocketAddr) -> common::Reply {
@@ -108,7 +120,7 @@ async fn fifty_reloads_under_load_lose_nothing_and_traffic_follows() {
                 if w % 2 == 1 {
                     c = Client::connect(addr).await;
                 }
-                let path = if done % 5 == 0 { "/api" } else { "/" };
+                let path = if done.is_multiple_of(5) { "/api" } else { "/" };
                 let r = c.get(path).await;
                 if r.status != 200 && !(path == "/api" && r.status == 404) {
                     failures.lock().expect("lock").push(format!(
@@ -129,7 +141,7 @@ async fn fifty_reloads_under_load_lose_nothing_and_traffic_follows() {
             // The file watcher picks it up: traffic follows within a second (2 s margin).
             let deadline = Instant::now() + Duration::from_secs(3);
             loop {
-                if answering(addr, 40).await == want {
+                if follows(i, &answering(addr, 40).await, &want) {
                     break;
                 }
                 assert!(
@@ -142,9 +154,9 @@ async fn fifty_reloads_under_load_lose_nothing_and_traffic_follows() {
             let r = post_reload(lb.admin).await;
             assert_eq!(r.status, 200, "{}", r.text());
             let got = answering(addr, 40).await;
-            assert_eq!(
-                got, want,
-                "reload {i}: traffic follows the new config at once"
+            assert!(
+                follows(i, &got, &want),
+                "reload {i}: traffic follows the new config at once: {got:?} vs {want:?}"
             );
         }
     }

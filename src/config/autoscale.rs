@@ -140,7 +140,10 @@ pub(crate) fn autoscale(
     let command = or(&file.command, Vec::new());
     if is_command {
         if let Some(c) = &file.command {
-            issues.push(c.pos, "autoscale command is for provider process; provider command uses scale and list");
+            issues.push(
+                c.pos,
+                "autoscale command is for provider process; provider command uses scale and list",
+            );
         }
     } else if command.first().is_none_or(|c| c.trim().is_empty()) {
         let at = file.command.as_ref().map_or(pos, |c| c.pos);
@@ -284,7 +287,11 @@ fn command_provider(
             "discovery interval",
             issues,
         );
-        match dns.value.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+        match dns
+            .value
+            .rsplit_once(':')
+            .map(|(h, p)| (h, p.parse::<u16>()))
+        {
             Some((host, Ok(port))) if !host.is_empty() && port > 0 => Some(Discovery {
                 name: host.to_string(),
                 port,

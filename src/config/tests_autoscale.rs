@@ -50,7 +50,10 @@ fn defaults() {
         manual_hold: secs(600),
         cold_start_queue: 100,
         cold_start_timeout: secs(30),
-        shared: false,        scale: vec![],        list: vec![],        discovery: None,
+        shared: false,
+        scale: vec![],
+        list: vec![],
+        discovery: None,
     };
     assert_eq!(a, expected);
     // Empty sub-mappings keep the defaults too.
@@ -265,22 +268,35 @@ fn command_provider_keys_and_their_errors() {
         .autoscale
         .clone()
         .expect("autoscale");
-    assert_eq!((a.provider.as_str(), a.list.len(), a.ports), ("command", 1, (0, 0)));
-    let dns = cmd("      scale: [./s]\n      discovery: { dns: \"api.internal:8080\", interval: 2s }\n");
+    assert_eq!(
+        (a.provider.as_str(), a.list.len(), a.ports),
+        ("command", 1, (0, 0))
+    );
+    let dns =
+        cmd("      scale: [./s]\n      discovery: { dns: \"api.internal:8080\", interval: 2s }\n");
     let d = load(&dns).unwrap_or_else(|e| panic!("{e}")).pools[0]
         .autoscale
         .clone()
         .and_then(|a| a.discovery)
         .expect("discovery");
-    assert_eq!((d.name.as_str(), d.port, d.interval), ("api.internal", 8080, Duration::from_secs(2)));
+    assert_eq!(
+        (d.name.as_str(), d.port, d.interval),
+        ("api.internal", 8080, Duration::from_secs(2))
+    );
     let yaml = cmd("      scale: [./s]\n      discovery: { dns: \"api.internal\" }\n");
     assert_error(&yaml, "\"api.internal\"", "must be NAME:PORT");
     let yaml = cmd("      scale: [./s]\n      list: [./l]\n      ports: 3100-3199\n");
-    assert_error(&yaml, "3100-3199", "autoscale ports are for provider process");
+    assert_error(
+        &yaml,
+        "3100-3199",
+        "autoscale ports are for provider process",
+    );
     let yaml = cmd("      scale: [./s]\n      list: [./l]\n      discovery: { dns: \"a:1\" }\n");
     assert_error(&yaml, "{ dns", "either list or discovery");
     let yaml = auto_t("      list: [./l]\n");
     assert_error(&yaml, "[./l]", "autoscale list needs provider: command");
     let yaml = cmd("      list: [./l]\n");
-    assert!(errors(&yaml).iter().any(|e| e.message.contains("needs scale")));
+    assert!(errors(&yaml)
+        .iter()
+        .any(|e| e.message.contains("needs scale")));
 }

@@ -232,11 +232,7 @@ pub fn watch(
         if event.kind.is_access() {
             return;
         }
-        if event
-            .paths
-            .iter()
-            .any(|p| p.file_name() == file.as_deref())
-        {
+        if event.paths.iter().any(|p| p.file_name() == file.as_deref()) {
             let _ = tx.send(());
         }
     })?;
