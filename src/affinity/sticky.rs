@@ -1,12 +1,14 @@
 //! Session affinity of one pool, built with the snapshot: which backend a request is pinned
 //! to (by its signed cookie, else by a hashed header or source IP on the consistent-hash ring),
-//! and the `Set-Cookie` that pins a client to the backend that answered it.
+//! and the `Set-Cookie` that pins a client to the backend that answered it; with
+//! `learn_cookie`, the application's own session cookie (its binding to a backend is kept in
+//! the shared state, `state::learned`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::COOKIE;
+use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use super::cookie::{backend_id, secret, CookieCodec};
@@ -50,6 +52,8 @@ pub struct Affinity {
     ring: Ring,
     /// Cookie ids of the backends, by index.
     ids: Box<[u64]>,
+    /// `learn_cookie` and its ttl.
+    learn: Option<(String, Duration)>,
 }
 
 impl Affinity {
@@ -74,6 +78,10 @@ impl Affinity {
             source_ip: sticky.source_ip,
             ring,
             ids: backends.iter().map(|b| backend_id(&b.address)).collect(),
+            learn: sticky
+                .learn_cookie
+                .as_ref()
+                .map(|l| (l.name.clone(), l.ttl)),
         }
     }
 
@@ -89,12 +97,64 @@ impl Affinity {
         if self.source_ip {
             parts.push("source_ip".into());
         }
+        if let Some((name, _)) = &self.learn {
+            parts.push(format!("learn:{name}"));
+        }
         parts.join("+")
     }
 
     /// Does this pool set a cookie?
     pub fn uses_cookie(&self) -> bool {
         self.cookie.is_some()
+    }
+
+    /// The learned cookie's name and ttl (`learn_cookie`).
+    pub fn learn_cookie(&self) -> Option<(&str, Duration)> {
+        self.learn.as_ref().map(|(n, t)| (n.as_str(), *t))
+    }
+
+    /// The value of the learned cookie in a request (left for the backend to see).
+    pub fn learned_value(&self, headers: &HeaderMap) -> Option<String> {
+        let (name, _) = self.learn.as_ref()?;
+        let v = super::cookie_value(headers, name)?;
+        (!v.is_empty()).then(|| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The value a response's `Set-Cookie` gives the learned cookie (not a deletion).
+    pub fn learned_from_response(&self, headers: &HeaderMap) -> Option<String> {
+        let (name, _) = self.learn.as_ref()?;
+        headers.get_all(SET_COOKIE).iter().find_map(|v| {
+            let mut attrs = v.as_bytes().split(|&b| b == b';');
+            let (k, val) = super::split_pair(super::trim(attrs.next()?))?;
+            // `Max-Age=0` (or negative) deletes the cookie: nothing to learn.
+            let deleted = attrs.any(|a| {
+                super::split_pair(super::trim(a)).is_some_and(|(k, v)| {
+                    k.eq_ignore_ascii_case(b"max-age")
+                        && (v.first() == Some(&b'-') || v.iter().all(|&c| c == b'0'))
+                })
+            });
+            (k == name.as_bytes() && !val.is_empty() && !deleted)
+                .then(|| String::from_utf8_lossy(val).into_owned())
+        })
+    }
+
+    /// Pin `resolved` to the backend at `address` (a learned session) when it serves pinned
+    /// traffic; false when it does not (or is gone), so the request is balanced anew.
+    pub fn pin_address(
+        &self,
+        resolved: &mut Resolved,
+        address: &str,
+        backends: &[Arc<Backend>],
+        panic: bool,
+    ) -> bool {
+        let Some(idx) = backends.iter().position(|b| b.address == address) else {
+            return false;
+        };
+        if !serves(backends, idx, panic) {
+            return false;
+        }
+        resolved.pinned = Some(idx);
+        true
     }
 
     /// Decide where `headers`' request is pinned, and remove the sticky cookie from them (the
@@ -106,15 +166,7 @@ impl Affinity {
         backends: &[Arc<Backend>],
         panic: bool,
     ) -> Resolved {
-        let serves = |i: usize| {
-            backends.get(i).is_some_and(|b| {
-                if panic {
-                    !b.disabled
-                } else {
-                    b.serves_pinned()
-                }
-            })
-        };
+        let serves = |i: usize| serves(backends, i, panic);
         let mut out = Resolved::default();
         if let Some(spec) = &self.cookie {
             if let Some(value) = take_cookie(headers, &spec.name) {
@@ -189,6 +241,17 @@ impl CookieSpec {
             same_site_none: c.same_site == SameSite::None,
         }
     }
+}
+
+/// May backend `i` take pinned traffic? `panic`: only `disabled` is skipped.
+fn serves(backends: &[Arc<Backend>], i: usize, panic: bool) -> bool {
+    backends.get(i).is_some_and(|b| {
+        if panic {
+            !b.disabled
+        } else {
+            b.serves_pinned()
+        }
+    })
 }
 
 fn unix_now() -> u64 {
@@ -287,6 +350,7 @@ mod tests {
             }),
             source_ip,
             header: header.map(String::from),
+            learn_cookie: None,
         }
     }
 
@@ -389,6 +453,47 @@ mod tests {
         let header_only = Affinity::new(&sticky(false, false, Some("x-user")), "web", &bs);
         let none = header_only.resolve(&mut HeaderMap::new(), IP, &bs, false);
         assert_eq!(none, Resolved::default());
+    }
+
+    #[test]
+    fn learned_cookies_are_read_from_set_cookie_and_pin_by_address() {
+        let bs = backends(3);
+        let mut s = sticky(false, false, None);
+        s.learn_cookie = Some(crate::config::LearnCookie {
+            name: "JSESSIONID".into(),
+            ttl: Duration::from_secs(60),
+        });
+        let a = Affinity::new(&s, "web", &bs);
+        assert_eq!(a.mode(), "learn:JSESSIONID");
+        assert!(!a.uses_cookie());
+        let mut resp = HeaderMap::new();
+        resp.append(SET_COOKIE, HeaderValue::from_static("other=1; Path=/"));
+        assert_eq!(a.learned_from_response(&resp), None);
+        resp.append(
+            SET_COOKIE,
+            HeaderValue::from_static("JSESSIONID=abc; Path=/; HttpOnly"),
+        );
+        assert_eq!(a.learned_from_response(&resp).as_deref(), Some("abc"));
+        let mut gone = HeaderMap::new();
+        gone.append(
+            SET_COOKIE,
+            HeaderValue::from_static("JSESSIONID=x; Max-Age=0"),
+        );
+        assert_eq!(a.learned_from_response(&gone), None);
+        let mut req = HeaderMap::new();
+        req.insert(COOKIE, HeaderValue::from_static("a=1; JSESSIONID=abc"));
+        assert_eq!(a.learned_value(&req).as_deref(), Some("abc"));
+        // The request keeps the application's cookie.
+        assert_eq!(a.resolve(&mut req, IP, &bs, false), Resolved::default());
+        assert!(a.learned_value(&req).is_some());
+        let mut r = Resolved::default();
+        assert!(a.pin_address(&mut r, "127.0.0.1:4002", &bs, false));
+        assert_eq!(r.pinned, Some(2));
+        bs[2].stats.up.store(false, Ordering::Relaxed);
+        let mut r = Resolved::default();
+        assert!(!a.pin_address(&mut r, "127.0.0.1:4002", &bs, false));
+        assert!(!a.pin_address(&mut r, "127.0.0.1:9", &bs, false));
+        assert_eq!(r, Resolved::default());
     }
 
     #[test]

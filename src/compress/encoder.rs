@@ -8,9 +8,10 @@ use flate2::write::GzEncoder;
 
 use crate::config::Encoding;
 
-/// Brotli's window: 2^18 = 256 KiB (streaming, many responses at once: memory matters more
-/// than the last percent of ratio).
+/// Brotli's largest window: 2^18 = 256 KiB (streaming, many responses at once: memory
+/// matters more than the last percent of ratio); a smaller body gets a window its size.
 const BROTLI_LGWIN: u32 = 18;
+const BROTLI_MIN_LGWIN: u32 = 10;
 /// Brotli's internal buffer.
 const BROTLI_BUFFER: usize = 4096;
 
@@ -30,20 +31,33 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// An encoder for `enc` at `level` (1-9: gzip's level, brotli's quality).
-    pub fn new(enc: Encoding, level: u32) -> Encoder {
+    /// An encoder for `enc` at `level` (1-9: gzip's level, brotli's quality), for a body of
+    /// `size` bytes when known (brotli then sizes its window and tables to it: most of its
+    /// cost for a small response is setting up for a large one).
+    pub fn new(enc: Encoding, level: u32, size: Option<u64>) -> Encoder {
         let level = level.clamp(1, 9);
         match enc {
             Encoding::Gzip => Encoder::Gzip(GzEncoder::new(
                 Vec::with_capacity(8192),
                 flate2::Compression::new(level),
             )),
-            Encoding::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
-                Vec::with_capacity(8192),
-                BROTLI_BUFFER,
-                level,
-                BROTLI_LGWIN,
-            ))),
+            Encoding::Brotli => {
+                let lgwin = size.map_or(BROTLI_LGWIN, |n| {
+                    let bits = u64::BITS - n.max(1).leading_zeros();
+                    bits.clamp(BROTLI_MIN_LGWIN, BROTLI_LGWIN)
+                });
+                let params = brotli::enc::BrotliEncoderParams {
+                    quality: level as i32,
+                    lgwin: lgwin as i32,
+                    size_hint: size.map_or(0, |n| n.min(usize::MAX as u64) as usize),
+                    ..Default::default()
+                };
+                Encoder::Brotli(Box::new(brotli::CompressorWriter::with_params(
+                    Vec::with_capacity(8192),
+                    BROTLI_BUFFER,
+                    &params,
+                )))
+            }
         }
     }
 

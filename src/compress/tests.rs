@@ -169,7 +169,7 @@ fn encoders_stream_and_round_trip() {
         .flat_map(|i| format!("line {i}: the quick brown fox\n").into_bytes())
         .collect();
     for enc in [Encoding::Gzip, Encoding::Brotli] {
-        let mut e = Encoder::new(enc, 5);
+        let mut e = Encoder::new(enc, 5, Some(text.len() as u64));
         let mut out = Vec::new();
         for chunk in text.chunks(16 * 1024) {
             e.write(chunk).expect("write");
@@ -189,7 +189,7 @@ fn encoders_stream_and_round_trip() {
 #[test]
 fn a_flush_makes_what_was_written_decodable_at_once() {
     for enc in [Encoding::Gzip, Encoding::Brotli] {
-        let mut e = Encoder::new(enc, 5);
+        let mut e = Encoder::new(enc, 5, None);
         e.write(b"data: first event\n\n").expect("write");
         e.flush().expect("flush");
         let first = e.take();

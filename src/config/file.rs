@@ -232,12 +232,14 @@ pub struct UpstreamTlsFile {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a sticky mapping (cookie, source_ip, header)"
+    expecting = "a sticky mapping (cookie, source_ip, header, learn_cookie, learn_ttl)"
 )]
 pub struct StickyFile {
     pub cookie: Option<Located<CookieFile>>,
     pub source_ip: Option<Located<bool>>,
     pub header: Option<Located<String>>,
+    pub learn_cookie: Option<Located<String>>,
+    pub learn_ttl: Option<Located<Dur>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

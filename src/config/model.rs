@@ -242,6 +242,18 @@ pub struct Sticky {
     pub source_ip: bool,
     /// `header: NAME` (lower-case): that request header's value, hashed.
     pub header: Option<String>,
+    /// `learn_cookie: NAME`: the application's own session cookie, learned from responses
+    /// and mapped to its backend in the shared state.
+    pub learn_cookie: Option<LearnCookie>,
+}
+
+/// `sticky.learn_cookie` and `sticky.learn_ttl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnCookie {
+    /// The cookie name, as the application sets it (e.g. `JSESSIONID`).
+    pub name: String,
+    /// How long a learned session is kept after it was last seen set (default 1h).
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,11 +1,12 @@
 //! `sticky:` -> `model::Sticky`: the affinity cookie (name, ttl, path, same_site, secure) and
-//! the hashed keys for clients without it (`source_ip`, `header`).
+//! the hashed keys for clients without it (`source_ip`, `header`), and the learned
+//! application cookie (`learn_cookie`, `learn_ttl`).
 
 use std::time::Duration;
 
 use super::error::Issues;
 use super::file::{CookieFile, StickyFile};
-use super::model::{SameSite, Sticky, StickyCookie};
+use super::model::{LearnCookie, SameSite, Sticky, StickyCookie};
 use super::node::Located;
 use super::pool::{is_token, nonzero_dur};
 
@@ -24,26 +25,68 @@ pub(crate) fn sticky(located: &Located<StickyFile>, issues: &mut Issues) -> Stic
             None
         }
     });
+    let learn_cookie = learn_cookie(file, issues);
     let cookie = match &file.cookie {
         Some(c) => Some(cookie(&c.value, issues)),
         // `sticky: {}` means the default cookie.
-        None if file.source_ip.is_none() && file.header.is_none() => {
+        None if file.source_ip.is_none()
+            && file.header.is_none()
+            && file.learn_cookie.is_none() =>
+        {
             Some(cookie(&CookieFile::default(), issues))
         }
         None => None,
     };
-    if cookie.is_none() && !source_ip && header.is_none() && file.header.is_none() {
+    if cookie.is_none()
+        && !source_ip
+        && header.is_none()
+        && file.header.is_none()
+        && file.learn_cookie.is_none()
+    {
         let at = file.source_ip.as_ref().map_or(located.pos, |s| s.pos);
         issues.push(
             at,
-            "sticky needs a cookie, source_ip: true or a header (or remove sticky)",
+            "sticky needs a cookie, source_ip: true, a header or learn_cookie (or remove sticky)",
         );
     }
     Sticky {
         cookie,
         source_ip,
         header,
+        learn_cookie,
     }
+}
+
+/// `learn_cookie: NAME` (a cookie name) and `learn_ttl` (default 1h, at least 1s).
+fn learn_cookie(file: &StickyFile, issues: &mut Issues) -> Option<LearnCookie> {
+    let Some(n) = &file.learn_cookie else {
+        if let Some(t) = &file.learn_ttl {
+            issues.push(t.pos, "sticky learn_ttl needs learn_cookie");
+        }
+        return None;
+    };
+    let name = n.value.trim();
+    if !is_token(name) {
+        issues.push(n.pos, format!("invalid learn_cookie name \"{}\"", n.value));
+        return None;
+    }
+    let ttl = nonzero_dur(
+        &file.learn_ttl,
+        Duration::from_secs(3600),
+        "sticky learn_ttl",
+        issues,
+    );
+    if let Some(t) = file
+        .learn_ttl
+        .as_ref()
+        .filter(|t| !t.value.0.is_zero() && t.value.0 < Duration::from_secs(1))
+    {
+        issues.push(t.pos, "sticky learn_ttl must be at least 1s");
+    }
+    Some(LearnCookie {
+        name: name.to_string(),
+        ttl,
+    })
 }
 
 fn cookie(file: &CookieFile, issues: &mut Issues) -> StickyCookie {
@@ -156,6 +199,25 @@ mod tests {
     }
 
     #[test]
+    fn learned_cookies_need_no_affinity_cookie() {
+        let s = sticky_of(&with_pool("    sticky: { learn_cookie: JSESSIONID }\n"));
+        assert!(s.cookie.is_none() && !s.source_ip && s.header.is_none());
+        assert_eq!(
+            s.learn_cookie,
+            Some(LearnCookie {
+                name: "JSESSIONID".into(),
+                ttl: Duration::from_secs(3600)
+            })
+        );
+        let s = sticky_of(&with_pool(
+            "    sticky: { learn_cookie: sid, learn_ttl: 30m, source_ip: true }\n",
+        ));
+        let l = s.learn_cookie.expect("learned");
+        assert_eq!((l.name.as_str(), l.ttl), ("sid", Duration::from_secs(1800)));
+        assert!(s.source_ip && s.cookie.is_none());
+    }
+
+    #[test]
     fn bad_sticky_settings_are_located() {
         let yaml = with_pool("    sticky: { cookie: { same_site: loose } }\n");
         assert_error(&yaml, "loose", "unknown same_site \"loose\"");
@@ -171,6 +233,14 @@ mod tests {
         assert_error(&yaml, "\"x y\"", "invalid sticky header name");
         let yaml = with_pool("    sticky: { source_ip: false }\n");
         assert_error(&yaml, "false", "sticky needs a cookie");
+        let yaml = with_pool("    sticky: { learn_cookie: \"J SESSION\" }\n");
+        assert_error(&yaml, "\"J SESSION\"", "invalid learn_cookie name");
+        let yaml = with_pool("    sticky: { learn_cookie: JSESSIONID, learn_ttl: 0s }\n");
+        assert_error(&yaml, "0s", "sticky learn_ttl must be greater than 0");
+        let yaml = with_pool("    sticky: { learn_cookie: JSESSIONID, learn_ttl: 10ms }\n");
+        assert_error(&yaml, "10ms", "sticky learn_ttl must be at least 1s");
+        let yaml = with_pool("    sticky: { source_ip: true, learn_ttl: 5m }\n");
+        assert_error(&yaml, "5m", "sticky learn_ttl needs learn_cookie");
         let yaml = with_pool("    sticky: { cookie: { domain: x } }\n");
         assert_error(&yaml, "domain", "unknown field \"domain\"");
         let yaml = with_pool("    timeouts: { websocket_idle: 0s }\n");

@@ -280,6 +280,7 @@ fn full_config_parses_into_the_model() {
                     }),
                     source_ip: true,
                     header: Some("x-session".into()),
+                    learn_cookie: None,
                 }),
                 health_check: Some(HealthCheck {
                     kind: HealthCheckKind::Http,
@@ -499,6 +500,7 @@ fn defaults_fill_a_minimal_config() {
             }),
             source_ip: false,
             header: None,
+            learn_cookie: None,
         })
     );
     let hc = web.health_check.clone().expect("health check");

@@ -155,8 +155,12 @@ where
         if compress::applies(c, &method, resp.status(), resp.headers()) {
             compress::add_vary(resp.headers_mut());
             if let Some(enc) = coding {
+                let size = resp
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 compress::rewrite_headers(resp.headers_mut(), enc);
-                encoder = Some((enc, Encoder::new(enc, c.level)));
+                encoder = Some((enc, Encoder::new(enc, c.level, size)));
             }
         }
     }

@@ -66,6 +66,8 @@ pub struct Plan {
     pub panic: bool,
     /// A WebSocket upgrade: the client side, taken over after a 101.
     pub upgrade: Option<OnUpgrade>,
+    /// `learn_cookie`: learn the session the answering backend sets.
+    pub learned: Option<crate::state::learned::Session>,
 }
 
 /// Send `req` to `pool`, retrying on other backends while it is safe.
@@ -157,6 +159,9 @@ pub async fn forward(
                 if attempt > 0 {
                     head.headers
                         .insert(TRIES_HEADER, HeaderValue::from(attempt + 1));
+                }
+                if let Some(learned) = &plan.learned {
+                    learned.observe(pool, idx, &head.headers);
                 }
                 if let Some(aff) = pool.affinity.as_ref() {
                     if plan.affinity.cookie_backend != Some(idx) {

@@ -109,9 +109,13 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     };
     let panic = pool.in_panic();
     // Before the rewrite: the sticky cookie is taken out of what the backend sees.
-    let resolved = pool.affinity.as_ref().map_or(Resolved::default(), |a| {
+    let mut resolved = pool.affinity.as_ref().map_or(Resolved::default(), |a| {
         a.resolve(&mut parts.headers, ctx.client.ip, &pool.backends, panic)
     });
+    // `learn_cookie`: the application's session, bound to its backend in the shared state.
+    let learned =
+        crate::state::learned::resolve(&ctx.runtime, pool, &parts.headers, &mut resolved, panic)
+            .await;
     headers::rewrite_request(
         &mut parts.headers,
         &ctx.client,
@@ -145,6 +149,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         https,
         panic,
         upgrade,
+        learned,
     };
     forward::forward(parts, body, pool, plan, &ctx.runtime.events).await
 }

@@ -18,6 +18,8 @@ struct Inner {
     tokens: HashMap<String, u64>,
     /// lease -> (fenced value, expiry)
     fenced: HashMap<String, (String, Instant)>,
+    /// key -> (value, expiry)
+    kv: HashMap<String, (String, Instant)>,
 }
 
 /// In-process state: always connected.
@@ -152,6 +154,27 @@ impl SharedState for MemoryState {
         Box::pin(async move { Ok(value) })
     }
 
+    fn put_kv(&self, key: &str, value: String, ttl: Duration) -> StateFuture<'_, ()> {
+        let now = Instant::now();
+        self.with(|i| {
+            if i.kv.len() >= 4096 && !i.kv.contains_key(key) {
+                i.kv.retain(|_, (_, exp)| *exp > now);
+            }
+            i.kv.insert(key.to_string(), (value, now + ttl));
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn get_kv(&self, key: &str) -> StateFuture<'_, Option<String>> {
+        let now = Instant::now();
+        let value = self.with(|i| {
+            i.kv.get(key)
+                .filter(|(_, exp)| *exp > now)
+                .map(|(v, _)| v.clone())
+        });
+        Box::pin(async move { Ok(value) })
+    }
+
     fn status(&self) -> BackendStatus {
         BackendStatus {
             kind: "memory",
@@ -209,6 +232,16 @@ mod tests {
         assert_eq!(m.get_fenced("l").await.ok().flatten().as_deref(), Some("x"));
         assert_eq!(m.put_fenced("l", 2, "y".into(), ttl).await.ok(), Some(true));
         assert_eq!(m.get_fenced("l").await.ok().flatten().as_deref(), Some("y"));
+    }
+
+    #[tokio::test]
+    async fn key_values_expire() {
+        let m = MemoryState::default();
+        m.put_kv("a", "1".into(), Duration::from_secs(5)).await.ok();
+        m.put_kv("b", "2".into(), Duration::ZERO).await.ok();
+        assert_eq!(m.get_kv("a").await.ok().flatten().as_deref(), Some("1"));
+        assert_eq!(m.get_kv("b").await.ok().flatten(), None);
+        assert_eq!(m.get_kv("c").await.ok().flatten(), None);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! behaviour until the backend answers again.
 
 pub mod fleet;
+pub mod learned;
 pub mod memory;
 pub mod ratelimit;
 pub mod redis;
@@ -92,6 +93,10 @@ pub trait SharedState: Send + Sync {
     ) -> StateFuture<'_, bool>;
     /// The value last stored under lease `name` by `put_fenced`.
     fn get_fenced(&self, name: &str) -> StateFuture<'_, Option<String>>;
+    /// Store `value` under `key`; it disappears unless stored again within `ttl`.
+    fn put_kv(&self, key: &str, value: String, ttl: Duration) -> StateFuture<'_, ()>;
+    /// The live value under `key` (`put_kv`).
+    fn get_kv(&self, key: &str) -> StateFuture<'_, Option<String>>;
     /// Health and connection facts.
     fn status(&self) -> BackendStatus;
 }
@@ -108,6 +113,8 @@ pub struct Shared {
     pub backend: Arc<dyn SharedState>,
     pub fleet: Arc<fleet::Fleet>,
     pub limits: Arc<ratelimit::Limiters>,
+    /// Learned sticky sessions (`sticky.learn_cookie`).
+    pub learned: Arc<learned::Learned>,
 }
 
 /// Short bound on every backend call.
@@ -123,10 +130,12 @@ pub fn start(runtime: &Arc<Runtime>, admin: SocketAddr) -> Arc<Shared> {
     };
     let fleet = fleet::Fleet::start(runtime, backend.clone(), admin);
     let limits = ratelimit::Limiters::start(runtime, backend.clone(), fleet.clone());
+    let learned = learned::Learned::start(runtime, backend.clone());
     Arc::new(Shared {
         backend,
         fleet,
         limits,
+        learned,
     })
 }
 

@@ -428,6 +428,27 @@ impl SharedState for RedisState {
         })
     }
 
+    fn put_kv(&self, key: &str, value: String, ttl: Duration) -> StateFuture<'_, ()> {
+        let key = format!("autolb:kv:{key}");
+        Box::pin(async move {
+            let mut set = ::redis::cmd("SET");
+            set.arg(&key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64);
+            self.query(set).await
+        })
+    }
+
+    fn get_kv(&self, key: &str) -> StateFuture<'_, Option<String>> {
+        let key = format!("autolb:kv:{key}");
+        Box::pin(async move {
+            let mut get = ::redis::cmd("GET");
+            get.arg(&key);
+            self.query(get).await
+        })
+    }
+
     fn status(&self) -> BackendStatus {
         let connected = self.connected();
         let (last_error, last_error_age) = self
