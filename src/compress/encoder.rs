@@ -1,10 +1,16 @@
 //! Streaming gzip and brotli encoders writing into a buffer that is taken after each input
 //! chunk: the body is compressed as it streams, never held whole.
+//!
+//! A deflate state is a few hundred KiB; allocating and zeroing one per response costs more
+//! than compressing a small body (fresh pages fault in). gzip therefore runs a raw deflate
+//! stream taken from a per-thread pool (reset, never freed while pooled) inside gzip framing
+//! written here (RFC 1952 header, CRC-32 and size trailer).
 
+use std::cell::RefCell;
 use std::io::Write;
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 use crate::config::Encoding;
 
@@ -14,10 +20,94 @@ const BROTLI_LGWIN: u32 = 18;
 const BROTLI_MIN_LGWIN: u32 = 10;
 /// Brotli's internal buffer.
 const BROTLI_BUFFER: usize = 4096;
+/// gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+/// Deflate states kept per thread for reuse.
+const POOL: usize = 16;
+
+thread_local! {
+    static DEFLATE: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A raw deflate state at `level`, from this thread's pool when one is there.
+fn deflate(level: u32) -> Compress {
+    let pooled = DEFLATE.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(l, _)| *l == level)?;
+        Some(p.swap_remove(i).1)
+    });
+    pooled.unwrap_or_else(|| Compress::new(Compression::new(level), false))
+}
+
+fn recycle(level: u32, mut z: Compress) {
+    z.reset();
+    DEFLATE.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL {
+            p.push((level, z));
+        }
+    });
+}
+
+/// gzip: raw deflate in gzip framing.
+pub struct Gzip {
+    z: Option<Compress>,
+    level: u32,
+    crc: Crc,
+    out: Vec<u8>,
+}
+
+impl Gzip {
+    fn new(level: u32) -> Gzip {
+        let mut out = Vec::with_capacity(8192);
+        out.extend_from_slice(&GZIP_HEADER);
+        Gzip {
+            z: Some(deflate(level)),
+            level,
+            crc: Crc::new(),
+            out,
+        }
+    }
+
+    /// Run deflate over `input` with `flush` until it consumed it all and, for a flush,
+    /// wrote everything out.
+    fn run(&mut self, mut input: &[u8], flush: FlushCompress) -> std::io::Result<()> {
+        let z = self
+            .z
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("gzip stream already finished"))?;
+        loop {
+            self.out.reserve(input.len() / 2 + 1024);
+            let before = z.total_in();
+            let status = z
+                .compress_vec(input, &mut self.out, flush)
+                .map_err(std::io::Error::other)?;
+            let used = (z.total_in() - before) as usize;
+            input = &input[used.min(input.len())..];
+            let room_left = self.out.len() < self.out.capacity();
+            match (status, flush) {
+                (Status::StreamEnd, _) => return Ok(()),
+                _ if !input.is_empty() => {}
+                (_, FlushCompress::None) => return Ok(()),
+                // A flush is complete once deflate stops filling the buffer.
+                (_, FlushCompress::Sync) if room_left => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for Gzip {
+    fn drop(&mut self) {
+        if let Some(z) = self.z.take() {
+            recycle(self.level, z);
+        }
+    }
+}
 
 /// One response's encoder.
 pub enum Encoder {
-    Gzip(GzEncoder<Vec<u8>>),
+    Gzip(Gzip),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
 }
 
@@ -32,30 +122,21 @@ impl std::fmt::Debug for Encoder {
 
 impl Encoder {
     /// An encoder for `enc` at `level` (1-9: gzip's level, brotli's quality), for a body of
-    /// `size` bytes when known (brotli then sizes its window and tables to it: most of its
-    /// cost for a small response is setting up for a large one).
+    /// `size` bytes when known (brotli then sizes its window to it).
     pub fn new(enc: Encoding, level: u32, size: Option<u64>) -> Encoder {
         let level = level.clamp(1, 9);
         match enc {
-            Encoding::Gzip => Encoder::Gzip(GzEncoder::new(
-                Vec::with_capacity(8192),
-                flate2::Compression::new(level),
-            )),
+            Encoding::Gzip => Encoder::Gzip(Gzip::new(level)),
             Encoding::Brotli => {
                 let lgwin = size.map_or(BROTLI_LGWIN, |n| {
                     let bits = u64::BITS - n.max(1).leading_zeros();
                     bits.clamp(BROTLI_MIN_LGWIN, BROTLI_LGWIN)
                 });
-                let params = brotli::enc::BrotliEncoderParams {
-                    quality: level as i32,
-                    lgwin: lgwin as i32,
-                    size_hint: size.map_or(0, |n| n.min(usize::MAX as u64) as usize),
-                    ..Default::default()
-                };
-                Encoder::Brotli(Box::new(brotli::CompressorWriter::with_params(
+                Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
                     Vec::with_capacity(8192),
                     BROTLI_BUFFER,
-                    &params,
+                    level,
+                    lgwin,
                 )))
             }
         }
@@ -64,7 +145,10 @@ impl Encoder {
     /// Compress `data`; what is ready is then in `take()`.
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
-            Encoder::Gzip(e) => e.write_all(data),
+            Encoder::Gzip(g) => {
+                g.crc.update(data);
+                g.run(data, FlushCompress::None)
+            }
             Encoder::Brotli(e) => e.write_all(data),
         }
     }
@@ -73,7 +157,7 @@ impl Encoder {
     /// can decode it now: for a backend that pauses in the middle of a response.
     pub fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Encoder::Gzip(e) => e.flush(),
+            Encoder::Gzip(g) => g.run(&[], FlushCompress::Sync),
             Encoder::Brotli(e) => e.flush(),
         }
     }
@@ -81,7 +165,7 @@ impl Encoder {
     /// The compressed bytes produced so far and not yet taken.
     pub fn take(&mut self) -> Bytes {
         let buf = match self {
-            Encoder::Gzip(e) => e.get_mut(),
+            Encoder::Gzip(g) => &mut g.out,
             Encoder::Brotli(e) => e.get_mut(),
         };
         if buf.is_empty() {
@@ -93,10 +177,15 @@ impl Encoder {
 
     /// End the stream: the remaining bytes and the trailer.
     pub fn finish(self) -> std::io::Result<Bytes> {
-        let out = match self {
-            Encoder::Gzip(e) => e.finish()?,
-            Encoder::Brotli(e) => e.into_inner(),
-        };
-        Ok(Bytes::from(out))
+        match self {
+            Encoder::Gzip(mut g) => {
+                g.run(&[], FlushCompress::Finish)?;
+                let (crc, len) = (g.crc.sum(), g.crc.amount());
+                g.out.extend_from_slice(&crc.to_le_bytes());
+                g.out.extend_from_slice(&len.to_le_bytes());
+                Ok(Bytes::from(std::mem::take(&mut g.out)))
+            }
+            Encoder::Brotli(e) => Ok(Bytes::from(e.into_inner())),
+        }
     }
 }

@@ -72,6 +72,19 @@ pub fn negotiate<'a>(
     best.map(|(e, _)| e)
 }
 
+/// Below this size (a known `Content-Length`) brotli's set-up costs more CPU than its
+/// better ratio saves bytes: gzip is used instead when the client accepts it.
+pub const BROTLI_MIN_SIZE: u64 = 16 * 1024;
+
+/// The coding for a body of `size` bytes: the negotiated one, except brotli for a small
+/// body when the client also accepts gzip (`gzip_ok`).
+pub fn choose(negotiated: Encoding, gzip_ok: bool, size: Option<u64>) -> Encoding {
+    match (negotiated, size) {
+        (Encoding::Brotli, Some(n)) if n < BROTLI_MIN_SIZE && gzip_ok => Encoding::Gzip,
+        (e, _) => e,
+    }
+}
+
 /// Whether a response (`status`, `headers`) to a `method` request may be compressed by `c`.
 pub fn applies(c: &Compress, method: &Method, status: StatusCode, headers: &HeaderMap) -> bool {
     if *method == Method::HEAD

@@ -187,6 +187,35 @@ fn encoders_stream_and_round_trip() {
 }
 
 #[test]
+fn pooled_gzip_states_start_clean() {
+    // The second and third streams reuse the first's deflate state on this thread.
+    for round in 0..3 {
+        let text = format!("round {round}: ").repeat(500).into_bytes();
+        let mut e = Encoder::new(Encoding::Gzip, 5, None);
+        e.write(&text[..700]).expect("write");
+        e.flush().expect("flush");
+        let mut out = e.take().to_vec();
+        e.write(&text[700..]).expect("write");
+        out.extend_from_slice(&e.take());
+        out.extend_from_slice(&e.finish().expect("finish"));
+        assert_eq!(decode(Encoding::Gzip, &out), text, "round {round}");
+    }
+}
+
+#[test]
+fn small_bodies_get_gzip_when_the_client_takes_it() {
+    let small = Some(BROTLI_MIN_SIZE - 1);
+    assert_eq!(choose(Encoding::Brotli, true, small), Encoding::Gzip);
+    assert_eq!(choose(Encoding::Brotli, false, small), Encoding::Brotli);
+    assert_eq!(
+        choose(Encoding::Brotli, true, Some(BROTLI_MIN_SIZE)),
+        Encoding::Brotli
+    );
+    assert_eq!(choose(Encoding::Brotli, true, None), Encoding::Brotli);
+    assert_eq!(choose(Encoding::Gzip, true, small), Encoding::Gzip);
+}
+
+#[test]
 fn a_flush_makes_what_was_written_decodable_at_once() {
     for enc in [Encoding::Gzip, Encoding::Brotli] {
         let mut e = Encoder::new(enc, 5, None);

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 
 use crate::accesslog::Entry;
 use crate::compress::{self, encoder::Encoder};
-use crate::config::{Compress, Config};
+use crate::config::{Compress, Config, Encoding};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::{websocket, ConnContext};
 use crate::runtime::{Backend, Snapshot};
@@ -118,7 +118,11 @@ where
         .flatten()
         .cloned();
     let coding = compress.as_ref().and_then(|c| {
-        compress::negotiate(req.headers().get_all(ACCEPT_ENCODING).iter(), &c.algorithms)
+        let accept = || req.headers().get_all(ACCEPT_ENCODING).iter();
+        let best = compress::negotiate(accept(), &c.algorithms)?;
+        let gzip_ok = c.algorithms.contains(&Encoding::Gzip)
+            && compress::negotiate(accept(), &[Encoding::Gzip]).is_some();
+        Some((best, gzip_ok))
     });
     let method = req.method().clone();
     let head = logging.then(|| Head {
@@ -154,11 +158,12 @@ where
     if let Some(c) = &compress {
         if compress::applies(c, &method, resp.status(), resp.headers()) {
             compress::add_vary(resp.headers_mut());
-            if let Some(enc) = coding {
+            if let Some((best, gzip_ok)) = coding {
                 let size = resp
                     .headers()
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let enc = compress::choose(best, gzip_ok, size);
                 compress::rewrite_headers(resp.headers_mut(), enc);
                 encoder = Some((enc, Encoder::new(enc, c.level, size)));
             }
