@@ -4,20 +4,27 @@
 //! A deflate state is a few hundred KiB; allocating and zeroing one per response costs more
 //! than compressing a small body (fresh pages fault in). gzip therefore runs a raw deflate
 //! stream taken from a per-thread pool (reset, never freed while pooled) inside gzip framing
-//! written here (RFC 1952 header, CRC-32 and size trailer).
+//! written here (RFC 1952 header, CRC-32 and size trailer), and brotli allocates through a
+//! per-thread buffer pool (`pool`).
 
 use std::cell::RefCell;
 use std::io::Write;
 
+use brotli::enc::writer::CompressorWriterCustomAlloc;
+use brotli::Allocator;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
+use super::pool::{PoolBox, Pooled};
 use crate::config::Encoding;
 
+type BrotliWriter = CompressorWriterCustomAlloc<Vec<u8>, PoolBox<u8>, Pooled>;
+
 /// Brotli's largest window: 2^18 = 256 KiB (streaming, many responses at once: memory
-/// matters more than the last percent of ratio); a smaller body gets a window its size.
+/// matters more than the last percent of ratio); a smaller body gets a smaller window, but
+/// not below 2^17: at 2^16 and less, brotli switches to a hasher with 32 MiB of tables.
 const BROTLI_LGWIN: u32 = 18;
-const BROTLI_MIN_LGWIN: u32 = 10;
+const BROTLI_MIN_LGWIN: u32 = 17;
 /// Brotli's internal buffer.
 const BROTLI_BUFFER: usize = 4096;
 /// gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
@@ -108,7 +115,7 @@ impl Drop for Gzip {
 /// One response's encoder.
 pub enum Encoder {
     Gzip(Gzip),
-    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Brotli(Box<BrotliWriter>),
 }
 
 impl std::fmt::Debug for Encoder {
@@ -132,9 +139,11 @@ impl Encoder {
                     let bits = u64::BITS - n.max(1).leading_zeros();
                     bits.clamp(BROTLI_MIN_LGWIN, BROTLI_LGWIN)
                 });
-                Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
+                let buffer = <Pooled as Allocator<u8>>::alloc_cell(&mut Pooled, BROTLI_BUFFER);
+                Encoder::Brotli(Box::new(BrotliWriter::new(
                     Vec::with_capacity(8192),
-                    BROTLI_BUFFER,
+                    buffer,
+                    Pooled,
                     level,
                     lgwin,
                 )))

@@ -8,6 +8,7 @@
 //! below `min_size`.
 
 pub mod encoder;
+mod pool;
 
 use http::header::{
     HeaderValue, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
