@@ -316,3 +316,34 @@ async fn listeners_are_added_and_removed_without_a_restart() {
     assert_eq!(kept.get("/").await.text(), "l0");
     assert_eq!(answering(lb.addr("web"), 3).await.len(), 1);
 }
+
+#[tokio::test]
+async fn open_websockets_survive_reloads_even_when_their_backend_is_removed() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let e: Vec<Echo> = ["w0", "w1", "w2", "wapi"].iter().map(|n| echo(n)).collect();
+    let lb = Autolb::start_with_env(&config(0, &e), &[("RELOAD_TOKEN", TOKEN)]);
+    // Config 0 balances over w0 and w1: open one WebSocket to each.
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let (mut ws, _) = common::ws_connect(lb.addr("web"), "/ws", &[]).await;
+        let name = common::ws_text(&mut ws).await;
+        sockets.push((name, ws));
+    }
+    // Reload to configs that change weights and algorithms and drop w0 (config 1: w1, w2).
+    for i in 1..=3 {
+        write(&lb.config, &config(i, &e));
+        let r = post_reload(lb.admin).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for (name, ws) in sockets.iter_mut() {
+        let text = format!("still here after the reloads ({name})");
+        ws.send(Message::Text(text.clone().into()))
+            .await
+            .expect("send");
+        match common::ws_next(ws, 10).await {
+            Some(Message::Text(t)) => assert_eq!(t.as_str(), text, "{name}"),
+            other => panic!("{name}: the WebSocket did not survive the reloads: {other:?}"),
+        }
+    }
+}
