@@ -7,50 +7,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Autolb, Client, Proc};
+use common::redis::{cli, Redis};
+use common::{Autolb, Client};
 use http_body_util::Full;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-/// A `redis-server` without persistence; the `Proc` kills it on drop.
-fn redis() -> (u16, Proc) {
-    let port = free_port();
-    let child = common::command("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (apt-get install redis-server)");
-    let proc = Proc {
-        child,
-        log: Default::default(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cli(port, &["PING"]).trim() != "PONG" {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (port, proc)
-}
 
 /// An application backend named `name`: answers its name, and starts a session
 /// (`JSESSIONID=name-N`) for a request without one. `down`: its health check fails.
@@ -93,7 +57,8 @@ async fn served_by(c: &mut Client, session: &str) -> String {
 
 #[tokio::test]
 async fn sessions_learned_on_one_node_are_honoured_by_another() {
-    let (port, _redis) = redis();
+    let redis = Redis::start();
+    let port = redis.port;
     let names = ["b0", "b1", "b2"];
     let down: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
     let mut addrs = Vec::new();

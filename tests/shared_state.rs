@@ -6,77 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{echo, Autolb, Client, Proc};
+use common::redis::{cli, free_port, Redis};
+use common::{echo, Autolb, Client};
 use serde_json::Value;
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// A `redis-server` on loopback without persistence, killed on drop.
-struct Redis {
-    port: u16,
-    proc: Option<Proc>,
-    extra: Vec<String>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_with(free_port(), Vec::new())
-    }
-
-    fn start_with(port: u16, extra: Vec<String>) -> Redis {
-        let mut r = Redis {
-            port,
-            proc: None,
-            extra,
-        };
-        r.restart();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = common::command("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        self.proc = Some(Proc {
-            child,
-            log: Default::default(),
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(self.port, &["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        self.proc.take();
-    }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
 
 fn redis_config(backend: &SocketAddr, url: &str, pool_extra: &str) -> String {
     common::config(
@@ -360,7 +294,7 @@ async fn redis_cluster_of_three_masters() {
         ]
         .map(String::from)
         .to_vec();
-        masters.push(Redis::start_with(free_port(), extra));
+        masters.push(Redis::start_with(extra));
     }
     let addrs: Vec<String> = masters
         .iter()

@@ -8,93 +8,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Autolb, Client, Proc};
+use common::redis::{cli, free_port, Redis};
+use common::{Autolb, Client};
 use http_body_util::Full;
 use serde_json::Value;
 
 /// No request may take this long, whatever Redis does (calls are bounded by 250 ms).
 const BOUND: Duration = Duration::from_secs(1);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-/// A `redis-server` without persistence, killed on drop (continued first if stopped).
-struct Redis {
-    port: u16,
-    proc: Option<Proc>,
-    extra: Vec<String>,
-    stopped: bool,
-}
-
-impl Redis {
-    fn start(extra: Vec<String>) -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            proc: None,
-            extra,
-            stopped: false,
-        };
-        r.restart();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = common::command("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        self.proc = Some(Proc {
-            child,
-            log: Default::default(),
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(self.port, &["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&mut self, sig: i32) {
-        if let Some(p) = &self.proc {
-            // SAFETY: a signal to our own child process.
-            unsafe { libc::kill(p.pid() as i32, sig) };
-            self.stopped = sig == libc::SIGSTOP;
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if self.stopped {
-            self.signal(libc::SIGCONT);
-        }
-    }
-}
 
 /// An application backend: answers its name and starts a session (`JSESSIONID`) for a
 /// request without one.
@@ -223,7 +148,7 @@ fn errors(v: &Value) -> u64 {
 
 #[tokio::test]
 async fn a_stopped_redis_slows_no_request() {
-    let mut redis = Redis::start(Vec::new());
+    let mut redis = Redis::start();
     let backends = [app("b0").await, app("b1").await];
     let cfg = config(&backends, &redis.url());
     let (a, b) = (Autolb::start(&cfg), Autolb::start(&cfg));
@@ -284,7 +209,7 @@ async fn a_stopped_cluster_node_fails_no_request() {
         ]
         .map(String::from)
         .to_vec();
-        masters.push(Redis::start(extra));
+        masters.push(Redis::start_with(extra));
     }
     let addrs: Vec<String> = masters
         .iter()
@@ -327,7 +252,7 @@ async fn a_stopped_cluster_node_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // One master goes away: its slots do not answer (and, without replicas, the cluster
     // goes down after the node timeout).
-    masters[2].proc.take();
+    masters[2].stop();
     let degraded = wait_status(&a, 10, "never degraded", |v| {
         errors(v) > before && v["last_error"].is_string()
     })
