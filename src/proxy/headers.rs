@@ -133,7 +133,8 @@ pub fn rewrite_request(
         }
         _ => element,
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    // The String's buffer becomes the header value: no second copy per request.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
         headers.insert(FORWARDED, v);
     } else {
         headers.remove(FORWARDED);
