@@ -182,6 +182,7 @@ impl TryFrom<RouteFile> for RouteItem {
                 .compress
                 .as_ref()
                 .and_then(|c| super::compress::compress(c, &mut issues)),
+            rate_limit: super::limits::ip_rate_limit(file.rate_limit.as_ref(), &mut issues),
         };
         issues.result(RouteItem {
             route,

@@ -1,5 +1,6 @@
-//! `listeners[].limits:` (sizes, counts, timeouts a client may use) and
-//! `listeners[].rate_limit: {per_ip, burst}`, with safe defaults, every error at its line.
+//! `listeners[].limits:` (sizes, counts, timeouts and the request-body rate a client may
+//! use) and the per-client-IP `rate_limit: {per_ip, burst}` of listeners and routes, with
+//! safe defaults, every error at its line.
 
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open client connections per client IP; 0 = no limit.
     pub max_connections_per_ip: usize,
+    /// Request bodies: waiting this long for the client is free (the grace) ...
+    pub body_timeout: Duration,
+    /// ... then each byte received buys `1/min_body_rate` s more waiting; a client that
+    /// falls behind gets 408. Bytes per second; 0 = no body-rate check.
+    pub min_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +48,8 @@ impl Default for Limits {
             max_requests_per_connection: 0,
             max_connections: 10_000,
             max_connections_per_ip: 0,
+            body_timeout: Duration::from_secs(20),
+            min_body_rate: 500,
         }
     }
 }
@@ -61,9 +69,11 @@ pub struct LimitsFile {
     pub max_requests_per_connection: Option<Located<u64>>,
     pub max_connections: Option<Located<u64>>,
     pub max_connections_per_ip: Option<Located<u64>>,
+    pub body_timeout: Option<Located<Dur>>,
+    pub min_body_rate: Option<Located<StrOrInt>>,
 }
 
-/// A listener's per-client-IP token bucket (validated).
+/// A per-client-IP token bucket of a listener or a route (validated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IpRateLimit {
     /// Requests per second per client IP.
@@ -72,7 +82,7 @@ pub struct IpRateLimit {
     pub burst: u32,
 }
 
-/// `rate_limit:` on a listener, as written.
+/// `rate_limit:` on a listener or a route, as written.
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
@@ -120,6 +130,28 @@ fn size(
             issues.push(
                 f.pos,
                 format!("{what} must be a size between {min} and {max} bytes (e.g. 64KiB, 10MB)"),
+            );
+            None
+        }
+    }
+}
+
+/// `min_body_rate`: a size per second (`1KiB/s`, `500`, `0` = off).
+fn body_rate(field: &Located<StrOrInt>, issues: &mut Issues) -> Option<u64> {
+    const MAX: u64 = 1 << 30;
+    let v = match &field.value {
+        StrOrInt::Int(n) => u64::try_from(*n).ok(),
+        StrOrInt::Str(s) => {
+            let t = s.trim();
+            parse_size(t.strip_suffix("/s").unwrap_or(t))
+        }
+    };
+    match v {
+        Some(v) if v <= MAX => Some(v),
+        _ => {
+            issues.push(
+                field.pos,
+                format!("min_body_rate must be a size per second between 0 (off) and {MAX} bytes/s (e.g. 1KiB/s)"),
             );
             None
         }
@@ -205,10 +237,23 @@ pub(crate) fn limits(file: Option<&Located<LimitsFile>>, issues: &mut Issues) ->
     ) {
         l.max_connections_per_ip = v as usize;
     }
+    if let Some(t) = &f.body_timeout {
+        if t.value.0.is_zero() {
+            issues.push(
+                t.pos,
+                "body_timeout must be greater than 0 (min_body_rate: 0 turns the check off)",
+            );
+        } else {
+            l.body_timeout = t.value.0;
+        }
+    }
+    if let Some(v) = f.min_body_rate.as_ref().and_then(|r| body_rate(r, issues)) {
+        l.min_body_rate = v;
+    }
     l
 }
 
-/// Converts a listener's `rate_limit:`.
+/// Converts the `rate_limit:` of a listener or a route.
 pub(crate) fn ip_rate_limit(
     file: Option<&Located<IpRateLimitFile>>,
     issues: &mut Issues,
@@ -283,6 +328,81 @@ mod tests {
                 per_ip: 10.0,
                 burst: 20
             })
+        );
+    }
+
+    #[test]
+    fn body_rate_and_route_rate_limits_convert() {
+        let c = crate::config::load_str(&yaml(""), Path::new("t.yaml")).expect("valid");
+        let l = &c.listeners[0].limits;
+        assert_eq!(
+            (l.body_timeout, l.min_body_rate),
+            (Duration::from_secs(20), 500)
+        );
+        for (text, rate) in [
+            ("10KiB/s", 10 << 10),
+            ("1000", 1000),
+            ("0", 0),
+            ("2MB", 2_000_000),
+        ] {
+            let c = crate::config::load_str(
+                &yaml(&format!(
+                    "    limits: {{ body_timeout: 300ms, min_body_rate: {text} }}\n"
+                )),
+                Path::new("t.yaml"),
+            )
+            .expect("valid");
+            let l = &c.listeners[0].limits;
+            assert_eq!(l.body_timeout, Duration::from_millis(300), "{text}");
+            assert_eq!(l.min_body_rate, rate, "{text}");
+        }
+        let c = crate::config::load_str(
+            &yaml("routes:\n  - { path_prefix: /login, pool: web, rate_limit: { per_ip: 5/s, burst: 10 } }\n  - { pool: web, rate_limit: { per_ip: 2/m } }\n"),
+            Path::new("t.yaml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.routes[0].rate_limit,
+            Some(IpRateLimit {
+                per_ip: 5.0,
+                burst: 10
+            })
+        );
+        let per_minute = c.routes[1].rate_limit.as_ref().expect("limit");
+        assert_eq!(per_minute.burst, 1);
+        assert!((per_minute.per_ip - 2.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_body_rates_and_route_rate_limits_are_located() {
+        let e = crate::config::load_str(
+            &yaml("    limits: { body_timeout: 0s, min_body_rate: 1KiB/m }\nroutes:\n  - { pool: web, rate_limit: { per_ip: fast } }\n  - { pool: web, rate_limit: { burst: 3 } }\n  - { pool: web, rate_limit: { per_ip: 1/s, burst: 0, pre_ip: 1 } }\n"),
+            Path::new("t.yaml"),
+        )
+        .expect_err("invalid");
+        let text = e.to_string();
+        for want in [
+            "t.yaml:5:29: body_timeout must be greater than 0",
+            "t.yaml:5:48: min_body_rate must be a size per second",
+            "t.yaml:7:40: invalid per_ip rate",
+            "t.yaml:8:30: rate_limit needs per_ip",
+            "unknown field \"pre_ip\"",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        let e = crate::config::load_str(
+            &yaml("    limits: { min_body_rate: 2GiB/s }\nroutes:\n  - { pool: web, rate_limit: { per_ip: 1/s, burst: 0 } }\n"),
+            Path::new("t.yaml"),
+        )
+        .expect_err("invalid");
+        let text = e.to_string();
+        assert!(
+            text.contains("t.yaml:5:30: min_body_rate must be"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t.yaml:7:52: burst must be at least 1"),
+            "{text}"
         );
     }
 

@@ -4,7 +4,8 @@
 //! HTTP/1.0, one Host that agrees with an absolute-form target); `server::framing` runs it on
 //! the bytes before hyper sees them. `check` runs per request in `proxy()` on what hyper
 //! parsed (HTTP/1 and HTTP/2): 400 on duplicate or disagreeing Host, 414, 413, and the
-//! listener's per-client-IP rate limit (429 with Retry-After).
+//! listener's per-client-IP rate limit (429 with Retry-After); `check_route` the matched
+//! route's, after routing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use super::body::ProxyBody;
 use super::{local, ConnContext};
 use crate::config::IpRateLimit;
+use crate::runtime::Route;
 
 /// How a request's body is delimited, once its head is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,23 +236,32 @@ pub fn check<B>(req: &Request<B>, ctx: &ConnContext) -> Option<Response<ProxyBod
             None,
         ));
     }
-    let rate = ctx.rate_limit.as_ref()?;
-    match rate.admit(ctx.client.ip, Instant::now()) {
-        Ok(()) => None,
-        Err(wait_s) => {
-            let mut resp = local::error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", None);
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(wait_s));
-            Some(resp)
-        }
-    }
+    admit(ctx.rate_limit.as_deref()?, ctx, None)
+}
+
+/// The rate limit of the route that matched (after the listener's): `Some` is the 429.
+pub fn check_route(route: &Route, pool: &str, ctx: &ConnContext) -> Option<Response<ProxyBody>> {
+    admit(route.rate_limit.as_deref()?, ctx, Some(pool))
+}
+
+/// A token from `limiter` for the client's IP, or 429 with Retry-After.
+fn admit(
+    limiter: &IpLimiter,
+    ctx: &ConnContext,
+    pool: Option<&str>,
+) -> Option<Response<ProxyBody>> {
+    let wait_s = limiter.admit(ctx.client.ip, Instant::now()).err()?;
+    let mut resp = local::error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", pool);
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(wait_s));
+    Some(resp)
 }
 
 /// Buckets kept per listener; past this many client IPs, idle ones are dropped.
 const MAX_TRACKED_IPS: usize = 100_000;
 const SHARDS: usize = 32;
 
-/// A token bucket per client IP (one per listener and rate-limit setting).
+/// A token bucket per client IP (one per listener or route and rate-limit setting).
 #[derive(Debug)]
 pub struct IpLimiter {
     config: IpRateLimit,
@@ -265,8 +276,8 @@ impl IpLimiter {
         }
     }
 
-    /// The limiter of listener `name` with `config`, shared by every connection and worker
-    /// (a reload with another setting starts fresh buckets).
+    /// The limiter named `name` (a listener's name, or a route's key) with `config`, shared
+    /// by every connection and worker (a reload with another setting starts fresh buckets).
     pub fn shared(name: &str, config: &IpRateLimit) -> Arc<IpLimiter> {
         type Registry = Mutex<HashMap<String, Arc<IpLimiter>>>;
         static REGISTRY: OnceLock<Registry> = OnceLock::new();
