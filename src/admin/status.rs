@@ -169,6 +169,7 @@ fn pool_status(p: &Pool) -> Value {
     if p.algorithm == Algorithm::ConsistentHash {
         v["hash_key"] = json!(hash_key_name(&p.hash_key));
     }
+    v["queue"] = p.queue.as_ref().map_or(Value::Null, |q| q.status());
     v
 }
 

@@ -200,6 +200,8 @@ pub fn signals(st: &mut ScalerState, runtime: &Runtime, now: Instant) -> Signals
         .map(|p| p.stats.window.summary_recent(now, window))
         .and_then(|s| (s.requests > 0).then_some(s.p95.as_secs_f64() * 1000.0));
     let cold_waiters = pool.map_or(0, |p| p.stats.cold_waiters.load(Ordering::Relaxed));
+    // Requests waiting in the pool's `limits:` queue are demand the instances could not take.
+    let inflight = inflight + pool.map_or(0, |p| p.queued());
     let members = st.members.len() as u32;
     let pending = st.requested.map_or(0, |r| r.saturating_sub(members));
     let signals = Signals {

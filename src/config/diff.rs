@@ -174,8 +174,9 @@ fn pool(o: &Pool, p: &Pool, out: &mut Vec<String>) {
             ));
         }
     }
-    let parts: [(&str, bool); 9] = [
+    let parts: [(&str, bool); 10] = [
         ("hash_key", o.hash_key != p.hash_key),
+        ("limits", o.limits != p.limits),
         ("compress", o.compress != p.compress),
         ("sticky", o.sticky != p.sticky),
         ("health_check", o.health_check != p.health_check),

@@ -18,6 +18,7 @@ mod l4;
 mod limits;
 mod node;
 mod pool;
+mod pool_limits;
 mod rate_limit;
 mod retry;
 mod sticky;
@@ -41,6 +42,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use l4::{ProxyVersion, SniRoute};
 pub use limits::{parse_size, IpRateLimit, Limits};
 pub use model::*;
+pub use pool_limits::PoolLimits;
 pub use rate_limit::{parse_rate, RateLimit, RateLimitScope};
 
 use std::path::Path;

@@ -143,6 +143,10 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
             .rate_limit
             .as_ref()
             .and_then(|r| super::rate_limit::rate_limit(r, &mut issues)),
+        limits: file
+            .limits
+            .as_ref()
+            .and_then(|l| super::pool_limits::pool_limits(l, &mut issues)),
     };
     issues.result(PoolItem { pool, ports_pos })
 }

@@ -15,7 +15,7 @@ use crate::server::ListenerStats;
 pub const CODE_LABELS: [&str; 6] = ["failed", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Escape a label value (backslash, quote, newline).
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -221,6 +221,7 @@ pub fn render(
     }
     crate::tls::render_metrics(&mut out);
     crate::l4::render_metrics(&mut out, &snap);
+    crate::runtime::limit::render_metrics(&mut out, &snap);
     crate::accesslog::render_metrics(&mut out);
     out
 }

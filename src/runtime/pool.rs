@@ -45,6 +45,8 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     pub balancer: Balancer,
     pub stats: Arc<PoolStats>,
+    /// `limits:` the concurrency limit and its queue (None: no limit).
+    pub queue: Option<super::limit::Queue>,
 }
 
 /// Scale-from-zero queue of an autoscaled pool.
@@ -158,6 +160,10 @@ impl Pool {
             backends,
             balancer,
             stats: previous.map_or_else(Default::default, |p| p.stats.clone()),
+            queue: super::limit::Queue::build(
+                cfg.limits.as_ref(),
+                previous.and_then(|p| p.queue.as_ref()),
+            ),
         }
     }
 
