@@ -2,6 +2,7 @@
 //! swapped once. The hot path only reads it; `Runtime::apply` is the only writer.
 
 mod backend;
+pub mod limit;
 mod pool;
 pub mod stats;
 
@@ -21,6 +22,7 @@ use ipnet::IpNet;
 use crate::config::{Config, Protocol, Route as RouteConfig};
 use crate::health::events::EventLog;
 use crate::health::HealthChecks;
+use crate::proxy::validate::IpLimiter;
 
 /// A route with its pool resolved to an index into `Snapshot::pools`.
 #[derive(Debug)]
@@ -29,6 +31,9 @@ pub struct Route {
     host: Option<String>,
     path_prefix: Option<String>,
     pub pool: usize,
+    /// The route's per-client-IP rate limit, shared by every connection and worker and kept
+    /// across reloads while the route and its setting stay the same.
+    pub rate_limit: Option<Arc<IpLimiter>>,
 }
 
 impl Route {
@@ -37,7 +42,22 @@ impl Route {
             host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
             path_prefix: route.path_prefix.clone(),
             pool,
+            rate_limit: route
+                .rate_limit
+                .as_ref()
+                .map(|r| IpLimiter::shared(&Route::limiter_key(route), r)),
         }
+    }
+
+    /// What identifies a route's limiter across reloads: what it matches and where it goes
+    /// (not its position, so adding a route before it keeps its buckets).
+    fn limiter_key(route: &RouteConfig) -> String {
+        format!(
+            "\0route {}|{}|{}",
+            route.host.as_deref().unwrap_or("*"),
+            route.path_prefix.as_deref().unwrap_or(""),
+            route.pool
+        )
     }
 
     /// Does this route match `host` (already stripped of its port) and `path`?
@@ -153,11 +173,20 @@ impl Snapshot {
 
     /// The pool for a request: the first matching route, else the listener's pool.
     pub fn select_pool(&self, listener: usize, host: &str, path: &str) -> Option<usize> {
-        self.routes
-            .iter()
-            .find(|r| r.matches(host, path))
-            .map(|r| r.pool)
-            .or_else(|| self.listeners.get(listener).and_then(|l| l.pool))
+        self.select(listener, host, path).map(|(pool, _)| pool)
+    }
+
+    /// The pool for a request and the route that chose it (`None`: the listener's pool).
+    pub fn select(
+        &self,
+        listener: usize,
+        host: &str,
+        path: &str,
+    ) -> Option<(usize, Option<&Route>)> {
+        match self.routes.iter().find(|r| r.matches(host, path)) {
+            Some(r) => Some((r.pool, Some(r))),
+            None => self.listeners.get(listener)?.pool.map(|p| (p, None)),
+        }
     }
 }
 

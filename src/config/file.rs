@@ -155,13 +155,14 @@ pub struct CertFile {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a route mapping (host, path_prefix, pool)"
+    expecting = "a route mapping (host, path_prefix, pool, ...)"
 )]
 pub struct RouteFile {
     pub host: Option<Located<String>>,
     pub path_prefix: Option<Located<String>>,
     pub pool: Located<String>,
     pub compress: Option<super::compress::CompressFile>,
+    pub rate_limit: Option<Located<super::limits::IpRateLimitFile>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -204,6 +205,7 @@ pub struct PoolFile {
     pub tls: Option<Located<UpstreamTlsFile>>,
     pub compress: Option<super::compress::CompressFile>,
     pub rate_limit: Option<Located<super::rate_limit::RateLimitFile>>,
+    pub limits: Option<Located<super::pool_limits::PoolLimitsFile>>,
 }
 
 /// `pools.NAME.protocol`.

@@ -127,6 +127,9 @@ pub struct Route {
     pub pool: String,
     /// Responses of this route are compressed so (instead of by its pool's `compress`).
     pub compress: Option<super::Compress>,
+    /// `rate_limit: {per_ip, burst}`: a token bucket per client IP for this route (after
+    /// the listener's).
+    pub rate_limit: Option<super::IpRateLimit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +184,8 @@ pub struct Pool {
     pub compress: Option<super::Compress>,
     /// `rate_limit:` per node or for the whole fleet (`scope: cluster`).
     pub rate_limit: Option<super::RateLimit>,
+    /// `limits:` concurrency limit and bounded queue (None: no limit).
+    pub limits: Option<super::PoolLimits>,
 }
 
 /// `pools.NAME.protocol`.

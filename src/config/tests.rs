@@ -257,12 +257,14 @@ fn full_config_parses_into_the_model() {
                 path_prefix: Some("/v1".into()),
                 pool: "api".into(),
                 compress: None,
+                rate_limit: None,
             },
             Route {
                 host: None,
                 path_prefix: Some("/static".into()),
                 pool: "web".into(),
                 compress: None,
+                rate_limit: None,
             },
         ],
         pools: vec![
@@ -380,6 +382,7 @@ fn full_config_parses_into_the_model() {
                 tls: None,
                 rate_limit: None,
                 compress: None,
+                limits: None,
             },
             Pool {
                 name: "api".into(),
@@ -436,6 +439,7 @@ fn full_config_parses_into_the_model() {
                 }),
                 rate_limit: None,
                 compress: None,
+                limits: None,
             },
         ],
         state: State::Redis {

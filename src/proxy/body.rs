@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::upstream::Sender;
+use super::upstream::{RawBody, RawConn, RawError, Sender};
 use crate::runtime::{Backend, PoolStats};
 
 /// Accounting for one request to one backend, settled exactly once: when the response body
@@ -55,6 +55,8 @@ impl Exchange {
 pub enum BodyError {
     #[error(transparent)]
     Backend(#[from] hyper::Error),
+    #[error(transparent)]
+    Raw(#[from] RawError),
     #[error("backend sent nothing for {0:?} in the middle of a response")]
     Idle(Duration),
     #[error("compression failed: {0}")]
@@ -65,13 +67,14 @@ pin_project! {
     /// A backend's response body, streamed frame by frame, failed when the backend stays
     /// silent for longer than the pool's idle timeout.
     pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
+        inner: UpstreamIncoming,
         exchange: Option<Exchange>,
         idle: Duration,
         // Armed only while the backend makes us wait, so a fast body never touches a timer.
         timer: Option<Pin<Box<Sleep>>>,
         progressed: bool,
+        // The pool's `limits:` slot of this request, given back when the body is dropped.
+        slot: Option<crate::runtime::limit::Slot>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -79,20 +82,22 @@ pin_project! {
             let this = this.project();
             if let Some(ex) = this.exchange.take() {
                 // Dropped without reading to the end: complete only if nothing was left.
-                ex.finish(this.inner.is_end_stream());
+                let complete = this.inner.is_end_stream();
+                settle(ex, this.inner, complete);
             }
         }
     }
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, exchange: Exchange, idle: Duration) -> UpstreamBody {
+    pub fn new(inner: UpstreamIncoming, exchange: Exchange, idle: Duration) -> UpstreamBody {
         UpstreamBody {
             inner,
             exchange: Some(exchange),
             idle,
             timer: None,
             progressed: false,
+            slot: None,
         }
     }
 }
@@ -106,10 +111,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(ex) = this.exchange.take() {
-                    ex.finish(true);
+                    settle(ex, this.inner, true);
                 }
                 Poll::Ready(None)
             }
@@ -117,7 +122,7 @@ impl Body for UpstreamBody {
                 if let Some(ex) = this.exchange.take() {
                     ex.finish(false);
                 }
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 *this.progressed = true;
@@ -160,22 +165,82 @@ impl Body for UpstreamBody {
     }
 }
 
+/// Settle a finished exchange; the own client's connection goes back to its pool when the
+/// body was read to its end.
+fn settle(ex: Exchange, inner: &mut UpstreamIncoming, complete: bool) {
+    if complete {
+        if let UpstreamIncoming::Raw(body) = inner {
+            if let Some(conn) = body.take_reusable() {
+                ex.backend.conns.checkin_raw(conn);
+            }
+        }
+    }
+    ex.finish(complete);
+}
+
+/// A backend's response body as the client that read its head gives it: hyper's, or the
+/// own HTTP/1.1 client's.
+#[derive(Debug)]
+pub enum UpstreamIncoming {
+    Hyper(Incoming),
+    Raw(RawBody),
+}
+
+impl UpstreamIncoming {
+    /// The own client's connection, when the body was read to its end and it is reusable.
+    pub fn take_reusable(&mut self) -> Option<RawConn> {
+        match self {
+            UpstreamIncoming::Raw(body) => body.take_reusable(),
+            UpstreamIncoming::Hyper(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamIncoming::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            UpstreamIncoming::Raw(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::Hyper(b) => b.is_end_stream(),
+            UpstreamIncoming::Raw(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::Hyper(b) => b.size_hint(),
+            UpstreamIncoming::Raw(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A request body sent to a backend: the client's, streamed, or none (a resent request whose
 /// original had no body).
 #[derive(Debug)]
 pub enum RequestBody {
-    Client(Incoming),
+    Client(super::body_rate::ClientBody),
     Empty,
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = super::body_rate::ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
@@ -198,6 +263,8 @@ impl Body for RequestBody {
 }
 
 /// Every response body autolb sends downstream.
+// `Upstream` is the common case: boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
@@ -212,6 +279,14 @@ impl ProxyBody {
 
     pub fn empty() -> ProxyBody {
         ProxyBody::Full(None)
+    }
+
+    /// Keep the pool's `limits:` slot until a backend's body is forwarded or aborted (a body
+    /// autolb wrote, or the empty one of a 101, gives it back at once).
+    pub fn hold(&mut self, slot: crate::runtime::limit::Slot) {
+        if let ProxyBody::Upstream(b) = self {
+            b.slot = Some(slot);
+        }
     }
 }
 

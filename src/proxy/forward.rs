@@ -8,14 +8,13 @@ use http::header::{RETRY_AFTER, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
 use super::headers;
 use super::local;
-use super::upstream::UpstreamError;
+use super::upstream::{Sent, UpstreamError};
 use super::websocket;
 use crate::affinity::Resolved;
 use crate::balance::PickContext;
@@ -25,26 +24,6 @@ use crate::runtime::Pool;
 
 /// Response header telling how many attempts a request took (only when more than one).
 pub const TRIES_HEADER: &str = "x-autolb-tries";
-
-/// A copy of a request head, kept only when the request may be resent after being sent
-/// (idempotent method, no body).
-struct Resendable {
-    parts: Parts,
-}
-
-impl Resendable {
-    fn request(&self) -> Request<RequestBody> {
-        let mut b = Request::builder()
-            .method(self.parts.method.clone())
-            .uri(self.parts.uri.clone())
-            .version(self.parts.version);
-        if let Some(h) = b.headers_mut() {
-            *h = self.parts.headers.clone();
-        }
-        b.body(RequestBody::Empty)
-            .unwrap_or_else(|_| Request::new(RequestBody::Empty))
-    }
-}
 
 /// How an attempt ended, when it gave no response to forward.
 enum Failure {
@@ -73,19 +52,17 @@ pub struct Plan {
 /// Send `req` to `pool`, retrying on other backends while it is safe.
 pub async fn forward(
     parts: Parts,
-    body: Incoming,
+    body: super::body_rate::ClientBody,
     pool: &Arc<Pool>,
     mut plan: Plan,
     events: &Arc<EventLog>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let attempts = pool.retries + 1;
-    let resendable = (attempts > 1
-        && body.is_end_stream()
-        && pool.retry_methods.contains(&parts.method))
-    .then(|| Resendable {
-        parts: clone_head(&parts),
-    });
+    // A request that may go again after it was sent (idempotent, no body): the upstream
+    // client keeps it (its own client at no cost, hyper's as a copy of the head).
+    let resendable =
+        attempts > 1 && body.is_end_stream() && pool.retry_methods.contains(&parts.method);
     let mut next = Some(Request::from_parts(parts, RequestBody::Client(body)));
     let mut pick = PickContext {
         hash: plan.hash,
@@ -95,10 +72,8 @@ pub async fn forward(
     pool.stats.active.fetch_add(1, Ordering::Relaxed);
     let mut last: Option<Failure> = None;
     for attempt in 0..attempts {
-        let req = match (next.take(), &resendable) {
-            (Some(r), _) => r,
-            (None, Some(copy)) => copy.request(),
-            (None, None) => break,
+        let Some(req) = next.take() else {
+            break;
         };
         // The pinned backend first (sticky); then another one where one exists, else the
         // same one again.
@@ -127,8 +102,16 @@ pub async fn forward(
         let sent_at = Instant::now();
         let t = &pool.timeouts;
         let more = attempt + 1 < attempts;
-        match backend.conns.send(req, t.connect, t.response, t.idle).await {
-            Ok((mut resp, conn)) => {
+        let sent = backend
+            .conns
+            .send(req, resendable && more, t.connect, t.response, t.idle)
+            .await;
+        match sent {
+            Ok(Sent {
+                response: mut resp,
+                conn,
+                request,
+            }) => {
                 let now = Instant::now();
                 backend
                     .stats
@@ -141,8 +124,9 @@ pub async fn forward(
                     Outcome::Success
                 };
                 outlier::observe(pool, backend, outcome, events);
-                if more && resendable.is_some() && pool.retry_on.statuses.contains(&status) {
+                if more && request.is_some() && pool.retry_on.statuses.contains(&status) {
                     // Nothing was forwarded yet: drop this answer and try elsewhere.
+                    next = request;
                     backend.stats.active.fetch_sub(1, Ordering::Relaxed);
                     tracing::info!(pool = %pool.name, backend = %backend.address, status, attempt = attempt + 1, "retrying on status");
                     last = Some(Failure::Status(status));
@@ -175,7 +159,7 @@ pub async fn forward(
                     pool: pool.stats.clone(),
                     started,
                     status,
-                    conn: Some(conn),
+                    conn,
                 };
                 if let Some(backend_side) = backend_side {
                     // The connection is the tunnel's now, never back in the pool.
@@ -205,6 +189,10 @@ pub async fn forward(
             }
             Err(failed) => {
                 backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+                if super::body_rate::client_too_slow(&failed.error) {
+                    last = Some(Failure::Upstream(failed.error)); // the client's fault: 408
+                    break;
+                }
                 backend.stats.record_failure();
                 let e = &failed.error;
                 let (outcome, allowed) = if e.is_connect_failure() {
@@ -222,8 +210,8 @@ pub async fn forward(
                     error = %e,
                     "backend failed"
                 );
-                // Unsent requests go again as they are; sent ones only as a bodiless copy.
-                let retry = more && allowed && (failed.request.is_some() || resendable.is_some());
+                // Unsent requests go again as they are; sent ones only when resendable.
+                let retry = more && allowed && failed.request.is_some();
                 next = failed.request;
                 last = Some(Failure::Upstream(failed.error));
                 if !retry {
@@ -254,6 +242,10 @@ fn failure_response(pool: &Pool, last: Option<Failure>) -> Response<ProxyBody> {
                 .insert(RETRY_AFTER, HeaderValue::from(pool.retry_after_secs()));
             resp
         }
+        Some(Failure::Upstream(e)) if super::body_rate::client_too_slow(&e) => {
+            tracing::info!(pool = %pool.name, error = %e, "request body too slow: 408");
+            super::body_rate::timeout_response(&pool.name)
+        }
         Some(Failure::Upstream(e)) if e.is_timeout() => {
             tracing::warn!(pool = %pool.name, error = %e, "backend timed out: 504");
             local::error(
@@ -271,16 +263,4 @@ fn failure_response(pool: &Pool, last: Option<Failure>) -> Response<ProxyBody> {
             local::error(StatusCode::BAD_GATEWAY, "backend failed", Some(&pool.name))
         }
     }
-}
-
-fn clone_head(parts: &Parts) -> Parts {
-    let mut p = Request::new(()).into_parts().0;
-    p.method = parts.method.clone();
-    p.uri = parts.uri.clone();
-    p.version = parts.version;
-    p.headers = parts.headers.clone();
-    if let Some(addrs) = parts.extensions.get::<crate::l4::ProxyAddrs>() {
-        p.extensions.insert(*addrs);
-    }
-    p
 }

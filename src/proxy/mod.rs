@@ -3,11 +3,13 @@
 //! (or, after a 101, tunnel the WebSocket); 502/503/504 otherwise.
 
 pub mod body;
+pub mod body_rate;
 pub mod cold;
 pub mod forward;
 pub mod frames;
 pub mod headers;
 pub mod local;
+pub mod queue;
 pub mod tunnel;
 pub mod upstream;
 pub mod validate;
@@ -77,10 +79,14 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     let snapshot = ctx.runtime.snapshot();
     let authority = authority(&req);
     let host = authority.as_ref().map_or("", host_name);
-    let Some(pool_idx) = snapshot.select_pool(ctx.listener, host, req.uri().path()) else {
+    let Some((pool_idx, route)) = snapshot.select(ctx.listener, host, req.uri().path()) else {
         tracing::info!(host, path = req.uri().path(), "no route matches");
         return local::error(StatusCode::NOT_FOUND, "no route for this request", None);
     };
+    let limited = route.and_then(|r| validate::check_route(r, &snapshot.pools[pool_idx].name, ctx));
+    if let Some(refused) = limited {
+        return refused;
+    }
     if let Some(refused) = crate::state::ratelimit::check(&ctx.runtime, &snapshot, pool_idx) {
         return refused;
     }
@@ -99,6 +105,16 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
             }
         };
         pool = &warmed;
+    }
+    // `limits:` a slot of the pool, or a wait in its queue, or 503.
+    let admitted = match queue::admit(&ctx.runtime, pool).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let requeued;
+    if let Some(fresh) = &admitted.fresh {
+        requeued = fresh.clone();
+        pool = &requeued;
     }
 
     let upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -151,7 +167,10 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         upgrade,
         learned,
     };
-    forward::forward(parts, body, pool, plan, &ctx.runtime.events).await
+    let body = body_rate::ClientBody::new(body, &ctx.limits);
+    let mut resp = forward::forward(parts, body, pool, plan, &ctx.runtime.events).await;
+    admitted.hold(&mut resp);
+    resp
 }
 
 #[cfg(test)]

@@ -3,8 +3,11 @@
 //! connection that turns out closed is resent once on a fresh one (it was never written).
 //! HTTP/1.1 connections carry one request at a time and are checked in after a complete
 //! response; an HTTP/2 connection stays in the queue and is shared by concurrent requests.
+//! Bodiless requests to plain HTTP/1.1 backends go through autolb's own client (`raw`).
 
 mod connect;
+mod raw;
+mod raw_body;
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,15 +16,21 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
+use http::header::CONNECTION;
+use http::request::Parts;
+use http::Method;
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
-use super::body::RequestBody;
-use crate::config;
+use super::body::{RequestBody, UpstreamIncoming};
+use crate::config::{self, UpstreamProtocol};
 use crate::server::worker_id;
 use connect::Upstream;
+pub use raw::{RawConn, RawError};
+pub use raw_body::RawBody;
 
 /// Idle connections kept per worker and backend.
 const MAX_IDLE_PER_WORKER: usize = 1024;
@@ -47,6 +56,8 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("request to {addr}: {source}")]
+    Raw { addr: SocketAddr, source: RawError },
     #[error("no response from {addr} within {after:?}")]
     ResponseTimeout { addr: SocketAddr, after: Duration },
 }
@@ -132,8 +143,8 @@ impl Sender {
     }
 }
 
-struct Idle {
-    tx: Sender,
+struct Idle<T> {
+    tx: T,
     since: Instant,
 }
 
@@ -141,7 +152,9 @@ struct Idle {
 /// never contend, and the connection settings (TLS, protocol) of the backend's pool.
 pub struct ConnPool {
     addr: SocketAddr,
-    idle: Box<[ArrayQueue<Idle>]>,
+    idle: Box<[ArrayQueue<Idle<Sender>>]>,
+    /// Idle connections of autolb's own HTTP/1.1 client, per worker.
+    raw_idle: Box<[ArrayQueue<Idle<RawConn>>]>,
     upstream: ArcSwap<Upstream>,
 }
 
@@ -162,6 +175,9 @@ impl ConnPool {
             idle: (0..workers.max(1))
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
                 .collect(),
+            raw_idle: (0..workers.max(1))
+                .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
+                .collect(),
             upstream: ArcSwap::from_pointee(Upstream::plain()),
         }
     }
@@ -177,12 +193,47 @@ impl ConnPool {
         }
     }
 
-    fn queue(&self) -> &ArrayQueue<Idle> {
+    fn queue(&self) -> &ArrayQueue<Idle<Sender>> {
         &self.idle[worker_id() % self.idle.len()]
     }
 
+    fn raw_queue(&self) -> &ArrayQueue<Idle<RawConn>> {
+        &self.raw_idle[worker_id() % self.raw_idle.len()]
+    }
+
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(|q| q.len()).sum()
+        self.idle.iter().map(|q| q.len()).sum::<usize>()
+            + self.raw_idle.iter().map(|q| q.len()).sum::<usize>()
+    }
+
+    /// An idle connection of the own client, younger than `max_idle`, of the current
+    /// settings, and not closed by the backend meanwhile.
+    fn take_raw(&self, max_idle: Duration, generation: u64) -> Option<RawConn> {
+        let queue = self.raw_queue();
+        let now = Instant::now();
+        for _ in 0..queue.len() {
+            let Idle { tx, since } = queue.pop()?;
+            if now.saturating_duration_since(since) < max_idle
+                && tx.generation == generation
+                && !tx.is_stale()
+            {
+                return Some(tx);
+            }
+            tracing::debug!(backend = %self.addr, "idle connection dropped");
+        }
+        None
+    }
+
+    /// Return a connection of the own client whose last response was read completely.
+    pub fn checkin_raw(&self, conn: RawConn) {
+        if conn.generation != self.upstream.load().generation {
+            return;
+        }
+        conn.park();
+        let _ = self.raw_queue().push(Idle {
+            tx: conn,
+            since: Instant::now(),
+        });
     }
 
     /// An idle connection younger than `max_idle`, still open and of the current settings.
@@ -247,11 +298,120 @@ impl ConnPool {
     }
 
     /// Send `req` and wait up to `response_timeout` for the response head. Returns the
-    /// response and the connection, to be checked in once the response body is complete.
-    /// On failure the request comes back when none of it was sent.
+    /// response, the hyper connection to check in once the response body is complete (the
+    /// own client's connection comes back with its body), and, with `keep_copy`, the request
+    /// again for a retry. A failure returns the request when it may be sent again: when none
+    /// of it was sent, or with `keep_copy`.
     pub async fn send(
         &self,
+        req: Request<RequestBody>,
+        keep_copy: bool,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        max_idle: Duration,
+    ) -> Result<Sent, Failed> {
+        let up = self.upstream.load_full();
+        let own_client = own_client_enabled()
+            && up.protocol == UpstreamProtocol::H1
+            && up.tls.is_none()
+            && up.send_proxy.is_none()
+            && req.body().is_end_stream()
+            && !req.headers().contains_key(CONNECTION);
+        if own_client {
+            let t = (connect_timeout, response_timeout, max_idle);
+            return self.send_raw(req, &up, keep_copy, t).await;
+        }
+        let copy = keep_copy.then(|| copy_request(&req));
+        match self
+            .send_hyper(req, &up, connect_timeout, response_timeout, max_idle)
+            .await
+        {
+            Ok((resp, tx)) => Ok(Sent {
+                response: resp.map(UpstreamIncoming::Hyper),
+                conn: Some(tx),
+                request: copy,
+            }),
+            Err(mut failed) => {
+                failed.request = failed.request.or(copy);
+                Err(failed)
+            }
+        }
+    }
+
+    /// A bodiless request over the own HTTP/1.1 client: on an idle connection, or a new one
+    /// when none is idle or the idle one turns out closed before it answered anything.
+    async fn send_raw(
+        &self,
         mut req: Request<RequestBody>,
+        up: &Upstream,
+        keep_copy: bool,
+        (connect_timeout, response_timeout, max_idle): (Duration, Duration, Duration),
+    ) -> Result<Sent, Failed> {
+        let addr = self.addr;
+        connect::prepare(&mut req, false, up, addr);
+        let head = raw::encode_head(&req);
+        let head_request = req.method() == Method::HEAD;
+        let idempotent = req.method().is_idempotent();
+        let mut idle = self.take_raw(max_idle, up.generation);
+        loop {
+            let reused = idle.is_some();
+            let conn = match idle.take() {
+                Some(conn) => conn,
+                None => match raw::connect(addr, connect_timeout).await {
+                    Ok(stream) => RawConn::new(stream, up.generation),
+                    Err(raw::ConnectError::Timeout) => {
+                        let error = UpstreamError::ConnectTimeout {
+                            addr,
+                            after: connect_timeout,
+                        };
+                        return Err(Failed::unsent(error, req));
+                    }
+                    Err(raw::ConnectError::Io(source)) => {
+                        let error = UpstreamError::Connect { addr, source };
+                        return Err(Failed::unsent(error, req));
+                    }
+                },
+            };
+            let exchange = conn.exchange(&head, head_request);
+            match tokio::time::timeout(response_timeout, exchange).await {
+                Ok(Ok(resp)) => {
+                    return Ok(Sent {
+                        response: resp.map(UpstreamIncoming::Raw),
+                        conn: None,
+                        request: keep_copy.then_some(req),
+                    })
+                }
+                Err(_) => {
+                    let error = UpstreamError::ResponseTimeout {
+                        addr,
+                        after: response_timeout,
+                    };
+                    return Err(Failed {
+                        error,
+                        request: keep_copy.then_some(req),
+                    });
+                }
+                // The backend closed the reused connection under us: nothing of it was read
+                // (or, for an idempotent request, answered), so send it on a fresh one.
+                Ok(Err(e)) if reused && (e.unsent() || (idempotent && e.nothing_received())) => {
+                    tracing::debug!(backend = %addr, error = %e, "reused connection closed: resending on a new one");
+                }
+                Ok(Err(source)) => {
+                    let resend = keep_copy || source.unsent();
+                    return Err(Failed {
+                        error: UpstreamError::Raw { addr, source },
+                        request: resend.then_some(req),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A request over hyper's client (bodies, upgrades, TLS, HTTP/2, PROXY headers).
+    async fn send_hyper(
+        &self,
+        mut req: Request<RequestBody>,
+        up: &Arc<Upstream>,
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle: Duration,
@@ -261,7 +421,6 @@ impl ConnPool {
             addr,
             after: response_timeout,
         };
-        let up = self.upstream.load_full();
         // `send_proxy`: a connection names one client, so it is never reused nor shared.
         let private = up.send_proxy.is_some();
         let client = req.extensions().get::<crate::l4::ProxyAddrs>().copied();
@@ -270,7 +429,7 @@ impl ConnPool {
             false => self.take_idle(max_idle, up.generation).await,
         };
         if let Some(mut tx) = idle {
-            connect::prepare(&mut req, tx.is_h2(), &up, addr);
+            connect::prepare(&mut req, tx.is_h2(), up, addr);
             match tokio::time::timeout(response_timeout, tx.try_send(req)).await {
                 Err(_) => return Err(Failed::sent(timed_out())),
                 Ok(Ok(resp)) => return Ok((resp, tx)),
@@ -287,12 +446,7 @@ impl ConnPool {
         }
         let mut tx = match self.open(addr, connect_timeout, client).await {
             Ok(tx) => tx,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    request: Some(req),
-                })
-            }
+            Err(error) => return Err(Failed::unsent(error, req)),
         };
         if let Some(shared) = tx.share().filter(|_| !private) {
             let _ = self.queue().push(Idle {
@@ -300,7 +454,7 @@ impl ConnPool {
                 since: Instant::now(),
             });
         }
-        connect::prepare(&mut req, tx.is_h2(), &up, addr);
+        connect::prepare(&mut req, tx.is_h2(), up, addr);
         match tokio::time::timeout(response_timeout, tx.try_send(req)).await {
             Err(_) => Err(Failed::sent(timed_out())),
             Ok(Ok(resp)) => Ok((resp, tx)),
@@ -333,7 +487,18 @@ impl ConnPool {
     }
 }
 
-/// A failed send: the error, and the request when none of it reached the backend.
+/// A response head from a backend.
+pub struct Sent {
+    pub response: Response<UpstreamIncoming>,
+    /// The hyper connection, to check in after a complete body (`None` for the own client,
+    /// whose connection is checked in by its body).
+    pub conn: Option<Sender>,
+    /// The request again, when the caller asked to keep a copy (for a retry on status).
+    pub request: Option<Request<RequestBody>>,
+}
+
+/// A failed send: the error, and the request when it may be sent again (none of it reached
+/// the backend, or a copy was asked for).
 #[derive(Debug)]
 pub struct Failed {
     pub error: UpstreamError,
@@ -347,4 +512,32 @@ impl Failed {
             request: None,
         }
     }
+
+    fn unsent(error: UpstreamError, request: Request<RequestBody>) -> Failed {
+        Failed {
+            error,
+            request: Some(request),
+        }
+    }
+}
+
+/// `AUTOLB_UPSTREAM_CLIENT=hyper` sends every request through hyper's client (for
+/// comparison in benchmarks, or as a way around a backend the own client trips on).
+fn own_client_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("AUTOLB_UPSTREAM_CLIENT").map_or(true, |v| v != "hyper"))
+}
+
+/// A bodiless copy of a request's head, for resending it after it was sent (idempotent
+/// method, no body).
+fn copy_request(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut parts: Parts = Request::new(()).into_parts().0;
+    parts.method = req.method().clone();
+    parts.uri = req.uri().clone();
+    parts.version = req.version();
+    parts.headers = req.headers().clone();
+    if let Some(addrs) = req.extensions().get::<crate::l4::ProxyAddrs>() {
+        parts.extensions.insert(*addrs);
+    }
+    Request::from_parts(parts, RequestBody::Empty)
 }
