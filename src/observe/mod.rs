@@ -153,7 +153,10 @@ where
     drop(snapshot);
     let mut resp = next(req).await;
     request_id::echo(resp.headers_mut(), &id);
-    let served = resp.extensions_mut().remove::<Served>();
+    let served = resp
+        .extensions_mut()
+        .remove::<Served>()
+        .or_else(|| resp.body().served());
     let mut encoder = None;
     if let Some(c) = &compress {
         if compress::applies(c, &method, resp.status(), resp.headers()) {

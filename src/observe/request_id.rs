@@ -53,7 +53,10 @@ pub fn generate() -> HeaderValue {
         *slot = HEX[((n >> shift) & 0xf) as usize];
         i += 1;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // From the worker's arena: the value is cloned for the response, which would make a
+    // `Vec`-backed one allocate again.
+    let bytes = crate::proxy::arena::bytes(out.len(), |b| b.extend_from_slice(&out));
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub struct Exchange {
     pub status: u16,
     /// The connection, returned to the pool only after a complete response.
     pub conn: Option<Sender>,
+    /// Attempts the request took (1 without retries).
+    pub tries: u32,
 }
 
 impl Exchange {
@@ -273,6 +275,17 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
+    /// The backend that answered and after how many attempts, for a body streamed from one.
+    pub fn served(&self) -> Option<crate::observe::Served> {
+        match self {
+            ProxyBody::Upstream(b) => b.exchange.as_ref().map(|ex| crate::observe::Served {
+                backend: ex.backend.clone(),
+                tries: ex.tries,
+            }),
+            _ => None,
+        }
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody::Full(Some(bytes.into()))
     }

@@ -136,10 +136,6 @@ pub async fn forward(
                 let backend_side = switching.then(|| hyper::upgrade::on(&mut resp));
                 let (mut head, incoming) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut head.headers, switching);
-                head.extensions.insert(crate::observe::Served {
-                    backend: backend.clone(),
-                    tries: attempt + 1,
-                });
                 if attempt > 0 {
                     head.headers
                         .insert(TRIES_HEADER, HeaderValue::from(attempt + 1));
@@ -160,6 +156,7 @@ pub async fn forward(
                     started,
                     status,
                     conn,
+                    tries: attempt + 1,
                 };
                 if let Some(backend_side) = backend_side {
                     // The connection is the tunnel's now, never back in the pool.
@@ -182,6 +179,11 @@ pub async fn forward(
                     );
                     exchange.finish(true);
                     websocket::mark_upgrade(&mut head.headers);
+                    // Who answered, for the access log (a normal response tells it by its body).
+                    head.extensions.insert(crate::observe::Served {
+                        backend: backend.clone(),
+                        tries: attempt + 1,
+                    });
                     return Response::from_parts(head, ProxyBody::empty());
                 }
                 let body = ProxyBody::Upstream(UpstreamBody::new(incoming, exchange, t.idle));

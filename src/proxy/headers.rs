@@ -114,30 +114,44 @@ pub fn rewrite_request(
         }
     }
 
-    // Forwarded (RFC 7239): for=client;host="...";proto=...
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
-    element.push_str(&client.forwarded_for);
-    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=\"");
-        element.extend(h.chars().filter(|c| *c != '"' && *c != '\\'));
-        element.push('"');
-    }
-    element.push_str(";proto=");
-    element.push_str(client.proto);
-    let forwarded = match (client.trusted, joined(headers, &FORWARDED)) {
-        (true, Some(mut chain)) => {
-            chain.push_str(", ");
-            chain.push_str(&element);
-            chain
-        }
-        _ => element,
-    };
-    // The String's buffer becomes the header value: no second copy per request.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
-        headers.insert(FORWARDED, v);
+    // Forwarded (RFC 7239): for=client;host="...";proto=..., written straight into the
+    // worker's arena (no String, no copy).
+    let chain = if client.trusted {
+        joined(headers, &FORWARDED)
     } else {
-        headers.remove(FORWARDED);
+        None
+    };
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok());
+    let len = chain.as_ref().map_or(0, |c| c.len() + 2)
+        + 4
+        + client.forwarded_for.len()
+        + host_text.map_or(0, |h| h.len() + 8)
+        + 7
+        + client.proto.len();
+    let value = super::arena::bytes(len, |b| {
+        if let Some(c) = &chain {
+            b.extend_from_slice(c.as_bytes());
+            b.extend_from_slice(b", ");
+        }
+        b.extend_from_slice(b"for=");
+        b.extend_from_slice(client.forwarded_for.as_bytes());
+        if let Some(h) = host_text {
+            b.extend_from_slice(b";host=\"");
+            for c in h.bytes().filter(|c| *c != b'"' && *c != b'\\') {
+                b.extend_from_slice(&[c]);
+            }
+            b.extend_from_slice(b"\"");
+        }
+        b.extend_from_slice(b";proto=");
+        b.extend_from_slice(client.proto.as_bytes());
+    });
+    match HeaderValue::from_maybe_shared(value) {
+        Ok(v) => {
+            headers.insert(FORWARDED, v);
+        }
+        Err(_) => {
+            headers.remove(FORWARDED);
+        }
     }
     if headers.get(HOST).is_none() {
         if let Some(h) = host {

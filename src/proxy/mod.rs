@@ -2,6 +2,7 @@
 //! rewrite headers, send it over a pooled keep-alive connection and stream the answer back
 //! (or, after a 101, tunnel the WebSocket); 502/503/504 otherwise.
 
+pub mod arena;
 pub mod body;
 pub mod body_rate;
 pub mod cold;

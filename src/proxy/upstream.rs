@@ -349,13 +349,12 @@ impl ConnPool {
     ) -> Result<Sent, Failed> {
         let addr = self.addr;
         connect::prepare(&mut req, false, up, addr);
-        let head = raw::encode_head(&req);
         let head_request = req.method() == Method::HEAD;
         let idempotent = req.method().is_idempotent();
         let mut idle = self.take_raw(max_idle, up.generation);
         loop {
             let reused = idle.is_some();
-            let conn = match idle.take() {
+            let mut conn = match idle.take() {
                 Some(conn) => conn,
                 None => match raw::connect(addr, connect_timeout).await {
                     Ok(stream) => RawConn::new(stream, up.generation),
@@ -372,16 +371,16 @@ impl ConnPool {
                     }
                 },
             };
-            let exchange = conn.exchange(&head, head_request);
-            match tokio::time::timeout(response_timeout, exchange).await {
-                Ok(Ok(resp)) => {
+            conn.encode(&req);
+            match conn.exchange(head_request, response_timeout).await {
+                Ok(resp) => {
                     return Ok(Sent {
                         response: resp.map(UpstreamIncoming::Raw),
                         conn: None,
                         request: keep_copy.then_some(req),
                     })
                 }
-                Err(_) => {
+                Err(RawError::Timeout) => {
                     let error = UpstreamError::ResponseTimeout {
                         addr,
                         after: response_timeout,
@@ -393,10 +392,10 @@ impl ConnPool {
                 }
                 // The backend closed the reused connection under us: nothing of it was read
                 // (or, for an idempotent request, answered), so send it on a fresh one.
-                Ok(Err(e)) if reused && (e.unsent() || (idempotent && e.nothing_received())) => {
+                Err(e) if reused && (e.unsent() || (idempotent && e.nothing_received())) => {
                     tracing::debug!(backend = %addr, error = %e, "reused connection closed: resending on a new one");
                 }
-                Ok(Err(source)) => {
+                Err(source) => {
                     let resend = keep_copy || source.unsent();
                     return Err(Failed {
                         error: UpstreamError::Raw { addr, source },

@@ -85,6 +85,31 @@ fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
+/// The lines of a head, split at CRLF without allocating; a bare CR or LF ends it with an
+/// error.
+struct CrlfLines<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for CrlfLines<'a> {
+    type Item = Result<&'a [u8], HeadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest.take()?;
+        let Some(i) = rest.iter().position(|b| *b == b'\r' || *b == b'\n') else {
+            return Some(Ok(rest));
+        };
+        if rest[i] == b'\n' {
+            return Some(Err(HeadError("bare LF")));
+        }
+        if rest.get(i + 1) != Some(&b'\n') {
+            return Some(Err(HeadError("bare CR")));
+        }
+        self.rest = Some(&rest[i + 2..]);
+        Some(Ok(&rest[..i]))
+    }
+}
+
 /// Validate one request head (request line, fields and the empty line). Leading empty
 /// lines (RFC 9112 2.2) are allowed.
 pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
@@ -95,23 +120,8 @@ pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
     let body = head
         .strip_suffix(b"\r\n\r\n")
         .ok_or(HeadError("head must end with CRLF CRLF"))?;
-    let mut lines = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\r' if body.get(i + 1) == Some(&b'\n') => {
-                lines.push(&body[start..i]);
-                i += 2;
-                start = i;
-            }
-            b'\r' => return Err(HeadError("bare CR")),
-            b'\n' => return Err(HeadError("bare LF")),
-            _ => i += 1,
-        }
-    }
-    lines.push(&body[start..]);
-    let (request_line, fields) = lines.split_first().ok_or(HeadError("empty head"))?;
+    let mut lines = CrlfLines { rest: Some(body) };
+    let request_line = lines.next().ok_or(HeadError("empty head"))??;
     let mut parts = request_line.split(|b| *b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -131,7 +141,8 @@ pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
     };
     let (mut content_length, mut chunked, mut te_seen) = (None, false, false);
     let (mut host, mut upgrade) = (None::<&[u8]>, false);
-    for line in fields {
+    for line in lines {
+        let line = line?;
         if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
             return Err(HeadError("obs-fold"));
         }

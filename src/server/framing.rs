@@ -97,6 +97,18 @@ impl Framer {
                     return;
                 }
                 State::Head => {
+                    // The common case: a whole head in one read, checked where it lies.
+                    if self.head.is_empty() {
+                        if let Some(end) = head_end(data, 0) {
+                            let (head, rest) = data.split_at(end.min(data.len()));
+                            released_at = Some(out.len());
+                            if !self.release(head, out) {
+                                return;
+                            }
+                            data = rest;
+                            continue;
+                        }
+                    }
                     let before = self.head.len();
                     self.head.extend_from_slice(data);
                     let Some(end) = head_end(&self.head, before) else {
@@ -108,39 +120,14 @@ impl Framer {
                     };
                     let rest_from = end - before;
                     data = &data[rest_from.min(data.len())..];
-                    let head = std::mem::take(&mut self.head);
-                    let head = &head[..end];
-                    if self.requests == 0 && head.starts_with(b"PRI * HTTP/2.0\r\n") {
-                        out.extend_from_slice(head);
-                        self.state = State::Passthrough;
-                        continue;
-                    }
+                    let mut head = std::mem::take(&mut self.head);
                     released_at = Some(out.len());
-                    match check_head(head) {
-                        Err(e) => {
-                            tracing::debug!(error = %e, "request refused: 400");
-                            out.extend_from_slice(REFUSED);
-                            self.state = State::Closed;
-                            return;
-                        }
-                        Ok(framing) => {
-                            self.requests += 1;
-                            if self.max_requests > 0 && self.requests >= self.max_requests {
-                                out.extend_from_slice(&head[..head.len() - 2]);
-                                out.extend_from_slice(b"Connection: close\r\n\r\n");
-                            } else {
-                                out.extend_from_slice(head);
-                            }
-                            self.body = 0;
-                            self.state = match framing {
-                                Framing::None => State::Head,
-                                Framing::Length(n) => State::Length(n),
-                                Framing::Chunked => {
-                                    State::Chunked(Chunk::Size { digits: 0, size: 0 })
-                                }
-                                Framing::Tunnel => State::Passthrough,
-                            };
-                        }
+                    let released = self.release(&head[..end], out);
+                    // Keep the allocation for the next head that arrives in pieces.
+                    head.clear();
+                    self.head = head;
+                    if !released {
+                        return;
                     }
                 }
                 State::Length(n) => {
@@ -169,6 +156,41 @@ impl Framer {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// Check a complete request head and pass it on (with `Connection: close` once the
+    /// connection's request limit is reached); false when it was refused (400, closed).
+    fn release(&mut self, head: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.requests == 0 && head.starts_with(b"PRI * HTTP/2.0\r\n") {
+            out.extend_from_slice(head);
+            self.state = State::Passthrough;
+            return true;
+        }
+        match check_head(head) {
+            Err(e) => {
+                tracing::debug!(error = %e, "request refused: 400");
+                out.extend_from_slice(REFUSED);
+                self.state = State::Closed;
+                false
+            }
+            Ok(framing) => {
+                self.requests += 1;
+                if self.max_requests > 0 && self.requests >= self.max_requests {
+                    out.extend_from_slice(&head[..head.len() - 2]);
+                    out.extend_from_slice(b"Connection: close\r\n\r\n");
+                } else {
+                    out.extend_from_slice(head);
+                }
+                self.body = 0;
+                self.state = match framing {
+                    Framing::None => State::Head,
+                    Framing::Length(n) => State::Length(n),
+                    Framing::Chunked => State::Chunked(Chunk::Size { digits: 0, size: 0 }),
+                    Framing::Tunnel => State::Passthrough,
+                };
+                true
             }
         }
     }
@@ -281,6 +303,15 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     })
 }
 
+/// Vectored writes up to this size are copied into one buffer and sent with one `send`.
+const COALESCE_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// Where `Framed` reads client bytes before the framer looks at them, and gathers small
+    /// vectored writes (one per worker; `COALESCE_MAX` bytes at least).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
 /// An HTTP/1 client stream behind the `Framer`.
 pub struct Framed<T> {
     inner: T,
@@ -331,12 +362,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
             if this.framer.state == State::Passthrough && this.framer.head.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut scratch = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+            // The worker's read buffer: no per-connection buffer, nothing zeroed per read.
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Ok(false)),
+                    Poll::Ready(Ok(())) => {
+                        this.framer.feed(rb.filled(), &mut this.out);
+                        Poll::Ready(Ok(true))
+                    }
+                }
+            });
+            match read {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => {
                     // EOF: hand on an incomplete head for hyper to judge.
                     this.out.append(&mut this.framer.head);
                     this.framer.state = State::Closed;
@@ -344,7 +387,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
                         return Poll::Ready(Ok(()));
                     }
                 }
-                Poll::Ready(Ok(())) => this.framer.feed(rb.filled(), &mut this.out),
             }
         }
     }
@@ -364,7 +406,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let inner = &mut self.get_mut().inner;
+        // A small response (head and body) goes out with one `send` rather than `writev`,
+        // whose iovec import and VFS path cost more than copying a few hundred bytes.
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if bufs.len() > 1 && total <= COALESCE_MAX {
+            return SCRATCH.with_borrow_mut(|scratch| {
+                let mut len = 0;
+                for b in bufs {
+                    scratch[len..len + b.len()].copy_from_slice(b);
+                    len += b.len();
+                }
+                Pin::new(inner).poll_write(cx, &scratch[..len])
+            });
+        }
+        Pin::new(inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,16 +5,20 @@
 //! channels, no hand-offs. hyper stays for request bodies, upgrades, TLS and HTTP/2.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use httparse::ParserConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::raw_body::{Framing, RawBody};
 use crate::proxy::body::RequestBody;
@@ -35,6 +39,8 @@ pub enum RawError {
     Read(io::Error),
     #[error("connection closed before a response")]
     Closed,
+    #[error("no response head in time")]
+    Timeout,
     #[error("connection closed in the middle of the response head")]
     ClosedInHead,
     #[error("response head larger than {MAX_HEAD} bytes")]
@@ -67,6 +73,11 @@ impl RawError {
 pub struct RawConn {
     stream: TcpStream,
     pub(super) buf: BytesMut,
+    /// The request head being sent (kept for the next one).
+    head: Vec<u8>,
+    /// The response timeout, kept for the next request: moving a pending timer's deadline
+    /// later is one compare-and-swap, where a new timer takes the timer wheel twice.
+    timer: Option<Pin<Box<Sleep>>>,
     pub(super) generation: u64,
     /// The size of the next read (grows while reads fill it, for large bodies).
     pub(super) read_size: usize,
@@ -85,6 +96,8 @@ impl RawConn {
         RawConn {
             stream,
             buf: BytesMut::new(),
+            head: Vec::new(),
+            timer: None,
             generation,
             read_size: READ_SIZE,
         }
@@ -132,21 +145,46 @@ impl RawConn {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
-    /// Send `head` (a whole bodiless request) and read the response head; its body follows
-    /// on the connection, read by the returned `RawBody`.
+    /// Send the head `encode` wrote (a whole bodiless request) and read the response head
+    /// within `timeout`; its body follows on the connection, read by the returned `RawBody`.
     pub async fn exchange(
         mut self,
-        head: &[u8],
         head_request: bool,
+        timeout: Duration,
     ) -> Result<Response<RawBody>, RawError> {
-        self.stream.write_all(head).await.map_err(RawError::Write)?;
+        let deadline = Instant::now() + timeout;
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let head = tokio::select! {
+            biased;
+            head = self.send_and_read(head_request) => head,
+            () = &mut timer => Err(RawError::Timeout),
+        };
+        self.timer = Some(timer);
+        let (parts, framing) = head?;
+        Ok(Response::from_parts(parts, RawBody::new(self, framing)))
+    }
+
+    async fn send_and_read(&mut self, head_request: bool) -> Result<(Parts, Framing), RawError> {
+        self.stream
+            .write_all(&self.head)
+            .await
+            .map_err(RawError::Write)?;
+        if self.head.capacity() > 16 * 1024 {
+            self.head = Vec::new();
+        }
         loop {
             let (parts, framing) = self.read_head(head_request).await?;
             if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
                 // 100 Continue, 103 Early Hints: the final answer follows.
                 continue;
             }
-            return Ok(Response::from_parts(parts, RawBody::new(self, framing)));
+            return Ok((parts, framing));
         }
     }
 
@@ -169,38 +207,41 @@ impl RawConn {
         }
     }
 
-    /// The response head at the start of the buffer, once complete.
+    /// The response head at the start of the buffer, once complete. Parsed twice, without
+    /// zeroing header arrays: once to find its end, once more over the frozen head so that
+    /// the header values share its bytes instead of being copied.
     fn parse_head(&mut self, head_request: bool) -> Result<Option<(Parts, Framing)>, RawError> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
-        let len = match resp.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(RawError::Parse(e)),
+        let (len, version, code) = {
+            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            match ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                &self.buf,
+                &mut fields,
+            ) {
+                Ok(httparse::Status::Complete(len)) => (len, resp.version, resp.code),
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(RawError::Parse(e)),
+            }
         };
-        let version = match resp.version {
+        let version = match version {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        let status = resp
-            .code
+        let status = code
             .and_then(|c| StatusCode::from_u16(c).ok())
             .ok_or(RawError::Parse(httparse::Error::Status))?;
-        // Where each field is in the buffer, so that values can share it.
-        let base = self.buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = resp.headers.len();
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *span = (n, n + h.name.len(), v, v + h.value.len());
-        }
         let head: Bytes = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(n0, n1, v0, v1) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[n0..n1])
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, &head, &mut fields)
+            .map_err(RawError::Parse)?;
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| RawError::Parse(httparse::Error::HeaderName))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
                 .map_err(|_| RawError::Parse(httparse::Error::HeaderValue))?;
             headers.append(name, value);
         }
@@ -298,9 +339,15 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, RawError> {
     Ok(found)
 }
 
-/// The request head as it goes to the backend: origin-form, HTTP/1.1, the headers as they
-/// are (hop-by-hop ones were already removed, Host set).
-pub fn encode_head(req: &Request<RequestBody>) -> Bytes {
+impl RawConn {
+    /// Write the request head as it goes to the backend: origin-form, HTTP/1.1, the headers
+    /// as they are (hop-by-hop ones were already removed, Host set).
+    pub fn encode(&mut self, req: &Request<RequestBody>) {
+        encode_head(req, &mut self.head);
+    }
+}
+
+fn encode_head(req: &Request<RequestBody>, buf: &mut Vec<u8>) {
     let method = req.method().as_str().as_bytes();
     let target = req
         .uri()
@@ -310,19 +357,19 @@ pub fn encode_head(req: &Request<RequestBody>) -> Bytes {
     for (name, value) in req.headers() {
         len += name.as_str().len() + value.len() + 4;
     }
-    let mut buf = BytesMut::with_capacity(len);
-    buf.put_slice(method);
-    buf.put_u8(b' ');
-    buf.put_slice(target);
-    buf.put_slice(b" HTTP/1.1\r\n");
+    buf.clear();
+    buf.reserve(len);
+    buf.extend_from_slice(method);
+    buf.push(b' ');
+    buf.extend_from_slice(target);
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        buf.put_slice(name.as_str().as_bytes());
-        buf.put_slice(b": ");
-        buf.put_slice(value.as_bytes());
-        buf.put_slice(b"\r\n");
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
     }
-    buf.put_slice(b"\r\n");
-    buf.freeze()
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// A new plain-TCP connection to `addr` within `timeout`.
@@ -431,8 +478,10 @@ mod tests {
             .header("x-forwarded-for", "10.0.0.1")
             .body(RequestBody::Empty)
             .unwrap();
+        let mut head = Vec::new();
+        encode_head(&req, &mut head);
         assert_eq!(
-            &encode_head(&req)[..],
+            &head[..],
             b"GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
         );
     }
