@@ -199,3 +199,30 @@ async fn per_ip_rate_limit_answers_429_with_retry_after() {
     assert!((1..=60).contains(&wait), "{wait}");
     assert_eq!(r.json()["error"], "rate limit exceeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_spares_answers_slower_than_it_and_closes_after_them() {
+    let app = echo("app");
+    let lb = start(", idle_timeout: 300ms", app.addr);
+    let mut c = Client::connect(lb.addr("web")).await;
+    // Waiting for a slow answer is not idleness: three times the idle timeout, twice, on
+    // the same keep-alive connection.
+    for _ in 0..2 {
+        let r = c.get("/delay/1000").await;
+        assert_eq!(r.status, 200);
+    }
+    // A body streamed for longer than the idle timeout is not cut either.
+    let r = c.get("/bytes/1000000").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 1_000_000);
+    // Once the answers are done, the idle connection is closed (EOF within 10 s).
+    let mut s = TcpStream::connect(lb.addr("web")).await.expect("connect");
+    s.write_all(b"GET /delay/800 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

@@ -314,7 +314,6 @@ async fn large_bodies_stream_intact_hyper_client() {
 /// A proxy sends its own HTTP version (RFC 9110, section 6.2): a backend's HTTP/1.0 answer
 /// must reach an HTTP/1.1 client as HTTP/1.1 on a connection that stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the backend's HTTP/1.0 status-line version is passed to the client (forward.rs keeps head.version), so autolb answers HTTP/1.0 and the client connection is not kept alive (close-delimited body for an unknown length)"]
 async fn http10_backend_answers_reach_the_client_as_http11() {
     for env in [OWN, HYPER] {
         let backend = Backend::start(|r| match r.path() {

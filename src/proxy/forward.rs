@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::header::{RETRY_AFTER, SET_COOKIE};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
@@ -135,6 +135,10 @@ pub async fn forward(
                 let switching = status == 101;
                 let backend_side = switching.then(|| hyper::upgrade::on(&mut resp));
                 let (mut head, incoming) = resp.into_parts();
+                // The client's connection speaks autolb's HTTP version, not the backend's.
+                if head.version == Version::HTTP_10 {
+                    head.version = Version::HTTP_11;
+                }
                 headers::strip_hop_by_hop(&mut head.headers, switching);
                 if attempt > 0 {
                     head.headers

@@ -4,7 +4,7 @@
 //! graceful shutdown asks it to finish its requests.
 
 mod front;
-mod idle;
+pub(super) mod idle;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -60,18 +60,34 @@ macro_rules! h2_settings {
 }
 
 /// The listener's `limits:` on an HTTP/1 builder (hyper answers 431 past the head size or
-/// header count); the header read timeout is the idle timeout unless `header_timeout` is
-/// shorter. hyper keeps headers on the stack unless `max_headers` changes from its 100.
+/// header count). The wait for a request head is bounded by `Framed` (`HeadWait`), not by
+/// hyper's per-request timer. hyper keeps headers on the stack unless `max_headers` changes
+/// from its 100.
 macro_rules! h1_limits {
-    ($builder:expr, $limits:expr, $idle:expr) => {{
+    ($builder:expr, $limits:expr) => {{
         #[allow(unused_mut)]
         let mut b = $builder;
         b.timer(TokioTimer::new())
-            .header_read_timeout($limits.header_timeout.map_or($idle, |t| t.min($idle)))
+            .header_read_timeout(None)
             .max_buf_size($limits.max_header_bytes.max(8192));
         if $limits.max_headers != 100 {
             b.max_headers($limits.max_headers);
         }
+    }};
+}
+
+/// A service counting its requests (until their bodies end) in `activity`.
+macro_rules! tracked_service {
+    ($ctx:expr, $front:expr, $activity:expr) => {{
+        let (ctx, front, activity) = ($ctx, $front, $activity);
+        service_fn(move |req| {
+            let active = activity.begin();
+            let (ctx, front) = (ctx.clone(), front.clone());
+            async move {
+                let resp = front::respond(req, ctx, front).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active)))
+            }
+        })
     }};
 }
 
@@ -82,6 +98,8 @@ struct Serving {
     idle: Duration,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    /// Requests in flight on the connection (HTTP/1: what `HeadWait` asks).
+    activity: Arc<Activity>,
 }
 
 /// Serve one accepted connection of the listener `listener_name`; `tls` for https ones.
@@ -135,9 +153,17 @@ pub(crate) async fn serve(
         idle,
         peer,
         shutdown: shutdown.clone(),
+        activity: Activity::new(),
+    };
+    let head_wait = || {
+        let timeout = limits.header_timeout.map_or(idle, |t| t.min(idle));
+        Some(super::framing::HeadWait::new(
+            serving.activity.clone(),
+            timeout,
+        ))
     };
     let Some(tls) = tls else {
-        let io = TokioIo::new(super::framing::Framed::new(stream, &limits));
+        let io = TokioIo::new(super::framing::Framed::new(stream, &limits, head_wait()));
         return if h2c {
             serve_auto(io, serving).await
         } else {
@@ -159,7 +185,11 @@ pub(crate) async fn serve(
     if accepted.h2 {
         serve_h2(TokioIo::new(accepted.stream), serving).await
     } else {
-        let io = TokioIo::new(super::framing::Framed::new(accepted.stream, &limits));
+        let io = TokioIo::new(super::framing::Framed::new(
+            accepted.stream,
+            &limits,
+            head_wait(),
+        ));
         serve_h1(io, serving).await
     }
 }
@@ -178,17 +208,15 @@ where
     let Serving {
         ctx,
         front,
-        idle,
         peer,
         mut shutdown,
+        activity,
+        ..
     } = s;
     let limits = ctx.limits.clone();
-    let service = service_fn(move |req| {
-        let (ctx, front) = (ctx.clone(), front.clone());
-        async move { Ok::<_, Infallible>(front::respond(req, ctx, front).await) }
-    });
+    let service = tracked_service!(ctx, front, activity);
     let mut builder = http1::Builder::new();
-    h1_limits!(&mut builder, limits, idle);
+    h1_limits!(&mut builder, limits);
     let conn = builder
         .timer(TokioTimer::new())
         .keep_alive(true)
@@ -215,21 +243,6 @@ where
 /// How long a connection may still send a request once shutdown began.
 const SHUTDOWN_FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// A service counting its requests (until their bodies end) in `activity`.
-macro_rules! tracked_service {
-    ($ctx:expr, $front:expr, $activity:expr) => {{
-        let (ctx, front, activity) = ($ctx, $front, $activity);
-        service_fn(move |req| {
-            let active = activity.begin();
-            let (ctx, front) = (ctx.clone(), front.clone());
-            async move {
-                let resp = front::respond(req, ctx, front).await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active)))
-            }
-        })
-    }};
-}
-
 /// HTTP/2 (after ALPN h2): closed gracefully (GOAWAY) after `idle` without requests.
 async fn serve_h2<I>(io: I, s: Serving)
 where
@@ -241,8 +254,8 @@ where
         idle,
         peer,
         mut shutdown,
+        activity,
     } = s;
-    let activity = Activity::new();
     let service = tracked_service!(ctx, front, activity.clone());
     let mut builder = http2::Builder::new(TokioExecutor::new());
     h2_settings!(builder);
@@ -273,13 +286,13 @@ where
         idle,
         peer,
         mut shutdown,
+        activity,
     } = s;
-    let activity = Activity::new();
     let limits = ctx.limits.clone();
     let service = tracked_service!(ctx, front, activity.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    h1_limits!(builder.http1(), limits, idle);
+    h1_limits!(builder.http1(), limits);
     h2_settings!(builder.http2());
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

@@ -10,12 +10,17 @@
 //! - steps aside (passes bytes through) after an upgrade or CONNECT, on the HTTP/2 preface
 //!   (h2c), and once a head outgrows `max_header_bytes` (hyper then answers 431).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
+use super::conn::idle::Activity;
 use crate::config::Limits;
 use crate::proxy::validate::{check_head, is_tchar, Framing};
 
@@ -312,21 +317,71 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
 }
 
+/// The wait for a request head: at most `timeout` (the listener's `header_timeout`, or its
+/// idle timeout) from the end of the last request, or from the connection's start. Kept
+/// here rather than as hyper's `header_read_timeout`, which makes a new timer for every
+/// request; this one timer per connection only moves its deadline (one compare-and-swap).
+pub(crate) struct HeadWait {
+    activity: Arc<Activity>,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl HeadWait {
+    pub(crate) fn new(activity: Arc<Activity>, timeout: Duration) -> HeadWait {
+        HeadWait {
+            activity,
+            timeout,
+            timer: None,
+        }
+    }
+
+    /// The client has kept us waiting for a head too long. While a request of the
+    /// connection is still being answered the wait does not count, but the timer stays
+    /// armed (a lease renewed from now), so that the connection is polled again after that
+    /// answer ends even if nothing else wakes it.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let answering = self.activity.active() > 0;
+        let deadline = if answering {
+            Instant::now() + self.timeout
+        } else {
+            self.activity.last_activity() + self.timeout
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if answering {
+            timer.as_mut().reset(Instant::now() + self.timeout);
+            let _ = timer.as_mut().poll(cx);
+            return false;
+        }
+        true
+    }
+}
+
 /// An HTTP/1 client stream behind the `Framer`.
 pub struct Framed<T> {
     inner: T,
     framer: Framer,
     out: Vec<u8>,
     pos: usize,
+    wait: Option<HeadWait>,
 }
 
 impl<T> Framed<T> {
-    pub fn new(inner: T, limits: &Limits) -> Framed<T> {
+    pub(crate) fn new(inner: T, limits: &Limits, wait: Option<HeadWait>) -> Framed<T> {
         Framed {
             inner,
             framer: Framer::new(limits),
             out: Vec::new(),
             pos: 0,
+            wait,
         }
     }
 }
@@ -376,7 +431,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
                 }
             });
             match read {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let waiting_for_head = this.framer.state == State::Head;
+                    if waiting_for_head && this.wait.as_mut().is_some_and(|w| w.expired(cx)) {
+                        tracing::debug!("no complete request head in time: closing");
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no complete request head within the header/idle timeout",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(true)) => {}
                 Poll::Ready(Ok(false)) => {

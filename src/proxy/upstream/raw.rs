@@ -219,6 +219,9 @@ impl RawConn {
                 &self.buf,
                 &mut fields,
             ) {
+                Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                    return Err(RawError::HeadTooLarge)
+                }
                 Ok(httparse::Status::Complete(len)) => (len, resp.version, resp.code),
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(RawError::Parse(e)),

@@ -42,6 +42,16 @@ impl Activity {
         Active(self.clone())
     }
 
+    /// Requests in flight (counted until their response body ends).
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// When the last request started or ended (the connection's start before any).
+    pub fn last_activity(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
     /// Resolves once no request has been in flight for `timeout`.
     pub async fn idle(&self, timeout: Duration) {
         loop {
