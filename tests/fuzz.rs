@@ -1,6 +1,7 @@
 //! Fuzzing on stable Rust (proptest): the config parser, request-head validation and the
 //! HTTP/1 framer, the sticky-cookie decoder, the PROXY-protocol parser and the ClientHello
-//! SNI reader get random and mutated inputs; `tests/corpus/` (one directory per target) is
+//! SNI reader, and the own HTTP/1.1 client's response-head parser and chunked decoder get
+//! random and mutated inputs; `tests/corpus/` (one directory per target) is
 //! replayed on every run and seeds the mutations. Nothing may panic.
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,30 @@ fn sni(input: &[u8]) {
     let _ = autolb::l4::sni::parse(input);
 }
 
+/// A backend's response head: parsed or refused, and what is left is exactly the rest.
+fn response(input: &[u8]) {
+    use autolb::proxy::upstream::parse_response_head;
+    for head_request in [false, true] {
+        let mut buf = bytes::BytesMut::from(input);
+        if let Ok(Some((parts, _framing))) = parse_response_head(&mut buf, head_request) {
+            assert!(buf.len() < input.len());
+            assert!(parts.headers.len() <= 100);
+        }
+    }
+}
+
+/// A chunked body: the same answer however it is split.
+fn chunked(input: &[u8]) {
+    use autolb::proxy::upstream::decode_chunked_body;
+    let whole = decode_chunked_body(input, input.len().max(1)).ok();
+    for piece in [1, 3] {
+        let split = decode_chunked_body(input, piece).ok();
+        if let (Some(a), Some(b)) = (&whole, &split) {
+            assert_eq!(a, b, "split in pieces of {piece}");
+        }
+    }
+}
+
 type Target = (&'static str, fn(&[u8]));
 
 const TARGETS: &[Target] = &[
@@ -65,6 +90,8 @@ const TARGETS: &[Target] = &[
     ("cookie", cookie),
     ("proxy", proxy),
     ("sni", sni),
+    ("response", response),
+    ("chunked", chunked),
 ];
 
 #[test]
@@ -142,5 +169,15 @@ proptest! {
     #[test]
     fn sni_reader_never_panics(input in prop_oneof![mutated("sni"), prop::collection::vec(any::<u8>(), 0..512)]) {
         sni(&input);
+    }
+
+    #[test]
+    fn response_heads_never_panic(input in prop_oneof![mutated("response"), prop::collection::vec(any::<u8>(), 0..256)]) {
+        response(&input);
+    }
+
+    #[test]
+    fn chunked_bodies_never_panic(input in prop_oneof![mutated("chunked"), "([0-9a-fA-F]{0,17}(;[ -~]{0,6})?\r?\n[a-z]{0,20}\r?\n){0,5}(0\r\n([A-Za-z-]{1,5}: [ -~\x00]{0,5}\r\n)?\r\n)?".prop_map(String::into_bytes)]) {
+        chunked(&input);
     }
 }

@@ -29,8 +29,8 @@ use super::body::{RequestBody, UpstreamIncoming};
 use crate::config::{self, UpstreamProtocol};
 use crate::server::worker_id;
 use connect::Upstream;
-pub use raw::{RawConn, RawError};
-pub use raw_body::RawBody;
+pub use raw::{parse_response_head, RawConn, RawError};
+pub use raw_body::{decode_chunked_body, Framing, RawBody};
 
 /// Idle connections kept per worker and backend.
 const MAX_IDLE_PER_WORKER: usize = 1024;

@@ -67,8 +67,14 @@ macro_rules! h1_limits {
     ($builder:expr, $limits:expr) => {{
         #[allow(unused_mut)]
         let mut b = $builder;
+        // `half_close`: hyper then does not read the client's socket while a request is
+        // answered (to notice an early EOF), a read that makes it allocate a new read buffer
+        // for every request because the request's head still shares the old one. As with
+        // HAProxy's default (no `abortonclose`), a request whose client left is answered to
+        // the closed socket, which fails the write and ends the connection.
         b.timer(TokioTimer::new())
             .header_read_timeout(None)
+            .half_close(true)
             .max_buf_size($limits.max_header_bytes.max(8192));
         if $limits.max_headers != 100 {
             b.max_headers($limits.max_headers);

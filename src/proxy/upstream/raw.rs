@@ -207,54 +207,62 @@ impl RawConn {
         }
     }
 
-    /// The response head at the start of the buffer, once complete. Parsed twice, without
-    /// zeroing header arrays: once to find its end, once more over the frozen head so that
-    /// the header values share its bytes instead of being copied.
     fn parse_head(&mut self, head_request: bool) -> Result<Option<(Parts, Framing)>, RawError> {
-        let (len, version, code) = {
-            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut []);
-            match ParserConfig::default().parse_response_with_uninit_headers(
-                &mut resp,
-                &self.buf,
-                &mut fields,
-            ) {
-                Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-                    return Err(RawError::HeadTooLarge)
-                }
-                Ok(httparse::Status::Complete(len)) => (len, resp.version, resp.code),
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(RawError::Parse(e)),
-            }
-        };
-        let version = match version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
-        let status = code
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .ok_or(RawError::Parse(httparse::Error::Status))?;
-        let head: Bytes = self.buf.split_to(len).freeze();
+        parse_response_head(&mut self.buf, head_request)
+    }
+}
+
+/// The response head at the start of `buf`, once complete (taken out of `buf`; what follows
+/// is the body), and how its body is framed. Parsed twice, without zeroing header arrays:
+/// once to find its end, once more over the frozen head so that the header values share its
+/// bytes instead of being copied. Public for fuzzing.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<(Parts, Framing)>, RawError> {
+    let (len, version, code) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, &head, &mut fields)
-            .map_err(RawError::Parse)?;
-        let mut headers = HeaderMap::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| RawError::Parse(httparse::Error::HeaderName))?;
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
-                .map_err(|_| RawError::Parse(httparse::Error::HeaderValue))?;
-            headers.append(name, value);
+        match ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(RawError::HeadTooLarge)
+            }
+            Ok(httparse::Status::Complete(len)) => (len, resp.version, resp.code),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(RawError::Parse(e)),
         }
-        let framing = framing(status, version, &headers, head_request)?;
-        let mut parts = Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.version = version;
-        parts.headers = headers;
-        Ok(Some((parts, framing)))
+    };
+    let version = match version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let status = code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(RawError::Parse(httparse::Error::Status))?;
+    let head: Bytes = buf.split_to(len).freeze();
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, &head, &mut fields)
+        .map_err(RawError::Parse)?;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| RawError::Parse(httparse::Error::HeaderName))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+            .map_err(|_| RawError::Parse(httparse::Error::HeaderValue))?;
+        headers.append(name, value);
     }
+    let framing = framing(status, version, &headers, head_request)?;
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some((parts, framing)))
 }
 
 /// How the body of a response is delimited (RFC 9112 section 6.3), and whether the
