@@ -415,6 +415,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
                 return Poll::Ready(Ok(()));
             }
             if this.framer.state == State::Passthrough && this.framer.head.is_empty() {
+                if this.wait.is_some() || this.out.capacity() > 0 {
+                    // A tunnel (WebSocket, CONNECT) or HTTP/2 from here on: no head to wait
+                    // for, and nothing of the gate to keep (an idle tunnel holds no timer,
+                    // whose waker would keep the finished HTTP/1 connection task alive).
+                    this.wait = None;
+                    this.out = Vec::new();
+                    this.framer.head = Vec::new();
+                }
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             // The worker's read buffer: no per-connection buffer, nothing zeroed per read.
