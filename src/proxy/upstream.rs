@@ -6,6 +6,7 @@
 //! Bodiless requests to plain HTTP/1.1 backends go through autolb's own client (`raw`).
 
 mod connect;
+mod idle;
 mod raw;
 mod raw_body;
 
@@ -154,7 +155,7 @@ pub struct ConnPool {
     addr: SocketAddr,
     idle: Box<[ArrayQueue<Idle<Sender>>]>,
     /// Idle connections of autolb's own HTTP/1.1 client, per worker.
-    raw_idle: Box<[ArrayQueue<Idle<RawConn>>]>,
+    raw_idle: Box<[idle::IdleStack<RawConn>]>,
     upstream: ArcSwap<Upstream>,
 }
 
@@ -176,7 +177,7 @@ impl ConnPool {
                 .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
                 .collect(),
             raw_idle: (0..workers.max(1))
-                .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
+                .map(|_| idle::IdleStack::new(MAX_IDLE_PER_WORKER))
                 .collect(),
             upstream: ArcSwap::from_pointee(Upstream::plain()),
         }
@@ -197,7 +198,7 @@ impl ConnPool {
         &self.idle[worker_id() % self.idle.len()]
     }
 
-    fn raw_queue(&self) -> &ArrayQueue<Idle<RawConn>> {
+    fn raw_queue(&self) -> &idle::IdleStack<RawConn> {
         &self.raw_idle[worker_id() % self.raw_idle.len()]
     }
 
@@ -209,19 +210,8 @@ impl ConnPool {
     /// An idle connection of the own client, younger than `max_idle`, of the current
     /// settings, and not closed by the backend meanwhile.
     fn take_raw(&self, max_idle: Duration, generation: u64) -> Option<RawConn> {
-        let queue = self.raw_queue();
-        let now = Instant::now();
-        for _ in 0..queue.len() {
-            let Idle { tx, since } = queue.pop()?;
-            if now.saturating_duration_since(since) < max_idle
-                && tx.generation == generation
-                && !tx.is_stale()
-            {
-                return Some(tx);
-            }
-            tracing::debug!(backend = %self.addr, "idle connection dropped");
-        }
-        None
+        self.raw_queue()
+            .pop(max_idle, |c| c.generation == generation && !c.is_stale())
     }
 
     /// Return a connection of the own client whose last response was read completely.
@@ -230,10 +220,7 @@ impl ConnPool {
             return;
         }
         conn.park();
-        let _ = self.raw_queue().push(Idle {
-            tx: conn,
-            since: Instant::now(),
-        });
+        self.raw_queue().push(conn);
     }
 
     /// An idle connection younger than `max_idle`, still open and of the current settings.
