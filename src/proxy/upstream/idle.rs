@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Expired (and unusable) connections closed per `pop` at most.
+const EXPIRE_PER_POP: usize = 4;
+
 /// A bounded stack of idle connections with the time each was parked. Only its own worker
 /// uses it, so its lock is never contended.
 pub struct IdleStack<T> {
@@ -40,17 +43,21 @@ impl<T> IdleStack<T> {
     }
 
     /// The most recently parked connection that `usable` accepts; those idle for `max_idle`
-    /// or longer, and the unusable ones met on the way, are dropped.
+    /// or longer (a few per call, so that closing a burst's leftovers never stalls one
+    /// request), and the unusable ones met on the way, are dropped.
     pub fn pop(&self, max_idle: Duration, usable: impl Fn(&T) -> bool) -> Option<T> {
         let mut conns = self.lock();
         let now = Instant::now();
-        while conns
-            .front()
-            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= max_idle)
-        {
-            conns.pop_front();
+        for _ in 0..EXPIRE_PER_POP {
+            match conns.front() {
+                Some((_, since)) if now.saturating_duration_since(*since) >= max_idle => {
+                    conns.pop_front();
+                }
+                _ => break,
+            }
         }
-        while let Some((conn, _)) = conns.pop_back() {
+        for _ in 0..EXPIRE_PER_POP {
+            let (conn, _) = conns.pop_back()?;
             if usable(&conn) {
                 return Some(conn);
             }
@@ -73,7 +80,8 @@ mod tests {
         stack.push(4); // over the cap: dropped
         assert_eq!(stack.len(), 3);
         assert_eq!(stack.pop(Duration::from_secs(60), |_| true), Some(3));
-        // 1 is 5 s old: expired with a 4 s idle timeout; 2 is the newest left.
+        // 1 is 5 s old: expired with a 4 s idle timeout (4 at most per call); 2 is the
+        // newest left.
         assert_eq!(stack.pop(Duration::from_secs(4), |_| true), Some(2));
         assert_eq!(stack.len(), 0);
         stack.push(7);
