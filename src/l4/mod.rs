@@ -38,16 +38,20 @@ pub struct Accepted {
 
 /// The addresses of a connection: its own, or (`accept_proxy: true`) those of its PROXY
 /// header; `None` (logged) when the header is missing or malformed: close it.
+/// `need_dst`: the connection's own local address is looked up (a `getsockname`) only when
+/// something uses it (a PROXY header we send); else it is left as the peer's.
 async fn client_addrs(
     accept_proxy: bool,
+    need_dst: bool,
     listener: &str,
     stream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Option<ProxyAddrs> {
-    let own = ProxyAddrs {
-        src: peer,
-        dst: stream.local_addr().unwrap_or(peer),
+    let dst = match need_dst {
+        true => stream.local_addr().unwrap_or(peer),
+        false => peer,
     };
+    let own = ProxyAddrs { src: peer, dst };
     if !accept_proxy {
         return Some(own);
     }
@@ -78,7 +82,7 @@ pub async fn accept(
         let tag = snap.config.pools.iter().any(|p| p.send_proxy.is_some());
         (accept_proxy, tag)
     };
-    let addrs = client_addrs(accept_proxy, listener, stream, peer).await?;
+    let addrs = client_addrs(accept_proxy, tag_requests, listener, stream, peer).await?;
     Some(Accepted {
         addrs,
         tag_requests,
@@ -112,7 +116,8 @@ pub async fn serve<G: Send + 'static>(
         return;
     };
     let counters = stats::listener(&listener);
-    let Some(addrs) = client_addrs(cfg.accept_proxy, &listener, &mut stream, peer).await else {
+    let Some(addrs) = client_addrs(cfg.accept_proxy, true, &listener, &mut stream, peer).await
+    else {
         return;
     };
     let pool_name = if cfg.sni_routes.is_empty() {

@@ -1,7 +1,8 @@
 //! A per-worker byte arena for the small values autolb writes into every request
 //! (`Forwarded`, `X-Request-Id`): each value is a slice of a shared 64 KiB chunk, so making
 //! one and cloning it cost no allocation (a `Bytes` made from a `Vec` allocates once to
-//! become shareable, and its header value is cloned for the response as well).
+//! become shareable, and its header value is cloned for the response as well). Only for
+//! values that live as long as a request: one long-lived value keeps its whole chunk.
 
 use std::cell::RefCell;
 
