@@ -114,7 +114,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     runtime: Arc<Runtime>,
     listener_name: String,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     _guard: ConnectionGuard,
     tls: Option<Arc<TlsListener>>,
 ) {
@@ -171,13 +171,28 @@ pub(crate) async fn serve(
     let Some(tls) = tls else {
         let io = TokioIo::new(super::framing::Framed::new(stream, &limits, head_wait()));
         return if h2c {
-            serve_auto(io, serving).await
+            // Boxed, like the TLS path: the task of a plain HTTP/1.1 connection (the common
+            // one, spawned for every accepted connection) holds only its own state.
+            Box::pin(serve_auto(io, serving)).await
         } else {
             serve_h1(io, serving).await
         };
     };
+    let wait = head_wait();
+    Box::pin(serve_tls(stream, tls, serving, limits, wait)).await
+}
+
+/// An https connection: the TLS handshake, then HTTP/2 (ALPN h2) or HTTP/1.1.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<TlsListener>,
+    serving: Serving,
+    limits: crate::config::Limits,
+    head_wait: Option<super::framing::HeadWait>,
+) {
+    let mut shutdown = serving.shutdown.clone();
     let accepted = tokio::select! {
-        accepted = tls.accept(stream, HANDSHAKE_TIMEOUT.min(idle)) => accepted,
+        accepted = tls.accept(stream, HANDSHAKE_TIMEOUT.min(serving.idle)) => accepted,
         _ = shutdown.changed() => return,
     };
     let Ok(accepted) = accepted else {
@@ -194,7 +209,7 @@ pub(crate) async fn serve(
         let io = TokioIo::new(super::framing::Framed::new(
             accepted.stream,
             &limits,
-            head_wait(),
+            head_wait,
         ));
         serve_h1(io, serving).await
     }
