@@ -166,12 +166,20 @@ async fn one_leader_shares_and_hands_over() {
     let b = node(&url, 1, 3);
     let c = node(&url, 2, 3);
 
-    // One leader; the fleet-wide 3 instances run one per node.
+    // One leader; the fleet-wide 3 instances run one per node (once the leader's first
+    // decisions, made before every node reported, have settled at 3).
     let s = wait_all(
         &[&a, &b, &c],
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         "one per node",
-        |s| leaders(s).len() == 1 && s.iter().all(|v| current(v) == 1),
+        |s| {
+            leaders(s).len() == 1
+                && s.iter().all(|v| {
+                    current(v) == 1
+                        && v.as_ref()
+                            .is_some_and(|v| v["fleet"]["desired"] == 3 && v["fleet"]["share"] == 1)
+                })
+        },
     )
     .await;
     let first = leaders(&s)[0].clone();
