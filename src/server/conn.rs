@@ -163,13 +163,13 @@ pub(crate) async fn serve(
     };
     let head_wait = || {
         let timeout = limits.header_timeout.map_or(idle, |t| t.min(idle));
-        Some(super::framing::HeadWait::new(
+        Some(super::framed::HeadWait::new(
             serving.activity.clone(),
             timeout,
         ))
     };
     let Some(tls) = tls else {
-        let io = TokioIo::new(super::framing::Framed::new(stream, &limits, head_wait()));
+        let io = TokioIo::new(super::framed::Framed::new(stream, &limits, head_wait()));
         return if h2c {
             // Boxed, like the TLS path: the task of a plain HTTP/1.1 connection (the common
             // one, spawned for every accepted connection) holds only its own state.
@@ -188,7 +188,7 @@ async fn serve_tls(
     tls: Arc<TlsListener>,
     serving: Serving,
     limits: crate::config::Limits,
-    head_wait: Option<super::framing::HeadWait>,
+    head_wait: Option<super::framed::HeadWait>,
 ) {
     let mut shutdown = serving.shutdown.clone();
     let accepted = tokio::select! {
@@ -206,7 +206,7 @@ async fn serve_tls(
     if accepted.h2 {
         serve_h2(TokioIo::new(accepted.stream), serving).await
     } else {
-        let io = TokioIo::new(super::framing::Framed::new(
+        let io = TokioIo::new(super::framed::Framed::new(
             accepted.stream,
             &limits,
             head_wait,

@@ -3,6 +3,7 @@
 
 mod admission;
 mod conn;
+pub mod framed;
 pub mod framing;
 mod listener;
 pub mod listeners;
