@@ -211,10 +211,6 @@ async fn the_idle_timeout_spares_answers_slower_than_it_and_closes_after_them() 
         let r = c.get("/delay/1000").await;
         assert_eq!(r.status, 200);
     }
-    // A body streamed for longer than the idle timeout is not cut either.
-    let r = c.get("/bytes/1000000").await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body.len(), 1_000_000);
     // Once the answers are done, the idle connection is closed (EOF within 10 s).
     let mut s = TcpStream::connect(lb.addr("web")).await.expect("connect");
     s.write_all(b"GET /delay/800 HTTP/1.1\r\nHost: a\r\n\r\n")

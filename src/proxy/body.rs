@@ -170,12 +170,8 @@ impl Body for UpstreamBody {
 /// Settle a finished exchange; the own client's connection goes back to its pool when the
 /// body was read to its end.
 fn settle(ex: Exchange, inner: &mut UpstreamIncoming, complete: bool) {
-    if complete {
-        if let UpstreamIncoming::Raw(body) = inner {
-            if let Some(conn) = body.take_reusable() {
-                ex.backend.conns.checkin_raw(conn);
-            }
-        }
+    if let Some(conn) = inner.take_reusable().filter(|_| complete) {
+        ex.backend.conns.checkin_raw(conn);
     }
     ex.finish(complete);
 }

@@ -21,8 +21,8 @@ const COALESCE_MAX: usize = 16 * 1024;
 
 thread_local! {
     /// Where `Framed` reads client bytes before the framer looks at them, and gathers small
-    /// vectored writes (one per worker; `COALESCE_MAX` bytes at least).
-    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+    /// vectored writes (one per worker, `COALESCE_MAX` bytes).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; COALESCE_MAX].into_boxed_slice());
 }
 
 /// The wait for a request head: at most `timeout` (the listener's `header_timeout`, or its
