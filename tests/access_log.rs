@@ -273,6 +273,7 @@ async fn json_to_stdout_by_default() {
     let mut child = common::command(common::AUTOLB)
         .args(["run", "-c"])
         .arg(&config)
+        .env("TMPDIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -71,6 +71,7 @@ async fn an_upgrade_under_load_loses_no_request() {
         .args(["run", "--upgrade", "-c"])
         .arg(&old.config)
         .env("AUTOLB_LOG", "info")
+        .env("TMPDIR", old.config.parent().expect("config dir"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -143,6 +143,9 @@ impl Autolb {
             .arg("-c")
             .arg(&config)
             .env("AUTOLB_LOG", "info")
+            // The upgrade socket (`$TMPDIR/autolb-*.sock`) goes with the config: a killed
+            // autolb cannot remove it, its temporary directory is removed for it.
+            .env("TMPDIR", dir.path())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
