@@ -42,16 +42,16 @@ pub fn generate() -> HeaderValue {
     // Version 4, variant 10xx.
     n = (n & !(0xf << 76)) | (0x4 << 76);
     n = (n & !(0x3 << 62)) | (0x2 << 62);
-    let mut out = [0u8; 36];
-    let mut i = 0;
-    for (k, slot) in out.iter_mut().enumerate() {
-        if matches!(k, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
+    // Two hex digits per byte, a dash before bytes 4, 6, 8 and 10 (8-4-4-4-12).
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in n.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
-        let shift = 124 - 4 * i;
-        *slot = HEX[((n >> shift) & 0xf) as usize];
-        i += 1;
+        out[at] = HEX[(byte >> 4) as usize];
+        out[at + 1] = HEX[(byte & 0xf) as usize];
+        at += 2;
     }
     // From the worker's arena: the value is cloned for the response, which would make a
     // `Vec`-backed one allocate again.

@@ -17,6 +17,20 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Remove hop-by-hop headers: those named by Connection, then the fixed set (RFC 9110 7.6.1).
 /// `Upgrade` is kept only when `keep_upgrade` (a protocol upgrade in progress).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the few names present is cheaper than a
+    // hashed lookup for each of the seven.
+    let hop = |name: &HeaderName| {
+        *name == CONNECTION
+            || *name == TE
+            || *name == TRAILER
+            || *name == TRANSFER_ENCODING
+            || (*name == http::header::UPGRADE && !keep_upgrade)
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)

@@ -277,7 +277,9 @@ impl ConnPool {
         client: Option<crate::l4::ProxyAddrs>,
     ) -> Result<Sender, UpstreamError> {
         let up = self.upstream.load_full();
-        let conn = connect::connect(&up, addr, timeout, client).await?;
+        // Boxed: a handshake (TCP, PROXY header, TLS, HTTP/2) is an 8 KB future, needed once
+        // per connection; inline it would be copied with every request's future.
+        let conn = Box::pin(connect::connect(&up, addr, timeout, client)).await?;
         Ok(Sender {
             conn,
             generation: up.generation,
@@ -309,10 +311,11 @@ impl ConnPool {
             return self.send_raw(req, &up, keep_copy, t).await;
         }
         let copy = keep_copy.then(|| copy_request(&req));
-        match self
-            .send_hyper(req, &up, connect_timeout, response_timeout, max_idle)
-            .await
-        {
+        // Boxed: hyper's client futures would otherwise make this future (and every one
+        // that awaits it, up to the connection's) 1.6 KB larger, and an async call copies
+        // its callee whole, level by level, for every request, own client included.
+        let sending = self.send_hyper(req, &up, connect_timeout, response_timeout, max_idle);
+        match Box::pin(sending).await {
             Ok((resp, tx)) => Ok(Sent {
                 response: resp.map(UpstreamIncoming::Hyper),
                 conn: Some(tx),

@@ -305,10 +305,8 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         .count();
     let lead = lead - lead % 2;
     let start = start.max(lead);
-    (start..buf.len()).find_map(|i| {
-        if buf[i] != b'\n' {
-            return None;
-        }
+    memchr::memchr_iter(b'\n', buf.get(start..)?).find_map(|i| {
+        let i = start + i;
         match buf.get(i + 1) {
             Some(b'\n') => Some(i + 2),
             Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),

@@ -27,6 +27,8 @@ use crate::proxy::body::RequestBody;
 const MAX_HEAD: usize = 64 * 1024;
 /// Header fields per response head (as hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Fields a response head's map has room for beyond the backend's (see `parse_response_head`).
+const SPARE_FIELDS: usize = 8;
 /// The first read of a response; later reads grow when a read fills what it had.
 pub(super) const READ_SIZE: usize = 8 * 1024;
 
@@ -220,7 +222,10 @@ pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<(Parts, Framing)>, RawError> {
-    let (len, version, code) = {
+    // Parsed once, in place; where each field lies is kept as offsets, so that the values
+    // can share the head once it is split off `buf` and frozen.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, version, code, count) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         match ParserConfig::default().parse_response_with_uninit_headers(
@@ -231,7 +236,20 @@ pub fn parse_response_head(
             Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
                 return Err(RawError::HeadTooLarge)
             }
-            Ok(httparse::Status::Complete(len)) => (len, resp.version, resp.code),
+            Ok(httparse::Status::Complete(len)) => {
+                let base = buf.as_ptr() as usize;
+                let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+                for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                    let name = h.name.as_bytes();
+                    *span = (
+                        at(name),
+                        name.len() as u32,
+                        at(h.value),
+                        h.value.len() as u32,
+                    );
+                }
+                (len, resp.version, resp.code, resp.headers.len())
+            }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(RawError::Parse(e)),
         }
@@ -244,17 +262,17 @@ pub fn parse_response_head(
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(RawError::Parse(httparse::Error::Status))?;
     let head: Bytes = buf.split_to(len).freeze();
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, &head, &mut fields)
-        .map_err(RawError::Parse)?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+    // Room beyond the backend's fields: autolb adds to the response (X-Request-Id, a
+    // sticky cookie), and hyper's server reuses this map for the connection's next request,
+    // to which autolb adds its forwarding headers. Without it, both maps grow every time.
+    let mut headers = HeaderMap::with_capacity(count + SPARE_FIELDS);
+    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let (name_at, value_at) = (name_at as usize, value_at as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
             .map_err(|_| RawError::Parse(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
-            .map_err(|_| RawError::Parse(httparse::Error::HeaderValue))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
+                .map_err(|_| RawError::Parse(httparse::Error::HeaderValue))?;
         headers.append(name, value);
     }
     let framing = framing(status, version, &headers, head_request)?;
