@@ -513,7 +513,7 @@ async fn tcp_listener_added_by_reload() {
     let (name, _s) = greet(addr).await;
     assert_eq!(name, "a");
     assert!(
-        lb.proc.log().contains("listener db now serves"),
+        lb.proc.log_shows("listener db now serves", T),
         "{}",
         lb.proc.log()
     );

@@ -30,9 +30,7 @@ pub fn assign(headers: &mut HeaderMap, trusted: bool) -> HeaderValue {
 
 /// Put `id` on a response that has none.
 pub fn echo(headers: &mut HeaderMap, id: &HeaderValue) {
-    if !headers.contains_key(&HEADER) {
-        headers.insert(HEADER.clone(), id.clone());
-    }
+    headers.entry(&HEADER).or_insert_with(|| id.clone());
 }
 
 /// A random UUID, version 4 (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).

@@ -4,6 +4,7 @@
 //! graceful shutdown asks it to finish its requests.
 
 mod front;
+mod gated;
 pub(super) mod idle;
 
 use std::convert::Infallible;
@@ -244,9 +245,11 @@ where
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
+    let stop = gated::gated(shutdown.changed());
+    tokio::pin!(stop);
     tokio::select! {
         result = conn.as_mut() => ended(peer, result),
-        _ = shutdown.changed() => {
+        _ = stop => {
             // A connection accepted just before the shutdown may not have sent its first
             // request yet: give it a moment, so that it is answered (with Connection:
             // close) rather than closed unanswered.

@@ -80,6 +80,9 @@ pub struct Framed<T> {
     out: Vec<u8>,
     pos: usize,
     wait: Option<HeadWait>,
+    /// A small response waits once for the worker's other ready tasks (see
+    /// `poll_write_vectored`); set while it waits.
+    deferred: bool,
 }
 
 impl<T> Framed<T> {
@@ -90,6 +93,7 @@ impl<T> Framed<T> {
             out: Vec::new(),
             pos: 0,
             wait,
+            deferred: false,
         }
     }
 }
@@ -186,11 +190,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let inner = &mut self.get_mut().inner;
+        let this = self.get_mut();
+        let inner = &mut this.inner;
         // A small response (head and body) goes out with one `send` rather than `writev`,
         // whose iovec import and VFS path cost more than copying a few hundred bytes.
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if bufs.len() > 1 && total <= COALESCE_MAX {
+            // Sent after the tasks that were ready before it (HAProxy sends at the end of
+            // its loop too): the responses of one round of events leave together, and the
+            // client reads them with one wake-up instead of one each.
+            if !this.deferred {
+                this.deferred = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.deferred = false;
             return SCRATCH.with_borrow_mut(|scratch| {
                 let mut len = 0;
                 for b in bufs {

@@ -38,6 +38,19 @@ impl Proc {
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
+
+    /// Whether the log shows `text` within `within` (stderr is read on another thread, so
+    /// a line can arrive a moment after what it reports is already visible).
+    pub fn log_shows(&self, text: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(text) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
 }
 
 impl Drop for Proc {
