@@ -17,41 +17,50 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Remove hop-by-hop headers: those named by Connection, then the fixed set (RFC 9110 7.6.1).
 /// `Upgrade` is kept only when `keep_upgrade` (a protocol upgrade in progress).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the few names present is cheaper than a
-    // hashed lookup for each of the seven.
-    let hop = |name: &HeaderName| {
-        *name == CONNECTION
-            || *name == TE
-            || *name == TRAILER
-            || *name == TRANSFER_ENCODING
-            || (*name == http::header::UPGRADE && !keep_upgrade)
-            || *name == KEEP_ALIVE
-            || *name == PROXY_CONNECTION
-    };
-    if !headers.keys().any(hop) {
+    use http::header::UPGRADE;
+    let fixed: [&HeaderName; 7] = [
+        &CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ];
+    // One pass over the few names present (most messages carry none of these) instead of a
+    // hashed lookup for each of the seven; only those present are removed.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|f| *f == name) {
+            present |= 1 << i;
+        }
+    }
+    if keep_upgrade {
+        present &= !(1 << 4);
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(CONNECTION) {
+    if present & 1 != 0 {
+        // The fields Connection names, where present ("close" names none).
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !(keep_upgrade && name == http::header::UPGRADE))
+            .map(str::trim)
+            .filter(|token| headers.contains_key(*token))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == UPGRADE))
             .collect();
         for name in named {
             headers.remove(name);
         }
-        headers.remove(CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TE);
-    headers.remove(TRAILER);
-    headers.remove(TRANSFER_ENCODING);
-    if !keep_upgrade {
-        headers.remove(http::header::UPGRADE);
+    for (i, name) in fixed.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
@@ -97,6 +106,9 @@ pub fn rewrite_request(
     keep_upgrade: bool,
 ) {
     strip_hop_by_hop(headers, keep_upgrade);
+    // Room for what is added below: one growth at most (a new connection's first request
+    // comes in a map sized for its own fields).
+    headers.reserve(5);
     let host = host.cloned();
 
     // X-Forwarded-For: append to a trusted chain, else replace.
@@ -206,6 +218,29 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn named_fields_match_any_case_and_upgrades_keep_upgrade() {
+        let mut h = map(&[
+            ("connection", "Upgrade, X-Secret , close"),
+            ("x-secret", "1"),
+            ("upgrade", "websocket"),
+            ("trailer", "x-sum"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h["upgrade"], "websocket",
+            "kept for the upgrade in progress"
+        );
+        for gone in ["connection", "x-secret", "trailer"] {
+            assert!(h.get(gone).is_none(), "{gone} should be stripped");
+        }
+        assert_eq!(h.len(), 2);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("upgrade").is_none());
+        assert_eq!(h["x-kept"], "yes");
     }
 
     #[test]
