@@ -1,4 +1,5 @@
-//! Connections to one backend: per-worker lock-free idle queues, connect with a timeout
+//! Connections to one backend: per-worker idle connections (a lock-free queue of hyper's,
+//! a LIFO stack of the own client's, see `idle`), connect with a timeout
 //! (TLS and HTTP/2 when the pool asks for them, see `connect`), and a request sent on a reused
 //! connection that turns out closed is resent once on a fresh one (it was never written).
 //! HTTP/1.1 connections carry one request at a time and are checked in after a complete
@@ -9,6 +10,7 @@ mod connect;
 mod idle;
 mod raw;
 mod raw_body;
+mod sender;
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,7 +24,6 @@ use http::request::Parts;
 use http::Method;
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
@@ -32,6 +33,8 @@ use crate::server::worker_id;
 use connect::Upstream;
 pub use raw::{parse_response_head, RawConn, RawError};
 pub use raw_body::{decode_chunked_body, Framing, RawBody};
+use sender::Conn;
+pub use sender::Sender;
 
 /// Idle connections kept per worker and backend.
 const MAX_IDLE_PER_WORKER: usize = 1024;
@@ -79,68 +82,6 @@ impl UpstreamError {
                 | UpstreamError::Alpn { .. }
                 | UpstreamError::Handshake { .. }
         )
-    }
-}
-
-/// An HTTP/1.1 or HTTP/2 client connection.
-enum Conn {
-    H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
-}
-
-/// A connection to a backend, as requests hold it.
-pub struct Sender {
-    conn: Conn,
-    generation: u64,
-}
-
-impl std::fmt::Debug for Sender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sender")
-            .field("h2", &self.is_h2())
-            .field("closed", &self.is_closed())
-            .finish()
-    }
-}
-
-impl Sender {
-    pub fn is_closed(&self) -> bool {
-        match &self.conn {
-            Conn::H1(tx) => tx.is_closed(),
-            Conn::H2(tx) => tx.is_closed(),
-        }
-    }
-
-    pub fn is_h2(&self) -> bool {
-        matches!(self.conn, Conn::H2(_))
-    }
-
-    async fn ready(&mut self) -> hyper::Result<()> {
-        match &mut self.conn {
-            Conn::H1(tx) => tx.ready().await,
-            Conn::H2(tx) => tx.ready().await,
-        }
-    }
-
-    async fn try_send(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
-        match &mut self.conn {
-            Conn::H1(tx) => tx.try_send_request(req).await,
-            Conn::H2(tx) => tx.try_send_request(req).await,
-        }
-    }
-
-    /// Another handle on a shared (HTTP/2) connection.
-    fn share(&self) -> Option<Sender> {
-        match &self.conn {
-            Conn::H2(tx) => Some(Sender {
-                conn: Conn::H2(tx.clone()),
-                generation: self.generation,
-            }),
-            Conn::H1(_) => None,
-        }
     }
 }
 
