@@ -164,10 +164,7 @@ pub(crate) async fn serve(
     };
     let head_wait = || {
         let timeout = limits.header_timeout.map_or(idle, |t| t.min(idle));
-        Some(super::framed::HeadWait::new(
-            serving.activity.clone(),
-            timeout,
-        ))
+        super::framed::HeadWait::new(serving.activity.clone(), timeout)
     };
     let Some(tls) = tls else {
         let io = TokioIo::new(super::framed::Framed::new(stream, &limits, head_wait()));
@@ -189,7 +186,7 @@ async fn serve_tls(
     tls: Arc<TlsListener>,
     serving: Serving,
     limits: crate::config::Limits,
-    head_wait: Option<super::framed::HeadWait>,
+    head_wait: super::framed::HeadWait,
 ) {
     let mut shutdown = serving.shutdown.clone();
     let accepted = tokio::select! {
@@ -240,7 +237,6 @@ where
     let mut builder = http1::Builder::new();
     h1_limits!(&mut builder, limits);
     let conn = builder
-        .timer(TokioTimer::new())
         .keep_alive(true)
         .serve_connection(io, service)
         .with_upgrades();
@@ -315,7 +311,7 @@ where
     let limits = ctx.limits.clone();
     let service = tracked_service!(ctx, front, activity.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http1().keep_alive(true);
     h1_limits!(builder.http1(), limits);
     h2_settings!(builder.http2());
     let conn = builder.serve_connection_with_upgrades(io, service);

@@ -86,13 +86,13 @@ pub struct Framed<T> {
 }
 
 impl<T> Framed<T> {
-    pub(crate) fn new(inner: T, limits: &Limits, wait: Option<HeadWait>) -> Framed<T> {
+    pub(crate) fn new(inner: T, limits: &Limits, wait: HeadWait) -> Framed<T> {
         Framed {
             inner,
             framer: Framer::new(limits),
             out: Vec::new(),
             pos: 0,
-            wait,
+            wait: Some(wait),
             deferred: false,
         }
     }

@@ -77,6 +77,7 @@ impl Framer {
     pub(super) fn release_buffers(&mut self) {
         self.head = Vec::new();
     }
+
     pub fn new(limits: &Limits) -> Framer {
         Framer {
             state: State::Head,

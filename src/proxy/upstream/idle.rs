@@ -42,9 +42,10 @@ impl<T> IdleStack<T> {
         }
     }
 
-    /// The most recently parked connection that `usable` accepts; those idle for `max_idle`
-    /// or longer (a few per call, so that closing a burst's leftovers never stalls one
-    /// request), and the unusable ones met on the way, are dropped.
+    /// The most recently parked connection younger than `max_idle` that `usable` accepts;
+    /// those idle for `max_idle` or longer (a few per call, so that closing a burst's
+    /// leftovers never stalls one request), and the unusable ones met on the way, are
+    /// dropped.
     pub fn pop(&self, max_idle: Duration, usable: impl Fn(&T) -> bool) -> Option<T> {
         let mut conns = self.lock();
         let now = Instant::now();
@@ -57,7 +58,11 @@ impl<T> IdleStack<T> {
             }
         }
         for _ in 0..EXPIRE_PER_POP {
-            let (conn, _) = conns.pop_back()?;
+            let (conn, since) = conns.pop_back()?;
+            if now.saturating_duration_since(since) >= max_idle {
+                // The newest is expired: so are the rest, left for later calls.
+                return None;
+            }
             if usable(&conn) {
                 return Some(conn);
             }
@@ -88,5 +93,20 @@ mod tests {
         stack.push(8);
         assert_eq!(stack.pop(Duration::from_secs(60), |c| *c != 8), Some(7));
         assert_eq!(stack.pop(Duration::from_secs(60), |_| true), None);
+        // After a quiet spell longer than the idle timeout none is handed out, not even
+        // the newest, though only a few are closed per call.
+        let stack = IdleStack::new(10);
+        for c in 10..16 {
+            stack.push(c);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(stack.pop(Duration::from_secs(4), |_| true), None);
+        assert_eq!(
+            stack.len(),
+            1,
+            "4 expired from the front, the newest dropped"
+        );
+        assert_eq!(stack.pop(Duration::from_secs(4), |_| true), None);
+        assert_eq!(stack.len(), 0);
     }
 }

@@ -215,9 +215,9 @@ impl RawConn {
 }
 
 /// The response head at the start of `buf`, once complete (taken out of `buf`; what follows
-/// is the body), and how its body is framed. Parsed twice, without zeroing header arrays:
-/// once to find its end, once more over the frozen head so that the header values share its
-/// bytes instead of being copied. Public for fuzzing.
+/// is the body), and how its body is framed. Parsed once, without zeroing the header array;
+/// the header values share the frozen head's bytes instead of being copied. Public for
+/// fuzzing.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
