@@ -52,6 +52,7 @@ pub async fn handle(
     req: Request<Incoming>,
     ctx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    crate::server::cpu_share::note_work();
     Ok(crate::observe::around(req, &ctx, |req| proxy(req, &ctx)).await)
 }
 

@@ -3,6 +3,7 @@
 
 mod admission;
 mod conn;
+pub(crate) mod cpu_share;
 pub mod framed;
 pub mod framing;
 mod listener;

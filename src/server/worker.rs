@@ -57,10 +57,14 @@ impl Workers {
         };
         match model {
             WorkerModel::PerCore => {
+                let share_cpu = super::cpu_share::enabled_from_env();
                 for id in 0..count {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
+                    if share_cpu {
+                        rt.spawn(super::cpu_share::run());
+                    }
                     workers.run_on_thread(rt, format!("autolb-worker-{id}"), Some(id))?;
                 }
             }
