@@ -1,12 +1,12 @@
 //! Sharing a saturated worker's core: while a worker finds new work at every pass of its
-//! scheduler, it gives its CPU away between passes (`sched_yield`, at most every 250 µs),
+//! scheduler, it gives its CPU away between passes (`sched_yield`, at most once a ms),
 //! so that the processes it waits for (backends, clients on the same machine) run soon
 //! instead of queueing behind a thread that never sleeps.
 //!
 //! Why: a worker under load never blocks in `epoll_wait` (events are always ready), so
 //! the kernel sees a CPU hog, and backends woken by its writes wait on its core for the
 //! rest of its slice. HAProxy runs in short slices between them; autolb's tail latency
-//! with backends on the same 2 cores was 1.5x HAProxy's until it yielded once per pass
+//! with backends on the same 2 cores was 1.5x HAProxy's until it yielded between passes
 //! (bench/NOTES.md, "Fourth pass"). With nothing else runnable on the core,
 //! `sched_yield` returns at once: at most one syscall per `MIN_INTERVAL`.
 //!
@@ -23,9 +23,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// At most one yield per this much busy running (wall time, not tokio's clock): a third of
-/// the kernel's 0.75 ms base slice, and a bound on the syscalls when passes are short.
-const MIN_INTERVAL: Duration = Duration::from_micros(250);
+/// At most one yield per this much busy running (wall time, not tokio's clock). Below the
+/// kernel's time slice (1.4 ms on a 2-core machine: 0.7 ms x (1 + log2 CPUs)), which is how
+/// long a woken backend could otherwise wait behind the worker. Measured: 2 ms lost the
+/// tail-latency gain, 250 µs kept it but cost 5-10% of requests/s; 1 ms kept both.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Work noted while the yielder sleeps before it is woken: at light load it stays asleep
 /// for most requests, costing nothing.
