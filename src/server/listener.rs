@@ -112,7 +112,9 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
                     let Some(admitted) = super::admission::admit(&ctx.name, peer.ip(), &ctx.runtime) else {
                         continue;
                     };
-                    let serving = conn::serve(
+                    // Boxed: the connection's future is several KB (hyper's connection
+                    // state), and spawning moves a future whole, five times over.
+                    let serving = Box::pin(conn::serve(
                         stream,
                         peer,
                         ctx.runtime.clone(),
@@ -120,7 +122,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
                         ctx.shutdown.clone(),
                         guard,
                         tls.clone(),
-                    );
+                    ));
                     tokio::spawn(async move {
                         let _admitted = admitted;
                         serving.await
