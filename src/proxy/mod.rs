@@ -144,12 +144,13 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         websocket::mark_upgrade(&mut parts.headers);
     }
     // As the client sees it: X-Forwarded-Proto is a trusted proxy's, else ours.
-    let https = match ctx.client.trusted {
-        true => parts
+    let https = if ctx.client.trusted {
+        parts
             .headers
             .get(headers::X_FORWARDED_PROTO_NAME)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")),
-        false => ctx.client.proto == "https",
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+    } else {
+        ctx.client.proto == "https"
     };
     if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
         // Absolute-form from the client: backends get origin-form; Host carries the authority.

@@ -113,7 +113,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
                         continue;
                     };
                     // Boxed: the connection's future is several KB (hyper's connection
-                    // state), and spawning moves a future whole, five times over.
+                    // state), and spawning moves a future whole, several times over.
                     let serving = Box::pin(conn::serve(
                         stream,
                         peer,
