@@ -33,6 +33,7 @@ mod tests_ops;
 #[cfg(test)]
 mod tests_policy;
 mod tls;
+pub mod watch;
 
 pub mod model;
 pub use access_log::{AccessLog, AccessLogFormat, AccessLogTarget};

@@ -88,7 +88,7 @@ pub struct Server {
     /// Where reload triggers send requests; `reload_requests` is taken by the owner loop.
     pub reload_handle: reload::Handle,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<reload::Request>>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::config::watch::FileWatcher>,
     workers: Workers,
     shutdown: watch::Sender<bool>,
 }
@@ -205,11 +205,7 @@ impl Server {
         }));
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);
         let reload_handle = reload::Handle(reload_tx);
-        let watcher = match reload::watch(
-            &snapshot.config.source,
-            reload_handle.clone(),
-            Duration::from_millis(300),
-        ) {
+        let watcher = match reload::watch(&snapshot.config.source, reload_handle.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");

@@ -4,14 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use notify::{RecursiveMode, Watcher};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Server;
 use crate::config;
+use crate::config::watch::FileWatcher;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,46 +213,19 @@ impl ReloadState {
     }
 }
 
-/// Watch the config file (its directory, as editors replace files by renaming) and ask
-/// for a reload once changes have been quiet for `debounce`.
-pub fn watch(
-    path: &Path,
-    handle: Handle,
-    debounce: Duration,
-) -> notify::Result<notify::RecommendedWatcher> {
-    let file = path.file_name().map(|f| f.to_os_string());
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        if event.paths.iter().any(|p| p.file_name() == file.as_deref()) {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Debounce: wait until the writes stop.
-            while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
-            if handle
-                .0
-                .send(Request {
-                    trigger: Trigger::File,
-                    reply: None,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    Ok(watcher)
+/// Watch the config file through whatever symlinks lead to it (`config::watch`) and ask
+/// for a reload once per change of its bytes.
+pub fn watch(path: &Path, handle: Handle) -> std::io::Result<FileWatcher> {
+    FileWatcher::start(
+        "config",
+        vec![path.to_path_buf()],
+        None,
+        Box::new(move || {
+            // The watcher's own thread, outside the runtime: a blocking send is fine.
+            let _ = handle.0.blocking_send(Request {
+                trigger: Trigger::File,
+                reply: None,
+            });
+        }),
+    )
 }

@@ -13,12 +13,13 @@ pub mod client;
 pub mod metrics;
 pub mod resolver;
 pub mod server;
-mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use rustls::crypto::CryptoProvider;
+
+use crate::config::watch::FileWatcher;
 
 use crate::config::{Config, ConfigError, ConfigErrors, Protocol};
 pub use certs::CertError;
@@ -46,7 +47,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 struct Registry {
     listeners: RwLock<BTreeMap<String, Arc<TlsListener>>>,
-    watcher: Mutex<Option<watch::Watcher>>,
+    watcher: Mutex<Option<FileWatcher>>,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
@@ -62,15 +63,34 @@ fn all_listeners() -> Vec<Arc<TlsListener>> {
         .unwrap_or_default()
 }
 
-/// Watch the files of every installed listener (starting the watcher the first time).
+/// How often certificate files are compared even without file events (network file
+/// systems, missed events).
+const POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Watch the files of every installed listener (starting the watcher the first time):
+/// the config file's watcher (`config::watch`), which follows symlinks (Secret mounts) and
+/// calls back only when the bytes changed.
 fn watch_files() {
     let paths: Vec<_> = all_listeners().iter().flat_map(|l| l.paths()).collect();
-    if let Ok(mut w) = REGISTRY.watcher.lock() {
-        if paths.is_empty() && w.is_none() {
-            return;
+    let Ok(mut w) = REGISTRY.watcher.lock() else {
+        return;
+    };
+    match w.as_ref() {
+        Some(w) => w.set_files(paths),
+        None if paths.is_empty() => {}
+        None => {
+            match FileWatcher::start(
+                "certificates",
+                paths,
+                Some(POLL),
+                Box::new(reload_from_disk),
+            ) {
+                Ok(started) => *w = Some(started),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the certificate watcher thread")
+                }
+            }
         }
-        w.get_or_insert_with(|| watch::Watcher::start(reload_from_disk))
-            .set_paths(&paths);
     }
 }
 

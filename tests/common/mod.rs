@@ -151,6 +151,12 @@ impl Autolb {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("autolb.yaml");
         std::fs::write(&config, yaml).expect("write config");
+        Autolb::start_file(dir, config, env)
+    }
+
+    /// Start on a config file the test laid out itself (symlinks, ...) under `dir`, which
+    /// lives as long as the process.
+    pub fn start_file(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Autolb {
         let mut child = command(AUTOLB)
             .arg("run")
             .arg("-c")
