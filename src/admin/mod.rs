@@ -4,6 +4,7 @@
 
 mod dashboard;
 mod guard;
+mod probe;
 mod scaling;
 mod status;
 
@@ -38,10 +39,12 @@ pub struct AdminState {
     pub reload_state: Arc<std::sync::Mutex<crate::server::reload::ReloadState>>,
     /// Shared state (memory or Redis), the fleet registry and rate limits.
     pub shared: Arc<crate::state::Shared>,
+    /// True from the moment a drain begins (`/health/ready` answers 503).
+    pub draining: watch::Receiver<bool>,
 }
 
-/// Serve the admin API until shutdown.
-pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+/// Serve the admin API until `stop` (the end of a drain, or a successor taking over).
+pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -52,7 +55,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -73,6 +76,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 const ENDPOINTS: &[(&str, &str)] = &[
     ("/", "GET"),
     ("/health", "GET"),
+    ("/health/live", "GET"),
+    ("/health/ready", "GET"),
     ("/health/performance", "GET"),
     ("/loadbalancer/status", "GET"),
     ("/metrics", "GET"),
@@ -126,6 +131,8 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             h["shared_state"] = state.shared.health();
             json(StatusCode::OK, &h)
         }
+        "/health/live" => probe::live(),
+        "/health/ready" => probe::ready(state),
         "/health/performance" => json(
             StatusCode::OK,
             &status::performance(rt, &state.listeners.stats()),

@@ -173,6 +173,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
             })
             .context("cannot start the upgrade thread")?;
         let handed_over = wait_for_signals(&server, handed_rx).await?;
+        if handed_over {
+            // The successor answers on the admin socket from now on.
+            server.stop_admin();
+        }
         let grace = server.runtime.snapshot().config.shutdown_grace;
         server.shutdown(grace).await;
         if !handed_over {

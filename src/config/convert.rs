@@ -355,6 +355,7 @@ fn admin(file: AdminFile, issues: &mut Issues) -> Option<(Admin, Option<Pos>)> {
     let admin = Admin {
         listen,
         token_env: file.token_env.map(|t| t.value),
+        ready_requires_backend: file.ready_requires_backend.is_none_or(|r| r.value),
     };
     ok.then_some((admin, file.listen.map(|l| l.pos)))
 }
@@ -403,6 +404,7 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
         Admin {
             listen: default_admin_listen(),
             token_env: None,
+            ready_requires_backend: true,
         },
         None,
     ));

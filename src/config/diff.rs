@@ -13,8 +13,14 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             old.threads, new.threads
         ));
     }
-    if old.admin != new.admin {
+    if (&old.admin.listen, &old.admin.token_env) != (&new.admin.listen, &new.admin.token_env) {
         out.push("admin settings changed (apply at the next restart)".into());
+    }
+    if old.admin.ready_requires_backend != new.admin.ready_requires_backend {
+        out.push(format!(
+            "admin ready_requires_backend: {} -> {}",
+            old.admin.ready_requires_backend, new.admin.ready_requires_backend
+        ));
     }
     if old.shutdown_grace != new.shutdown_grace {
         out.push(format!(

@@ -79,11 +79,12 @@ impl<'de> Deserialize<'de> for StrOrInt {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "an admin mapping (listen, token_env)"
+    expecting = "an admin mapping (listen, token_env, ready_requires_backend)"
 )]
 pub struct AdminFile {
     pub listen: Option<Located<String>>,
     pub token_env: Option<Located<String>>,
+    pub ready_requires_backend: Option<Located<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -39,6 +39,9 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Name of the environment variable holding the bearer token for POSTs.
     pub token_env: Option<String>,
+    /// `GET /health/ready` needs a pool with a ready backend (default true; false for a
+    /// balancer whose pools scale from zero through it).
+    pub ready_requires_backend: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -179,6 +179,7 @@ fn full_config_parses_into_the_model() {
         admin: Admin {
             listen: addr("127.0.0.1:9100"),
             token_env: Some("AUTOLB_ADMIN_TOKEN".into()),
+            ready_requires_backend: true,
         },
         listeners: vec![
             Listener {
@@ -465,7 +466,8 @@ fn defaults_fill_a_minimal_config() {
         c.admin,
         Admin {
             listen: addr("127.0.0.1:9001"),
-            token_env: None
+            token_env: None,
+            ready_requires_backend: true,
         }
     );
     assert_eq!(c.state, State::Memory);

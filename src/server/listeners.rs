@@ -140,6 +140,15 @@ impl Listeners {
         }
     }
 
+    /// Drop the duplicates kept for a successor (at shutdown, after the accept loops were
+    /// told to stop): the listening sockets close, so new connections are refused instead of
+    /// waiting in a backlog nobody accepts from.
+    pub fn release_sockets(&self) {
+        for r in self.write().values_mut() {
+            r.sockets.clear();
+        }
+    }
+
     /// Stop accepting on `name`; its open connections finish on their own.
     pub fn stop(&self, name: &str) {
         if let Some(old) = self.write().remove(name) {

@@ -91,6 +91,8 @@ pub struct Server {
     _watcher: Option<crate::config::watch::FileWatcher>,
     workers: Workers,
     shutdown: watch::Sender<bool>,
+    /// Stops the admin API (it answers through the drain, `/health/ready` with 503).
+    admin_stop: watch::Sender<bool>,
 }
 
 impl Server {
@@ -112,6 +114,7 @@ impl Server {
         let runtime = Runtime::new(config, threads);
         let snapshot = runtime.snapshot();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
 
         // Bind everything first: a bad address fails the start before any thread exists.
         let sockets_per_listener = match model {
@@ -223,8 +226,9 @@ impl Server {
                 reload: reload_handle.clone(),
                 reload_state: reload_state.clone(),
                 shared,
+                draining: shutdown_rx,
             },
-            shutdown_rx,
+            admin_stop_rx,
         ));
         tracing::info!(
             threads,
@@ -247,6 +251,7 @@ impl Server {
             _watcher: watcher,
             workers,
             shutdown,
+            admin_stop,
         })
     }
 
@@ -358,10 +363,18 @@ impl Server {
             .sum()
     }
 
+    /// Stop answering on the admin port now (a successor took it over) rather than at the
+    /// end of the drain.
+    pub fn stop_admin(&self) {
+        let _ = self.admin_stop.send(true);
+    }
+
     /// Stop accepting (new connections are refused), answer in-flight requests with
-    /// `Connection: close`, let them finish for up to `grace`, then stop the workers.
+    /// `Connection: close`, let them finish for up to `grace`, then stop the workers. The
+    /// admin API answers until the end (`/health/ready`: 503 from the start).
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
+        self.running.release_sockets();
         crate::proxy::websocket::close_all();
         self.runtime.health.stop();
         tracing::info!(
@@ -383,6 +396,7 @@ impl Server {
             );
         }
         self.autoscaler.shutdown().await;
+        let _ = self.admin_stop.send(true);
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         let _ =
