@@ -126,7 +126,7 @@ pub async fn members_loop(scaler: Arc<PoolScaler>, runtime: Arc<Runtime>) {
             let st = scaler.lock();
             (st.cfg.clone(), st.stopped)
         };
-        if stopped || cfg.provider != "command" {
+        if stopped || cfg.provider != crate::config::Provider::Command {
             return;
         }
         match fetch(&cfg, &scaler.pool).await {
@@ -279,6 +279,37 @@ pub fn act(scaler: &Arc<PoolScaler>, st: &mut ScalerState, desired: u32, reason:
         drop(st);
         scaler.refresh.notify_one();
     });
+}
+
+/// The `command` provider behind the provider seam.
+pub struct Command;
+
+impl super::provider::Provider for Command {
+    fn spawn_tasks(&self, scaler: &Arc<PoolScaler>, runtime: &Arc<Runtime>) {
+        tokio::spawn(members_loop(scaler.clone(), runtime.clone()));
+    }
+
+    fn tick(
+        &self,
+        scaler: &Arc<PoolScaler>,
+        st: &mut ScalerState,
+        runtime: &Arc<Runtime>,
+        now: Instant,
+    ) {
+        let signals = signals(st, runtime, now);
+        let decision = scaler.decide(st, &signals, now);
+        st.last_signals = signals;
+        st.desired = decision.desired;
+        let hold = st.cfg.shared && !st.node_id.is_empty() && !st.coord.connected;
+        if !hold {
+            act(scaler, st, decision.desired, &decision.reason);
+        }
+        st.last = Some(decision);
+    }
+
+    fn members_shared(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

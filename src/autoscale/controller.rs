@@ -167,25 +167,23 @@ impl PoolScaler {
         }
     }
 
-    /// One evaluation: signals, decision, actions.
+    /// One evaluation: signals, decision, actions (by the pool's provider).
     pub fn tick(self: &Arc<Self>, runtime: &Arc<Runtime>) {
         let now = Instant::now();
         let mut st = self.lock();
-        if st.cfg.provider == "command" {
-            let signals = super::command::signals(&mut st, runtime, now);
-            let decision = self.decide(&mut st, &signals, now);
-            st.last_signals = signals;
-            st.desired = decision.desired;
-            let hold = st.cfg.shared && !st.node_id.is_empty() && !st.coord.connected;
-            if !hold {
-                super::command::act(self, &mut st, decision.desired, &decision.reason);
-            }
-            st.last = Some(decision);
-            return;
-        }
+        super::provider::of(st.cfg.provider).tick(self, &mut st, runtime, now);
+    }
+
+    /// The `process` provider's evaluation: local instances started, drained and stopped.
+    pub(super) fn tick_instances(
+        self: &Arc<Self>,
+        st: &mut ScalerState,
+        runtime: &Arc<Runtime>,
+        now: Instant,
+    ) {
         st.instances.retain(|i| i.info().phase != Phase::Stopped);
-        let signals = self.signals(&mut st, runtime, now);
-        let decision = self.decide(&mut st, &signals, now);
+        let signals = self.signals(st, runtime, now);
+        let decision = self.decide(st, &signals, now);
         let capacity = signals.ready + signals.starting;
         st.last_signals = signals;
         st.desired = decision.desired;
@@ -195,12 +193,12 @@ impl PoolScaler {
             if to > from {
                 self.scale_ups.fetch_add(1, Ordering::Relaxed);
                 for _ in from..to {
-                    self.start_instance(&mut st, runtime);
+                    self.start_instance(st, runtime);
                 }
             } else {
                 self.scale_downs.fetch_add(1, Ordering::Relaxed);
                 for _ in to..from {
-                    self.drain_one(&mut st, runtime);
+                    self.drain_one(st, runtime);
                 }
             }
             let event = ScalingEvent {
@@ -215,19 +213,19 @@ impl PoolScaler {
             }
             st.events.push_back(event);
             crate::alerts::scaling(&self.pool, from, to, &decision.reason);
-            self.publish(&st, runtime);
+            self.publish(st, runtime);
         }
         st.last = Some(decision);
     }
 
     /// The local policy, or with `shared`: this node's share of the leader's decision (and,
     /// while the shared state does not answer, the local policy never below that share).
-    fn decide(&self, st: &mut ScalerState, signals: &Signals, now: Instant) -> Decision {
+    pub(super) fn decide(&self, st: &mut ScalerState, signals: &Signals, now: Instant) -> Decision {
         let mut limits = Limits::from(st.cfg.as_ref());
         if !st.cfg.shared || st.node_id.is_empty() {
             return st.policy.decide(&limits, signals, now);
         }
-        if st.coord.connected && st.cfg.provider == "command" {
+        if st.coord.connected && super::provider::of(st.cfg.provider).members_shared() {
             // Every node sees every member: the size is the fleet's (only the leader runs
             // `scale`).
             if let Some(d) = &st.coord.decision {

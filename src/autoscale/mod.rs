@@ -1,6 +1,7 @@
-//! The embedded autoscaler: one control loop per pool with `autoscale`, the `process`
-//! provider that starts and stops local instances, manual scaling, and the data behind
-//! `/scaling/status` and `/cluster/status`.
+//! The embedded autoscaler: one control loop per pool with `autoscale`, its providers
+//! behind one trait (`provider.rs`: `process` starts and stops local instances, `command`
+//! runs the user's scripts), manual scaling, and the data behind `/scaling/status` and
+//! `/cluster/status`.
 
 pub mod command;
 pub mod controller;
@@ -8,6 +9,7 @@ pub mod instance;
 pub mod policy;
 pub mod process;
 pub mod procstat;
+pub mod provider;
 pub mod shared;
 
 use std::collections::BTreeMap;
@@ -99,15 +101,13 @@ impl Autoscaler {
                     }
                 }
                 None => {
-                    let command = cfg.provider == "command";
+                    let provider = provider::of(cfg.provider);
                     let scaler = PoolScaler::new(&p.name, cfg);
                     if let Some((backend, id)) = &self.state {
                         scaler.lock().node_id.clone_from(id);
                         tokio::spawn(shared::run(scaler.clone(), backend.clone(), id.clone()));
                     }
-                    if command {
-                        tokio::spawn(command::members_loop(scaler.clone(), self.runtime.clone()));
-                    }
+                    provider.spawn_tasks(&scaler, &self.runtime);
                     tokio::spawn(scaler.clone().run(self.runtime.clone()));
                     pools.insert(p.name.clone(), scaler);
                 }
@@ -210,7 +210,7 @@ impl Autoscaler {
                     "signals": signals_json(&st.last_signals),
                     "last_decision": st.last.as_ref().map(|d| json!({"desired": d.desired, "reason": d.reason, "panic": d.panic})),
                     "manual_hold_seconds": st.policy.manual_until(now).map(|u| (u - now).as_secs()),
-                    "provider": st.cfg.provider,
+                    "provider": st.cfg.provider.name(),
                     "requested": st.requested,
                     "shared": st.cfg.shared,
                     "leader": st.cfg.shared.then(|| st.coord.leader.clone()).flatten(),

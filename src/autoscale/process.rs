@@ -125,6 +125,21 @@ pub async fn stop(child: &mut Child, grace: Duration) -> String {
     }
 }
 
+/// The `process` provider behind the provider seam: the control loop's own instances.
+pub struct Process;
+
+impl super::provider::Provider for Process {
+    fn tick(
+        &self,
+        scaler: &std::sync::Arc<super::controller::PoolScaler>,
+        st: &mut super::controller::ScalerState,
+        runtime: &std::sync::Arc<crate::runtime::Runtime>,
+        now: tokio::time::Instant,
+    ) {
+        scaler.tick_instances(st, runtime, now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,12 +7,9 @@ use std::time::Duration;
 
 use super::error::{Issues, Pos};
 use super::file::{AutoscaleFile, EnvFile, TargetFile};
-use super::model::{Autoscale, Discovery, ScaleTarget};
+use super::model::{Autoscale, Discovery, Provider, ScaleTarget};
 use super::node::Located;
 use super::pool::{nonzero, nonzero_dur, or};
-
-/// Autoscale providers this build knows.
-pub const PROVIDERS: &[&str] = &["process", "command"];
 
 /// Environment variables autolb sets itself on every instance.
 const RESERVED_ENV: &[&str] = &["PORT"];
@@ -122,20 +119,22 @@ pub(crate) fn autoscale(
 ) -> Option<Autoscale> {
     let (file, pos) = (&located.value, located.pos);
     let before = issues.len();
-    let provider = or(&file.provider, "process".to_string());
-    if let Some(p) = &file.provider {
-        if !PROVIDERS.contains(&p.value.as_str()) {
+    let provider = match &file.provider {
+        None => Provider::Process,
+        Some(p) => Provider::from_name(&p.value).unwrap_or_else(|| {
+            let known: Vec<&str> = Provider::ALL.iter().map(|p| p.name()).collect();
             issues.push(
                 p.pos,
                 format!(
                     "unknown autoscale provider \"{}\" (known: {})",
                     p.value,
-                    PROVIDERS.join(", ")
+                    known.join(", ")
                 ),
             );
-        }
-    }
-    let is_command = provider == "command";
+            Provider::Process
+        }),
+    };
+    let is_command = provider == Provider::Command;
     let (scale, list, discovery) = command_provider(file, pos, is_command, issues);
     let command = or(&file.command, Vec::new());
     if is_command {

@@ -381,10 +381,37 @@ pub struct Backend {
     pub max_connections: Option<u32>,
 }
 
+/// `autoscale.provider`: who runs the instances. Each has its behaviour in one file of
+/// `src/autoscale/` (`process.rs`, `command.rs`) behind the `autoscale::provider::Provider`
+/// trait; this enum is the one list of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// The embedded default: local processes on ports of `ports`.
+    Process,
+    /// The user's `scale` and `list` commands (or DNS discovery): instances elsewhere.
+    Command,
+}
+
+impl Provider {
+    /// Every provider, as `autoscale.provider` names it.
+    pub const ALL: &[Provider] = &[Provider::Process, Provider::Command];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Process => "process",
+            Provider::Command => "command",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Provider> {
+        Provider::ALL.iter().copied().find(|p| p.name() == name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Autoscale {
-    /// Only `process` (the embedded default) today.
-    pub provider: String,
+    /// Who runs the instances (default `process`).
+    pub provider: Provider,
     /// argv; `{port}` and `{instance}` are substituted. A bare program name is looked up
     /// beside the autolb binary, then on PATH.
     pub command: Vec<String>,

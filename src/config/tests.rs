@@ -348,7 +348,7 @@ fn full_config_parses_into_the_model() {
                     },
                 ],
                 autoscale: Some(Autoscale {
-                    provider: "process".into(),
+                    provider: Provider::Process,
                     command: vec!["autolb-echo".into(), "--port".into(), "{port}".into()],
                     env: [("RUST_LOG", "debug"), ("WORKERS", "4"), ("_X1", "")]
                         .map(|(k, v)| (k.to_string(), v.to_string()))

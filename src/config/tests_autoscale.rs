@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::tests::{assert_error, assert_error_after, errors, load, FILE};
 use super::tests_errors::with_pool;
-use super::{load_str, Autoscale, ScaleTarget};
+use super::{load_str, Autoscale, Provider, ScaleTarget};
 
 /// An autoscale block with a command and ports, then `body`.
 fn auto(body: &str) -> String {
@@ -30,7 +30,7 @@ fn defaults() {
     let a = autoscale_of("");
     let secs = Duration::from_secs;
     let expected = Autoscale {
-        provider: "process".into(),
+        provider: Provider::Process,
         command: vec!["app".into()],
         env: vec![],
         cwd: None,
@@ -269,7 +269,7 @@ fn command_provider_keys_and_their_errors() {
         .clone()
         .expect("autoscale");
     assert_eq!(
-        (a.provider.as_str(), a.list.len(), a.ports),
+        (a.provider.name(), a.list.len(), a.ports),
         ("command", 1, (0, 0))
     );
     let dns =
