@@ -117,6 +117,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
         let l4 = super::l4::listener_l4(&file, protocol, &mut issues);
         let limits = super::limits::limits(file.limits.as_ref(), &mut issues);
         let rate_limit = super::limits::ip_rate_limit(file.rate_limit.as_ref(), &mut issues);
+        let normalize = super::normalize::listener_normalize(&file, protocol, &mut issues);
         let Ok(listen) = listen else {
             return Err(issues);
         };
@@ -135,6 +136,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             sni_routes: l4.sni_routes,
             limits,
             rate_limit,
+            normalize,
         };
         issues.result(ListenerItem {
             listener,
@@ -152,30 +154,15 @@ impl TryFrom<RouteFile> for RouteItem {
 
     fn try_from(file: RouteFile) -> Result<Self, Issues> {
         let mut issues = Issues::new();
-        if let Some(h) = &file.host {
-            let host = h.value.trim();
-            if host.is_empty() || host.contains(['/', ' ', ':']) {
-                issues.push(
-                    h.pos,
-                    format!(
-                        "invalid route host \"{}\" (a host name without port)",
-                        h.value
-                    ),
-                );
-            }
-        }
-        if let Some(p) = file
-            .path_prefix
+        let host = file
+            .host
             .as_ref()
-            .filter(|p| !p.value.starts_with('/'))
-        {
-            issues.push(
-                p.pos,
-                format!("path_prefix must start with \"/\", got \"{}\"", p.value),
-            );
+            .map(|h| super::normalize::route_host(&h.value, h.pos, &mut issues));
+        if let Some(p) = &file.path_prefix {
+            super::normalize::path_prefix(p, &mut issues);
         }
         let route = Route {
-            host: file.host.map(|h| h.value.trim().to_ascii_lowercase()),
+            host,
             path_prefix: file.path_prefix.map(|p| p.value),
             pool: file.pool.value.trim().to_string(),
             compress: file

@@ -119,6 +119,8 @@ pub struct ListenerFile {
     pub sni_routes: Option<Located<super::l4::SniRoutesFile>>,
     pub limits: Option<Located<super::limits::LimitsFile>>,
     pub rate_limit: Option<Located<super::limits::IpRateLimitFile>>,
+    /// How request paths are normalized before routing (see `normalize.rs`).
+    pub normalize: Option<Located<super::normalize::NormalizeFile>>,
 }
 
 /// `listeners[].hsts:`

@@ -17,6 +17,7 @@ mod health;
 mod l4;
 mod limits;
 mod node;
+mod normalize;
 mod pool;
 mod pool_limits;
 mod rate_limit;

@@ -80,6 +80,8 @@ pub struct Listener {
     pub limits: super::Limits,
     /// `rate_limit: {per_ip, burst}`: a token bucket per client IP.
     pub rate_limit: Option<super::IpRateLimit>,
+    /// `normalize:` how request paths are put in normal form before routing.
+    pub normalize: crate::uri::Policy,
 }
 
 /// `hsts: {max_age, include_subdomains, preload}`.
@@ -122,10 +124,12 @@ pub struct CertPair {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    /// Exact host match (case-insensitive, port ignored); `None` matches any host.
-    /// A leading `*.` matches any subdomain.
+    /// Exact host match (in normal form: lower case, no trailing dot; the request's host is
+    /// normalized the same way, its port ignored); `None` matches any host. A leading `*.`
+    /// matches any subdomain.
     pub host: Option<String>,
-    /// Path prefix; `None` matches every path.
+    /// Path prefix (in normal form; compared with the normalized path as a plain byte
+    /// prefix, case-sensitively); `None` matches every path.
     pub path_prefix: Option<String>,
     pub pool: String,
     /// Responses of this route are compressed so (instead of by its pool's `compress`).

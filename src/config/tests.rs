@@ -201,6 +201,7 @@ fn full_config_parses_into_the_model() {
                 hsts: None,
                 limits: Default::default(),
                 rate_limit: None,
+                normalize: Default::default(),
             },
             Listener {
                 name: "secure".into(),
@@ -234,6 +235,7 @@ fn full_config_parses_into_the_model() {
                 }),
                 limits: Default::default(),
                 rate_limit: None,
+                normalize: Default::default(),
             },
             Listener {
                 name: "db".into(),
@@ -250,6 +252,7 @@ fn full_config_parses_into_the_model() {
                 hsts: None,
                 limits: Default::default(),
                 rate_limit: None,
+                normalize: Default::default(),
             },
         ],
         routes: vec![
