@@ -22,6 +22,7 @@ use ipnet::IpNet;
 use crate::config::{Config, Protocol, Route as RouteConfig};
 use crate::health::events::EventLog;
 use crate::health::HealthChecks;
+use crate::proxy::normalize::Normalizer;
 use crate::proxy::validate::IpLimiter;
 
 /// A route with its pool resolved to an index into `Snapshot::pools`.
@@ -90,6 +91,8 @@ pub struct ListenerInfo {
     pub pool: Option<usize>,
     pub trusted_proxies: Vec<IpNet>,
     pub idle_timeout: Duration,
+    /// `normalize:` and its counters (carried over reloads by listener name).
+    pub normalize: Normalizer,
 }
 
 impl ListenerInfo {
@@ -152,6 +155,13 @@ impl Snapshot {
                 pool: l.pool.as_deref().and_then(|p| pool_index.get(p).copied()),
                 trusted_proxies: l.trusted_proxies.clone(),
                 idle_timeout: l.idle_timeout,
+                normalize: Normalizer {
+                    policy: l.normalize,
+                    counters: previous
+                        .and_then(|s| s.listeners.iter().find(|p| p.name == l.name))
+                        .map(|p| p.normalize.counters.clone())
+                        .unwrap_or_default(),
+                },
             })
             .collect();
         Snapshot {

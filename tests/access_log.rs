@@ -170,7 +170,7 @@ async fn retries_show_in_tries_and_combined_lines_are_parseable() {
             "{line}"
         );
         assert!(
-            line.ends_with(&format!(" tls=- rid={id} enc=- complete=true")),
+            line.ends_with(&format!(" tls=- rid={id} enc=- complete=true orig=-")),
             "{line}"
         );
     }

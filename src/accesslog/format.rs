@@ -49,6 +49,8 @@ struct JsonLine<'a> {
     method: &'a str,
     host: Option<String>,
     path: String,
+    /// The path as the client sent it, when normalization changed it (else null).
+    original_path: Option<&'a str>,
     protocol: &'static str,
     status: u16,
     bytes: u64,
@@ -74,6 +76,7 @@ pub fn json(e: &Entry) -> String {
         method: e.method.as_str(),
         host: text(e.host.as_ref()),
         path: e.uri.to_string(),
+        original_path: e.original.as_ref().map(|o| o.as_str()),
         protocol: protocol(e.version),
         status: e.status,
         bytes: e.bytes,
@@ -144,7 +147,8 @@ fn bare(out: &mut String, v: Option<&[u8]>) {
 }
 
 /// `client - - [time] "METHOD uri PROTO" status bytes "referer" "user-agent"` and then
-/// `host= rt= listener= pool= backend= tries= tls= rid= enc= complete=`.
+/// `host= rt= listener= pool= backend= tries= tls= rid= enc= complete= orig=` (`orig`: the
+/// path as sent, when normalization changed it, else `-`).
 pub fn combined(e: &Entry) -> String {
     let (listener, pool, backend) = names(e);
     let mut out = String::with_capacity(256);
@@ -180,10 +184,11 @@ pub fn combined(e: &Entry) -> String {
     bare(&mut out, Some(e.request_id.as_bytes()));
     let _ = write!(
         out,
-        " enc={} complete={}",
+        " enc={} complete={} orig=",
         e.encoding.unwrap_or("-"),
         e.complete
     );
+    bare(&mut out, e.original.as_ref().map(|o| o.as_str().as_bytes()));
     out
 }
 

@@ -17,6 +17,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Uri, Version};
 
 use crate::runtime::{Backend, Runtime, Snapshot};
@@ -32,8 +33,10 @@ pub struct Entry {
     pub method: Method,
     /// The request's authority (Host, or the absolute URI's).
     pub host: Option<HeaderValue>,
-    /// As the client sent it.
+    /// As routed: the path in normal form (see `proxy::normalize`).
     pub uri: Uri,
+    /// The path and query as the client sent them, when normalization changed them.
+    pub original: Option<PathAndQuery>,
     pub version: Version,
     pub status: u16,
     /// Body bytes sent to the client (compressed size when compressed).

@@ -219,6 +219,7 @@ pub fn render(
             st.connections.load(Ordering::Relaxed)
         );
     }
+    crate::proxy::normalize::render_metrics(&mut out, &snap);
     crate::tls::render_metrics(&mut out);
     crate::l4::render_metrics(&mut out, &snap);
     crate::runtime::limit::render_metrics(&mut out, &snap);

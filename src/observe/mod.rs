@@ -134,11 +134,18 @@ where
             method: method.clone(),
             host: authority.clone(),
             uri: req.uri().clone(),
+            original: req
+                .extensions()
+                .get::<crate::proxy::normalize::Original>()
+                .map(|o| o.0.clone()),
             version: req.version(),
             status: 0,
             bytes: 0,
             complete: false,
-            pool: snapshot.select_pool(ctx.listener, host, path),
+            pool: match req.extensions().get::<crate::proxy::normalize::Refused>() {
+                Some(_) => None,
+                None => snapshot.select_pool(ctx.listener, host, path),
+            },
             snapshot: snapshot.clone(),
             listener: ctx.listener,
             backend: None,

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod frames;
 pub mod headers;
 pub mod local;
+pub mod normalize;
 pub mod queue;
 pub mod tunnel;
 pub mod upstream;
@@ -45,6 +46,8 @@ pub struct ConnContext {
     pub limits: crate::config::Limits,
     /// The listener's per-client-IP rate limit, shared by its connections.
     pub rate_limit: Option<Arc<validate::IpLimiter>>,
+    /// The listener's `normalize:` policy and counters.
+    pub normalize: normalize::Normalizer,
 }
 
 /// hyper service entry point for one request.
@@ -53,7 +56,22 @@ pub async fn handle(
     ctx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     crate::server::cpu_share::note_work();
-    Ok(crate::observe::around(req, &ctx, |req| proxy(req, &ctx)).await)
+    // Before anything looks at the Host or the path: their normal forms, or a 400 (which
+    // the access log still records).
+    let mut req = req;
+    let refused = validate::check_target(&req, &ctx.limits)
+        .or_else(|| normalize::request(&mut req, &ctx.normalize));
+    if refused.is_some() {
+        req.extensions_mut().insert(normalize::Refused);
+    }
+    let ctx = &*ctx;
+    Ok(crate::observe::around(req, ctx, |req| async move {
+        match refused {
+            Some(resp) => resp,
+            None => proxy(req, ctx).await,
+        }
+    })
+    .await)
 }
 
 /// The request's authority: the URI's (absolute-form) or the Host header.
@@ -64,14 +82,9 @@ pub(crate) fn authority(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
-/// Host without port, for routing.
+/// Host without port, for routing (the authority is in normal form: see `normalize`).
 pub(crate) fn host_name(authority: &HeaderValue) -> &str {
-    let s = authority.to_str().unwrap_or("");
-    if s.starts_with('[') {
-        // [v6]:port
-        return s.split_once(']').map_or(s, |(h, _)| &h[1..]);
-    }
-    s.rsplit_once(':').map_or(s, |(h, _)| h)
+    crate::uri::host::without_port(authority.to_str().unwrap_or(""))
 }
 
 async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
@@ -152,6 +165,16 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     } else {
         ctx.client.proto == "https"
     };
+    if ctx.normalize.policy.forward_original {
+        // Routed on the normal form; the backend gets the path as the client wrote it.
+        if let Some(normalize::Original(original)) = parts.extensions.remove() {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.path_and_query = Some(original);
+            if let Ok(uri) = Uri::from_parts(uri) {
+                parts.uri = uri;
+            }
+        }
+    }
     if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
         // Absolute-form from the client: backends get origin-form; Host carries the authority.
         if let Some(a) = &authority {

@@ -3,21 +3,22 @@
 //! one valid Content-Length or exactly `Transfer-Encoding: chunked` and never both, no TE on
 //! HTTP/1.0, one Host that agrees with an absolute-form target); `server::framing` runs it on
 //! the bytes before hyper sees them. `check` runs per request in `proxy()` on what hyper
-//! parsed (HTTP/1 and HTTP/2): 400 on duplicate or disagreeing Host, 414, 413, and the
-//! listener's per-client-IP rate limit (429 with Retry-After); `check_route` the matched
-//! route's, after routing.
+//! parsed (HTTP/1 and HTTP/2), after `check_target` (414) and `normalize` (which refuses
+//! duplicate, disagreeing and invalid Hosts and bad paths): 413, and the listener's
+//! per-client-IP rate limit (429 with Retry-After); `check_route` the matched route's,
+//! after routing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use http::header::{CONTENT_LENGTH, HOST, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::{local, ConnContext};
-use crate::config::IpRateLimit;
+use crate::config::{IpRateLimit, Limits};
 use crate::runtime::Route;
 
 /// How a request's body is delimited, once its head is valid.
@@ -222,35 +223,17 @@ pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
     })
 }
 
+/// 414 for a request target (as the client sent it: before `normalize`) longer than
+/// `limits.max_request_line`.
+pub fn check_target<B>(req: &Request<B>, limits: &Limits) -> Option<Response<ProxyBody>> {
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    (target_len > limits.max_request_line)
+        .then(|| local::error(StatusCode::URI_TOO_LONG, "request target too long", None))
+}
+
 /// Per-request checks on what hyper parsed; `Some` is the answer instead of proxying.
 pub fn check<B>(req: &Request<B>, ctx: &ConnContext) -> Option<Response<ProxyBody>> {
     let limits = &ctx.limits;
-    let mut hosts = req.headers().get_all(HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Some(local::error(
-            StatusCode::BAD_REQUEST,
-            "duplicate Host header",
-            None,
-        ));
-    }
-    if let (Some(a), Some(h)) = (req.uri().authority(), host) {
-        if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) {
-            return Some(local::error(
-                StatusCode::BAD_REQUEST,
-                "request target authority disagrees with Host",
-                None,
-            ));
-        }
-    }
-    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if target_len > limits.max_request_line {
-        return Some(local::error(
-            StatusCode::URI_TOO_LONG,
-            "request target too long",
-            None,
-        ));
-    }
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)

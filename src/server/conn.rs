@@ -133,6 +133,7 @@ pub(crate) async fn serve(
     let info = &snapshot.listeners[listener];
     let idle = info.idle_timeout;
     let trusted = info.trusts(peer.ip());
+    let normalize = info.normalize.clone();
     let config = snapshot
         .config
         .listeners
@@ -155,6 +156,7 @@ pub(crate) async fn serve(
             tls: Default::default(),
             limits: limits.clone(),
             rate_limit,
+            normalize,
         }),
         front,
         idle,

@@ -109,7 +109,7 @@ pub fn authority(value: &[u8]) -> Result<Cow<'_, str>, HostError> {
         rest[..end]
             .parse::<Ipv6Addr>()
             .map_err(|_| HostError::IpLiteral)?;
-        check_port(rest[end + 1..].as_bytes())?;
+        check_port(&rest.as_bytes()[end + 1..])?;
         return Ok(if rest[..end].bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(text.to_ascii_lowercase())
         } else {

@@ -72,12 +72,11 @@ fn is_normal(bytes: &[u8], policy: &Policy) -> bool {
             b'\\' | 0x80.. => return false,
             b'/' => match bytes.get(i + 1) {
                 Some(b'/') if policy.merge_slashes => return false,
-                Some(b'.') => {
+                Some(b'.')
                     if ends_segment(i + 2)
-                        || (bytes.get(i + 2) == Some(&b'.') && ends_segment(i + 3))
-                    {
-                        return false;
-                    }
+                        || (bytes.get(i + 2) == Some(&b'.') && ends_segment(i + 3)) =>
+                {
+                    return false;
                 }
                 _ => {}
             },

@@ -69,7 +69,13 @@ pub(crate) async fn respond(
 /// http: they are proxied, not redirected, when a route or the listener's pool takes them.
 fn acme_challenge(req: &Request<Incoming>, ctx: &ConnContext) -> bool {
     const PREFIX: &str = "/.well-known/acme-challenge/";
-    if !req.uri().path().starts_with(PREFIX) {
+    let path = req.uri().path();
+    // Only a path in normal form: `/.well-known/acme-challenge/../../x` is redirected.
+    let normal = matches!(
+        crate::uri::path::normalize(path, &Default::default()),
+        Ok(std::borrow::Cow::Borrowed(_))
+    );
+    if !normal || !path.starts_with(PREFIX) {
         return false;
     }
     let host = req
