@@ -1,8 +1,9 @@
 //! Fuzzing on stable Rust (proptest): the config parser, request-head validation and the
 //! HTTP/1 framer, the sticky-cookie decoder, the PROXY-protocol parser and the ClientHello
-//! SNI reader, and the own HTTP/1.1 client's response-head parser and chunked decoder get
-//! random and mutated inputs; `tests/corpus/` (one directory per target) is
-//! replayed on every run and seeds the mutations. Nothing may panic.
+//! SNI reader, the own HTTP/1.1 client's response-head parser and chunked decoder, and path
+//! and Host normalization (which must also be idempotent) get random and mutated inputs;
+//! `tests/corpus/` (one directory per target) is replayed on every run and seeds the
+//! mutations. Nothing may panic.
 
 use std::path::{Path, PathBuf};
 
@@ -82,6 +83,84 @@ fn chunked(input: &[u8]) {
     }
 }
 
+/// Every policy `normalize:` can express.
+fn policies() -> Vec<autolb::uri::Policy> {
+    use autolb::uri::{EscapedSlashes, Policy};
+    let mut all = Vec::new();
+    for merge_slashes in [true, false] {
+        for escaped_slashes in [
+            EscapedSlashes::Reject,
+            EscapedSlashes::Keep,
+            EscapedSlashes::Decode,
+        ] {
+            all.push(Policy {
+                merge_slashes,
+                escaped_slashes,
+                forward_original: false,
+            });
+        }
+    }
+    all
+}
+
+/// Path normalization of each line: idempotent (the normal form comes back borrowed, that
+/// is without an allocation), and the normal form has no dot segment, no merged-away
+/// slashes, no lower-case escape and nothing outside ASCII.
+fn paths(input: &[u8]) {
+    use std::borrow::Cow;
+    let policies = policies();
+    for line in input.split(|b| *b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        for policy in &policies {
+            let Ok(once) = autolb::uri::path::normalize(&line, policy) else {
+                continue;
+            };
+            let twice = autolb::uri::path::normalize(&once, policy);
+            assert!(
+                matches!(twice, Ok(Cow::Borrowed(t)) if t == once),
+                "{line:?} under {policy:?}: {once:?}, then {twice:?}"
+            );
+            assert!(once.starts_with('/') && once.is_ascii(), "{once:?}");
+            for segment in once.split('/').skip(1) {
+                assert!(segment != "." && segment != "..", "{line:?}: {once:?}");
+            }
+            if policy.merge_slashes {
+                assert!(!once.contains("//"), "{line:?}: {once:?}");
+            }
+            let bytes = once.as_bytes();
+            for (i, b) in bytes.iter().enumerate() {
+                if *b == b'%' {
+                    let hex = &bytes[i + 1..i + 3];
+                    assert!(
+                        hex.iter().all(|h| matches!(h, b'0'..=b'9' | b'A'..=b'F')),
+                        "{once:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Host normalization of each line: idempotent, lower case, no trailing dot.
+fn hosts(input: &[u8]) {
+    use std::borrow::Cow;
+    for line in input.split(|b| *b == b'\n') {
+        let Ok(once) = autolb::uri::host::authority(line) else {
+            continue;
+        };
+        let twice = autolb::uri::host::authority(once.as_bytes());
+        assert!(
+            matches!(twice, Ok(Cow::Borrowed(t)) if t == once),
+            "{once:?}: {twice:?}"
+        );
+        let host = autolb::uri::host::without_port(&once);
+        assert!(
+            !host.ends_with('.') && !host.bytes().any(|b| b.is_ascii_uppercase()),
+            "{once:?}"
+        );
+    }
+}
+
 type Target = (&'static str, fn(&[u8]));
 
 const TARGETS: &[Target] = &[
@@ -92,6 +171,8 @@ const TARGETS: &[Target] = &[
     ("sni", sni),
     ("response", response),
     ("chunked", chunked),
+    ("paths", paths),
+    ("hosts", hosts),
 ];
 
 #[test]
@@ -174,6 +255,23 @@ proptest! {
     #[test]
     fn response_heads_never_panic(input in prop_oneof![mutated("response"), prop::collection::vec(any::<u8>(), 0..256)]) {
         response(&input);
+    }
+
+    #[test]
+    fn path_normalization_is_idempotent(input in prop_oneof![
+        mutated("paths"),
+        "(/|//|\\.|\\.\\.|%2[eEfF]|%5[cC]|%[0-9a-fA-F]{0,2}|\\\\|;|[a-z]{1,3}|\u{e9}|%00|%41|\\?){0,24}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..64),
+    ]) {
+        paths(&input);
+    }
+
+    #[test]
+    fn host_normalization_is_idempotent(input in prop_oneof![
+        mutated("hosts"),
+        "([a-zA-Z0-9]{0,4}|\\.|:|[0-9]{1,6}|@|,| |\\[|\\]|_|-|\u{e9}){0,12}".prop_map(String::into_bytes),
+    ]) {
+        hosts(&input);
     }
 
     #[test]
