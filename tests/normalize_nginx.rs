@@ -200,12 +200,9 @@ fn corpus(dir: &str) -> Vec<Vec<u8>> {
 
 fn show(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
-    if s.len() > 60 {
-        format!(
-            "{}... ({} bytes)",
-            &s[..s.floor_char_boundary(60)],
-            bytes.len()
-        )
+    if s.chars().count() > 60 {
+        let head: String = s.chars().take(60).collect();
+        format!("{head}... ({} bytes)", bytes.len())
     } else {
         s.into_owned()
     }
