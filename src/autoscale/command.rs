@@ -1,12 +1,12 @@
 //! The `command` provider: backends that live elsewhere (Kubernetes, Docker, Nomad, ...).
 //! autolb sets the size by running the user's `scale` argv (`{pool}`, `{count}` and
 //! `{token}` substituted) and learns the members from the `list` argv (which prints
-//! `[{"address":"host:port"}]`) or from DNS A records (`discovery`), re-read every
-//! interval. New members start unusable: their health check must pass first. With
-//! `shared: true` only the leader runs `scale`, with the fleet-wide size and its fencing
-//! token; every node reads the members.
+//! `[{"address":"host:port"}]`) every interval, or from DNS A or SRV records
+//! (`discovery.rs`) when the answer's TTL runs out (at least every discovery interval).
+//! New members start unusable: their health check must pass first. With `shared: true`
+//! only the leader runs `scale`, with the fleet-wide size and its fencing token; every node
+//! reads the members.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::controller::{now_ms, signals_json, PoolScaler, ScalerState, ScalingEvent, MAX_EVENTS};
+use super::discovery::{Dns, Member};
 use super::policy::Signals;
 use crate::config::Autoscale;
 use crate::proxy::upstream::ConnPool;
@@ -94,33 +95,40 @@ pub async fn run(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The members' addresses, from `list` or DNS (IPv4 A records).
-async fn fetch(cfg: &Autoscale, pool: &str) -> Result<Vec<SocketAddr>, CommandError> {
-    let names: Vec<String> = match &cfg.discovery {
-        Some(d) => vec![format!("{}:{}", d.name, d.port)],
-        None => parse_list(&run(cfg, &substitute(&cfg.list, pool, 0, 0), LIST_TIMEOUT).await?)?,
-    };
-    let mut addrs = Vec::new();
+/// The members from `list` (weight 1; each address resolved by the system) or from DNS
+/// discovery, and, for DNS, when to look again (the answer's TTL).
+async fn fetch(
+    cfg: &Autoscale,
+    pool: &str,
+    dns: &mut Option<Dns>,
+) -> Result<(Vec<Member>, Option<Duration>), CommandError> {
+    if let Some(d) = &cfg.discovery {
+        if dns.as_ref().is_none_or(|r| r.server() != d.resolver) {
+            *dns = Some(Dns::new(d.resolver)?);
+        }
+        let Some(resolver) = dns.as_ref() else {
+            return Ok((Vec::new(), None));
+        };
+        let answer = resolver.lookup(d).await?;
+        return Ok((answer.members, Some(answer.next)));
+    }
+    let names = parse_list(&run(cfg, &substitute(&cfg.list, pool, 0, 0), LIST_TIMEOUT).await?)?;
+    let mut members = Vec::new();
     for n in names {
         let found = tokio::time::timeout(LIST_TIMEOUT, tokio::net::lookup_host(n.clone()))
             .await
             .map_err(|_| CommandError::Resolve(n.clone(), "timed out".into()))?
             .map_err(|e| CommandError::Resolve(n.clone(), e.to_string()))?;
-        let mut found: Vec<SocketAddr> = found.collect();
-        if cfg.discovery.is_some() {
-            found.retain(SocketAddr::is_ipv4);
-        } else {
-            found.truncate(1);
-        }
-        addrs.extend(found);
+        members.extend(found.take(1).map(|addr| Member { addr, weight: 1 }));
     }
-    addrs.sort();
-    addrs.dedup();
-    Ok(addrs)
+    members.sort();
+    members.dedup_by_key(|m| m.addr);
+    Ok((members, None))
 }
 
 /// Follow the membership while the pool is autoscaled with provider `command`.
 pub async fn members_loop(scaler: Arc<PoolScaler>, runtime: Arc<Runtime>) {
+    let mut dns = None;
     loop {
         let (cfg, stopped) = {
             let st = scaler.lock();
@@ -129,17 +137,20 @@ pub async fn members_loop(scaler: Arc<PoolScaler>, runtime: Arc<Runtime>) {
         if stopped || cfg.provider != crate::config::Provider::Command {
             return;
         }
-        match fetch(&cfg, &scaler.pool).await {
-            Ok(addrs) => {
-                if update(&scaler, &runtime, &addrs) {
+        let mut every = cfg.discovery.as_ref().map_or(cfg.interval, |d| d.interval);
+        match fetch(&cfg, &scaler.pool, &mut dns).await {
+            Ok((members, next)) => {
+                if update(&scaler, &runtime, &members) {
                     scaler.wake.notify_one();
+                }
+                if let Some(next) = next {
+                    every = next;
                 }
             }
             Err(e) => {
                 tracing::warn!(pool = %scaler.pool, error = %e, "cannot read the members; keeping the last ones")
             }
         }
-        let every = cfg.discovery.as_ref().map_or(cfg.interval, |d| d.interval);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = scaler.refresh.notified() => {}
@@ -149,29 +160,37 @@ pub async fn members_loop(scaler: Arc<PoolScaler>, runtime: Arc<Runtime>) {
 
 /// New member set: known members keep their stats, new ones start down (health check
 /// first). True when it changed (published to the runtime).
-fn update(scaler: &PoolScaler, runtime: &Runtime, addrs: &[SocketAddr]) -> bool {
+fn update(scaler: &PoolScaler, runtime: &Runtime, found: &[Member]) -> bool {
     let mut st = scaler.lock();
-    let current: Vec<SocketAddr> = st.members.iter().map(|m| m.addr).collect();
-    if current == addrs {
+    let current: Vec<Member> = st
+        .members
+        .iter()
+        .map(|m| Member {
+            addr: m.addr,
+            weight: m.weight,
+        })
+        .collect();
+    if current == found {
         return false;
     }
-    let members: Vec<ManagedBackend> = addrs
+    let members: Vec<ManagedBackend> = found
         .iter()
-        .map(|a| {
-            st.members
-                .iter()
-                .find(|m| m.addr == *a)
-                .cloned()
-                .unwrap_or_else(|| {
-                    let stats = BackendStats::default();
-                    stats.up.store(false, Ordering::Relaxed);
-                    ManagedBackend {
-                        address: a.to_string(),
-                        addr: *a,
-                        stats: Arc::new(stats),
-                        conns: Arc::new(ConnPool::new(*a, runtime.workers)),
-                    }
-                })
+        .map(|f| match st.members.iter().find(|m| m.addr == f.addr) {
+            Some(known) => ManagedBackend {
+                weight: f.weight,
+                ..known.clone()
+            },
+            None => {
+                let stats = BackendStats::default();
+                stats.up.store(false, Ordering::Relaxed);
+                ManagedBackend {
+                    address: f.addr.to_string(),
+                    addr: f.addr,
+                    weight: f.weight,
+                    stats: Arc::new(stats),
+                    conns: Arc::new(ConnPool::new(f.addr, runtime.workers)),
+                }
+            }
         })
         .collect();
     tracing::info!(pool = %scaler.pool, members = members.len(), "members changed");

@@ -114,6 +114,7 @@ pub fn launch(
         backend: ManagedBackend {
             address: addr.to_string(),
             addr,
+            weight: 1,
             stats: Arc::new(stats),
             conns: Arc::new(ConnPool::new(addr, workers)),
         },

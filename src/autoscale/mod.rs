@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod controller;
+pub mod discovery;
 pub mod instance;
 pub mod policy;
 pub mod process;

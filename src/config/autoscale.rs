@@ -278,36 +278,10 @@ fn command_provider(
         );
     }
     let list = argv(&file.list, "list", issues);
-    let discovery = file.discovery.as_ref().and_then(|d| {
-        let dns = &d.value.dns;
-        let interval = nonzero_dur(
-            &d.value.interval,
-            Duration::from_secs(5),
-            "discovery interval",
-            issues,
-        );
-        match dns
-            .value
-            .rsplit_once(':')
-            .map(|(h, p)| (h, p.parse::<u16>()))
-        {
-            Some((host, Ok(port))) if !host.is_empty() && port > 0 => Some(Discovery {
-                name: host.to_string(),
-                port,
-                interval,
-            }),
-            _ => {
-                issues.push(
-                    dns.pos,
-                    format!(
-                        "discovery dns \"{}\" must be NAME:PORT (A records, each member on PORT)",
-                        dns.value
-                    ),
-                );
-                None
-            }
-        }
-    });
+    let discovery = file
+        .discovery
+        .as_ref()
+        .and_then(|d| super::discovery::discovery(d, issues));
     match (&file.list, &file.discovery) {
         (None, None) => issues.push(pos, "provider command needs list or discovery"),
         (Some(_), Some(d)) => issues.push(d.pos, "use either list or discovery, not both"),

@@ -348,15 +348,23 @@ pub struct AutoscaleFile {
     pub scale: Option<Located<Vec<String>>>,
     /// `provider: command`: argv printing the members as JSON.
     pub list: Option<Located<Vec<String>>>,
-    /// `provider: command`: members from DNS A records instead of `list`.
+    /// `provider: command`: members from DNS (A or SRV records) instead of `list`.
     pub discovery: Option<Located<DiscoveryFile>>,
 }
 
 /// `autoscale.discovery:`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a discovery mapping (dns, interval)")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a discovery mapping (dns or dns_srv, resolver, interval)"
+)]
 pub struct DiscoveryFile {
-    pub dns: Located<String>,
+    /// `NAME:PORT`: A records, each member on PORT.
+    pub dns: Option<Located<String>>,
+    /// An SRV name: members' ports and weights from the records, targets resolved.
+    pub dns_srv: Option<Located<String>>,
+    /// `IP` or `IP:PORT` of the DNS server to ask (default: the system's).
+    pub resolver: Option<Located<String>>,
     pub interval: Option<Located<Dur>>,
 }
 

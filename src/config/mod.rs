@@ -10,6 +10,7 @@ mod compress;
 mod convert;
 mod de;
 pub mod diff;
+mod discovery;
 mod error;
 mod file;
 mod files;

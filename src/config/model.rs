@@ -457,12 +457,24 @@ pub struct Autoscale {
     pub discovery: Option<Discovery>,
 }
 
-/// `autoscale.discovery`: A records of `name`, each member on `port`, re-resolved.
+/// `autoscale.discovery`: the `command` provider's members from DNS, re-resolved when the
+/// answer's TTL runs out and at least every `interval`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovery {
-    pub name: String,
-    pub port: u16,
+    pub query: DnsQuery,
+    /// The DNS server asked (default: the system's, from /etc/resolv.conf).
+    pub resolver: Option<SocketAddr>,
+    /// Longest time between two lookups (default 5s).
     pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsQuery {
+    /// `dns: NAME:PORT`: the A records of `name`, each member on `port`.
+    A { name: String, port: u16 },
+    /// `dns_srv: NAME`: the SRV records of `name` (port and weight from each, its target's
+    /// A records as addresses).
+    Srv { name: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::tests::{assert_error, assert_error_after, errors, load, FILE};
 use super::tests_errors::with_pool;
-use super::{load_str, Autoscale, Provider, ScaleTarget};
+use super::{load_str, Autoscale, DnsQuery, Provider, ScaleTarget};
 
 /// An autoscale block with a command and ports, then `body`.
 fn auto(body: &str) -> String {
@@ -280,11 +280,50 @@ fn command_provider_keys_and_their_errors() {
         .and_then(|a| a.discovery)
         .expect("discovery");
     assert_eq!(
-        (d.name.as_str(), d.port, d.interval),
-        ("api.internal", 8080, Duration::from_secs(2))
+        (d.query, d.resolver, d.interval),
+        (
+            DnsQuery::A {
+                name: "api.internal".into(),
+                port: 8080
+            },
+            None,
+            Duration::from_secs(2)
+        )
     );
+    let srv = cmd("      scale: [./s]\n      discovery: { dns_srv: _http._tcp.api.prod.svc.cluster.local, resolver: \"127.0.0.1:5353\" }\n");
+    let d = load(&srv).unwrap_or_else(|e| panic!("{e}")).pools[0]
+        .autoscale
+        .clone()
+        .and_then(|a| a.discovery)
+        .expect("discovery");
+    assert_eq!(
+        (d.query, d.resolver, d.interval),
+        (
+            DnsQuery::Srv {
+                name: "_http._tcp.api.prod.svc.cluster.local".into()
+            },
+            Some("127.0.0.1:5353".parse().expect("addr")),
+            Duration::from_secs(5)
+        )
+    );
+    let ip_only =
+        cmd("      scale: [./s]\n      discovery: { dns_srv: a.b, resolver: 10.96.0.10 }\n");
+    let d = load(&ip_only).unwrap_or_else(|e| panic!("{e}")).pools[0]
+        .autoscale
+        .clone()
+        .and_then(|a| a.discovery)
+        .expect("discovery");
+    assert_eq!(d.resolver, Some("10.96.0.10:53".parse().expect("addr")));
     let yaml = cmd("      scale: [./s]\n      discovery: { dns: \"api.internal\" }\n");
     assert_error(&yaml, "\"api.internal\"", "must be NAME:PORT");
+    let yaml = cmd("      scale: [./s]\n      discovery: { dns_srv: \"a b\" }\n");
+    assert_error(&yaml, "\"a b\"", "must be a DNS name");
+    let yaml = cmd("      scale: [./s]\n      discovery: { dns_srv: a.b, resolver: nameserver }\n");
+    assert_error(&yaml, "nameserver", "must be IP or IP:PORT");
+    let yaml = cmd("      scale: [./s]\n      discovery: { dns: \"a:1\", dns_srv: a.b }\n");
+    assert_error(&yaml, "a.b", "dns or dns_srv, not both");
+    let yaml = cmd("      scale: [./s]\n      discovery: { interval: 1s }\n");
+    assert_error(&yaml, "{ interval", "needs dns");
     let yaml = cmd("      scale: [./s]\n      list: [./l]\n      ports: 3100-3199\n");
     assert_error(
         &yaml,

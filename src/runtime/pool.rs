@@ -61,6 +61,8 @@ pub struct ColdStart {
 pub struct ManagedBackend {
     pub address: String,
     pub addr: std::net::SocketAddr,
+    /// 1..=256 (1 but for members found through DNS SRV records).
+    pub weight: u32,
     pub stats: Arc<BackendStats>,
     pub conns: Arc<ConnPool>,
 }
@@ -123,7 +125,7 @@ impl Pool {
             Arc::new(Backend {
                 address: m.address.clone(),
                 addr: m.addr,
-                weight: 1,
+                weight: m.weight,
                 disabled: false,
                 slow_start: cfg.slow_start,
                 stats: m.stats.clone(),
