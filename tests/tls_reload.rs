@@ -225,3 +225,61 @@ async fn a_new_https_listener_starts_on_reload() {
     let r = t::get1(&mut t::h1(s).await, "a.test", "/").await;
     assert_eq!((r.status, r.text().as_str()), (200, "e"));
 }
+
+/// A Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..TIMESTAMP`. An
+/// update swaps `..data`; a later edit lands in the directory it points to. Both are served
+/// (the config file's watcher, which follows the links, watches the certificates too).
+#[tokio::test]
+async fn a_secret_volume_update_and_an_edit_in_its_new_directory_are_served() {
+    use std::os::unix::fs::symlink;
+    let e = echo("e");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("secret");
+    std::fs::create_dir_all(root.join("..t1")).expect("mkdir");
+    let ca = TestCa::new("test CA");
+    let one = ca.issue(&["a.test"]);
+    one.write(&root.join("..t1"), "tls");
+    symlink("..t1", root.join("..data")).expect("..data");
+    for f in ["tls.crt", "tls.key"] {
+        symlink(format!("..data/{f}"), root.join(f)).expect("link");
+    }
+    let lb = Autolb::start(&https_config(
+        &[(root.join("tls.crt"), root.join("tls.key"))],
+        "",
+        "",
+        "",
+        &[e.addr],
+    ));
+    let addr = lb.addr("secure");
+    assert!(t::presented_for(addr, "a.test").await.expect("handshake") == one.der);
+
+    // The kubelet's update: a new directory, `..data` renamed onto it, the old one removed.
+    let two = ca.issue(&["a.test"]);
+    std::fs::create_dir(root.join("..t2")).expect("mkdir");
+    two.write(&root.join("..t2"), "tls");
+    symlink("..t2", root.join("..data_tmp")).expect("link");
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
+    std::fs::remove_dir_all(root.join("..t1")).expect("remove");
+    let served = |want: rustls_pki_types::CertificateDer<'static>| async move {
+        t::presented_for(addr, "a.test")
+            .await
+            .is_ok_and(|c| c == want)
+    };
+    assert!(
+        eventually(30, || served(two.der.clone())).await,
+        "{}",
+        lb.proc.log()
+    );
+
+    // An edit inside the directory `..data` points to now (both files in one rename each).
+    let three = ca.issue(&["a.test"]);
+    let staged = tempfile::tempdir().expect("tempdir");
+    let (c, k) = three.write(staged.path(), "tls");
+    t::replace_file(&root.join("..t2/tls.key"), &std::fs::read(k).expect("key"));
+    t::replace_file(&root.join("..t2/tls.crt"), &std::fs::read(c).expect("cert"));
+    assert!(
+        eventually(30, || served(three.der.clone())).await,
+        "{}",
+        lb.proc.log()
+    );
+}

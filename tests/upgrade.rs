@@ -127,3 +127,68 @@ async fn an_upgrade_under_load_loses_no_request() {
     assert_eq!(h.status, 200);
     drop(new);
 }
+
+/// A deploy that moves a `current -> releases/N` link and then upgrades through the same
+/// path finds the running autolb (its socket is named after the path as given, not after
+/// the file it resolves to, which the deploy just changed).
+#[tokio::test]
+async fn an_upgrade_through_a_moved_current_symlink_finds_the_running_process() {
+    let e = echo("e");
+    let yaml = common::config(
+        1,
+        "",
+        &format!(
+            "pools:\n  web:\n    backends:\n{}",
+            common::backend_list(&[e.addr], "")
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    for r in ["releases/1", "releases/2"] {
+        std::fs::create_dir_all(root.join(r)).expect("mkdir");
+        std::fs::write(root.join(r).join("autolb.yaml"), &yaml).expect("write");
+    }
+    std::os::unix::fs::symlink("releases/1", root.join("current")).expect("symlink");
+    let config = root.join("current/autolb.yaml");
+    let old = Autolb::start_file(dir, config.clone(), &[]);
+    let web = old.addr("web");
+    assert_eq!(common::get(web, "/").await.text(), "e");
+
+    std::os::unix::fs::symlink("releases/2", root.join("current.tmp")).expect("symlink");
+    std::fs::rename(root.join("current.tmp"), root.join("current")).expect("move current");
+    let mut new = common::command(common::AUTOLB)
+        .args(["run", "--upgrade", "-c"])
+        .arg(&config)
+        .env("AUTOLB_LOG", "info")
+        .env("TMPDIR", &root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the new autolb");
+    let new_log = common::collect(new.stderr.take().expect("stderr"));
+    let new = common::Proc {
+        child: new,
+        log: new_log,
+    };
+    let mut old_proc = old.proc;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = old_proc.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old process still running\nold:\n{}\nnew:\n{}",
+            old_proc.log(),
+            new.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", old_proc.log());
+    assert!(
+        new.log().contains("taking over listening sockets"),
+        "{}",
+        new.log()
+    );
+    assert_eq!(common::get(web, "/").await.text(), "e");
+}

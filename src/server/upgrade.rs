@@ -49,9 +49,12 @@ struct Manifest {
     entries: Vec<(String, SocketAddr, usize)>,
 }
 
-/// Where a running autolb waits for its successor: one path per config file.
+/// Where a running autolb waits for its successor: one path per config path, made
+/// absolute but with its symlinks kept: a deploy that moves `current -> releases/N` (or a
+/// ConfigMap's `..data` swap) between the start and the upgrade still names the same
+/// socket.
 pub fn socket_path(config: &Path) -> PathBuf {
-    let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let abs = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let hash = xxhash_rust::xxh3::xxh3_64(abs.as_os_str().as_encoded_bytes());
     std::env::temp_dir().join(format!("autolb-{:08x}.sock", hash as u32))
 }
