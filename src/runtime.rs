@@ -7,7 +7,7 @@ mod pool;
 pub mod stats;
 
 pub use backend::{Backend, BackendStats, CheckReport};
-pub use pool::{default_instance_check, ManagedBackend, Pool, PoolStats};
+pub use pool::{default_instance_check, ManagedBackend, Pool, PoolStats, RETRY_REASONS};
 pub use stats::{LatencyWindow, WindowSummary};
 
 use std::collections::HashMap;
@@ -220,6 +220,8 @@ pub struct Runtime {
     pub events: Arc<EventLog>,
     /// Active checks of the current snapshot.
     pub health: HealthChecks,
+    /// Peak requests per second since start (read by the admin API).
+    pub peaks: stats::Peaks,
 }
 
 impl Runtime {
@@ -236,6 +238,7 @@ impl Runtime {
             reloads_failed: AtomicU64::new(0),
             events: Arc::default(),
             health: HealthChecks::default(),
+            peaks: stats::Peaks::default(),
         })
     }
 

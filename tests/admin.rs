@@ -113,3 +113,49 @@ async fn admin_endpoints_report_pools_backends_and_metrics() {
     assert_eq!(post.status, 405);
     assert!(post.json()["error"].is_string());
 }
+
+#[tokio::test]
+async fn performance_tells_the_rate_now_the_peak_and_no_data() {
+    let a = echo("a");
+    let lb = Autolb::start(&common::config(
+        1,
+        "",
+        &format!("pools:\n  web:\n    backends:\n      - {{ address: \"{}\" }}\n", a.addr),
+    ));
+    // Nothing yet: no latency and no error rate rather than zeros.
+    let p = common::get(lb.admin, "/health/performance").await.json();
+    let o = &p["overall"];
+    assert_eq!(o["requests"], 0);
+    assert!(o["latency_ms"]["p50"].is_null() && o["latency_ms"]["p99"].is_null(), "{o}");
+    assert!(o["latency_10s_ms"]["p95"].is_null(), "{o}");
+    assert!(o["error_rate"].is_null() && o["peak_rps"].is_null(), "{o}");
+
+    let mut c = Client::connect(lb.addr("web")).await;
+    for _ in 0..40 {
+        assert_eq!(c.get("/").await.status, 200);
+    }
+    // Once the second of the burst is complete, the 1 s and 10 s rates and the peak see it.
+    let p = common::wait_until(10, "the burst in the 10 s rate", || async {
+        let p = common::get(lb.admin, "/health/performance").await.json();
+        (p["overall"]["rps_10s"].as_f64() > Some(0.0)).then_some(p)
+    })
+    .await;
+    let o = &p["overall"];
+    assert!(o["peak_rps"].as_u64().is_some_and(|n| (1..=40).contains(&n)), "{o}");
+    assert!(o["peak_at_ms"].as_u64().is_some(), "{o}");
+    assert_eq!(o["requests"], 40);
+    assert!(o["latency_10s_ms"]["p50"].as_f64() > Some(0.0), "{o}");
+    assert_eq!(o["error_rate"], 0.0);
+    assert_eq!(p["pools"]["web"]["peak_rps"], o["peak_rps"]);
+    // Idle: the 1 s rate drops to 0 at once while the minute still remembers the burst,
+    // and the peak stays.
+    let peak = o["peak_rps"].clone();
+    let p = common::wait_until(10, "the 1 s rate at 0", || async {
+        let p = common::get(lb.admin, "/health/performance").await.json();
+        (p["overall"]["rps_1s"].as_f64() == Some(0.0)).then_some(p)
+    })
+    .await;
+    let o = &p["overall"];
+    assert!(o["rps_60s"].as_f64() > Some(0.0) && o["rps"] == o["rps_60s"], "{o}");
+    assert_eq!(o["peak_rps"], peak);
+}

@@ -45,6 +45,7 @@ pub struct AdminState {
 
 /// Serve the admin API until `stop` (the end of a drain, or a successor taking over).
 pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(track_peaks(state.runtime.clone(), stop.clone()));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -69,6 +70,23 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Re
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Fold the pools' busiest seconds into the peaks more often than their one-minute windows
+/// forget them, so that a peak counts even when nobody looked at the time.
+async fn track_peaks(runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(20));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let snap = runtime.snapshot();
+        runtime.peaks.update(
+            snap.pools.iter().map(|p| (p.name.as_str(), &p.stats.window)),
+            tokio::time::Instant::now(),
+        );
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::config::{Algorithm, HashKey};
 use crate::metrics::CODE_LABELS;
-use crate::runtime::stats::summarize;
+use crate::runtime::stats::{summarize, summarize_recent, Peak};
 use crate::runtime::{Pool, Runtime, WindowSummary};
 use crate::server::ListenerStats;
 
@@ -61,40 +61,98 @@ pub fn health(rt: &Runtime) -> Value {
     })
 }
 
-fn perf(s: &WindowSummary, active_requests: u64) -> Value {
-    let error_rate = if s.requests == 0 {
-        0.0
-    } else {
-        s.errors as f64 / s.requests as f64
-    };
-    json!({
-        "requests": s.requests,
-        "errors": s.errors,
-        "rps": (s.rps * 100.0).round() / 100.0,
-        "error_rate": (error_rate * 10_000.0).round() / 10_000.0,
-        "latency_ms": { "p50": ms(s.p50), "p95": ms(s.p95), "p99": ms(s.p99) },
-        "active_requests": active_requests,
+/// Milliseconds, or null when the window saw no request ("no data", not zero).
+fn latency(s: &WindowSummary) -> Value {
+    if s.requests == 0 {
+        return json!({ "p50": null, "p95": null, "p99": null });
+    }
+    json!({ "p50": ms(s.p50), "p95": ms(s.p95), "p99": ms(s.p99) })
+}
+
+fn rate(r: Option<f64>) -> Value {
+    r.map_or(Value::Null, |r| json!((r * 100.0).round() / 100.0))
+}
+
+/// The performance of a pool or of all of them.
+struct Perf {
+    minute: WindowSummary,
+    ten: WindowSummary,
+    rps_1s: Option<f64>,
+    rps_10s: Option<f64>,
+    peak: Peak,
+    active_requests: u64,
+}
+
+impl Perf {
+    fn to_json(&self) -> Value {
+        let s = &self.minute;
+        let error_rate = (s.requests > 0).then(|| {
+            let r = s.errors as f64 / s.requests as f64;
+            (r * 10_000.0).round() / 10_000.0
+        });
+        let rps = rate(Some(s.rps));
+        json!({
+            "requests": s.requests,
+            "errors": s.errors,
+            "rps": rps,
+            "rps_1s": rate(self.rps_1s),
+            "rps_10s": rate(self.rps_10s),
+            "rps_60s": rps,
+            "peak_rps": (self.peak.requests > 0).then_some(self.peak.requests),
+            "peak_at_ms": (self.peak.requests > 0).then_some(self.peak.at_ms),
+            "error_rate": error_rate,
+            "latency_ms": latency(s),
+            "latency_10s_ms": latency(&self.ten),
+            "active_requests": self.active_requests,
+        })
+    }
+}
+
+/// Sum of the pools' rates (`None` when no pool has a complete second yet).
+fn sum_rates(rates: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    rates.fold(None, |acc, r| match (acc, r) {
+        (None, r) => r,
+        (Some(a), Some(r)) => Some(a + r),
+        (a, None) => a,
     })
 }
 
-/// `GET /health/performance`: the last minute, overall and per pool.
+/// `GET /health/performance`: overall and per pool, the last second, 10 seconds and
+/// minute, and the peak second since start.
 pub fn performance(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>>) -> Value {
     let snap = rt.snapshot();
     let now = Instant::now();
-    let overall = summarize(snap.pools.iter().map(|p| &p.stats.window), now);
-    let active: u64 = snap.pools.iter().map(|p| p.active()).sum();
+    let windows = || snap.pools.iter().map(|p| &p.stats.window);
+    let (overall_peak, pool_peaks) = rt.peaks.update(
+        snap.pools.iter().map(|p| (p.name.as_str(), &p.stats.window)),
+        now,
+    );
     let connections: i64 = listeners
         .values()
         .map(|l| l.connections.load(Ordering::Relaxed))
         .sum();
     let mut pools = Map::new();
-    for p in &snap.pools {
-        pools.insert(
-            p.name.clone(),
-            perf(&p.stats.window.summary(now), p.active()),
-        );
+    for (p, peak) in snap.pools.iter().zip(pool_peaks) {
+        let w = &p.stats.window;
+        let perf = Perf {
+            minute: w.summary(now),
+            ten: w.summary_recent(now, 10),
+            rps_1s: w.rate(now, 1),
+            rps_10s: w.rate(now, 10),
+            peak,
+            active_requests: p.active(),
+        };
+        pools.insert(p.name.clone(), perf.to_json());
     }
-    let mut overall = perf(&overall, active);
+    let overall = Perf {
+        minute: summarize(windows(), now),
+        ten: summarize_recent(windows(), now, 10),
+        rps_1s: sum_rates(windows().map(|w| w.rate(now, 1))),
+        rps_10s: sum_rates(windows().map(|w| w.rate(now, 10))),
+        peak: overall_peak,
+        active_requests: snap.pools.iter().map(|p| p.active()).sum(),
+    };
+    let mut overall = overall.to_json();
     overall["active_connections"] = json!(connections);
     json!({ "window_seconds": 60, "overall": overall, "pools": pools })
 }

@@ -130,6 +130,7 @@ async fn check_loop(
             });
         }
         let stats = &backend.stats;
+        stats.checks[usize::from(!verdict.ok)].fetch_add(1, Ordering::Relaxed);
         match record_check(stats, verdict.ok, cfg.rise, cfg.fall) {
             Some(Transition::Down) => {
                 let detail = format!(

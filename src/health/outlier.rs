@@ -94,6 +94,7 @@ fn eject(
         stats.ejections.store(0, Ordering::Relaxed);
     }
     let k = stats.ejections.fetch_add(1, Ordering::Relaxed);
+    stats.ejections_total.fetch_add(1, Ordering::Relaxed);
     let time = ejection_time(cfg, k);
     let detail = format!("{failures} consecutive failures (last: {outcome:?}), for {time:?}");
     tracing::warn!(pool = %pool.name, backend = %backend.address, %detail, "backend ejected");

@@ -1,15 +1,25 @@
-//! Prometheus text exposition of autolb's metrics (prefix `autolb_`), rendered on demand
-//! from the live snapshot's atomics: nothing is registered or locked on the hot path.
+//! Prometheus text exposition of autolb's metrics (prefix `autolb_`, and the standard
+//! `process_*`), rendered on demand from the live snapshot's atomics: nothing is registered
+//! or locked on the hot path.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+mod autoscale;
+pub mod pools;
+pub mod process;
+
 use crate::autoscale::Autoscaler;
-use crate::runtime::stats::HISTOGRAM_BOUNDS;
 use crate::runtime::Runtime;
 use crate::server::ListenerStats;
+
+/// The git commit autolb was built from (`AUTOLB_GIT_COMMIT` at build time), or `unknown`.
+pub const GIT_COMMIT: &str = match option_env!("AUTOLB_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// Status-class labels, in the order of `BackendStats::responses`.
 pub const CODE_LABELS: [&str; 6] = ["failed", "1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -21,7 +31,7 @@ pub(crate) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP autolb_{name} {help}");
     let _ = writeln!(out, "# TYPE autolb_{name} {kind}");
 }
@@ -33,115 +43,21 @@ pub fn render(
     autoscaler: Option<&Autoscaler>,
 ) -> String {
     let snap = runtime.snapshot();
-    let mut out = String::with_capacity(4096);
+    let mut out = String::with_capacity(16 * 1024);
 
     header(
         &mut out,
-        "requests_total",
-        "counter",
-        "Responses by pool, backend and status class (failed: no response).",
-    );
-    for pool in &snap.pools {
-        for b in &pool.backends {
-            for (i, code) in CODE_LABELS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "autolb_requests_total{{pool=\"{}\",backend=\"{}\",code=\"{}\"}} {}",
-                    label(&pool.name),
-                    label(&b.address),
-                    code,
-                    b.stats.responses[i].load(Ordering::Relaxed)
-                );
-            }
-        }
-    }
-
-    header(
-        &mut out,
-        "request_duration_seconds",
-        "histogram",
-        "Time from request to the end of the response, per pool.",
-    );
-    for pool in &snap.pools {
-        let h = &pool.stats.histogram;
-        let p = label(&pool.name);
-        let mut cumulative = 0;
-        for (i, bound) in HISTOGRAM_BOUNDS.iter().enumerate() {
-            cumulative += h.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "autolb_request_duration_seconds_bucket{{pool=\"{p}\",le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += h.counts[HISTOGRAM_BOUNDS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "autolb_request_duration_seconds_bucket{{pool=\"{p}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "autolb_request_duration_seconds_sum{{pool=\"{p}\"}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "autolb_request_duration_seconds_count{{pool=\"{p}\"}} {cumulative}"
-        );
-    }
-
-    header(
-        &mut out,
-        "backend_up",
+        "build_info",
         "gauge",
-        "1 when the backend may receive requests.",
+        "Always 1: the version and git commit of this autolb.",
     );
-    for pool in &snap.pools {
-        for b in &pool.backends {
-            let _ = writeln!(
-                out,
-                "autolb_backend_up{{pool=\"{}\",backend=\"{}\"}} {}",
-                label(&pool.name),
-                label(&b.address),
-                u8::from(b.usable())
-            );
-        }
-    }
-
-    header(
-        &mut out,
-        "backend_active_requests",
-        "gauge",
-        "Requests in flight to the backend.",
+    let _ = writeln!(
+        out,
+        "autolb_build_info{{version=\"{}\",git=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        label(GIT_COMMIT)
     );
-    for pool in &snap.pools {
-        for b in &pool.backends {
-            let _ = writeln!(
-                out,
-                "autolb_backend_active_requests{{pool=\"{}\",backend=\"{}\"}} {}",
-                label(&pool.name),
-                label(&b.address),
-                b.active()
-            );
-        }
-    }
-
-    header(
-        &mut out,
-        "websocket_connections",
-        "gauge",
-        "Open WebSocket (upgraded) connections through the backend.",
-    );
-    for pool in &snap.pools {
-        for b in &pool.backends {
-            let _ = writeln!(
-                out,
-                "autolb_websocket_connections{{pool=\"{}\",backend=\"{}\"}} {}",
-                label(&pool.name),
-                label(&b.address),
-                b.stats.websockets.load(Ordering::Relaxed)
-            );
-        }
-    }
+    pools::render(&mut out, &snap);
 
     header(
         &mut out,
@@ -224,5 +140,9 @@ pub fn render(
     crate::l4::render_metrics(&mut out, &snap);
     crate::runtime::limit::render_metrics(&mut out, &snap);
     crate::accesslog::render_metrics(&mut out);
+    if let Some(a) = autoscaler {
+        autoscale::render(&mut out, &snap, a);
+    }
+    process::render(&mut out);
     out
 }

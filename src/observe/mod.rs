@@ -32,6 +32,18 @@ use crate::runtime::{Backend, Snapshot};
 pub struct Served {
     pub backend: Arc<Backend>,
     pub tries: u32,
+    pub timing: Timing,
+}
+
+/// Where a proxied request's time went before its response head, for the access log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// Waiting for the pool: a first instance (scale from zero), a `limits:` slot.
+    pub queued: std::time::Duration,
+    /// Opening the answering attempt's connection (`None`: a reused connection).
+    pub connect: Option<std::time::Duration>,
+    /// From the start of the answering attempt (connect included) to its response head.
+    pub ttfb: std::time::Duration,
 }
 
 thread_local! {

@@ -28,6 +28,10 @@ pub struct Exchange {
     pub conn: Option<Sender>,
     /// Attempts the request took (1 without retries).
     pub tries: u32,
+    /// Response body bytes forwarded so far.
+    pub bytes: u64,
+    /// Where the request's time went before the response head (access logs).
+    pub timing: crate::observe::Timing,
 }
 
 impl Exchange {
@@ -45,6 +49,11 @@ impl Exchange {
         }
         self.backend.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        if self.bytes > 0 {
+            self.pool
+                .response_bytes
+                .fetch_add(self.bytes, Ordering::Relaxed);
+        }
         self.pool
             .window
             .record(elapsed, self.status >= 500 || !complete, now);
@@ -128,6 +137,9 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 *this.progressed = true;
+                if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
+                    ex.bytes += data.len() as u64;
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
@@ -277,6 +289,7 @@ impl ProxyBody {
             ProxyBody::Upstream(b) => b.exchange.as_ref().map(|ex| crate::observe::Served {
                 backend: ex.backend.clone(),
                 tries: ex.tries,
+                timing: ex.timing,
             }),
             _ => None,
         }

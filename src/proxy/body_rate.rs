@@ -13,6 +13,8 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use tokio::time::{Instant, Sleep};
 use super::body::ProxyBody;
 use super::local;
 use crate::config::Limits;
+use crate::runtime::PoolStats;
 
 /// A request body sent to the backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +90,53 @@ pub struct ClientBody<B = Incoming> {
     inner: B,
     /// `None`: nothing to watch (no body, or `min_body_rate: 0`).
     pace: Option<Pace>,
+    /// `None`: nothing to count (no body).
+    count: Option<Box<BytesIn>>,
 }
+
+/// Counts the body bytes a client sent: into its pool's `request_bytes` when the body is
+/// dropped, and (as they arrive) into the access log's counter.
+#[derive(Debug)]
+struct BytesIn {
+    pool: Arc<PoolStats>,
+    seen: u64,
+    log: Option<RequestBytes>,
+}
+
+/// The access log's count of a request's body bytes, set by the proxy as they arrive.
+#[derive(Debug, Clone, Default)]
+pub struct RequestBytes(pub Arc<AtomicU64>);
 
 impl<B: Body> ClientBody<B> {
     /// Watches `inner` with the listener's `body_timeout` and `min_body_rate`.
     pub fn new(inner: B, limits: &Limits) -> ClientBody<B> {
         let pace = (limits.min_body_rate > 0 && !inner.is_end_stream())
             .then(|| Pace::new(limits.body_timeout, limits.min_body_rate));
-        ClientBody { inner, pace }
+        ClientBody {
+            inner,
+            pace,
+            count: None,
+        }
+    }
+
+    /// Count the body's bytes into `pool` (and `log`); a no-op for a request without a body.
+    pub fn counted(mut self, pool: &Arc<PoolStats>, log: Option<RequestBytes>) -> Self {
+        if !self.inner.is_end_stream() {
+            self.count = Some(Box::new(BytesIn {
+                pool: pool.clone(),
+                seen: 0,
+                log,
+            }));
+        }
+        self
+    }
+}
+
+impl<B> Drop for ClientBody<B> {
+    fn drop(&mut self) {
+        if let Some(c) = self.count.as_ref().filter(|c| c.seen > 0) {
+            c.pool.request_bytes.fetch_add(c.seen, Ordering::Relaxed);
+        }
     }
 }
 
@@ -115,6 +157,13 @@ where
             return Poll::Ready(Some(Err(failed.into())));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(c), Poll::Ready(Some(Ok(frame)))) = (this.count.as_mut(), &polled) {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            c.seen += n;
+            if let Some(log) = &c.log {
+                log.0.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         let Some(pace) = this.pace.as_mut() else {
             return polled.map(|f| f.map(|r| r.map_err(Into::into)));
         };

@@ -32,6 +32,18 @@ enum Failure {
     Status(u16),
 }
 
+impl Failure {
+    /// Why the request goes again: an index into `PoolStats::retries` (`RETRY_REASONS`).
+    fn reason(&self) -> usize {
+        match self {
+            Failure::Upstream(e) if e.is_connect_failure() => 0,
+            Failure::Upstream(e) if e.is_timeout() => 1,
+            Failure::Upstream(_) => 2,
+            Failure::Status(_) => 3,
+        }
+    }
+}
+
 /// Where a request should go, decided by `proxy` before the first pick.
 #[derive(Default)]
 pub struct Plan {
@@ -47,6 +59,8 @@ pub struct Plan {
     pub upgrade: Option<OnUpgrade>,
     /// `learn_cookie`: learn the session the answering backend sets.
     pub learned: Option<crate::state::learned::Session>,
+    /// Time the request waited for the pool (a first instance, a `limits:` slot).
+    pub queued: std::time::Duration,
 }
 
 /// Send `req` to `pool`, retrying on other backends while it is safe.
@@ -98,6 +112,9 @@ pub async fn forward(
             pick.exclude |= 1 << idx;
         }
         let backend = &pool.backends[idx];
+        if let Some(why) = &last {
+            pool.stats.retries[why.reason()].fetch_add(1, Ordering::Relaxed);
+        }
         backend.stats.active.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
         let t = &pool.timeouts;
@@ -111,11 +128,11 @@ pub async fn forward(
                 response: mut resp,
                 conn,
                 request,
+                connect,
             }) => {
                 let now = Instant::now();
-                backend
-                    .stats
-                    .record_latency(now.saturating_duration_since(sent_at), now);
+                let ttfb = now.saturating_duration_since(sent_at);
+                backend.stats.record_latency(ttfb, now);
                 let status = resp.status().as_u16();
                 backend.stats.record_status(status);
                 let outcome = if status >= 500 {
@@ -161,6 +178,12 @@ pub async fn forward(
                     status,
                     conn,
                     tries: attempt + 1,
+                    bytes: 0,
+                    timing: crate::observe::Timing {
+                        queued: plan.queued,
+                        connect,
+                        ttfb,
+                    },
                 };
                 if let Some(backend_side) = backend_side {
                     // The connection is the tunnel's now, never back in the pool.
@@ -181,12 +204,14 @@ pub async fn forward(
                         pool.name.clone(),
                         t.websocket_idle,
                     );
+                    let timing = exchange.timing;
                     exchange.finish(true);
                     websocket::mark_upgrade(&mut head.headers);
                     // Who answered, for the access log (a normal response tells it by its body).
                     head.extensions.insert(crate::observe::Served {
                         backend: backend.clone(),
                         tries: attempt + 1,
+                        timing,
                     });
                     return Response::from_parts(head, ProxyBody::empty());
                 }

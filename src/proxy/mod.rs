@@ -107,7 +107,9 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     }
     let mut pool = &snapshot.pools[pool_idx];
     let warmed;
+    let mut queued = std::time::Duration::ZERO;
     if pool.cold_start.is_some() && pool.ready_backends() == 0 {
+        let waiting = tokio::time::Instant::now();
         warmed = match cold::wait_for_ready(&ctx.runtime, pool).await {
             Ok(p) => p,
             Err(e) => {
@@ -120,12 +122,14 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
             }
         };
         pool = &warmed;
+        queued = waiting.elapsed();
     }
     // `limits:` a slot of the pool, or a wait in its queue, or 503.
     let admitted = match queue::admit(&ctx.runtime, pool).await {
         Ok(a) => a,
         Err(refused) => return refused,
     };
+    queued += admitted.waited;
     let requeued;
     if let Some(fresh) = &admitted.fresh {
         requeued = fresh.clone();
@@ -195,8 +199,10 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         panic,
         upgrade,
         learned,
+        queued,
     };
-    let body = body_rate::ClientBody::new(body, &ctx.limits);
+    let log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
+    let body = body_rate::ClientBody::new(body, &ctx.limits).counted(&pool.stats, log_bytes);
     let mut resp = forward::forward(parts, body, pool, plan, &ctx.runtime.events).await;
     admitted.hold(&mut resp);
     resp

@@ -21,6 +21,8 @@ pub struct Admitted {
     pub slot: Option<Slot>,
     /// After a wait in the queue: the pool of the live snapshot (a reload may have come).
     pub fresh: Option<Arc<Pool>>,
+    /// How long the request waited in the queue.
+    pub waited: std::time::Duration,
 }
 
 impl Admitted {
@@ -42,13 +44,15 @@ pub async fn admit(runtime: &Runtime, pool: &Arc<Pool>) -> Result<Admitted, Resp
     if let Some(slot) = queue.limiter.try_enter() {
         return Ok(Admitted {
             slot: Some(slot),
-            fresh: None,
+            ..Admitted::default()
         });
     }
+    let waiting = tokio::time::Instant::now();
     match queue.limiter.enter(&queue.limits).await {
         Ok(slot) => Ok(Admitted {
             slot: Some(slot),
             fresh: runtime.snapshot().pool(&pool.name).cloned(),
+            waited: waiting.elapsed(),
         }),
         Err(refused) => Err(refuse(pool, refused)),
     }

@@ -257,10 +257,11 @@ impl ConnPool {
         // its callee whole, level by level, for every request, own client included.
         let sending = self.send_hyper(req, &up, connect_timeout, response_timeout, max_idle);
         match Box::pin(sending).await {
-            Ok((resp, tx)) => Ok(Sent {
+            Ok((resp, tx, connect)) => Ok(Sent {
                 response: resp.map(UpstreamIncoming::Hyper),
                 conn: Some(tx),
                 request: copy,
+                connect,
             }),
             Err(mut failed) => {
                 failed.request = failed.request.or(copy);
@@ -283,12 +284,17 @@ impl ConnPool {
         let head_request = req.method() == Method::HEAD;
         let idempotent = req.method().is_idempotent();
         let mut idle = self.take_raw(max_idle, up.generation);
+        let mut connect = None;
         loop {
             let reused = idle.is_some();
+            let connect_start = Instant::now();
             let mut conn = match idle.take() {
                 Some(conn) => conn,
                 None => match raw::connect(addr, connect_timeout).await {
-                    Ok(stream) => RawConn::new(stream, up.generation),
+                    Ok(stream) => {
+                        connect = Some(connect_start.elapsed());
+                        RawConn::new(stream, up.generation)
+                    }
                     Err(raw::ConnectError::Timeout) => {
                         let error = UpstreamError::ConnectTimeout {
                             addr,
@@ -309,6 +315,7 @@ impl ConnPool {
                         response: resp.map(UpstreamIncoming::Raw),
                         conn: None,
                         request: keep_copy.then_some(req),
+                        connect,
                     })
                 }
                 Err(RawError::Timeout) => {
@@ -345,7 +352,7 @@ impl ConnPool {
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle: Duration,
-    ) -> Result<(Response<Incoming>, Sender), Failed> {
+    ) -> Result<(Response<Incoming>, Sender, Option<Duration>), Failed> {
         let addr = self.addr;
         let timed_out = || UpstreamError::ResponseTimeout {
             addr,
@@ -362,7 +369,7 @@ impl ConnPool {
             connect::prepare(&mut req, tx.is_h2(), up, addr);
             match tokio::time::timeout(response_timeout, tx.try_send(req)).await {
                 Err(_) => return Err(Failed::sent(timed_out())),
-                Ok(Ok(resp)) => return Ok((resp, tx)),
+                Ok(Ok(resp)) => return Ok((resp, tx, None)),
                 Ok(Err(mut e)) => match e.take_message() {
                     // The backend closed the idle connection before our request went out:
                     // nothing was sent, so send it on a fresh connection.
@@ -374,10 +381,12 @@ impl ConnPool {
                 },
             }
         }
+        let connect_start = Instant::now();
         let mut tx = match self.open(addr, connect_timeout, client).await {
             Ok(tx) => tx,
             Err(error) => return Err(Failed::unsent(error, req)),
         };
+        let connect = Some(connect_start.elapsed());
         if let Some(shared) = tx.share().filter(|_| !private) {
             let _ = self.queue().push(Idle {
                 tx: shared,
@@ -387,7 +396,7 @@ impl ConnPool {
         connect::prepare(&mut req, tx.is_h2(), up, addr);
         match tokio::time::timeout(response_timeout, tx.try_send(req)).await {
             Err(_) => Err(Failed::sent(timed_out())),
-            Ok(Ok(resp)) => Ok((resp, tx)),
+            Ok(Ok(resp)) => Ok((resp, tx, connect)),
             Ok(Err(mut e)) => {
                 let request = e.take_message();
                 let source = e.into_error();
@@ -425,6 +434,9 @@ pub struct Sent {
     pub conn: Option<Sender>,
     /// The request again, when the caller asked to keep a copy (for a retry on status).
     pub request: Option<Request<RequestBody>>,
+    /// How long opening a new connection took (TCP, and TLS or HTTP/2 handshakes); `None`
+    /// on a reused one.
+    pub connect: Option<Duration>,
 }
 
 /// A failed send: the error, and the request when it may be sent again (none of it reached

@@ -103,6 +103,12 @@ pub struct BackendStats {
     pub ejected: AtomicBool,
     /// Ejections so far (each doubles the next one), and when the last one ended.
     pub ejections: AtomicU32,
+    /// Every ejection since start (`ejections` is forgotten after good behaviour).
+    pub ejections_total: AtomicU64,
+    /// Active checks by result: [passed, failed].
+    pub checks: [AtomicU64; 2],
+    /// Time from the start of an attempt (connect included) to the response head.
+    pub ttfb: super::stats::DurationHistogram,
     pub last_lift_ns: AtomicU64,
     /// Consecutive failures seen by outlier detection.
     pub consecutive_failures: AtomicU32,
@@ -139,6 +145,9 @@ impl Default for BackendStats {
             up: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
+            ejections_total: AtomicU64::new(0),
+            checks: Default::default(),
+            ttfb: Default::default(),
             last_lift_ns: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             check_successes: AtomicU32::new(0),
@@ -210,6 +219,7 @@ impl BackendStats {
 
     /// Record a time-to-response-headers: feeds the average and the peak-EWMA.
     pub fn record_latency(&self, rtt: Duration, now: Instant) {
+        self.ttfb.record(rtt);
         let rtt_us = rtt.as_micros().min(u64::MAX as u128) as u64;
         self.latency_us_sum.fetch_add(rtt_us, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);

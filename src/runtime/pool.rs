@@ -24,7 +24,17 @@ pub struct PoolStats {
     /// Woken when a backend of the pool becomes ready, and when cold requests arrive.
     pub ready_notify: tokio::sync::Notify,
     pub demand_notify: tokio::sync::Notify,
+    /// Attempts made again on another backend, by why the previous one failed (in the
+    /// order of `RETRY_REASONS`).
+    pub retries: [AtomicU64; 4],
+    /// Request body bytes read from clients, and response body bytes forwarded to them
+    /// from the pool's backends.
+    pub request_bytes: AtomicU64,
+    pub response_bytes: AtomicU64,
 }
+
+/// Labels of `autolb_retries_total{reason}`, in the order of `PoolStats::retries`.
+pub const RETRY_REASONS: [&str; 4] = ["connect_failure", "timeout", "reset", "status"];
 
 #[derive(Debug)]
 pub struct Pool {

@@ -1,5 +1,6 @@
 //! Lock-free request statistics: a one-minute sliding window of per-second latency
-//! histograms (for `/health/performance`) and a Prometheus duration histogram.
+//! histograms (for `/health/performance`: rates over 1 s, 10 s and 60 s, percentiles, and
+//! the peak second since start) and the Prometheus duration histograms.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -137,6 +138,41 @@ impl LatencyWindow {
             .clamp(1.0, SLOTS as f64)
     }
 
+    /// Which second `now` falls in, counted from this window's start.
+    fn second_of(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// Requests of each complete second still in the window, as (age in seconds, 1 = the
+    /// last complete second, up to 60; requests).
+    pub fn complete_seconds(&self, now: Instant) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let current = self.second_of(now);
+        self.slots.iter().filter_map(move |slot| {
+            let s = slot.second.load(Ordering::Acquire);
+            if s == u64::MAX || s >= current || current - s > SLOTS as u64 {
+                return None;
+            }
+            Some((current - s, slot.requests.load(Ordering::Relaxed)))
+        })
+    }
+
+    /// Requests per second over the last `secs` complete seconds (at most a minute, and at
+    /// most as many as have passed since the window started); `None` before one second
+    /// has passed.
+    pub fn rate(&self, now: Instant, secs: u64) -> Option<f64> {
+        let secs = secs.clamp(1, SLOTS as u64);
+        let span = self.second_of(now).min(secs);
+        if span == 0 {
+            return None;
+        }
+        let requests: u64 = self
+            .complete_seconds(now)
+            .filter(|(age, _)| *age <= span)
+            .map(|(_, n)| n)
+            .sum();
+        Some(requests as f64 / span as f64)
+    }
+
     pub fn summary(&self, now: Instant) -> WindowSummary {
         summarize(std::iter::once(self), now)
     }
@@ -194,12 +230,16 @@ pub fn summarize_recent<'a>(
     }
 }
 
-/// Upper bounds (seconds) of `autolb_request_duration_seconds`.
-pub const HISTOGRAM_BOUNDS: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds (seconds) of `autolb_request_duration_seconds` and
+/// `autolb_backend_response_seconds`: 10 ms apart from 20 ms to 100 ms (50 ms and 90 ms
+/// answers land in different buckets), and no more than about 1.5x apart up to 1 s.
+pub const HISTOGRAM_BOUNDS: [f64; 25] = [
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A Prometheus histogram of request durations; `counts` has one extra slot for +Inf.
+/// A Prometheus histogram of durations; `counts` has one extra slot for +Inf. Atomics only:
+/// recorded on the hot path without a lock.
 #[derive(Debug, Default)]
 pub struct DurationHistogram {
     pub counts: [AtomicU64; HISTOGRAM_BOUNDS.len() + 1],
@@ -210,15 +250,98 @@ impl DurationHistogram {
     #[inline]
     pub fn record(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let idx = HISTOGRAM_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(HISTOGRAM_BOUNDS.len());
+        // The first bound >= secs (Prometheus buckets are "less than or equal").
+        let idx = HISTOGRAM_BOUNDS.partition_point(|b| *b < secs);
         self.counts[idx].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(
             d.as_micros().min(u64::MAX as u128) as u64,
             Ordering::Relaxed,
         );
+    }
+}
+
+/// The busiest second seen: requests in it and when it ended (Unix milliseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peak {
+    pub requests: u64,
+    pub at_ms: u64,
+}
+
+/// Peak requests per second since start, overall and per pool (by name, so that a reload
+/// keeps them). Folded in from the windows' complete seconds by whoever reads them and by
+/// a sampler that runs more often than the windows forget (see `track_peaks`); never
+/// touched by the data plane.
+#[derive(Debug, Default)]
+pub struct Peaks {
+    inner: std::sync::Mutex<PeaksInner>,
+}
+
+#[derive(Debug, Default)]
+struct PeaksInner {
+    overall: Peak,
+    pools: std::collections::HashMap<String, Peak>,
+}
+
+/// Unix time in milliseconds of the end of the complete second `age` seconds ago.
+fn age_to_ms(age: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub((age - 1) * 1000)
+}
+
+impl Peaks {
+    /// Fold the complete seconds of `pools` (name, window) into the peaks; returns the
+    /// overall peak and each pool's, in the order given.
+    pub fn update<'a>(
+        &self,
+        pools: impl Iterator<Item = (&'a str, &'a LatencyWindow)>,
+        now: Instant,
+    ) -> (Peak, Vec<Peak>) {
+        // Sum the pools by age (their second boundaries differ by less than a second).
+        let mut overall = [0u64; SLOTS + 1];
+        let mut per_pool = Vec::new();
+        for (name, w) in pools {
+            let mut best = Peak::default();
+            for (age, n) in w.complete_seconds(now) {
+                overall[age as usize] += n;
+                if n > best.requests {
+                    best = Peak {
+                        requests: n,
+                        at_ms: age_to_ms(age),
+                    };
+                }
+            }
+            per_pool.push((name, best));
+        }
+        let best_overall = overall
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .max_by_key(|(_, n)| **n)
+            .map(|(age, n)| Peak {
+                requests: *n,
+                at_ms: age_to_ms(age as u64),
+            })
+            .unwrap_or_default();
+        let mut inner = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if best_overall.requests > inner.overall.requests {
+            inner.overall = best_overall;
+        }
+        let pools = per_pool
+            .into_iter()
+            .map(|(name, best)| {
+                let kept = inner.pools.entry(name.to_string()).or_default();
+                if best.requests > kept.requests {
+                    *kept = best;
+                }
+                *kept
+            })
+            .collect();
+        (inner.overall, pools)
     }
 }
 
@@ -266,5 +389,73 @@ mod tests {
         assert!((99.0..=112.0).contains(&p99), "{p99}");
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(w.summary(Instant::now()).requests, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rates_over_one_ten_and_sixty_seconds_follow_the_load_now() {
+        let w = LatencyWindow::default();
+        let ms = Duration::from_millis(1);
+        assert_eq!(w.rate(Instant::now(), 1), None, "no complete second yet");
+        // 50 s at 100 requests/s, then 10 s at 1000/s.
+        for sec in 0..60u64 {
+            let n = if sec < 50 { 100 } else { 1000 };
+            for _ in 0..n {
+                w.record(ms, false, Instant::now());
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let now = Instant::now();
+        assert_eq!(w.rate(now, 1), Some(1000.0));
+        assert_eq!(w.rate(now, 10), Some(1000.0));
+        assert_eq!(w.rate(now, 60), Some(15_000.0 / 60.0));
+        let peaks = Peaks::default();
+        let (overall, pools) = peaks.update([("web", &w)].into_iter(), now);
+        assert_eq!(overall.requests, 1000);
+        assert_eq!(pools[0].requests, 1000);
+        // Idle for 5 s: the 1 s rate is 0 at once, the 10 s one halves.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let now = Instant::now();
+        assert_eq!(w.rate(now, 1), Some(0.0));
+        assert_eq!(w.rate(now, 10), Some(500.0));
+        // A minute later the window is empty, and the peak stays.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let now = Instant::now();
+        assert_eq!(w.rate(now, 60), Some(0.0));
+        let (overall, _) = peaks.update([("web", &w)].into_iter(), now);
+        assert_eq!(overall.requests, 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_overall_peak_adds_pools_second_by_second() {
+        let (a, b) = (LatencyWindow::default(), LatencyWindow::default());
+        let ms = Duration::from_millis(1);
+        for (n_a, n_b) in [(10, 1), (1, 10), (6, 6)] {
+            for _ in 0..n_a {
+                a.record(ms, false, Instant::now());
+            }
+            for _ in 0..n_b {
+                b.record(ms, false, Instant::now());
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let (overall, pools) = Peaks::default().update(
+            [("a", &a), ("b", &b)].into_iter(),
+            Instant::now(),
+        );
+        assert_eq!(overall.requests, 12);
+        assert_eq!((pools[0].requests, pools[1].requests), (10, 10));
+    }
+
+    #[test]
+    fn histogram_buckets_tell_50_from_90_ms() {
+        let h = DurationHistogram::default();
+        h.record(Duration::from_millis(50));
+        h.record(Duration::from_millis(90));
+        h.record(Duration::from_secs(60));
+        let at = |secs: f64| HISTOGRAM_BOUNDS.iter().position(|b| *b == secs).expect("bound");
+        assert_eq!(h.counts[at(0.05)].load(Ordering::Relaxed), 1, "le is inclusive");
+        assert_eq!(h.counts[at(0.09)].load(Ordering::Relaxed), 1);
+        assert_eq!(h.counts[HISTOGRAM_BOUNDS.len()].load(Ordering::Relaxed), 1);
+        assert!(HISTOGRAM_BOUNDS.windows(2).all(|w| w[0] < w[1]));
     }
 }
