@@ -120,13 +120,19 @@ async fn performance_tells_the_rate_now_the_peak_and_no_data() {
     let lb = Autolb::start(&common::config(
         1,
         "",
-        &format!("pools:\n  web:\n    backends:\n      - {{ address: \"{}\" }}\n", a.addr),
+        &format!(
+            "pools:\n  web:\n    backends:\n      - {{ address: \"{}\" }}\n",
+            a.addr
+        ),
     ));
     // Nothing yet: no latency and no error rate rather than zeros.
     let p = common::get(lb.admin, "/health/performance").await.json();
     let o = &p["overall"];
     assert_eq!(o["requests"], 0);
-    assert!(o["latency_ms"]["p50"].is_null() && o["latency_ms"]["p99"].is_null(), "{o}");
+    assert!(
+        o["latency_ms"]["p50"].is_null() && o["latency_ms"]["p99"].is_null(),
+        "{o}"
+    );
     assert!(o["latency_10s_ms"]["p95"].is_null(), "{o}");
     assert!(o["error_rate"].is_null() && o["peak_rps"].is_null(), "{o}");
 
@@ -141,7 +147,12 @@ async fn performance_tells_the_rate_now_the_peak_and_no_data() {
     })
     .await;
     let o = &p["overall"];
-    assert!(o["peak_rps"].as_u64().is_some_and(|n| (1..=40).contains(&n)), "{o}");
+    assert!(
+        o["peak_rps"]
+            .as_u64()
+            .is_some_and(|n| (1..=40).contains(&n)),
+        "{o}"
+    );
     assert!(o["peak_at_ms"].as_u64().is_some(), "{o}");
     assert_eq!(o["requests"], 40);
     assert!(o["latency_10s_ms"]["p50"].as_f64() > Some(0.0), "{o}");
@@ -156,6 +167,9 @@ async fn performance_tells_the_rate_now_the_peak_and_no_data() {
     })
     .await;
     let o = &p["overall"];
-    assert!(o["rps_60s"].as_f64() > Some(0.0) && o["rps"] == o["rps_60s"], "{o}");
+    assert!(
+        o["rps_60s"].as_f64() > Some(0.0) && o["rps"] == o["rps_60s"],
+        "{o}"
+    );
     assert_eq!(o["peak_rps"], peak);
 }

@@ -79,7 +79,10 @@ async fn metrics_answer_the_operators_questions_and_pass_promtool() {
     assert_eq!(c.get("/bytes/5000").await.status, 200);
     let post = http::Request::post("/echo")
         .header("host", "localhost")
-        .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 1234])))
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            1234
+        ])))
         .expect("request");
     assert_eq!(c.request(post).await.status, 200);
 
@@ -90,7 +93,9 @@ async fn metrics_answer_the_operators_questions_and_pass_promtool() {
             a.addr
         );
         (sample(&t, &checks).is_some_and(|n| n >= 2.0)
-            && t.contains("autolb_autoscale_signal{pool=\"auto\",signal=\"inflight_per_instance\"}"))
+            && t.contains(
+                "autolb_autoscale_signal{pool=\"auto\",signal=\"inflight_per_instance\"}",
+            ))
         .then_some(t)
     })
     .await;
@@ -112,19 +117,40 @@ async fn metrics_answer_the_operators_questions_and_pass_promtool() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64();
-    assert!(started <= now + 1.0 && started > now - 120.0, "{started} vs {now}");
+    assert!(
+        started <= now + 1.0 && started > now - 120.0,
+        "{started} vs {now}"
+    );
 
     // The autoscaler.
-    assert_eq!(value(&text, "autolb_autoscale_min_instances{pool=\"auto\"}"), 1.0);
-    assert_eq!(value(&text, "autolb_autoscale_max_instances{pool=\"auto\"}"), 3.0);
-    assert_eq!(value(&text, "autolb_autoscale_desired_instances{pool=\"auto\"}"), 1.0);
+    assert_eq!(
+        value(&text, "autolb_autoscale_min_instances{pool=\"auto\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "autolb_autoscale_max_instances{pool=\"auto\"}"),
+        3.0
+    );
+    assert_eq!(
+        value(&text, "autolb_autoscale_desired_instances{pool=\"auto\"}"),
+        1.0
+    );
 
     // Retries, ejections, checks.
     assert_eq!(
-        value(&text, "autolb_retries_total{pool=\"web\",reason=\"connect_failure\"}"),
+        value(
+            &text,
+            "autolb_retries_total{pool=\"web\",reason=\"connect_failure\"}"
+        ),
         1.0
     );
-    assert_eq!(value(&text, "autolb_retries_total{pool=\"web\",reason=\"status\"}"), 0.0);
+    assert_eq!(
+        value(
+            &text,
+            "autolb_retries_total{pool=\"web\",reason=\"status\"}"
+        ),
+        0.0
+    );
     let ejections = |b: std::net::SocketAddr| {
         value(
             &text,
@@ -144,7 +170,10 @@ async fn metrics_answer_the_operators_questions_and_pass_promtool() {
     );
 
     // Bytes: the POST's body in, /bytes/5000 and the rest out.
-    assert_eq!(value(&text, "autolb_request_bytes_total{pool=\"web\"}"), 1234.0);
+    assert_eq!(
+        value(&text, "autolb_request_bytes_total{pool=\"web\"}"),
+        1234.0
+    );
     let out = value(&text, "autolb_response_bytes_total{pool=\"web\"}");
     assert!((5000.0..5600.0).contains(&out), "{out}");
 
@@ -178,7 +207,10 @@ async fn metrics_answer_the_operators_questions_and_pass_promtool() {
             a.addr
         ),
     );
-    assert!(slow <= 6.0, "the delayed answers' first bytes came after 50 ms: {slow}");
+    assert!(
+        slow <= 6.0,
+        "the delayed answers' first bytes came after 50 ms: {slow}"
+    );
 
     // Prometheus's linter has nothing to say.
     let Some(promtool) = promtool() else {

@@ -84,7 +84,9 @@ async fn track_peaks(runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>)
         }
         let snap = runtime.snapshot();
         runtime.peaks.update(
-            snap.pools.iter().map(|p| (p.name.as_str(), &p.stats.window)),
+            snap.pools
+                .iter()
+                .map(|p| (p.name.as_str(), &p.stats.window)),
             tokio::time::Instant::now(),
         );
     }

@@ -124,7 +124,9 @@ pub fn performance(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>
     let now = Instant::now();
     let windows = || snap.pools.iter().map(|p| &p.stats.window);
     let (overall_peak, pool_peaks) = rt.peaks.update(
-        snap.pools.iter().map(|p| (p.name.as_str(), &p.stats.window)),
+        snap.pools
+            .iter()
+            .map(|p| (p.name.as_str(), &p.stats.window)),
         now,
     );
     let connections: i64 = listeners

@@ -53,16 +53,8 @@ pub fn render(out: &mut String, snap: &Snapshot, autoscaler: &Autoscaler) {
             "Instances the autoscaler wants for the pool now.",
             0,
         ),
-        (
-            "autoscale_min_instances",
-            "The pool's autoscale.min.",
-            1,
-        ),
-        (
-            "autoscale_max_instances",
-            "The pool's autoscale.max.",
-            2,
-        ),
+        ("autoscale_min_instances", "The pool's autoscale.min.", 1),
+        ("autoscale_max_instances", "The pool's autoscale.max.", 2),
     ] {
         header(out, name, "gauge", help);
         for (pool, desired, min, max, _) in &rows {

@@ -15,8 +15,9 @@ use crate::autoscale::Autoscaler;
 use crate::runtime::Runtime;
 use crate::server::ListenerStats;
 
-/// The git commit autolb was built from (`AUTOLB_GIT_COMMIT` at build time), or `unknown`.
-pub const GIT_COMMIT: &str = match option_env!("AUTOLB_GIT_COMMIT") {
+/// The git commit autolb was built from (`AUTOLB_BUILD_GIT`, set by the build script), or
+/// `unknown`.
+pub const GIT_COMMIT: &str = match option_env!("AUTOLB_BUILD_GIT") {
     Some(c) => c,
     None => "unknown",
 };

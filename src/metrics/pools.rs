@@ -23,7 +23,10 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &DurationHistogram) 
         );
     }
     cumulative += h.counts[HISTOGRAM_BOUNDS.len()].load(Ordering::Relaxed);
-    let _ = writeln!(out, "autolb_{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "autolb_{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+    );
     let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
     let _ = writeln!(out, "autolb_{name}_sum{{{labels}}} {sum}");
     let _ = writeln!(out, "autolb_{name}_count{{{labels}}} {cumulative}");

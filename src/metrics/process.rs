@@ -137,10 +137,15 @@ mod tests {
                       Max open files            1024                 524288               files\n";
         assert_eq!(parse_max_fds(limits), Some(1024));
         assert_eq!(
-            parse_max_fds("Max open files            unlimited            unlimited            files\n"),
+            parse_max_fds(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
             None
         );
-        assert_eq!(parse_boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1_700_000_000));
+        assert_eq!(
+            parse_boot_time("cpu 1 2\nbtime 1700000000\n"),
+            Some(1_700_000_000)
+        );
     }
 
     #[test]

@@ -438,10 +438,8 @@ mod tests {
             }
             tokio::time::advance(Duration::from_secs(1)).await;
         }
-        let (overall, pools) = Peaks::default().update(
-            [("a", &a), ("b", &b)].into_iter(),
-            Instant::now(),
-        );
+        let (overall, pools) =
+            Peaks::default().update([("a", &a), ("b", &b)].into_iter(), Instant::now());
         assert_eq!(overall.requests, 12);
         assert_eq!((pools[0].requests, pools[1].requests), (10, 10));
     }
@@ -452,8 +450,17 @@ mod tests {
         h.record(Duration::from_millis(50));
         h.record(Duration::from_millis(90));
         h.record(Duration::from_secs(60));
-        let at = |secs: f64| HISTOGRAM_BOUNDS.iter().position(|b| *b == secs).expect("bound");
-        assert_eq!(h.counts[at(0.05)].load(Ordering::Relaxed), 1, "le is inclusive");
+        let at = |secs: f64| {
+            HISTOGRAM_BOUNDS
+                .iter()
+                .position(|b| *b == secs)
+                .expect("bound")
+        };
+        assert_eq!(
+            h.counts[at(0.05)].load(Ordering::Relaxed),
+            1,
+            "le is inclusive"
+        );
         assert_eq!(h.counts[at(0.09)].load(Ordering::Relaxed), 1);
         assert_eq!(h.counts[HISTOGRAM_BOUNDS.len()].load(Ordering::Relaxed), 1);
         assert!(HISTOGRAM_BOUNDS.windows(2).all(|w| w[0] < w[1]));
