@@ -1,14 +1,16 @@
 //! docker/ without a Docker engine: the compose file, prometheus.yml and the Grafana
 //! provisioning parse as YAML and agree with each other and with autolb's config; the
-//! Dockerfile is multi-stage, non-root, with a HEALTHCHECK; the Grafana dashboard asks only
-//! for metrics (and labels) that a running autolb really exports; `autolb check` accepts
-//! the config the compose file mounts; the systemd unit reloads with SIGHUP.
+//! Dockerfile is multi-stage, non-root, with a HEALTHCHECK; the Grafana dashboard and the
+//! alert rules ask only for metrics (and labels) that a running autolb really exports, and
+//! the rules pass their `promtool test rules` unit tests; `autolb check` accepts the config
+//! the compose file mounts; the systemd unit reloads with SIGHUP.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use common::prom::{exported, label_names, metric_names, TARGET_LABELS};
 use serde_json::Value;
 
 fn docker(rel: &str) -> PathBuf {
@@ -338,66 +340,6 @@ fn queries(dash: &Value) -> Vec<String> {
     out
 }
 
-fn ident_at(s: &str, start: usize) -> &str {
-    let end = s[start..]
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(s.len(), |e| start + e);
-    &s[start..end]
-}
-
-/// `autolb_*` metric names in `q`.
-fn metric_names(q: &str) -> Vec<String> {
-    q.match_indices("autolb_")
-        .map(|(i, _)| ident_at(q, i).to_string())
-        .collect()
-}
-
-/// Label names used in `q`: inside `{...}` selectors and `by (...)` / `without (...)`.
-fn label_names(q: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for part in q.split('{').skip(1) {
-        let sel = part.split('}').next().unwrap_or_default();
-        for m in sel.split(',') {
-            let name = m.split(['=', '!', '~']).next().unwrap_or_default().trim();
-            if !name.is_empty() && !name.starts_with('$') {
-                out.push(name.to_string());
-            }
-        }
-    }
-    for kw in ["by (", "without ("] {
-        for part in q.split(kw).skip(1) {
-            out.extend(
-                part.split(')')
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|l| l.trim().to_string()),
-            );
-        }
-    }
-    out
-}
-
-/// What a running autolb exports: sample names and label names.
-fn exported(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-    let (mut names, mut labels) = (BTreeSet::new(), BTreeSet::new());
-    for line in text.lines().filter(|l| l.starts_with("autolb_")) {
-        names.insert(ident_at(line, 0).to_string());
-        if let Some(inner) = line
-            .split_once('{')
-            .and_then(|(_, r)| r.split_once('}'))
-            .map(|(i, _)| i)
-        {
-            for kv in inner.split("\",") {
-                if let Some((k, _)) = kv.split_once('=') {
-                    labels.insert(k.trim().to_string());
-                }
-            }
-        }
-    }
-    (names, labels)
-}
-
 #[tokio::test]
 async fn the_grafana_dashboard_uses_only_metrics_autolb_exports() {
     // Everything the dashboard can show: an https listener (TLS metrics), a static pool
@@ -444,22 +386,32 @@ pools:
     })
     .await;
     let (names, labels) = exported(&text);
-    let dash = dashboard(&docker("grafana/dashboards/autolb.json"));
-    let queries = queries(&dash);
-    assert!(queries.len() >= 15, "{} queries", queries.len());
-    let mut used = BTreeSet::new();
-    for q in &queries {
+    let check = |what: &str, q: &str, used: &mut BTreeSet<String>| {
         for m in metric_names(q) {
             assert!(
                 names.contains(&m),
-                "the dashboard queries {m}, which autolb does not export\n{q}"
+                "{what} queries {m}, which autolb does not export\n{q}"
             );
             used.insert(m);
         }
         for l in label_names(q) {
             assert!(
-                l == "le" || labels.contains(&l),
-                "label {l:?} is not exported\n{q}"
+                l == "le" || TARGET_LABELS.contains(&l.as_str()) || labels.contains(&l),
+                "{what}: label {l:?} is not exported\n{q}"
+            );
+        }
+    };
+    let dash = dashboard(&docker("grafana/dashboards/autolb.json"));
+    let queries = queries(&dash);
+    assert!(queries.len() >= 15, "{} queries", queries.len());
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        check("the dashboard", q, &mut used);
+        // Several autolb nodes: every panel follows the `instance` variable.
+        if !q.starts_with("label_values(") {
+            assert!(
+                q.contains("instance=~\"$instance\""),
+                "no $instance filter:\n{q}"
             );
         }
     }
@@ -474,9 +426,55 @@ pools:
         "autolb_config_reloads_total",
         "autolb_downstream_connections",
         "autolb_tls_certificate_expiry_timestamp_seconds",
+        "autolb_autoscale_desired_instances",
+        "autolb_autoscale_signal",
+        "autolb_retries_total",
+        "autolb_outlier_ejections_total",
+        "autolb_health_checks_total",
+        "autolb_request_bytes_total",
+        "autolb_response_bytes_total",
+        "autolb_backend_response_seconds_bucket",
     ] {
         assert!(used.contains(m), "no panel shows {m}");
     }
+    let vars = dash["templating"]["list"].as_array().expect("variables");
+    assert!(
+        vars.iter().any(|v| v["name"] == "instance"),
+        "an instance variable"
+    );
+
+    // The alert rules too.
+    let rules = self::yaml("prometheus/alerts.yml");
+    let mut alerted = BTreeSet::new();
+    for r in rules["groups"][0]["rules"].as_array().expect("rules") {
+        let expr = r["expr"].as_str().expect("expr");
+        check(&format!("alert {}", r["alert"]), expr, &mut alerted);
+    }
+    assert!(alerted.len() >= 10, "{alerted:?}");
+}
+
+#[test]
+fn prometheus_loads_the_alert_rules_and_they_pass_their_unit_tests() {
+    let p = yaml("prometheus.yml");
+    let files = p["rule_files"].as_array().expect("rule_files");
+    assert_eq!(files[0], "/etc/prometheus/alerts.yml");
+    let (rules, at) = mount(&compose()["services"]["prometheus"], "alerts.yml");
+    assert_eq!(at, "/etc/prometheus/alerts.yml");
+    assert_eq!(rules, docker("./prometheus/alerts.yml"));
+    let Some(promtool) = common::prom::promtool_or_skip("promtool test rules") else {
+        return;
+    };
+    let dir = docker("prometheus");
+    let (ok, said) = common::prom::run(&promtool, &["check", "rules", "alerts.yml"], &dir, "");
+    assert!(
+        ok && said.contains("SUCCESS"),
+        "promtool check rules:\n{said}"
+    );
+    let (ok, said) = common::prom::run(&promtool, &["test", "rules", "alerts.test.yml"], &dir, "");
+    assert!(
+        ok && said.contains("SUCCESS"),
+        "promtool test rules:\n{said}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::path::Path;
 
 use common::{backend_list, echo, Autolb, Client};
 
@@ -17,14 +17,6 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 fn value(text: &str, series: &str) -> f64 {
     sample(text, series).unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
-}
-
-/// `promtool`, installed by .ci/run (Debian's `prometheus` package); `None` when absent.
-pub fn promtool() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("promtool"))
-        .find(|p| p.is_file())
 }
 
 fn free_port() -> std::net::SocketAddr {
@@ -213,31 +205,9 @@ async fn metrics_answer_the_operators_questions_and_pass_promtool() {
     );
 
     // Prometheus's linter has nothing to say.
-    let Some(promtool) = promtool() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("promtool missing in CI (.ci/run installs Debian's prometheus package)");
-        }
-        eprintln!("SKIPPED promtool check metrics: no promtool (apt-get install prometheus)");
+    let Some(promtool) = common::prom::promtool_or_skip("promtool check metrics") else {
         return;
     };
-    let mut child = common::command(promtool.to_str().expect("utf-8"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(text.as_bytes()).expect("write");
-    }
-    let out = child.wait_with_output().expect("promtool ran");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said) = common::prom::run(&promtool, &["check", "metrics"], Path::new("."), &text);
+    assert!(ok && said.is_empty(), "promtool check metrics:\n{said}");
 }
