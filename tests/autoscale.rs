@@ -285,3 +285,42 @@ fn zombie(pid: i32) -> bool {
         })
         .unwrap_or(true)
 }
+
+/// Whether this machine lets us start a process in a new PID namespace (root, or a
+/// container that allows `unshare`).
+fn pid_namespaces_work() -> bool {
+    std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// As PID 1 of its PID namespace (as in a container), autolb's instances have a parent
+/// whose pid is 1: they must still start and serve.
+#[tokio::test]
+async fn instances_start_when_autolb_is_pid_1() {
+    if !pid_namespaces_work() {
+        // util-linux's unshare is always installed; what can be missing is the permission
+        // to make a PID namespace (an unprivileged container).
+        eprintln!("SKIPPED: `unshare --pid --fork` is not permitted here");
+        return;
+    }
+    let lb = Autolb::start_wrapped(
+        &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
+        &scaled(1, 1, ""),
+        &[("AUTOLB_TEST_TOKEN", TOKEN)],
+    );
+    wait_scaling(&lb, 20, "one ready instance", |s| s["current"] == 1).await;
+    let r = common::get(lb.addr("web"), "/").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), lb.proc.log());
+    let instances = cluster(&lb).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(
+        instances[0]["restarts"],
+        0,
+        "{instances:?}\n{}",
+        lb.proc.log()
+    );
+}

@@ -56,13 +56,17 @@ pub fn spawn(cfg: &Autoscale, pool: &str, instance: &str, port: u16) -> std::io:
     if let Some(dir) = &cfg.cwd {
         cmd.current_dir(dir);
     }
+    // Read here, in autolb: the child compares its parent against it. (Comparing against
+    // 1 would kill every instance of an autolb that is itself PID 1, as in a container.)
+    let autolb = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setpgid(0, 0);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // The parent may have died before prctl: do not outlive it.
-            if libc::getppid() == 1 {
+            // autolb may have died before prctl (the child was re-parented): do not
+            // outlive it.
+            if libc::getppid() != autolb {
                 libc::_exit(1);
             }
             Ok(())

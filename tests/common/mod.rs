@@ -149,16 +149,39 @@ impl Autolb {
 
     /// Start with extra environment variables (e.g. the admin token).
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Autolb {
+        Autolb::start_wrapped(&[], yaml, env)
+    }
+
+    /// Start `autolb` as the last argument of `wrapper` (e.g. `unshare --pid --fork`);
+    /// an empty wrapper starts it directly.
+    pub fn start_wrapped(wrapper: &[&str], yaml: &str, env: &[(&str, &str)]) -> Autolb {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("autolb.yaml");
         std::fs::write(&config, yaml).expect("write config");
-        Autolb::start_file(dir, config, env)
+        Autolb::start_file_wrapped(wrapper, dir, config, env)
     }
 
     /// Start on a config file the test laid out itself (symlinks, ...) under `dir`, which
     /// lives as long as the process.
     pub fn start_file(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Autolb {
-        let mut child = command(AUTOLB)
+        Autolb::start_file_wrapped(&[], dir, config, env)
+    }
+
+    fn start_file_wrapped(
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Autolb {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = command(program);
+                c.args(args).arg(AUTOLB);
+                c
+            }
+            None => command(AUTOLB),
+        };
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(&config)
