@@ -220,7 +220,7 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     for _ in 0..3 {
         inflight.push(tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.write_all(b"GET /delay/6000 HTTP/1.1\r\nHost: x\r\n\r\n")
                 .await
                 .expect("write");
             let mut out = Vec::new();
@@ -228,18 +228,33 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
             String::from_utf8_lossy(&out).into_owned()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The three requests are at the backend.
+    common::wait_until(10, "three requests in flight", || async {
+        let s = common::get(lb.admin, "/loadbalancer/status").await.json();
+        (s["pools"][0]["backends"][0]["active_requests"] == 3).then_some(())
+    })
+    .await;
     unsafe { libc::kill(lb.proc.pid() as i32, libc::SIGTERM) };
-    // New connections are refused once the listeners are closed.
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        lb.proc
+            .log_shows("draining: no longer accepting", Duration::from_secs(10)),
+        "{}",
+        lb.proc.log()
+    );
+    // From the start of the drain a new connection is refused by the kernel, at once
+    // (not accepted and left unanswered), while the slow requests are still running.
+    let refused =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("connect answered at once");
+    match refused {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("a new connection was accepted during the drain"),
     }
-    assert!(refused, "autolb kept accepting after SIGTERM");
+    assert!(
+        inflight.iter().all(|t| !t.is_finished()),
+        "the slow requests should still be running"
+    );
     for t in inflight {
         let answer = t.await.expect("client");
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");

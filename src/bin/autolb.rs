@@ -157,13 +157,12 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
         let (handed_tx, handed_rx) = tokio::sync::oneshot::channel();
         let wait_socket = socket.clone();
         let running = server.running.clone();
-        let admin = server.admin_socket_dup();
         std::thread::Builder::new()
             .name("autolb-upgrade".into())
             .spawn(move || {
                 // The predecessor may still hold the path for a moment after READY.
                 std::thread::sleep(Duration::from_millis(if upgrade { 200 } else { 0 }));
-                let sockets = || running.handover(admin.as_ref());
+                let sockets = || running.handover();
                 if let Err(e) = upgrade::hand_over(&wait_socket, &sockets, Duration::from_secs(60))
                 {
                     tracing::warn!(error = %e, "zero-downtime restart unavailable");

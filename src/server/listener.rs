@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::conn;
@@ -32,6 +32,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Connections the kernel completes per socket before autolb accepts them.
+const LISTEN_BACKLOG: usize = 4096;
+
 /// Bind `count` sockets to `addr` with SO_REUSEPORT (the kernel spreads connections over
 /// them). Port 0 gets one ephemeral port shared by all of them.
 pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
@@ -43,7 +46,7 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        socket.listen(4096)?;
+        socket.listen(LISTEN_BACKLOG as i32)?;
         let listener: std::net::TcpListener = socket.into();
         addr = listener.local_addr()?;
         out.push(listener);
@@ -94,40 +97,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-                    let guard = ConnectionGuard(ctx.stats.clone());
-                    if tcp {
-                        tokio::spawn(crate::l4::serve(
-                            stream,
-                            peer,
-                            ctx.runtime.clone(),
-                            ctx.name.clone(),
-                            guard,
-                        ));
-                        continue;
-                    }
-                    // limits.max_connections / max_connections_per_ip: past them, closed.
-                    let Some(admitted) = super::admission::admit(&ctx.name, peer.ip(), &ctx.runtime) else {
-                        continue;
-                    };
-                    // Boxed: the connection's future is several KB (hyper's connection
-                    // state), and spawning moves a future whole, several times over.
-                    let serving = Box::pin(conn::serve(
-                        stream,
-                        peer,
-                        ctx.runtime.clone(),
-                        ctx.name.clone(),
-                        ctx.shutdown.clone(),
-                        guard,
-                        tls.clone(),
-                    ));
-                    tokio::spawn(async move {
-                        let _admitted = admitted;
-                        serving.await
-                    });
-                }
+                Ok((stream, peer)) => serve_accepted(stream, peer, &ctx, tcp, &tls),
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
@@ -138,4 +108,64 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
             _ = stop.changed() => break,
         }
     }
+    // Connections the kernel completed before the stop are served (answered with
+    // `Connection: close`) rather than reset by closing the socket under them; then the
+    // socket closes here, and the kernel refuses new connections (unless a successor
+    // process shares the socket).
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    for _ in 0..LISTEN_BACKLOG {
+        let Ok((stream, peer)) = listener.accept() else {
+            break;
+        };
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            serve_accepted(stream, peer, &ctx, tcp, &tls);
+        }
+    }
+}
+
+/// Serve one accepted connection on this worker.
+fn serve_accepted(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &AcceptContext,
+    tcp: bool,
+    tls: &Option<Arc<crate::tls::TlsListener>>,
+) {
+    ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let guard = ConnectionGuard(ctx.stats.clone());
+    if tcp {
+        tokio::spawn(crate::l4::serve(
+            stream,
+            peer,
+            ctx.runtime.clone(),
+            ctx.name.clone(),
+            guard,
+        ));
+        return;
+    }
+    // limits.max_connections / max_connections_per_ip: past them, closed.
+    let Some(admitted) = super::admission::admit(&ctx.name, peer.ip(), &ctx.runtime) else {
+        return;
+    };
+    // Boxed: the connection's future is several KB (hyper's connection state), and
+    // spawning moves a future whole, several times over.
+    let serving = Box::pin(conn::serve(
+        stream,
+        peer,
+        ctx.runtime.clone(),
+        ctx.name.clone(),
+        ctx.shutdown.clone(),
+        guard,
+        tls.clone(),
+    ));
+    tokio::spawn(async move {
+        let _admitted = admitted;
+        serving.await
+    });
 }

@@ -1,11 +1,13 @@
 //! The running listeners: their sockets (one per worker), accept loops, connection gauges
-//! and stop switches. Reload adds, moves and removes listeners here without a restart.
+//! and stop switches. Reload adds, moves and removes listeners here without a restart; a
+//! drain closes every listening socket of this process at once (`close_all`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::listener::{self, ListenerStats};
 use super::upgrade::Sockets;
@@ -18,14 +20,18 @@ struct Running {
     stats: Arc<ListenerStats>,
     /// Stops this listener's accept loops (its open connections go on).
     stop: watch::Sender<bool>,
-    /// Duplicates of its sockets, for a zero-downtime restart.
+    /// Duplicates of its sockets, for a zero-downtime restart (empty once closed).
     sockets: Vec<std::net::TcpListener>,
+    /// Its accept loops (each owns one socket and closes it when it ends).
+    loops: Vec<JoinHandle<()>>,
 }
 
 /// Every listener this process serves, by name.
 #[derive(Default)]
 pub struct Listeners {
     map: RwLock<BTreeMap<String, Running>>,
+    /// A duplicate of the admin socket, for a zero-downtime restart.
+    admin: Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Listeners {
@@ -68,8 +74,14 @@ impl Listeners {
         self.read().keys().cloned().collect()
     }
 
+    /// Keep a duplicate of the admin socket, for a successor process.
+    pub fn set_admin(&self, admin: Option<std::net::TcpListener>) {
+        *self.admin.lock().unwrap_or_else(|p| p.into_inner()) = admin;
+    }
+
     /// Duplicates of every socket, for a successor process.
-    pub fn handover(&self, admin: Option<&std::net::TcpListener>) -> Sockets {
+    pub fn handover(&self) -> Sockets {
+        let admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         let map = self.read();
         Sockets {
             listeners: map
@@ -84,7 +96,27 @@ impl Listeners {
                     )
                 })
                 .collect(),
-            admin: admin.and_then(|a| a.try_clone().ok()),
+            admin: admin.as_ref().and_then(|a| a.try_clone().ok()),
+        }
+    }
+
+    /// Close every listening socket of this process (a drain): stop the accept loops, wait
+    /// until each has closed its socket, and drop the duplicates kept for a successor. From
+    /// then on a new connection is refused by the kernel, unless a successor shares the
+    /// sockets (a zero-downtime restart), which then accepts it. Gauges stay readable.
+    pub async fn close_all(&self) {
+        let mut loops = Vec::new();
+        {
+            let mut map = self.write();
+            for r in map.values_mut() {
+                let _ = r.stop.send(true);
+                r.sockets.clear();
+                loops.append(&mut r.loops);
+            }
+        }
+        self.set_admin(None);
+        for l in loops {
+            let _ = l.await;
         }
     }
 
@@ -110,11 +142,12 @@ impl Listeners {
         let (stop, stop_rx) = watch::channel(false);
         let dups = sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
         tracing::info!(listener = %name, addr = %addr, "listening");
+        let mut loops = Vec::with_capacity(sockets.len());
         for (i, socket) in sockets.into_iter().enumerate() {
             let Some(handle) = handles.get(i % handles.len().max(1)) else {
                 return;
             };
-            handle.spawn(listener::accept_loop(
+            loops.push(handle.spawn(listener::accept_loop(
                 socket,
                 listener::AcceptContext {
                     name: name.to_string(),
@@ -123,7 +156,7 @@ impl Listeners {
                     shutdown: shutdown.clone(),
                     stop: stop_rx.clone(),
                 },
-            ));
+            )));
         }
         let previous = self.write().insert(
             name.to_string(),
@@ -133,19 +166,11 @@ impl Listeners {
                 stats,
                 stop,
                 sockets: dups,
+                loops,
             },
         );
         if let Some(old) = previous {
             let _ = old.stop.send(true);
-        }
-    }
-
-    /// Drop the duplicates kept for a successor (at shutdown, after the accept loops were
-    /// told to stop): the listening sockets close, so new connections are refused instead of
-    /// waiting in a backlog nobody accepts from.
-    pub fn release_sockets(&self) {
-        for r in self.write().values_mut() {
-            r.sockets.clear();
         }
     }
 

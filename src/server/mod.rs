@@ -79,8 +79,8 @@ pub struct Server {
     /// The listeners serving now (reload adds, moves and removes them).
     pub running: Arc<listeners::Listeners>,
     shutdown_rx: watch::Receiver<bool>,
-    /// A duplicate of the admin socket, for a zero-downtime restart.
-    admin_socket: Option<std::net::TcpListener>,
+    /// The admin API's accept loop (it closes the admin socket when it ends).
+    admin_task: tokio::task::JoinHandle<()>,
     pub admin_addr: SocketAddr,
     pub autoscaler: Arc<Autoscaler>,
     /// The running config's hash and the last reload (shown by `/health`).
@@ -158,10 +158,7 @@ impl Server {
                 }
             })?,
         };
-        let mut handover = upgrade::Sockets {
-            admin: admin_std.try_clone().ok(),
-            ..Default::default()
-        };
+        let admin_dup = admin_std.try_clone().ok();
         let shutdown_rx_keep = shutdown_rx.clone();
         let admin_listener = tokio::net::TcpListener::from_std(admin_std).map_err(|source| {
             ServerError::AdminBind {
@@ -178,6 +175,7 @@ impl Server {
 
         let workers = Workers::start(model, threads).map_err(ServerError::Workers)?;
         let running = Arc::new(listeners::Listeners::default());
+        running.set_admin(admin_dup);
         for (name, sockets) in bound {
             let protocol = snapshot
                 .config
@@ -216,7 +214,7 @@ impl Server {
             }
         };
         tracing::info!(addr = %admin_addr, "admin listening");
-        tokio::spawn(crate::admin::serve(
+        let admin_task = tokio::spawn(crate::admin::serve(
             admin_listener,
             crate::admin::AdminState {
                 runtime: runtime.clone(),
@@ -247,7 +245,7 @@ impl Server {
             reload_state,
             reload_handle,
             reload_requests: std::sync::Mutex::new(Some(reload_rx)),
-            admin_socket: handover.admin.take(),
+            admin_task,
             _watcher: watcher,
             workers,
             shutdown,
@@ -288,11 +286,6 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// A duplicate of the admin socket, for a successor.
-    pub fn admin_socket_dup(&self) -> Option<std::net::TcpListener> {
-        self.admin_socket.as_ref().and_then(|a| a.try_clone().ok())
     }
 
     /// Follow the listeners of the live config: bind new ones, move changed ones, stop
@@ -372,9 +365,11 @@ impl Server {
     /// Stop accepting (new connections are refused), answer in-flight requests with
     /// `Connection: close`, let them finish for up to `grace`, then stop the workers. The
     /// admin API answers until the end (`/health/ready`: 503 from the start).
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
-        self.running.release_sockets();
+        // Every listening socket closes now: a new connection is refused at once, so that
+        // clients and upstream balancers go elsewhere.
+        self.running.close_all().await;
         crate::proxy::websocket::close_all();
         self.runtime.health.stop();
         tracing::info!(
@@ -397,6 +392,7 @@ impl Server {
         }
         self.autoscaler.shutdown().await;
         let _ = self.admin_stop.send(true);
+        let _ = (&mut self.admin_task).await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         let _ =
