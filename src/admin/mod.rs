@@ -39,8 +39,8 @@ pub struct AdminState {
     pub reload_state: Arc<std::sync::Mutex<crate::server::reload::ReloadState>>,
     /// Shared state (memory or Redis), the fleet registry and rate limits.
     pub shared: Arc<crate::state::Shared>,
-    /// True from the moment a drain begins (`/health/ready` answers 503).
-    pub draining: watch::Receiver<bool>,
+    /// Anything but `Serving` from the moment a drain begins (`/health/ready` answers 503).
+    pub draining: watch::Receiver<crate::server::Drain>,
 }
 
 /// Serve the admin API until `stop` (the end of a drain, or a successor taking over).

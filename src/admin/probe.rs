@@ -20,7 +20,7 @@ pub fn live() -> Response<Full<Bytes>> {
 /// `GET /health/ready`: 200 or 503, with each check and why it failed.
 pub fn ready(state: &AdminState) -> Response<Full<Bytes>> {
     let snap = state.runtime.snapshot();
-    let draining = *state.draining.borrow();
+    let draining = *state.draining.borrow() != crate::server::Drain::Serving;
     let missing: Vec<&str> = snap
         .config
         .listeners

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use autolb::config;
-use autolb::server::{upgrade, Server};
+use autolb::server::{upgrade, Drain, Server};
 
 const USAGE: &str = "usage:
   autolb run -c FILE             run the balancer (also: autolb -c FILE)
@@ -177,7 +177,12 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
             server.stop_admin();
         }
         let grace = server.runtime.snapshot().config.shutdown_grace;
-        server.shutdown(grace).await;
+        let drain = if handed_over {
+            Drain::Handover
+        } else {
+            Drain::Stop
+        };
+        server.shutdown(drain, grace).await;
         if !handed_over {
             let _ = std::fs::remove_file(&socket);
         }

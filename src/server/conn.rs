@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::listener::ConnectionGuard;
+use super::Drain;
 use crate::proxy::{headers::ClientInfo, ConnContext};
 use crate::runtime::Runtime;
 use crate::tls::TlsListener;
@@ -83,15 +84,29 @@ macro_rules! h1_limits {
     }};
 }
 
-/// A service counting its requests (until their bodies end) in `activity`.
+/// A service counting its requests (until their bodies end) in `activity`. Once the
+/// connection drains, an HTTP/1 response says `Connection: close` (hyper then closes the
+/// connection after it): a drain never closes a keep-alive connection on which the client
+/// may be sending its next request.
 macro_rules! tracked_service {
     ($ctx:expr, $front:expr, $activity:expr) => {{
         let (ctx, front, activity) = ($ctx, $front, $activity);
-        service_fn(move |req| {
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let active = activity.begin();
+            let h1 = req.version() < http::Version::HTTP_2;
+            if !h1 {
+                activity.saw_h2();
+            }
             let (ctx, front) = (ctx.clone(), front.clone());
             async move {
-                let resp = front::respond(req, ctx, front).await;
+                let mut resp = front::respond(req, ctx, front).await;
+                if h1 && active.draining() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active)))
             }
         })
@@ -104,7 +119,7 @@ struct Serving {
     front: Option<Arc<Front>>,
     idle: Duration,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Drain>,
     /// Requests in flight on the connection (HTTP/1: what `HeadWait` asks).
     activity: Arc<Activity>,
 }
@@ -115,7 +130,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     runtime: Arc<Runtime>,
     listener_name: String,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Drain>,
     _guard: ConnectionGuard,
     tls: Option<Arc<TlsListener>>,
 ) {
@@ -190,12 +205,11 @@ async fn serve_tls(
     limits: crate::config::Limits,
     head_wait: super::framed::HeadWait,
 ) {
-    let mut shutdown = serving.shutdown.clone();
-    let accepted = tokio::select! {
-        accepted = tls.accept(stream, HANDSHAKE_TIMEOUT.min(serving.idle)) => accepted,
-        _ = shutdown.changed() => return,
-    };
-    let Ok(accepted) = accepted else {
+    // Not cut short by a drain: the client connected before it and gets its answer.
+    let Ok(accepted) = tls
+        .accept(stream, HANDSHAKE_TIMEOUT.min(serving.idle))
+        .await
+    else {
         return;
     };
     let version = match accepted.stream.get_ref().1.protocol_version() {
@@ -221,7 +235,15 @@ fn ended<E: std::fmt::Display>(peer: SocketAddr, result: Result<(), E>) {
     }
 }
 
-/// HTTP/1.1 with keep-alive and upgrades; `idle` bounds the wait for the next request head.
+/// HTTP/1.1 with keep-alive and upgrades; `idle` bounds the wait for a request head.
+///
+/// From the start of a drain every response says `Connection: close`. A drain for a
+/// successor (`Drain::Handover`) never closes the connection while it is idle: the client
+/// may be sending its next request at that very moment (HTTP/1.1 cannot refuse it), and a
+/// request lost so fails without a retry if it is not idempotent. The connection is
+/// answered once more and closed, or closes at its usual idle (`header_timeout`) deadline,
+/// which clients that pool connections already expect, or when `shutdown_grace` ends. A
+/// stop (`Drain::Stop`) closes it after a short wait for a request instead.
 async fn serve_h1<I>(io: I, s: Serving)
 where
     I: Read + Write + Unpin + Send + 'static,
@@ -235,7 +257,7 @@ where
         ..
     } = s;
     let limits = ctx.limits.clone();
-    let service = tracked_service!(ctx, front, activity);
+    let service = tracked_service!(ctx, front, activity.clone());
     let mut builder = http1::Builder::new();
     h1_limits!(&mut builder, limits);
     let conn = builder
@@ -243,27 +265,31 @@ where
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
-    let stop = gated::gated(shutdown.changed());
-    tokio::pin!(stop);
-    tokio::select! {
-        result = conn.as_mut() => ended(peer, result),
-        _ = stop => {
-            // A connection accepted just before the shutdown may not have sent its first
-            // request yet: give it a moment, so that it is answered (with Connection:
-            // close) rather than closed unanswered.
-            match tokio::time::timeout(SHUTDOWN_FIRST_REQUEST_GRACE, conn.as_mut()).await {
-                Ok(result) => ended(peer, result),
-                Err(_) => {
-                    conn.as_mut().graceful_shutdown();
-                    ended(peer, conn.await);
-                }
-            }
+    {
+        let stop = gated::gated(shutdown.changed());
+        tokio::pin!(stop);
+        tokio::select! {
+            result = conn.as_mut() => return ended(peer, result),
+            _ = stop => {}
+        }
+    }
+    activity.drain();
+    if *shutdown.borrow() == Drain::Handover {
+        return ended(peer, conn.await);
+    }
+    // A connection accepted just before the stop may not have sent its first request yet:
+    // give it a moment, so that it is answered rather than closed unanswered.
+    match tokio::time::timeout(STOP_REQUEST_GRACE, conn.as_mut()).await {
+        Ok(result) => ended(peer, result),
+        Err(_) => {
+            conn.as_mut().graceful_shutdown();
+            ended(peer, conn.await);
         }
     }
 }
 
-/// How long a connection may still send a request once shutdown began.
-const SHUTDOWN_FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long an idle HTTP/1 connection may still send a request once a stop began.
+const STOP_REQUEST_GRACE: Duration = Duration::from_millis(250);
 
 /// HTTP/2 (after ALPN h2): closed gracefully (GOAWAY) after `idle` without requests.
 async fn serve_h2<I>(io: I, s: Serving)
@@ -319,12 +345,24 @@ where
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {
-        result = conn.as_mut() => ended(peer, result),
+        result = conn.as_mut() => return ended(peer, result),
         _ = activity.idle(idle) => {
             conn.as_mut().graceful_shutdown();
-            ended(peer, conn.await);
+            return ended(peer, conn.await);
         }
-        _ = shutdown.changed() => {
+        _ = shutdown.changed() => {}
+    }
+    // Draining: HTTP/2 says GOAWAY (the client retries what the server did not take); an
+    // HTTP/1 connection drains as in `serve_h1` (closed at its idle deadline when a
+    // successor took over).
+    activity.drain();
+    if activity.is_h2() || *shutdown.borrow() != Drain::Handover {
+        conn.as_mut().graceful_shutdown();
+        return ended(peer, conn.await);
+    }
+    tokio::select! {
+        result = conn.as_mut() => ended(peer, result),
+        _ = activity.idle(idle) => {
             conn.as_mut().graceful_shutdown();
             ended(peer, conn.await);
         }

@@ -59,7 +59,7 @@ pub(crate) struct AcceptContext {
     pub name: String,
     pub runtime: Arc<Runtime>,
     pub stats: Arc<ListenerStats>,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<super::Drain>,
     /// This listener alone is stopped (removed or moved by a reload).
     pub stop: watch::Receiver<bool>,
 }
@@ -108,10 +108,13 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
             _ = stop.changed() => break,
         }
     }
+    // A successor shares the socket and accepts what is queued on it.
+    if *ctx.shutdown.borrow() == super::Drain::Handover {
+        return;
+    }
     // Connections the kernel completed before the stop are served (answered with
     // `Connection: close`) rather than reset by closing the socket under them; then the
-    // socket closes here, and the kernel refuses new connections (unless a successor
-    // process shares the socket).
+    // socket closes here, and the kernel refuses new connections.
     let Ok(listener) = listener.into_std() else {
         return;
     };

@@ -129,7 +129,7 @@ impl Listeners {
         sockets: Vec<std::net::TcpListener>,
         handles: &[tokio::runtime::Handle],
         runtime: &Arc<Runtime>,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &watch::Receiver<super::Drain>,
     ) {
         let Some(addr) = sockets.first().and_then(|s| s.local_addr().ok()) else {
             return;

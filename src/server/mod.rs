@@ -48,6 +48,24 @@ pub enum ServerError {
     MissingToken(String),
 }
 
+/// How a stopping autolb treats the connections it still has (the value of the shutdown
+/// signal every accept loop and connection watches).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Drain {
+    /// Serving; no drain.
+    #[default]
+    Serving,
+    /// SIGTERM/SIGINT: nobody takes over. In-flight requests finish with
+    /// `Connection: close`; idle HTTP/1 connections are closed after a short wait for a
+    /// request (as nginx and HAProxy do), so that the stop is prompt.
+    Stop,
+    /// A successor serves the same sockets (`autolb run --upgrade`): no keep-alive
+    /// connection is closed while its client may be sending on it. Each is answered once
+    /// more, with `Connection: close`, or closed at its idle deadline, or when the grace
+    /// period ends.
+    Handover,
+}
+
 /// Same listening address, where port 0 in the config matches any port.
 fn same_address(configured: SocketAddr, actual: SocketAddr) -> bool {
     configured.ip() == actual.ip() && (configured.port() == 0 || configured.port() == actual.port())
@@ -78,7 +96,7 @@ pub struct Server {
     pub listeners: BTreeMap<String, SocketAddr>,
     /// The listeners serving now (reload adds, moves and removes them).
     pub running: Arc<listeners::Listeners>,
-    shutdown_rx: watch::Receiver<bool>,
+    shutdown_rx: watch::Receiver<Drain>,
     /// The admin API's accept loop (it closes the admin socket when it ends).
     admin_task: tokio::task::JoinHandle<()>,
     pub admin_addr: SocketAddr,
@@ -90,7 +108,7 @@ pub struct Server {
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<reload::Request>>>,
     _watcher: Option<crate::config::watch::FileWatcher>,
     workers: Workers,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Drain>,
     /// Stops the admin API (it answers through the drain, `/health/ready` with 503).
     admin_stop: watch::Sender<bool>,
 }
@@ -113,7 +131,7 @@ impl Server {
         let model = WorkerModel::from_env();
         let runtime = Runtime::new(config, threads);
         let snapshot = runtime.snapshot();
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(Drain::Serving);
         let (admin_stop, admin_stop_rx) = watch::channel(false);
 
         // Bind everything first: a bad address fails the start before any thread exists.
@@ -362,11 +380,12 @@ impl Server {
         let _ = self.admin_stop.send(true);
     }
 
-    /// Stop accepting (new connections are refused), answer in-flight requests with
-    /// `Connection: close`, let them finish for up to `grace`, then stop the workers. The
-    /// admin API answers until the end (`/health/ready`: 503 from the start).
-    pub async fn shutdown(mut self, grace: Duration) {
-        let _ = self.shutdown.send(true);
+    /// Stop accepting (new connections are refused, unless a successor shares the sockets),
+    /// answer in-flight requests with `Connection: close`, let the connections finish as
+    /// `drain` says for up to `grace`, then stop the workers. The admin API answers until
+    /// the end (`/health/ready`: 503 from the start) unless a successor took it over.
+    pub async fn shutdown(mut self, drain: Drain, grace: Duration) {
+        let _ = self.shutdown.send(drain);
         // Every listening socket closes now: a new connection is refused at once, so that
         // clients and upstream balancers go elsewhere.
         self.running.close_all().await;

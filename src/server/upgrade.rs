@@ -158,6 +158,7 @@ pub fn hand_over(
     };
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(sock_err)?;
+    tracing::info!(path = %path.display(), "upgrade: a successor can take over (autolb run --upgrade)");
     loop {
         let (stream, _) = listener.accept().map_err(sock_err)?;
         match serve_successor(&stream, &sockets(), ready_timeout) {

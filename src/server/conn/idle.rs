@@ -1,9 +1,10 @@
-//! Idle accounting of a multiplexed (HTTP/2) client connection: requests in flight, counted
-//! until their response body ends, and the time of the last activity; the connection is
-//! closed gracefully after `idle_timeout` without any.
+//! Activity of a client connection: requests in flight, counted until their response body
+//! ends, and the time of the last activity (an HTTP/2 connection is closed gracefully after
+//! `idle_timeout` without any); whether a drain began (HTTP/1 responses then say
+//! `Connection: close`) and whether the client speaks HTTP/2.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +21,10 @@ pub(crate) struct Activity {
     active: AtomicUsize,
     /// Milliseconds since `origin` of the last request start or end.
     last_ms: AtomicU64,
+    /// A drain began: HTTP/1 responses from now on close the connection.
+    draining: AtomicBool,
+    /// A request came as HTTP/2 (on an `h2c` listener either protocol may come).
+    h2: AtomicBool,
 }
 
 impl Activity {
@@ -28,7 +33,24 @@ impl Activity {
             origin: Instant::now(),
             active: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
         })
+    }
+
+    /// A drain began on this connection.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// A request came as HTTP/2.
+    pub fn saw_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a request came as HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
@@ -74,6 +96,13 @@ impl Activity {
 
 /// One request in flight.
 pub(crate) struct Active(Arc<Activity>);
+
+impl Active {
+    /// Whether its connection is draining.
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
