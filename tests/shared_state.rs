@@ -48,8 +48,11 @@ async fn wait_for(
     }
 }
 
+/// The other nodes seen now (unseen ones stay listed with `seen: false`).
 fn other_nodes(v: &Value) -> usize {
-    v["nodes"].as_array().map_or(0, Vec::len)
+    v["nodes"]
+        .as_array()
+        .map_or(0, |n| n.iter().filter(|n| n["seen"] == true).count())
 }
 
 #[tokio::test]
@@ -131,12 +134,21 @@ async fn fleet_lists_other_nodes_flags_drift_and_forgets_dead_ones() {
     assert_eq!(h["shared_state"]["connected"], true);
     assert_eq!(h["shared_state"]["degraded"], false);
 
+    let c_port = c.admin.port().to_string();
     drop(c);
     let status = wait_for(&a, "/cluster/status", Duration::from_secs(10), |v| {
         other_nodes(v) == 1
     })
     .await;
     assert_eq!(status["fleet"]["config_drift"], false);
+    let gone = status["nodes"].as_array().and_then(|n| {
+        n.iter()
+            .find(|n| n["address"].as_str().is_some_and(|a| a.ends_with(&c_port)))
+    });
+    assert!(
+        gone.is_some_and(|n| n["seen"] == false && n["last_seen_seconds_ago"].is_u64()),
+        "{status:#}"
+    );
     drop(b);
 }
 

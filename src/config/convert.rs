@@ -11,13 +11,11 @@ use ipnet::IpNet;
 use super::checks::{cross_checks, default_admin_listen, Gathered};
 use super::de::from_node;
 use super::error::{Issues, Pos};
-use super::file::{
-    AdminFile, Dur, ListenerFile, ProtocolFile, RouteFile, StateBackendFile, StateFile,
-    TOP_LEVEL_KEYS,
-};
+use super::file::{AdminFile, Dur, ListenerFile, ProtocolFile, RouteFile, TOP_LEVEL_KEYS};
 use super::model::{Admin, Config, Listener, Protocol, Route, State};
 use super::node::{Located, Node, Value};
 use super::pool::{convert_pool, nonzero_dur};
+use super::state::StateFile;
 
 /// A converted listener with the positions the cross-item checks need.
 #[derive(Debug)]
@@ -266,7 +264,10 @@ fn gather(root: &Node, issues: &mut Issues) -> Gathered {
             }
             "pools" => gather_pools(value, &mut g, issues),
             "state" if null => {}
-            "state" => g.state = item::<StateFile>(value, issues).and_then(|s| state(s, issues)),
+            "state" => {
+                g.state =
+                    item::<StateFile>(value, issues).and_then(|s| super::state::state(s, issues))
+            }
             "access_log" if null => g.access_log = Some(Default::default()),
             "access_log" => g.access_log = item(value, issues),
             "alerts" => {
@@ -345,37 +346,6 @@ fn admin(file: AdminFile, issues: &mut Issues) -> Option<(Admin, Option<Pos>)> {
         ready_requires_backend: file.ready_requires_backend.is_none_or(|r| r.value),
     };
     ok.then_some((admin, file.listen.map(|l| l.pos)))
-}
-
-fn state(file: StateFile, issues: &mut Issues) -> Option<State> {
-    let url = file.redis.and_then(|r| r.url);
-    if let Some(u) = &url {
-        if !(u.value.starts_with("redis://") || u.value.starts_with("rediss://")) {
-            issues.push(
-                u.pos,
-                format!(
-                    "invalid redis url \"{}\" (expected redis:// or rediss://)",
-                    u.value
-                ),
-            );
-            return None;
-        }
-    }
-    match (file.backend, url) {
-        (None, _)
-        | (
-            Some(Located {
-                value: StateBackendFile::Memory,
-                ..
-            }),
-            _,
-        ) => Some(State::Memory),
-        (Some(b), None) => {
-            issues.push(b.pos, "state backend redis needs redis.url");
-            None
-        }
-        (Some(_), Some(u)) => Some(State::Redis { url: u.value }),
-    }
 }
 
 /// Builds the validated config from the tree; every issue found is returned.

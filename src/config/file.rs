@@ -423,27 +423,6 @@ pub struct ScaleDownFile {
     pub max_step: Option<Located<u32>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StateBackendFile {
-    Memory,
-    Redis,
-}
-
-/// `state:`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a state mapping (backend, redis)")]
-pub struct StateFile {
-    pub backend: Option<Located<StateBackendFile>>,
-    pub redis: Option<RedisFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a redis mapping (url)")]
-pub struct RedisFile {
-    pub url: Option<Located<String>>,
-}
-
 /// The top-level keys, in the order they are documented.
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "threads",

@@ -1,12 +1,12 @@
-//! The files a config names (listener certificates and keys, pool CA bundles and client
-//! certificates), read and checked when a config *file* is loaded: each problem is reported
+//! The files a config names (listener certificates and keys, pool and Redis CA bundles and
+//! client certificates), read and checked when a config *file* is loaded: each problem is reported
 //! at the line and column of the path that names the file; an expired certificate is only a
 //! warning (it is served, as HAProxy does).
 
 use std::collections::HashSet;
 
 use super::error::{Issues, Pos};
-use super::model::Config;
+use super::model::{Config, State};
 use super::node::{self, Node, Value};
 use super::{ConfigError, ConfigErrors};
 use crate::tls::certs::{self, Side};
@@ -33,6 +33,7 @@ pub(crate) fn check(text: &str, config: &Config) -> Result<Vec<ConfigError>, Con
     let mut warnings = Issues::new();
     listeners(&root, config, &mut issues, &mut warnings);
     pools(&root, config, &mut issues, &mut warnings);
+    redis(&root, config, &mut issues);
     if issues.is_empty() {
         Ok(warnings.into_errors(&file).0)
     } else {
@@ -118,6 +119,41 @@ fn pools(root: &Node, config: &Config, issues: &mut Issues, warnings: &mut Issue
                 Field::ClientKey => pos_of(tls_node, "client_key", tls_pos),
             };
             issues.push(at, format!("pool \"{}\": {e}", pool.name));
+        }
+    }
+}
+
+/// `state.redis.tls`: the CA bundle and the client certificate must load.
+fn redis(root: &Node, config: &Config, issues: &mut Issues) {
+    let State::Redis(redis) = &config.state else {
+        return;
+    };
+    let Some(tls) = &redis.tls else {
+        return;
+    };
+    let node = root
+        .get("state")
+        .and_then(|s| s.get("redis"))
+        .and_then(|r| r.get("tls"));
+    let fallback = node.map_or(Pos::START, |n| n.pos);
+    if let Some(ca) = &tls.ca {
+        let at = pos_of(node, "ca", fallback);
+        match certs::load_ca(ca) {
+            Ok(list) if list.is_empty() => issues.push(
+                at,
+                format!("state.redis.tls.ca {}: no certificate in it", ca.display()),
+            ),
+            Ok(_) => {}
+            Err(e) => issues.push(at, format!("state.redis.tls: {e}")),
+        }
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        if let Err(e) = certs::load_client_pair(cert, key) {
+            let at = match e.side() {
+                Side::Cert => pos_of(node, "client_cert", fallback),
+                Side::Key => pos_of(node, "client_key", fallback),
+            };
+            issues.push(at, format!("state.redis.tls: {e}"));
         }
     }
 }

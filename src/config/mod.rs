@@ -23,6 +23,7 @@ mod pool;
 mod pool_limits;
 mod rate_limit;
 mod retry;
+mod state;
 mod sticky;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,8 @@ mod tests_errors;
 mod tests_ops;
 #[cfg(test)]
 mod tests_policy;
+#[cfg(test)]
+mod tests_state;
 mod tls;
 pub mod watch;
 
@@ -47,6 +50,7 @@ pub use limits::{parse_size, IpRateLimit, Limits};
 pub use model::*;
 pub use pool_limits::PoolLimits;
 pub use rate_limit::{parse_rate, RateLimit, RateLimitScope};
+pub use state::{host_port, redact};
 
 use std::path::Path;
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use super::state::{Redis, RedisTls, Sentinel, State};
+
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -485,10 +487,4 @@ pub struct ScaleTarget {
     pub cpu_percent: Option<u32>,
     /// RSS per instance, in MiB.
     pub memory_mb: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum State {
-    Memory,
-    Redis { url: String },
 }

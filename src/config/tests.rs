@@ -446,9 +446,12 @@ fn full_config_parses_into_the_model() {
                 limits: None,
             },
         ],
-        state: State::Redis {
-            url: "redis://127.0.0.1:6379".into(),
-        },
+        state: State::Redis(Redis {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            sentinel: None,
+            tls: None,
+            password_env: None,
+        }),
         access_log: None,
         alerts: None,
         warnings: vec![],

@@ -214,4 +214,14 @@ pub(crate) fn rebase_paths(config: &mut Config, base: &Path) {
             *path = base.join(&*path);
         }
     }
+    if let super::model::State::Redis(redis) = &mut config.state {
+        if let Some(tls) = redis.tls.as_mut() {
+            for path in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key]
+                .into_iter()
+                .flatten()
+            {
+                *path = base.join(&*path);
+            }
+        }
+    }
 }

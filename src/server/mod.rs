@@ -46,6 +46,8 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("admin: token_env names {0}, but that environment variable is unset or empty")]
     MissingToken(String),
+    #[error(transparent)]
+    State(#[from] crate::state::redis::StartError),
 }
 
 /// How a stopping autolb treats the connections it still has (the value of the shutdown
@@ -164,6 +166,7 @@ impl Server {
             bound.push((l.name.clone(), sockets));
         }
         let token = admin_token(&snapshot.config.admin)?;
+        let backend = crate::state::backend(&snapshot.config)?;
         let admin_std = match inherited.admin.take().filter(|a| {
             a.local_addr()
                 .is_ok_and(|addr| same_address(snapshot.config.admin.listen, addr))
@@ -213,7 +216,7 @@ impl Server {
         runtime.start_health_checks();
         crate::alerts::start(runtime.clone());
         crate::accesslog::start(runtime.clone());
-        let shared = crate::state::start(&runtime, admin_addr);
+        let shared = crate::state::start(&runtime, admin_addr, backend);
         let autoscaler = Autoscaler::start_with_state(
             runtime.clone(),
             Some((shared.backend.clone(), shared.fleet.id().to_string())),

@@ -1,11 +1,13 @@
 //! The fleet registry: every node heartbeats its id, addresses, version, uptime, config
 //! hash and pool summaries to the shared state with a TTL, and reads the others back.
-//! A node that stops heartbeating disappears after `TTL`.
+//! A node that stops heartbeating (or that this node cannot see, without the shared state)
+//! is marked unseen after `TTL`, and forgotten `FORGET` later.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -16,7 +18,16 @@ use crate::runtime::Runtime;
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a heartbeat stays valid.
 pub const TTL: Duration = Duration::from_secs(5);
+/// How long an unseen node stays listed.
+pub const FORGET: Duration = Duration::from_secs(600);
 const GROUP: &str = "nodes";
+
+/// Another node as last seen.
+struct Other {
+    record: Value,
+    seen: bool,
+    last_seen: Instant,
+}
 
 /// This node's view of the fleet.
 pub struct Fleet {
@@ -24,8 +35,8 @@ pub struct Fleet {
     admin: SocketAddr,
     started_ms: u64,
     hash: Mutex<String>,
-    /// The other nodes' last records (empty while the backend does not answer).
-    others: Mutex<Vec<Value>>,
+    /// The other nodes by id: their last records, and whether the last read saw them.
+    others: Mutex<BTreeMap<String, Other>>,
     /// Nodes seen in the last successful read, this one included (1 before any).
     count: AtomicUsize,
 }
@@ -55,7 +66,7 @@ impl Fleet {
             admin,
             started_ms: now_ms(),
             hash: Mutex::new(config_hash(&runtime.snapshot().config)),
-            others: Mutex::new(Vec::new()),
+            others: Mutex::new(BTreeMap::new()),
             count: AtomicUsize::new(1),
         });
         tokio::spawn(heartbeat(
@@ -79,17 +90,53 @@ impl Fleet {
         self.count.load(Ordering::Relaxed).max(1)
     }
 
-    /// The other nodes, each with `config_drift`, and whether any drifts.
+    /// The other nodes, each with `config_drift`, `seen` and `last_seen_seconds_ago`, and
+    /// whether any node seen drifts.
     pub fn others_json(&self) -> (Vec<Value>, bool) {
         let mine = self.config_hash();
-        let mut nodes = self.others.lock().map(|o| o.clone()).unwrap_or_default();
         let mut drift = false;
-        for n in &mut nodes {
-            let d = n["config_hash"].as_str() != Some(mine.as_str());
-            drift |= d;
-            n["config_drift"] = Value::Bool(d);
-        }
+        let Ok(others) = self.others.lock() else {
+            return (Vec::new(), false);
+        };
+        let nodes = others
+            .values()
+            .map(|o| {
+                let mut n = o.record.clone();
+                let d = n["config_hash"].as_str() != Some(mine.as_str());
+                drift |= d && o.seen;
+                n["config_drift"] = Value::Bool(d);
+                n["seen"] = Value::Bool(o.seen);
+                n["last_seen_seconds_ago"] = json!(o.last_seen.elapsed().as_secs());
+                n
+            })
+            .collect();
         (nodes, drift)
+    }
+
+    /// The last read of the registry: `Some(records)` of the nodes seen, `None` when the
+    /// shared state did not answer (every other node is unseen from here).
+    fn saw(&self, list: Option<Vec<(String, Value)>>) {
+        let Ok(mut others) = self.others.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        for o in others.values_mut() {
+            o.seen = false;
+        }
+        if let Some(list) = list {
+            self.count.store(list.len() + 1, Ordering::Relaxed);
+            for (id, record) in list {
+                others.insert(
+                    id,
+                    Other {
+                        record,
+                        seen: true,
+                        last_seen: now,
+                    },
+                );
+            }
+        }
+        others.retain(|_, o| o.seen || o.last_seen.elapsed() < FORGET);
     }
 
     /// This node's heartbeat record.
@@ -142,29 +189,22 @@ async fn heartbeat(runtime: Weak<Runtime>, backend: Arc<dyn SharedState>, fleet:
         };
         let record = fleet.record(&rt).to_string();
         drop(rt);
-        if !backend.connected() {
-            if let Ok(mut o) = fleet.others.lock() {
-                o.clear();
-            }
-            continue;
-        }
-        if bounded(backend.put_member(GROUP, &fleet.id, record, TTL))
-            .await
-            .is_err()
+        if !backend.connected()
+            || bounded(backend.put_member(GROUP, &fleet.id, record, TTL))
+                .await
+                .is_err()
         {
+            fleet.saw(None);
             continue;
         }
-        if let Ok(list) = bounded(backend.members(GROUP)).await {
-            let mut others: Vec<Value> = list
-                .into_iter()
-                .filter(|(id, _)| *id != fleet.id)
-                .filter_map(|(_, v)| serde_json::from_str(&v).ok())
-                .collect();
-            others.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-            fleet.count.store(others.len() + 1, Ordering::Relaxed);
-            if let Ok(mut o) = fleet.others.lock() {
-                *o = others;
-            }
+        match bounded(backend.members(GROUP)).await {
+            Ok(list) => fleet.saw(Some(
+                list.into_iter()
+                    .filter(|(id, _)| *id != fleet.id)
+                    .filter_map(|(id, v)| serde_json::from_str(&v).ok().map(|v| (id, v)))
+                    .collect(),
+            )),
+            Err(_) => fleet.saw(None),
         }
     }
 }

@@ -40,7 +40,7 @@ pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>>
 /// The backend's health, as `/redis/status` shows it.
 #[derive(Debug, Clone, Default)]
 pub struct BackendStatus {
-    /// `memory`, `redis` or `redis-cluster`.
+    /// `memory`, `redis`, `redis-cluster` or `redis-sentinel`.
     pub kind: &'static str,
     pub connected: bool,
     /// The address as configured, without a password.
@@ -54,12 +54,17 @@ pub struct BackendStatus {
     pub last_error_age: Option<u64>,
     pub errors_total: u64,
     pub reconnects_total: u64,
+    /// What autolb uses now: masters and replicas, the nodes it talks to, seeds, Sentinels.
+    pub topology: Value,
+    /// The last failover followed: `{from, to, how, at_ms, seconds_ago}`.
+    pub last_failover: Option<Value>,
+    pub failovers_total: u64,
 }
 
 /// The primitives every shared feature is built from. A single node needs no Redis:
 /// `memory` implements them in process.
 pub trait SharedState: Send + Sync {
-    /// `memory`, `redis` or `redis-cluster`.
+    /// `memory`, `redis`, `redis-cluster` or `redis-sentinel`.
     fn kind(&self) -> &'static str;
     /// Cheap: is the backend answering right now?
     fn connected(&self) -> bool;
@@ -120,14 +125,22 @@ pub struct Shared {
 /// Short bound on every backend call.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Starts the configured backend, the fleet heartbeat and the rate limiters (must run in a
-/// tokio runtime). The backend is chosen at start; changing `state:` needs a restart.
-pub fn start(runtime: &Arc<Runtime>, admin: SocketAddr) -> Arc<Shared> {
-    let config = runtime.snapshot().config.clone();
-    let backend: Arc<dyn SharedState> = match &config.state {
+/// Starts the configured backend (must run in a tokio runtime); it is chosen at start and
+/// changing `state:` needs a restart. Fails when the Redis password variable is unset or a
+/// TLS file cannot be read.
+pub fn backend(config: &Config) -> Result<Arc<dyn SharedState>, redis::StartError> {
+    Ok(match &config.state {
         State::Memory => Arc::new(memory::MemoryState::default()),
-        State::Redis { url } => redis::RedisState::start(url),
-    };
+        State::Redis(settings) => redis::RedisState::start(settings)?,
+    })
+}
+
+/// Starts the fleet heartbeat, the rate limiters and learned stickiness on `backend`.
+pub fn start(
+    runtime: &Arc<Runtime>,
+    admin: SocketAddr,
+    backend: Arc<dyn SharedState>,
+) -> Arc<Shared> {
     let fleet = fleet::Fleet::start(runtime, backend.clone(), admin);
     let limits = ratelimit::Limiters::start(runtime, backend.clone(), fleet.clone());
     let learned = learned::Learned::start(runtime, backend.clone());
@@ -155,6 +168,9 @@ impl Shared {
             "reconnects_total": s.reconnects_total,
             "mode": if s.connected { "shared" } else { "node-local" },
             "node_id": self.fleet.id(),
+            "topology": s.topology,
+            "last_failover": s.last_failover,
+            "failovers_total": s.failovers_total,
         })
     }
 
@@ -204,6 +220,11 @@ impl Shared {
         out.push_str(&format!(
             "autolb_shared_state_errors_total {}\n",
             s.errors_total
+        ));
+        out.push_str("# HELP autolb_shared_state_failovers_total Redis failovers followed (a promoted cluster replica, a new master from Sentinel or the seeds).\n# TYPE autolb_shared_state_failovers_total counter\n");
+        out.push_str(&format!(
+            "autolb_shared_state_failovers_total {}\n",
+            s.failovers_total
         ));
         out.push_str("# HELP autolb_fleet_nodes autolb nodes seen in the fleet registry (this one included).\n# TYPE autolb_fleet_nodes gauge\n");
         out.push_str(&format!("autolb_fleet_nodes {}\n", self.fleet.node_count()));
