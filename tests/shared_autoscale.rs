@@ -5,53 +5,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Autolb, Proc};
+use common::redis::Redis;
+use common::Autolb;
 use serde_json::Value;
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// A `redis-server` on a free loopback port, without persistence, killed on drop.
-struct Redis {
-    port: u16,
-    _proc: Proc,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = common::command("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let r = Redis {
-            port,
-            _proc: Proc {
-                child,
-                log: Default::default(),
-            },
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
 
 /// A shared pool of autolb-echo instances; each node gets its own port range.
 fn shared_config(url: &str, node: u32, min: u32) -> String {

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::redis::{cli, free_port, Redis};
+use common::redis::{Cluster, Redis};
 use common::{echo, Autolb, Client};
 use serde_json::Value;
 
@@ -288,49 +288,9 @@ async fn redis_down_and_back_fails_no_request() {
 
 #[tokio::test]
 async fn redis_cluster_of_three_masters() {
-    // Each node's cluster-config-file lands in this directory (`--dir`), removed at the end.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let dir_arg = dir.path().display().to_string();
-    let mut masters = Vec::new();
-    for _ in 0..3 {
-        let bus = free_port();
-        let extra = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-port",
-            &bus.to_string(),
-            "--cluster-config-file",
-            &format!("nodes-{bus}.conf"),
-            "--dir",
-            &dir_arg,
-        ]
-        .map(String::from)
-        .to_vec();
-        masters.push(Redis::start_with(extra));
-    }
-    let addrs: Vec<String> = masters
-        .iter()
-        .map(|m| format!("127.0.0.1:{}", m.port))
-        .collect();
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !masters
-        .iter()
-        .all(|m| cli(m.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-    {
-        assert!(Instant::now() < deadline, "cluster never became ok");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Default node timeout (15 s): nothing fails over here.
+    let cluster = Cluster::start(3, 0, 15_000, &[]);
+    let masters = &cluster.nodes;
     let e = echo("c");
     let cfg = redis_config(
         &e.addr,
@@ -356,5 +316,5 @@ async fn redis_cluster_of_three_masters() {
     let windows = start.elapsed().as_secs_f64().ceil() + 1.0;
     assert!(((ra.0 + rb.0) as f64) <= 32.0 * windows, "{ra:?} {rb:?}");
     assert!(ra.0 + rb.0 > 0);
-    drop(masters);
+    drop(cluster);
 }

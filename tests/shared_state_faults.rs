@@ -8,45 +8,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::redis::{cli, free_port, Redis};
-use common::{Autolb, Client};
-use http_body_util::Full;
+use common::redis::{cli, Cluster, Redis};
+use common::shared::{app, shared_session, status, wait_status, Load, BOUND};
+use common::Autolb;
 use serde_json::Value;
-
-/// No request may take this long, whatever Redis does (calls are bounded by 250 ms).
-const BOUND: Duration = Duration::from_secs(1);
-
-/// An application backend: answers its name and starts a session (`JSESSIONID`) for a
-/// request without one.
-async fn app(name: &'static str) -> SocketAddr {
-    let n = Arc::new(AtomicU64::new(0));
-    common::hyper_backend(move |req| {
-        let n = n.clone();
-        async move {
-            let has = req
-                .headers()
-                .get_all(http::header::COOKIE)
-                .iter()
-                .any(|v| v.to_str().unwrap_or("").contains("JSESSIONID="));
-            let mut r = http::Response::new(Full::new(Bytes::from(name)));
-            if !has {
-                let i = n.fetch_add(1, Ordering::Relaxed);
-                let cookie = format!("JSESSIONID={name}-{i}; Path=/");
-                r.headers_mut().insert(
-                    http::header::SET_COOKIE,
-                    http::HeaderValue::from_str(&cookie).expect("cookie"),
-                );
-            }
-            r
-        }
-    })
-    .await
-}
 
 fn config(backends: &[SocketAddr], url: &str) -> String {
     common::config(
@@ -57,89 +24,6 @@ fn config(backends: &[SocketAddr], url: &str) -> String {
             common::backend_list(backends, "")
         ),
     )
-}
-
-async fn status(lb: &Autolb) -> Value {
-    common::get(lb.admin, "/redis/status").await.json()
-}
-
-/// Polls `lb`'s `/redis/status` until `cond`, for at most `secs`.
-async fn wait_status(lb: &Autolb, secs: u64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = status(lb).await;
-        if cond(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {v:#}\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A session started through `lb`: (cookie value, backend that owns it).
-async fn new_session(addr: SocketAddr) -> (String, String) {
-    let r = Client::connect(addr).await.get("/").await;
-    assert_eq!(r.status, 200);
-    let (pair, _) = common::set_cookie(&r.headers, "JSESSIONID").expect("JSESSIONID");
-    (pair["JSESSIONID=".len()..].to_string(), r.text())
-}
-
-async fn get_session(c: &mut Client, session: &str) -> common::Reply {
-    c.get_with("/", &[("cookie", &format!("JSESSIONID={session}"))])
-        .await
-}
-
-/// Load on `addr` until `until`: requests of the known `session` (must stay on `owner`),
-/// new sessions, and unknown sessions (a Redis lookup each). Every request must answer 200
-/// within `BOUND`. Returns (requests, slowest).
-fn load(
-    addr: SocketAddr,
-    session: (String, String),
-    until: Instant,
-) -> tokio::task::JoinHandle<(u64, Duration)> {
-    tokio::spawn(async move {
-        let mut c = Client::connect(addr).await;
-        let (mut n, mut slowest) = (0u64, Duration::ZERO);
-        while Instant::now() < until {
-            let t = Instant::now();
-            let r = match n % 3 {
-                0 => get_session(&mut c, &session.0).await,
-                1 => c.get("/").await,
-                _ => get_session(&mut c, &format!("unknown-{addr}-{n}")).await,
-            };
-            let took = t.elapsed();
-            assert_eq!(r.status, 200, "request {n} failed: {}", r.text());
-            assert!(took < BOUND, "request {n} took {took:?}");
-            if n.is_multiple_of(3) {
-                assert_eq!(r.text(), session.1, "request {n}: the session moved");
-            }
-            slowest = slowest.max(took);
-            n += 1;
-        }
-        (n, slowest)
-    })
-}
-
-/// Both nodes connected; a session learned on `a` and honoured by `b`.
-async fn shared_session(a: &Autolb, b: &Autolb) -> (String, String) {
-    for lb in [a, b] {
-        wait_status(lb, 15, "never connected", |v| v["connected"] == true).await;
-    }
-    let session = new_session(a.addr("web")).await;
-    let mut c = Client::connect(b.addr("web")).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get_session(&mut c, &session.0).await.text() != session.1 {
-        assert!(
-            Instant::now() < deadline,
-            "node B never honoured {session:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    session
 }
 
 fn errors(v: &Value) -> u64 {
@@ -156,8 +40,8 @@ async fn a_stopped_redis_slows_no_request() {
     let before = errors(&status(&b).await);
 
     let until = Instant::now() + Duration::from_secs(7);
-    let la = load(a.addr("web"), session.clone(), until);
-    let lb = load(b.addr("web"), session.clone(), until);
+    let la = Load::start(a.addr("web"), session.clone(), Duration::from_secs(7));
+    let lb = Load::start(b.addr("web"), session.clone(), Duration::from_secs(7));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Redis hangs: its connections stay open but nothing answers.
     redis.signal(libc::SIGSTOP);
@@ -178,8 +62,10 @@ async fn a_stopped_redis_slows_no_request() {
         let up = wait_status(lb, 10, "never recovered", |v| v["connected"] == true).await;
         assert_eq!(up["mode"], "shared");
     }
+    // The load runs its full time, recovery included.
+    tokio::time::sleep_until(until.into()).await;
     for (name, l) in [("A", la), ("B", lb)] {
-        let (n, slowest) = l.await.expect("load");
+        let (n, slowest) = l.finish().await;
         assert!(n > 50, "node {name}: only {n} requests");
         assert!(slowest < BOUND, "node {name}: {slowest:?}");
     }
@@ -190,52 +76,13 @@ async fn a_stopped_redis_slows_no_request() {
 
 #[tokio::test]
 async fn a_stopped_cluster_node_fails_no_request() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let dir_arg = dir.path().display().to_string();
-    let mut masters = Vec::new();
-    for _ in 0..3 {
-        let bus = free_port();
-        let extra = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-port",
-            &bus.to_string(),
-            "--cluster-config-file",
-            &format!("nodes-{bus}.conf"),
-            "--cluster-node-timeout",
-            "1000",
-            "--dir",
-            &dir_arg,
-        ]
-        .map(String::from)
-        .to_vec();
-        masters.push(Redis::start_with(extra));
-    }
-    let addrs: Vec<String> = masters
-        .iter()
-        .map(|m| format!("127.0.0.1:{}", m.port))
-        .collect();
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let mut cluster = Cluster::start(3, 0, 1000, &[]);
+    let masters = &mut cluster.nodes;
     let cluster_ok = |masters: &[Redis]| {
         masters
             .iter()
             .all(|m| cli(m.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cluster_ok(&masters) {
-        assert!(Instant::now() < deadline, "cluster never became ok");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let backends = [app("b0").await, app("b1").await];
     let cfg = config(&backends, &masters[0].url());
     let (a, b) = (Autolb::start(&cfg), Autolb::start(&cfg));
@@ -247,8 +94,8 @@ async fn a_stopped_cluster_node_fails_no_request() {
     let before = errors(&status(&a).await);
 
     let until = Instant::now() + Duration::from_secs(8);
-    let la = load(a.addr("web"), session.clone(), until);
-    let lb = load(b.addr("web"), session.clone(), until);
+    let la = Load::start(a.addr("web"), session.clone(), Duration::from_secs(8));
+    let lb = Load::start(b.addr("web"), session.clone(), Duration::from_secs(8));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // One master goes away: its slots do not answer (and, without replicas, the cluster
     // goes down after the node timeout).
@@ -266,8 +113,10 @@ async fn a_stopped_cluster_node_fails_no_request() {
         assert!(Instant::now() < deadline, "cluster never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The load runs its full time, recovery included.
+    tokio::time::sleep_until(until.into()).await;
     for (name, l) in [("A", la), ("B", lb)] {
-        let (n, slowest) = l.await.expect("load");
+        let (n, slowest) = l.finish().await;
         assert!(n > 50, "node {name}: only {n} requests");
         assert!(slowest < BOUND, "node {name}: {slowest:?}");
     }
@@ -284,5 +133,5 @@ async fn a_stopped_cluster_node_fails_no_request() {
     }
     // Shared again: a session learned on B is honoured by A.
     shared_session(&b, &a).await;
-    drop(masters);
+    drop(cluster);
 }

@@ -5,6 +5,8 @@
 pub mod cdp;
 pub mod prom;
 pub mod redis;
+pub mod relay;
+pub mod shared;
 pub mod tls;
 
 use std::collections::HashMap;
