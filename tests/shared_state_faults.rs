@@ -109,7 +109,7 @@ async fn a_stopped_cluster_node_fails_no_request() {
     // Back on its port with its node file: it rejoins the cluster.
     masters[2].restart();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !cluster_ok(&masters) {
+    while !cluster_ok(masters) {
         assert!(Instant::now() < deadline, "cluster never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
