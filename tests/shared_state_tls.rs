@@ -1,0 +1,211 @@
+//! Shared state over TLS with an ACL user, against a real `redis-server --tls-port` that
+//! requires client certificates (`tls-auth-clients yes`) and presents a certificate for a
+//! name only (`redis.test`, reached on 127.0.0.1 through `sni`), from a test CA made with
+//! rcgen. The user has only the commands autolb needs (the documented ACL): every shared
+//! feature works and Redis denies nothing. A wrong name, a wrong password or no client
+//! certificate keep autolb node-local with the reason; an unset `password_env` stops it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::redis::{acl_user, cli, free_port, Redis};
+use common::shared::{
+    app, leaders, metric, shared_pool, shared_session, status, wait_fleet, wait_status,
+};
+use common::tls::TestCa;
+use common::Autolb;
+
+struct Files {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn config(backends: &[SocketAddr], node: u32, port: u16, tls: &str) -> String {
+    common::config(
+        1,
+        "",
+        &format!(
+            "pools:\n  web:\n    rate_limit: {{ rate: 100000/s, scope: cluster }}\n    sticky: {{ learn_cookie: JSESSIONID }}\n    backends:\n{}{}state:\n  backend: redis\n  redis:\n    url: \"rediss://autolb@127.0.0.1:{port}\"\n    password_env: AUTOLB_REDIS_PASSWORD\n    tls: {{ {tls} }}\n",
+            common::backend_list(backends, ""),
+            shared_pool(node, 2),
+        ),
+    )
+}
+
+fn full(f: &Files) -> String {
+    format!(
+        "ca: \"{}\", client_cert: \"{}\", client_key: \"{}\", sni: redis.test",
+        f.ca, f.cert, f.key
+    )
+}
+
+fn node(cfg: &str, id: &str, password: &str) -> Autolb {
+    Autolb::start_with_env(
+        cfg,
+        &[("AUTOLB_NODE_ID", id), ("AUTOLB_REDIS_PASSWORD", password)],
+    )
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_a_least_privilege_user_share_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("autolb test Redis CA");
+    let ca_path = ca.write(dir.path(), "ca");
+    let (server_cert, server_key) = ca.issue(&["redis.test"]).write(dir.path(), "server");
+    let (client_cert, client_key) = ca
+        .issue_with(&["autolb-node"], false, true)
+        .write(dir.path(), "client");
+    let tls_port = free_port();
+    // The plain port is for the test's own redis-cli (default user); autolb uses TLS.
+    let redis = Redis::start_with(
+        [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &path(&server_cert),
+            "--tls-key-file",
+            &path(&server_key),
+            "--tls-ca-cert-file",
+            &path(&ca_path),
+            "--tls-auth-clients",
+            "yes",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    acl_user(redis.port, "autolb", "s3cret");
+    let files = Files {
+        ca: path(&ca_path),
+        cert: path(&client_cert),
+        key: path(&client_key),
+    };
+    let backends = [app("b0").await, app("b1").await];
+    let a = node(
+        &config(&backends, 0, tls_port, &full(&files)),
+        "node-a",
+        "s3cret",
+    );
+    let b = node(
+        &config(&backends, 1, tls_port, &full(&files)),
+        "node-b",
+        "s3cret",
+    );
+    for lb in [&a, &b] {
+        let s = wait_status(lb, 20, "never connected over TLS", |v| {
+            v["mode"] == "shared"
+        })
+        .await;
+        assert_eq!(s["kind"], "redis");
+        assert_eq!(s["url"], format!("rediss://***@127.0.0.1:{tls_port}"));
+    }
+    // Every shared feature: learned sessions, the fleet, the lease and its fenced decision,
+    // cluster rate limits.
+    shared_session(&a, &b).await;
+    wait_fleet(&[&a, &b], 30, "one leader and a decision", |s| {
+        leaders(s).len() == 1
+            && s.iter()
+                .flatten()
+                .all(|f| f["mode"] == "shared" && f["desired"] == 2)
+    })
+    .await;
+    for lb in [&a, &b] {
+        common::wait_until(10, "the other node in the fleet", || async {
+            let c = common::get(lb.admin, "/cluster/status").await.json();
+            (c["fleet"]["nodes_total"] == 2).then_some(())
+        })
+        .await;
+        let mut c = common::Client::connect(lb.addr("web")).await;
+        assert_eq!(c.get("/").await.status, 200);
+        common::wait_until(10, "cluster rate limit shared", || async {
+            (metric(lb, "autolb_rate_limit_node_local{pool=\"web\"}").await == Some(0.0))
+                .then_some(())
+        })
+        .await;
+    }
+    // Nothing autolb sent was denied by the ACL, and no call failed.
+    let log = cli(redis.port, &["ACL", "LOG"]);
+    assert!(log.trim().is_empty(), "ACL LOG: {log}");
+    for lb in [&a, &b] {
+        let s = status(lb).await;
+        assert_eq!(s["errors_total"], 0, "{s:#}");
+    }
+    let clients = cli(redis.port, &["CLIENT", "LIST"]);
+    assert!(clients.contains("user=autolb"), "{clients}");
+
+    // What does not get in stays node-local, saying why.
+    let no_sni = format!(
+        "ca: \"{}\", client_cert: \"{}\", client_key: \"{}\"",
+        files.ca, files.cert, files.key
+    );
+    let no_client = format!("ca: \"{}\", sni: redis.test", files.ca);
+    let cases = [
+        (no_sni, "s3cret", "certificate"),
+        (full(&files), "wrong", "auth"),
+        (no_client, "s3cret", ""),
+    ];
+    for (i, (tls, password, why)) in cases.iter().enumerate() {
+        let lb = node(
+            &config(&backends, 2, tls_port, tls),
+            &format!("bad-{i}"),
+            password,
+        );
+        let s = wait_status(&lb, 10, "no error reported", |v| {
+            v["last_error"].is_string()
+        })
+        .await;
+        assert_eq!(s["mode"], "node-local", "{s:#}");
+        let e = s["last_error"].as_str().unwrap_or("").to_ascii_lowercase();
+        assert!(e.contains(why), "case {i}: {e}");
+        // And it stays so.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(status(&lb).await["mode"], "node-local");
+    }
+}
+
+#[test]
+fn an_unset_password_env_stops_autolb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("autolb.yaml");
+    let yaml = common::config(
+        1,
+        "",
+        "pools:\n  web:\n    backends: [{ address: \"127.0.0.1:9\" }]\nstate:\n  backend: redis\n  redis: { url: \"redis://127.0.0.1:9\", password_env: AUTOLB_TEST_UNSET_PASSWORD }\n",
+    );
+    std::fs::write(&cfg, yaml).expect("write");
+    let mut child = common::command(common::AUTOLB)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env_remove("AUTOLB_TEST_UNSET_PASSWORD")
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn autolb");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("autolb started without its Redis password");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(!code.success());
+    assert!(
+        err.contains("password_env names AUTOLB_TEST_UNSET_PASSWORD"),
+        "{err}"
+    );
+}
