@@ -42,10 +42,18 @@ async fn sees(lb: &Autolb, id: &str) -> Option<bool> {
 }
 
 async fn wait_sees(lb: &Autolb, id: &str, seen: bool, secs: u64) {
-    common::wait_until(secs, &format!("{id} seen: {seen}"), || async {
-        (sees(lb, id).await == Some(seen)).then_some(())
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while sees(lb, id).await != Some(seen) {
+        if std::time::Instant::now() > deadline {
+            let c = common::get(lb.admin, "/cluster/status").await.json();
+            panic!(
+                "{id} never seen: {seen}: {:#}\n{}",
+                c["nodes"],
+                lb.proc.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,15 +93,20 @@ async fn a_partitioned_leader_steps_down_and_comes_back() {
     for o in &others {
         wait_sees(o, &first, true, 10).await;
     }
+    for id in ids.iter().filter(|i| **i != first) {
+        wait_sees(lost, id, true, 10).await;
+    }
     let session = shared_session(lost, others[0]).await;
 
     let load = Load::start(lost.addr("web"), session.clone(), Duration::from_secs(90));
+    let cut = std::time::Instant::now();
     relays[li].cut();
     let down = wait_status(lost, 10, "the cut node never went node-local", |v| {
         v["mode"] == "node-local"
     })
     .await;
     assert!(down["last_error"].is_string(), "{down:#}");
+    let local_after = cut.elapsed();
     // Another node leads with a newer token; the lost one does not lead.
     let s = wait_fleet(&all, 15, "a new leader", |s| {
         let l = leaders(s);
@@ -102,6 +115,7 @@ async fn a_partitioned_leader_steps_down_and_comes_back() {
     .await;
     let second = leaders(&s)[0].clone();
     let t2 = token(&s);
+    let leader_after = cut.elapsed();
     assert_eq!(
         s[li].as_ref().map(|f| f["mode"].clone()),
         Some("node-local".into())
@@ -135,11 +149,16 @@ async fn a_partitioned_leader_steps_down_and_comes_back() {
     assert!(stored["token"].as_u64() >= Some(t2), "{stored:#}");
     assert_eq!(stored["leader"], second.as_str());
 
+    let healed = std::time::Instant::now();
     relays[li].heal();
     wait_status(lost, 10, "the healed node never came back", |v| {
         v["mode"] == "shared"
     })
     .await;
+    eprintln!(
+        "node-local {local_after:?} after the cut, a new leader {leader_after:?} after it; shared again {:?} after the heal",
+        healed.elapsed()
+    );
     let s = wait_fleet(&all, 15, "the healed node follows", |s| {
         s.iter().flatten().count() == 3
             && s.iter()
