@@ -208,3 +208,54 @@ async fn heartbeat(runtime: Weak<Runtime>, backend: Arc<dyn SharedState>, fleet:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> Fleet {
+        Fleet {
+            id: "me".into(),
+            admin: "127.0.0.1:9001".parse().expect("addr"),
+            started_ms: 0,
+            hash: Mutex::new("h".into()),
+            others: Mutex::new(BTreeMap::new()),
+            count: AtomicUsize::new(1),
+        }
+    }
+
+    fn seen(f: &Fleet) -> Vec<(String, bool)> {
+        f.others_json()
+            .0
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_str().unwrap_or("").to_string(),
+                    n["seen"] == true,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nodes_are_marked_unseen_then_seen_again() {
+        let f = fleet();
+        let rec = |id: &str| (id.to_string(), json!({ "id": id, "config_hash": "h" }));
+        f.saw(Some(vec![rec("a"), rec("b")]));
+        assert_eq!(seen(&f), vec![("a".into(), true), ("b".into(), true)]);
+        assert_eq!(f.node_count(), 3);
+        // b stops heartbeating.
+        f.saw(Some(vec![rec("a")]));
+        assert_eq!(seen(&f), vec![("a".into(), true), ("b".into(), false)]);
+        assert_eq!(f.node_count(), 2);
+        // The shared state does not answer: nobody is seen, the count stays the last one.
+        f.saw(None);
+        assert_eq!(seen(&f), vec![("a".into(), false), ("b".into(), false)]);
+        assert_eq!(f.node_count(), 2);
+        f.saw(Some(vec![rec("a"), rec("b")]));
+        assert_eq!(seen(&f), vec![("a".into(), true), ("b".into(), true)]);
+        // An unseen node with another config does not count as drift.
+        let (_, drift) = f.others_json();
+        assert!(!drift);
+    }
+}

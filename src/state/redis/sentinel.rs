@@ -74,11 +74,9 @@ impl RedisState {
         let Some(name) = self.sentinel.as_ref().map(|s| s.master_name.as_str()) else {
             return;
         };
-        let f: Vec<&str> = payload.split_whitespace().collect();
-        if f.len() != 5 || f[0] != name {
+        let Some(to) = switch_target(payload, name) else {
             return;
-        }
-        let to = format!("{}:{}", f[3], f[4]);
+        };
         let current = self
             .talking_to
             .lock()
@@ -103,6 +101,16 @@ impl RedisState {
             }
         }
     }
+}
+
+/// The new master of a `+switch-master` payload (`NAME OLD_IP OLD_PORT NEW_IP NEW_PORT`)
+/// when it is about `name`.
+fn switch_target(payload: &str, name: &str) -> Option<String> {
+    let f: Vec<&str> = payload.split_whitespace().collect();
+    (f.len() == 5 && f[0] == name)
+        .then(|| Addr::parse(&format!("{}:{}", f[3], f[4])))
+        .flatten()
+        .map(|a| a.to_string())
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -181,5 +189,25 @@ pub(super) async fn listen(state: Weak<RedisState>, sentinel: String) {
             s.set_subscribed(&sentinel, false);
         }
         tokio::time::sleep(RESUBSCRIBE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::switch_target;
+
+    #[test]
+    fn switch_master_payloads() {
+        let p = "autolb 127.0.0.1 6379 127.0.0.1 6380";
+        assert_eq!(
+            switch_target(p, "autolb").as_deref(),
+            Some("127.0.0.1:6380")
+        );
+        assert_eq!(switch_target(p, "other"), None);
+        assert_eq!(switch_target("autolb 127.0.0.1 6379", "autolb"), None);
+        assert_eq!(
+            switch_target("autolb a 1 ::1 6380", "autolb").as_deref(),
+            Some("[::1]:6380")
+        );
     }
 }
