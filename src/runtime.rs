@@ -3,10 +3,12 @@
 
 mod backend;
 pub mod limit;
+pub mod overrides;
 mod pool;
 pub mod stats;
 
 pub use backend::{Backend, BackendStats, CheckReport};
+pub use overrides::{BackendMode, OverrideError, Overrides};
 pub use pool::{default_instance_check, ManagedBackend, Pool, PoolStats, RETRY_REASONS};
 pub use stats::{LatencyWindow, WindowSummary};
 
@@ -108,18 +110,45 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<ListenerInfo>,
+    /// Config generation: 1 at start, +1 for each reload that changed the config.
     pub generation: u64,
+    /// Instance sets the autoscaler published (counted apart from the config).
+    pub autoscaler_updates: u64,
+    /// Backend states and weights set through the admin API.
+    pub backend_state_changes: u64,
+}
+
+/// What the snapshot is built from; only the apply step holds it.
+#[derive(Debug)]
+pub struct Inputs {
+    pub config: Arc<Config>,
+    /// Autoscaled instances per pool, as the autoscaler last published them.
+    pub managed: HashMap<String, Vec<ManagedBackend>>,
+    /// The operator's backend states and weights.
+    pub overrides: Overrides,
+    pub generation: u64,
+    pub autoscaler_updates: u64,
+    pub backend_state_changes: u64,
+}
+
+impl Inputs {
+    pub fn new(config: Config) -> Inputs {
+        Inputs {
+            config: Arc::new(config),
+            managed: HashMap::new(),
+            overrides: Overrides::default(),
+            generation: 1,
+            autoscaler_updates: 0,
+            backend_state_changes: 0,
+        }
+    }
 }
 
 impl Snapshot {
-    /// Build a snapshot from `config`, carrying over per-backend state (counters, EWMA,
+    /// Build a snapshot from `inputs`, carrying over per-backend state (counters, EWMA,
     /// idle connections) and per-pool statistics from `previous` where names match.
-    pub fn build(
-        config: Arc<Config>,
-        managed: &HashMap<String, Vec<ManagedBackend>>,
-        previous: Option<&Snapshot>,
-        workers: usize,
-    ) -> Snapshot {
+    pub fn build(inputs: &Inputs, previous: Option<&Snapshot>, workers: usize) -> Snapshot {
+        let config = inputs.config.clone();
         let pool_index: HashMap<&str, usize> = config
             .pools
             .iter()
@@ -131,10 +160,14 @@ impl Snapshot {
             .iter()
             .map(|pc| {
                 let prev = previous.and_then(|s| s.pool(&pc.name));
-                let instances = managed.get(&pc.name).map_or(&[][..], |v| v.as_slice());
+                let instances = inputs
+                    .managed
+                    .get(&pc.name)
+                    .map_or(&[][..], |v| v.as_slice());
                 Arc::new(Pool::build(
                     pc,
                     instances,
+                    &inputs.overrides,
                     prev.map(|p| p.as_ref()),
                     workers,
                 ))
@@ -169,7 +202,9 @@ impl Snapshot {
             routes,
             pools,
             listeners,
-            generation: previous.map_or(1, |s| s.generation + 1),
+            generation: inputs.generation,
+            autoscaler_updates: inputs.autoscaler_updates,
+            backend_state_changes: inputs.backend_state_changes,
         }
     }
 
@@ -200,13 +235,6 @@ impl Snapshot {
     }
 }
 
-/// What the snapshot is built from; only the apply step holds it.
-struct Inputs {
-    config: Arc<Config>,
-    /// Autoscaled instances per pool, as the autoscaler last published them.
-    managed: HashMap<String, Vec<ManagedBackend>>,
-}
-
 /// Owner of the live snapshot and process-wide facts (start time, worker count).
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
@@ -226,12 +254,11 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: Config, workers: usize) -> Arc<Runtime> {
-        let config = Arc::new(config);
-        let managed = HashMap::new();
-        let snapshot = Snapshot::build(config.clone(), &managed, None, workers);
+        let inputs = Inputs::new(config);
+        let snapshot = Snapshot::build(&inputs, None, workers);
         Arc::new(Runtime {
             current: ArcSwap::from_pointee(snapshot),
-            inputs: Mutex::new(Inputs { config, managed }),
+            inputs: Mutex::new(inputs),
             workers,
             started: std::time::Instant::now(),
             reloads_ok: AtomicU64::new(0),
@@ -248,39 +275,84 @@ impl Runtime {
         self.current.load_full()
     }
 
-    /// Swap in a new config: the whole snapshot is rebuilt and swapped once.
-    /// Must run inside a tokio runtime: it restarts the active checks.
+    /// Swap in a new config: the whole snapshot is rebuilt and swapped once; the config
+    /// generation counts it when the config differs. Must run inside a tokio runtime: it
+    /// restarts the active checks.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
-        let next = self.rebuild(|inputs| inputs.config = Arc::new(config));
+        let next = self.rebuild(|inputs| {
+            if *inputs.config != config {
+                inputs.generation += 1;
+            }
+            inputs.config = Arc::new(config);
+            Ok::<_, std::convert::Infallible>(())
+        });
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-        next
+        next.unwrap_or_else(|never| match never {})
     }
 
     /// Publish the autoscaler's current instances of `pool` (starting, ready and draining
     /// ones: the balancer only picks the usable).
     pub fn set_managed(&self, pool: &str, instances: Vec<ManagedBackend>) -> Arc<Snapshot> {
-        self.rebuild(|inputs| {
+        let next = self.rebuild(|inputs| {
             inputs.managed.insert(pool.to_string(), instances);
+            inputs.autoscaler_updates += 1;
+            Ok::<_, std::convert::Infallible>(())
+        });
+        next.unwrap_or_else(|never| match never {})
+    }
+
+    /// The operator's `set server`: `backend` of `pool` goes to `mode`, and to `weight`
+    /// when given (its configured weight ends the override). Leaving `maint` in a checked
+    /// pool makes the backend pass one check first (checked at once: its health is stale).
+    pub fn set_backend_state(
+        &self,
+        pool: &str,
+        backend: &str,
+        mode: BackendMode,
+        weight: Option<u64>,
+    ) -> Result<Arc<Snapshot>, OverrideError> {
+        self.rebuild(|inputs| {
+            let (config, managed) = (inputs.config.clone(), &inputs.managed);
+            let was = inputs
+                .overrides
+                .set(&config, managed, pool, backend, mode, weight)?;
+            if was.mode == BackendMode::Maint && mode != BackendMode::Maint {
+                let snap = self.current.load();
+                let p = snap.pool(pool);
+                if let Some(b) = p
+                    .filter(|p| p.health_check.is_some())
+                    .and_then(|p| p.backends.iter().find(|b| b.address == backend))
+                {
+                    b.stats.check_successes.store(0, Ordering::Relaxed);
+                    b.stats.check_failures.store(0, Ordering::Relaxed);
+                    b.stats.awaiting_first_check.store(true, Ordering::Relaxed);
+                    b.stats.up.store(false, Ordering::Relaxed);
+                }
+            }
+            inputs.backend_state_changes += 1;
+            Ok(())
         })
     }
 
-    /// The one apply step: change the inputs, build the whole snapshot, swap it.
-    fn rebuild(&self, change: impl FnOnce(&mut Inputs)) -> Arc<Snapshot> {
+    /// The one apply step: change the inputs (or refuse), build the whole snapshot, swap it.
+    fn rebuild<E>(
+        &self,
+        change: impl FnOnce(&mut Inputs) -> Result<(), E>,
+    ) -> Result<Arc<Snapshot>, E> {
         let mut inputs = match self.inputs.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        change(&mut inputs);
+        change(&mut inputs)?;
+        let inputs = &mut *inputs;
+        for dropped in inputs.overrides.prune(&inputs.config, &inputs.managed) {
+            tracing::info!("{dropped}");
+        }
         let old = self.current.load_full();
-        let next = Arc::new(Snapshot::build(
-            inputs.config.clone(),
-            &inputs.managed,
-            Some(&old),
-            self.workers,
-        ));
+        let next = Arc::new(Snapshot::build(inputs, Some(&old), self.workers));
         self.current.store(next.clone());
         self.health.reconcile(&next, &self.events);
-        next
+        Ok(next)
     }
 
     /// Start the active checks of the first snapshot (inside a tokio runtime).

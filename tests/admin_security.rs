@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{backend_list, config, echo, Autolb, Client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +56,7 @@ async fn admin_resists_rebinding_cors_and_forwarded_tricks() {
 
     // Forwarded headers grant nothing: a POST without the token is refused.
     let req = http::Request::post("/scaling/manual")
+        .header("content-type", "application/json")
         .header("host", lb.admin.to_string())
         .header("x-forwarded-for", "127.0.0.1")
         .header("forwarded", "for=127.0.0.1")
@@ -64,6 +67,7 @@ async fn admin_resists_rebinding_cors_and_forwarded_tricks() {
         .expect("request");
     assert_eq!(admin.request(req).await.status, 401);
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", lb.admin.to_string())
         .header("authorization", "Bearer s3cret-tokeN")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -94,4 +98,137 @@ async fn admin_resists_rebinding_cors_and_forwarded_tricks() {
         let r = admin.get(path).await;
         assert!(!r.text().contains("s3cret-token"), "{path} leaks the token");
     }
+}
+
+/// A POST with these headers and body (no Content-Type unless given).
+async fn raw_post(
+    admin: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> common::Reply {
+    let mut b = http::Request::post(path).header("host", admin.to_string());
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("request");
+    Client::connect(admin).await.request(req).await
+}
+
+/// Without `token_env` (a loopback admin), what a page on another site could make a browser
+/// send is refused: a form or "simple" fetch (not JSON) with 415, a foreign Origin or a
+/// cross-site Sec-Fetch-Site with 403; nothing changes. curl's JSON POST still works, and so
+/// does a POST from the admin's own origin (the dashboard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_posts_are_refused_without_a_token() {
+    let (a, b) = (echo("a"), echo("b"));
+    let lb = Autolb::start(&config(
+        1,
+        "",
+        &format!(
+            "pools:\n  web:\n    backends:\n{}",
+            backend_list(&[a.addr, b.addr], "")
+        ),
+    ));
+    let admin = lb.admin;
+    let own = format!("http://{admin}");
+    let data = format!("http://{}", lb.addr("web"));
+    let drain = format!(r#"{{"pool":"web","backend":"{}","state":"drain"}}"#, a.addr);
+    let cases: Vec<(&str, Vec<(&str, &str)>, u16)> = vec![
+        // What a form (text/plain, urlencoded) or a no-cors fetch sends.
+        (
+            "/config/reload",
+            vec![
+                ("content-type", "text/plain"),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+        ),
+        ("/config/reload", vec![("content-type", "text/plain")], 415),
+        ("/config/reload", vec![], 415),
+        (
+            "/backends/state",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            415,
+        ),
+        (
+            "/scaling/manual",
+            vec![("content-type", "text/plain;charset=UTF-8")],
+            415,
+        ),
+        // JSON, but a browser says it comes from elsewhere.
+        (
+            "/backends/state",
+            vec![
+                ("content-type", "application/json"),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+        ),
+        (
+            "/backends/state",
+            vec![("content-type", "application/json"), ("origin", &data)],
+            403,
+        ),
+        (
+            "/backends/state",
+            vec![("content-type", "application/json"), ("origin", "null")],
+            403,
+        ),
+        (
+            "/backends/state",
+            vec![
+                ("content-type", "application/json"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            403,
+        ),
+        (
+            "/config/reload",
+            vec![
+                ("content-type", "application/json"),
+                ("sec-fetch-site", "same-site"),
+            ],
+            403,
+        ),
+    ];
+    for (path, headers, status) in &cases {
+        let body = if *path == "/backends/state" {
+            drain.as_str()
+        } else {
+            "{}"
+        };
+        let r = raw_post(admin, path, headers, body).await;
+        assert_eq!(r.status, *status, "{path} {headers:?}: {}", r.text());
+        assert!(r.json()["error"].is_string(), "{}", r.text());
+    }
+    assert!(lb
+        .proc
+        .log_shows("refused a cross-site POST", Duration::from_secs(5)));
+
+    // Nothing changed: no reload ran, both backends still take requests.
+    let h = common::get(admin, "/health").await.json();
+    assert!(h["config"]["last_reload"].is_null(), "{h:#}");
+    let s = common::get(admin, "/loadbalancer/status").await.json();
+    for backend in s["pools"][0]["backends"].as_array().expect("backends") {
+        assert_eq!(backend["state"], "ready", "{backend:#}");
+    }
+
+    // curl's JSON POST, and the admin's own page, are served.
+    let r = common::admin_post(admin, "/config/reload", None, &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = common::admin_post(
+        admin,
+        "/backends/state",
+        None,
+        &[("origin", &own), ("sec-fetch-site", "same-origin")],
+        &drain,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "drain");
 }

@@ -211,6 +211,7 @@ pools:
     std::fs::write(&lb.config, format!("{yaml}  broken: [\n")).expect("write");
     let mut admin = common::Client::connect(lb.admin).await;
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .expect("request");

@@ -195,7 +195,9 @@ async fn a_killed_instance_is_replaced_and_counted() {
 
 async fn post(lb: &Autolb, token: Option<&str>, body: &str) -> common::Reply {
     let mut c = Client::connect(lb.admin).await;
-    let mut b = http::Request::post("/scaling/manual").header("host", "admin");
+    let mut b = http::Request::post("/scaling/manual")
+        .header("content-type", "application/json")
+        .header("host", "admin");
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
     }

@@ -38,6 +38,7 @@ async fn manual(lb: &Autolb, n: u32) {
     let r = c
         .request(
             http::Request::post("/scaling/manual")
+                .header("content-type", "application/json")
                 .header("host", "admin")
                 .header("authorization", format!("Bearer {TOKEN}"))
                 .body(http_body_util::Full::new(bytes::Bytes::from(body)))

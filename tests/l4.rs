@@ -500,6 +500,7 @@ async fn tcp_listener_added_by_reload() {
     std::fs::rename(&tmp, &lb.config).expect("rename");
     let mut c = common::Client::connect(lb.admin).await;
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", "admin")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("request");

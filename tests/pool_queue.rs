@@ -366,6 +366,7 @@ async fn a_reload_changes_max_inflight_for_new_requests() {
     std::fs::rename(&tmp, &lb.config).expect("rename");
     let mut admin = Client::connect(lb.admin).await;
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", "admin")
         .body(Full::new(Bytes::new()))
         .expect("request");

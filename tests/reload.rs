@@ -77,6 +77,7 @@ fn follows(i: usize, got: &HashSet<String>, want: &HashSet<String>) -> bool {
 async fn post_reload(admin: SocketAddr) -> common::Reply {
     let mut c = Client::connect(admin).await;
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", "admin")
         .header("authorization", format!("Bearer {TOKEN}"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -217,6 +218,7 @@ async fn an_invalid_config_changes_nothing_and_says_where() {
     let r = c
         .request(
             http::Request::post("/config/reload")
+                .header("content-type", "application/json")
                 .header("host", "admin")
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .expect("request"),

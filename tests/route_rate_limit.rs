@@ -40,6 +40,7 @@ async fn reload(lb: &Autolb, text: &str) {
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, &lb.config).expect("rename");
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", "admin")
         .body(Full::new(Bytes::new()))
         .expect("request");

@@ -284,6 +284,7 @@ async fn scale_to(lb: &Autolb, n: u32) {
     let mut c = Client::connect(lb.admin).await;
     let body = format!(r#"{{"pool":"web","instances":{n},"reason":"test"}}"#);
     let req = http::Request::post("/scaling/manual")
+        .header("content-type", "application/json")
         .header("host", "admin")
         .header("authorization", format!("Bearer {TOKEN}"))
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))

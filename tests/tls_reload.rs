@@ -130,6 +130,7 @@ async fn a_config_reload_swaps_in_new_certificate_files_or_is_refused() {
     let addr = lb.addr("secure");
     let reload = || async {
         let req = http::Request::post("/config/reload")
+            .header("content-type", "application/json")
             .header("host", "admin")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .expect("request");
@@ -198,6 +199,7 @@ async fn a_new_https_listener_starts_on_reload() {
     let yaml = common::config(1, "", &format!("{https}{pools}"));
     std::fs::write(&lb.config, &yaml).expect("write config");
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", "admin")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("request");

@@ -1,7 +1,12 @@
 //! The admin HTTP API on its own port: health, performance, load-balancer, scaling and
-//! cluster status, Prometheus metrics, and manual scaling (POSTs need the bearer token).
-//! Every answer is JSON except `/metrics`; errors are `{"error": ...}`.
+//! cluster status, Prometheus metrics, manual scaling and backend states. Every request
+//! passes the Host guard; every POST the cross-site guard and the POST token; GETs the read
+//! token when one is set. Every answer is JSON except `/metrics` and `/`; errors are
+//! `{"error": ...}`.
 
+mod auth;
+mod backends;
+mod cross_site;
 mod dashboard;
 mod guard;
 mod probe;
@@ -26,15 +31,17 @@ use crate::autoscale::Autoscaler;
 use crate::runtime::Runtime;
 use crate::server::reload::Trigger;
 
+pub use auth::Tokens;
+
 /// What the admin API reads.
 #[derive(Clone)]
 pub struct AdminState {
     pub runtime: Arc<Runtime>,
     pub listeners: Arc<crate::server::listeners::Listeners>,
     pub autoscaler: Arc<Autoscaler>,
-    /// Bearer token every POST must carry (from `admin.token_env`); `None` on a loopback
-    /// admin without `token_env`.
-    pub token: Option<Arc<str>>,
+    /// Bearer tokens: for every POST (`admin.token_env`; `None` on a loopback admin
+    /// without it) and for reading (`admin.read_token_env`).
+    pub tokens: auth::Tokens,
     pub reload: crate::server::reload::Handle,
     pub reload_state: Arc<std::sync::Mutex<crate::server::reload::ReloadState>>,
     /// Shared state (memory or Redis), the fleet registry and rate limits.
@@ -92,6 +99,25 @@ async fn track_peaks(runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>)
     }
 }
 
+/// Warn at start when a non-loopback admin lets anyone who reaches it read the GET
+/// endpoints that show pids, ports, backends and metrics (no `admin.read_token_env`).
+pub fn warn_if_exposed(listen: std::net::SocketAddr, tokens: &Tokens) {
+    if listen.ip().is_loopback() || tokens.read.is_some() {
+        return;
+    }
+    let exposed: Vec<&str> = ENDPOINTS
+        .iter()
+        .filter(|(p, m)| *m == "GET" && !auth::PUBLIC.contains(p))
+        .map(|(p, _)| *p)
+        .collect();
+    tracing::warn!(
+        addr = %listen,
+        "admin: {listen} is not loopback and admin.read_token_env is not set: anyone who \
+         reaches it can read {}; set read_token_env (or firewall the port)",
+        exposed.join(", ")
+    );
+}
+
 /// Every endpoint and the methods it takes.
 const ENDPOINTS: &[(&str, &str)] = &[
     ("/", "GET"),
@@ -105,6 +131,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("/cluster/status", "GET"),
     ("/scaling/manual", "POST"),
     ("/config/reload", "POST"),
+    ("/backends/state", "POST"),
     ("/redis/status", "GET"),
 ];
 
@@ -133,10 +160,13 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             .insert(http::header::ALLOW, HeaderValue::from_static(allow));
         return resp;
     }
-    if method == "POST" {
-        if let Err(resp) = authorize(&req, state) {
-            return *resp;
-        }
+    let authorized = if method == "POST" {
+        check_post(&req, &path).and_then(|()| state.tokens.authorize_post(&req))
+    } else {
+        state.tokens.authorize_get(&req, &path)
+    };
+    if let Err(resp) = authorized {
+        return *resp;
     }
     let rt = &state.runtime;
     match path.as_str() {
@@ -144,9 +174,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
         "/health" => {
             let mut h = status::health(rt);
             if let Ok(r) = state.reload_state.lock() {
-                let extra = r.to_json();
-                h["config"]["hash"] = extra["config_hash"].clone();
-                h["config"]["last_reload"] = extra["last_reload"].clone();
+                h["config"]["last_reload"] = r.to_json()["last_reload"].clone();
             }
             h["shared_state"] = state.shared.health();
             json(StatusCode::OK, &h)
@@ -169,6 +197,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
         }
         "/redis/status" => json(StatusCode::OK, &state.shared.redis_status()),
         "/scaling/manual" => scaling::manual(req, state).await,
+        "/backends/state" => backends::set_state(req, state).await,
         "/config/reload" => match state.reload.reload(Trigger::Admin).await {
             Some(o) if o.ok => json(StatusCode::OK, &o.to_json()),
             Some(o) => json(StatusCode::BAD_REQUEST, &o.to_json()),
@@ -188,38 +217,20 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
     }
 }
 
-/// Every POST needs `Authorization: Bearer TOKEN` when a token is configured.
-fn authorize(
-    req: &Request<Incoming>,
-    state: &AdminState,
-) -> Result<(), Box<Response<Full<Bytes>>>> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
-    let given = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "invalid bearer token",
-        ))),
-        None => {
-            let mut resp = error(StatusCode::UNAUTHORIZED, "missing bearer token");
-            resp.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
+/// The cross-site guard of a POST (logged: a refused one is a page trying its luck).
+fn check_post<B>(req: &Request<B>, path: &str) -> Result<(), Box<Response<Full<Bytes>>>> {
+    cross_site::check_post(req).map_err(|r| {
+        if r.status == StatusCode::FORBIDDEN {
+            let origin = req.headers().get(http::header::ORIGIN);
+            tracing::warn!(
+                path,
+                ?origin,
+                "admin: refused a cross-site POST: {}",
+                r.message
             );
-            Err(Box::new(resp))
         }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        Box::new(error(r.status, &r.message))
+    })
 }
 
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {

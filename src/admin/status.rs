@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::config::{Algorithm, HashKey};
 use crate::metrics::CODE_LABELS;
 use crate::runtime::stats::{summarize, summarize_recent, Peak};
-use crate::runtime::{Pool, Runtime, WindowSummary};
+use crate::runtime::{Backend, BackendMode, Pool, Runtime, WindowSummary};
 use crate::server::ListenerStats;
 
 pub fn algorithm_name(a: Algorithm) -> &'static str {
@@ -39,6 +39,14 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// Snapshot changes that are not config changes, counted apart from the generation.
+fn updates(snap: &crate::runtime::Snapshot) -> Value {
+    json!({
+        "autoscaler": snap.autoscaler_updates,
+        "backend_states": snap.backend_state_changes,
+    })
+}
+
 /// `GET /health`: liveness and a summary.
 pub fn health(rt: &Runtime) -> Value {
     let snap = rt.snapshot();
@@ -55,8 +63,10 @@ pub fn health(rt: &Runtime) -> Value {
         "workers": rt.workers,
         "config": {
             "source": snap.config.source.display().to_string(),
+            "hash": snap.config.hash,
             "generation": snap.generation,
         },
+        "updates": updates(&snap),
         "pools": pools,
     })
 }
@@ -159,6 +169,22 @@ pub fn performance(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>
     json!({ "window_seconds": 60, "overall": overall, "pools": pools })
 }
 
+/// A backend's health as the status shows it: `disabled` (configured), `maint` (the
+/// operator's: checks paused), `down` (active checks), `ejected` (outlier detection), `up`.
+pub fn health_name(b: &Backend) -> &'static str {
+    if b.disabled {
+        "disabled"
+    } else if b.mode == BackendMode::Maint {
+        "maint"
+    } else if !b.stats.up.load(Ordering::Relaxed) {
+        "down"
+    } else if b.stats.ejected.load(Ordering::Relaxed) {
+        "ejected"
+    } else {
+        "up"
+    }
+}
+
 fn pool_status(p: &Pool) -> Value {
     let backends: Vec<Value> = p
         .backends
@@ -169,15 +195,7 @@ fn pool_status(p: &Pool) -> Value {
             for (i, code) in CODE_LABELS.iter().enumerate() {
                 responses.insert((*code).into(), json!(s.responses[i].load(Ordering::Relaxed)));
             }
-            let health = if b.disabled {
-                "disabled"
-            } else if !s.up.load(Ordering::Relaxed) {
-                "down"
-            } else if s.ejected.load(Ordering::Relaxed) {
-                "ejected"
-            } else {
-                "up"
-            };
+            let health = health_name(b);
             let check = s.last_check.lock().ok().and_then(|c| c.clone()).map(|c| {
                 json!({
                     "ok": c.ok,
@@ -192,6 +210,8 @@ fn pool_status(p: &Pool) -> Value {
                 "address": b.address,
                 "resolved": b.addr.to_string(),
                 "weight": b.weight,
+                "config_weight": b.config_weight,
+                "state": b.mode.as_str(),
                 "health": health,
                 "usable": b.usable(),
                 "active_requests": b.active(),
@@ -271,6 +291,7 @@ pub fn loadbalancer(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats
         .collect();
     json!({
         "generation": snap.generation,
+        "updates": updates(&snap),
         "listeners": listeners,
         "pools": pools,
         "events": events,

@@ -243,11 +243,11 @@ impl CookieSpec {
     }
 }
 
-/// May backend `i` take pinned traffic? `panic`: only `disabled` is skipped.
+/// May backend `i` take pinned traffic? `panic`: only `disabled` and `maint` are skipped.
 fn serves(backends: &[Arc<Backend>], i: usize, panic: bool) -> bool {
     backends.get(i).is_some_and(|b| {
         if panic {
-            !b.disabled
+            b.in_service()
         } else {
             b.serves_pinned()
         }
@@ -330,7 +330,9 @@ mod tests {
                     address: format!("127.0.0.1:{}", 4000 + i),
                     addr,
                     weight: 1,
+                    config_weight: 1,
                     disabled: false,
+                    mode: Default::default(),
                     slow_start: None,
                     stats: Arc::new(BackendStats::default()),
                     conns: Arc::new(ConnPool::new(addr, 1)),

@@ -19,7 +19,8 @@ pub struct PickContext {
     pub hash: Option<u64>,
     /// Backends already tried by this request (bit i = backend i; i >= 64 is never excluded).
     pub exclude: u64,
-    /// Panic mode: health is ignored (only `disabled` backends are skipped).
+    /// Panic mode: health is ignored (`disabled`, drained and `maint` backends are still
+    /// skipped).
     pub panic: bool,
 }
 
@@ -31,7 +32,11 @@ fn excluded(ctx: &PickContext, i: usize) -> bool {
 #[inline]
 fn eligible(backends: &[Arc<Backend>], ctx: &PickContext, i: usize) -> bool {
     let b = &backends[i];
-    let ok = if ctx.panic { !b.disabled } else { b.usable() };
+    let ok = if ctx.panic {
+        b.accepts_new()
+    } else {
+        b.usable()
+    };
     ok && !excluded(ctx, i)
 }
 

@@ -324,7 +324,10 @@ fn admin(file: AdminFile, issues: &mut Issues) -> Option<(Admin, Option<Pos>)> {
             default_admin_listen()
         }),
     };
-    if let Some(t) = &file.token_env {
+    for t in [&file.token_env, &file.read_token_env]
+        .into_iter()
+        .flatten()
+    {
         if t.value.is_empty() || t.value.contains(['=', '\0']) {
             issues.push(
                 t.pos,
@@ -344,6 +347,7 @@ fn admin(file: AdminFile, issues: &mut Issues) -> Option<(Admin, Option<Pos>)> {
         listen,
         token_env: file.token_env.map(|t| t.value),
         ready_requires_backend: file.ready_requires_backend.is_none_or(|r| r.value),
+        read_token_env: file.read_token_env.map(|t| t.value),
     };
     ok.then_some((admin, file.listen.map(|l| l.pos)))
 }
@@ -362,6 +366,7 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
             listen: default_admin_listen(),
             token_env: None,
             ready_requires_backend: true,
+            read_token_env: None,
         },
         None,
     ));
@@ -370,6 +375,7 @@ pub(crate) fn build(root: &Node, source: &Path) -> Result<Config, Issues> {
     });
     let mut config = Config {
         source: source.to_path_buf(),
+        hash: String::new(),
         threads,
         shutdown_grace: g.shutdown_grace.unwrap_or(Duration::from_secs(30)),
         admin,

@@ -79,12 +79,13 @@ impl<'de> Deserialize<'de> for StrOrInt {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "an admin mapping (listen, token_env, ready_requires_backend)"
+    expecting = "an admin mapping (listen, token_env, read_token_env, ready_requires_backend)"
 )]
 pub struct AdminFile {
     pub listen: Option<Located<String>>,
     pub token_env: Option<Located<String>>,
     pub ready_requires_backend: Option<Located<bool>>,
+    pub read_token_env: Option<Located<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

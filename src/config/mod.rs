@@ -82,5 +82,12 @@ pub fn load_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
         issues.push(issue.pos, issue.message);
         issues.into_errors(&file)
     })?;
-    convert::build(&root, source).map_err(|issues| issues.into_errors(&file))
+    let mut config = convert::build(&root, source).map_err(|issues| issues.into_errors(&file))?;
+    config.hash = text_hash(text);
+    Ok(config)
+}
+
+/// The config hash of a config's text (`Config::hash`).
+pub fn text_hash(text: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
 }

@@ -15,6 +15,9 @@ pub use super::state::{Redis, RedisTls, Sentinel, State};
 pub struct Config {
     /// Where the config came from (used in messages and for reload).
     pub source: PathBuf,
+    /// The config hash: xxh3-64 (16 hex digits) of the text it was loaded from, as
+    /// `/health`, `/cluster/status` and a reload's answer show it.
+    pub hash: String,
     /// Data-plane worker threads (default: number of cores).
     pub threads: usize,
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT (default 30s).
@@ -44,6 +47,9 @@ pub struct Admin {
     /// `GET /health/ready` needs a pool with a ready backend (default true; false for a
     /// balancer whose pools scale from zero through it).
     pub ready_requires_backend: bool,
+    /// Name of the environment variable holding the bearer token for reading (every GET
+    /// but the probes and the dashboard page).
+    pub read_token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -69,6 +69,7 @@ shutdown_grace: 45s
 admin:
   listen: 127.0.0.1:9100
   token_env: AUTOLB_ADMIN_TOKEN
+  read_token_env: AUTOLB_READ_TOKEN
 listeners:
   - name: web
     listen: 0.0.0.0:8080
@@ -174,12 +175,14 @@ fn full_config_parses_into_the_model() {
         .expect("an address");
     let expected = Config {
         source: PathBuf::from(FILE),
+        hash: super::text_hash(FULL),
         threads: 4,
         shutdown_grace: Duration::from_secs(45),
         admin: Admin {
             listen: addr("127.0.0.1:9100"),
             token_env: Some("AUTOLB_ADMIN_TOKEN".into()),
             ready_requires_backend: true,
+            read_token_env: Some("AUTOLB_READ_TOKEN".into()),
         },
         listeners: vec![
             Listener {
@@ -474,6 +477,7 @@ fn defaults_fill_a_minimal_config() {
             listen: addr("127.0.0.1:9001"),
             token_env: None,
             ready_requires_backend: true,
+            read_token_env: None,
         }
     );
     assert_eq!(c.state, State::Memory);

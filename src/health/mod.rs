@@ -76,7 +76,7 @@ impl HealthChecks {
             let Some(cfg) = &pool.health_check else {
                 continue;
             };
-            for backend in pool.backends.iter().filter(|b| !b.disabled) {
+            for backend in pool.backends.iter().filter(|b| b.in_service()) {
                 let task = tokio::spawn(check_loop(
                     pool.name.clone(),
                     pool.stats.clone(),

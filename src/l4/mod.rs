@@ -246,7 +246,7 @@ fn pick(pool: &Arc<Pool>, limits: &[Option<u32>], ctx: &mut PickContext) -> Opti
         .filter(|&i| {
             let b = &pool.backends[i];
             if ctx.panic {
-                !b.disabled
+                b.accepts_new()
             } else {
                 b.usable()
             }

@@ -1,5 +1,6 @@
-//! One backend of a pool: its address and weight, and its live state (in-flight requests,
-//! counters, peak-EWMA latency, idle connections) that survives a reload.
+//! One backend of a pool: its address, weight and operator state, and its live state
+//! (in-flight requests, counters, peak-EWMA latency, idle connections) that survives a
+//! reload.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::overrides::BackendMode;
 use crate::proxy::upstream::ConnPool;
 
 /// Linkerd's default: an unmeasured backend is assumed to answer in 30 ms.
@@ -21,9 +23,15 @@ pub struct Backend {
     /// As written in the config: the name used in metrics and status.
     pub address: String,
     pub addr: SocketAddr,
+    /// The balancing weight: the operator's (`POST /backends/state`) or the configured one.
     pub weight: u32,
+    /// The configured weight (1 for autoscaled instances).
+    pub config_weight: u32,
     /// Configured `disabled` (maintenance): never picked.
     pub disabled: bool,
+    /// The operator's state (`POST /backends/state`): `Drain` takes no new requests,
+    /// `Maint` no traffic at all.
+    pub mode: BackendMode,
     /// The pool's slow-start window, if any.
     pub slow_start: Option<Duration>,
     /// Live state shared with the previous and next snapshot.
@@ -33,17 +41,31 @@ pub struct Backend {
 
 impl Backend {
     /// May the balancer pick this backend for a new request or session now?
-    /// (enabled, healthy, not ejected, not draining)
+    /// (enabled, in the `ready` state, healthy, not ejected, not draining)
     #[inline]
     pub fn usable(&self) -> bool {
-        !self.disabled && self.stats.healthy() && !self.stats.draining.load(Ordering::Relaxed)
+        self.accepts_new() && self.stats.healthy() && !self.stats.draining.load(Ordering::Relaxed)
     }
 
     /// May a request already pinned to this backend (sticky session) still go to it?
     /// Like `usable`, but a draining backend keeps its sessions.
     #[inline]
     pub fn serves_pinned(&self) -> bool {
-        !self.disabled && self.stats.healthy()
+        self.in_service() && self.stats.healthy()
+    }
+
+    /// May this backend take any traffic (not configured `disabled`, not in `maint`)?
+    /// Panic mode ignores health, never this. Active checks run only for these.
+    #[inline]
+    pub fn in_service(&self) -> bool {
+        !self.disabled && self.mode != BackendMode::Maint
+    }
+
+    /// May it take new requests and sessions, health aside (in service and not drained
+    /// by the operator)? What panic mode picks from.
+    #[inline]
+    pub fn accepts_new(&self) -> bool {
+        !self.disabled && self.mode == BackendMode::Ready
     }
 
     /// Weight in thousandths, scaled down while the backend is in slow start: from 10% of its

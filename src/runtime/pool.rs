@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::backend::{Backend, BackendStats};
+use super::overrides::Overrides;
 use super::stats::{DurationHistogram, LatencyWindow};
 use crate::balance::Balancer;
 use crate::config::{self, Algorithm, HashKey, HealthCheck, Outlier, RetryOn, Timeouts};
@@ -94,14 +95,21 @@ pub fn default_instance_check() -> HealthCheck {
 }
 
 impl Pool {
-    /// Build from config and the autoscaler's instances, reusing the state of backends (by
-    /// address) and of the pool itself from `previous`.
+    /// Build from config, the autoscaler's instances and the operator's overrides, reusing
+    /// the state of backends (by address) and of the pool itself from `previous`.
     pub fn build(
         cfg: &config::Pool,
         managed: &[ManagedBackend],
+        overrides: &Overrides,
         previous: Option<&Pool>,
         workers: usize,
     ) -> Pool {
+        let over = |address: &str| {
+            overrides
+                .get(&cfg.name, address)
+                .copied()
+                .unwrap_or_default()
+        };
         let mut backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
@@ -120,11 +128,14 @@ impl Pool {
                         (Arc::new(stats), Arc::new(ConnPool::new(b.addr, workers)))
                     }
                 };
+                let o = over(&b.address);
                 Arc::new(Backend {
                     address: b.address.clone(),
                     addr: b.addr,
-                    weight: b.weight,
+                    weight: o.weight.map_or(b.weight, |(w, _)| w),
+                    config_weight: b.weight,
                     disabled: b.disabled,
+                    mode: o.mode,
                     slow_start: cfg.slow_start,
                     stats,
                     conns,
@@ -132,11 +143,14 @@ impl Pool {
             })
             .collect();
         backends.extend(managed.iter().map(|m| {
+            let o = over(&m.address);
             Arc::new(Backend {
                 address: m.address.clone(),
                 addr: m.addr,
-                weight: m.weight,
+                weight: o.weight.map_or(m.weight, |(w, _)| w),
+                config_weight: m.weight,
                 disabled: false,
+                mode: o.mode,
                 slow_start: cfg.slow_start,
                 stats: m.stats.clone(),
                 conns: m.conns.clone(),
@@ -188,7 +202,7 @@ impl Pool {
         if self.panic_threshold == 0 {
             return false;
         }
-        let enabled = self.backends.iter().filter(|b| !b.disabled).count();
+        let enabled = self.backends.iter().filter(|b| b.accepts_new()).count();
         let healthy = self.ready_backends();
         healthy * 100 < enabled * usize::from(self.panic_threshold)
     }

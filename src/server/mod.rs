@@ -44,8 +44,8 @@ pub enum ServerError {
     Workers(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("admin: token_env names {0}, but that environment variable is unset or empty")]
-    MissingToken(String),
+    #[error("admin: {key} names {var}, but that environment variable is unset or empty")]
+    MissingToken { key: &'static str, var: String },
     #[error(transparent)]
     State(#[from] crate::state::redis::StartError),
 }
@@ -80,15 +80,25 @@ fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// The admin bearer token from the environment variable `token_env` names.
-fn admin_token(admin: &crate::config::Admin) -> Result<Option<Arc<str>>, ServerError> {
-    let Some(var) = &admin.token_env else {
-        return Ok(None);
+/// The admin bearer tokens from the environment variables `token_env` and
+/// `read_token_env` name.
+fn admin_tokens(admin: &crate::config::Admin) -> Result<crate::admin::Tokens, ServerError> {
+    let token = |key: &'static str, var: &Option<String>| {
+        let Some(var) = var else {
+            return Ok(None);
+        };
+        match std::env::var(var) {
+            Ok(t) if !t.trim().is_empty() => Ok(Some(Arc::from(t.trim()))),
+            _ => Err(ServerError::MissingToken {
+                key,
+                var: var.clone(),
+            }),
+        }
     };
-    match std::env::var(var) {
-        Ok(t) if !t.trim().is_empty() => Ok(Some(Arc::from(t.trim()))),
-        _ => Err(ServerError::MissingToken(var.clone())),
-    }
+    Ok(crate::admin::Tokens {
+        write: token("token_env", &admin.token_env)?,
+        read: token("read_token_env", &admin.read_token_env)?,
+    })
 }
 
 /// A started autolb: owns the workers and knows where everything listens.
@@ -165,7 +175,8 @@ impl Server {
             };
             bound.push((l.name.clone(), sockets));
         }
-        let token = admin_token(&snapshot.config.admin)?;
+        let tokens = admin_tokens(&snapshot.config.admin)?;
+        crate::admin::warn_if_exposed(snapshot.config.admin.listen, &tokens);
         let backend = crate::state::backend(&snapshot.config)?;
         let admin_std = match inherited.admin.take().filter(|a| {
             a.local_addr()
@@ -221,10 +232,7 @@ impl Server {
             runtime.clone(),
             Some((shared.backend.clone(), shared.fleet.id().to_string())),
         );
-        let reload_state = Arc::new(std::sync::Mutex::new(reload::ReloadState {
-            hash: reload::file_hash(&snapshot.config.source),
-            last: None,
-        }));
+        let reload_state = Arc::new(std::sync::Mutex::new(reload::ReloadState::default()));
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);
         let reload_handle = reload::Handle(reload_tx);
         let watcher = match reload::watch(&snapshot.config.source, reload_handle.clone()) {
@@ -241,7 +249,7 @@ impl Server {
                 runtime: runtime.clone(),
                 listeners: running.clone(),
                 autoscaler: autoscaler.clone(),
-                token,
+                tokens,
                 reload: reload_handle.clone(),
                 reload_state: reload_state.clone(),
                 shared,

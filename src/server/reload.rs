@@ -92,8 +92,8 @@ pub struct Record {
 
 /// Hash of a config file's bytes (hex), as `/health` shows it.
 pub fn file_hash(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&b)))
+    std::fs::read_to_string(path)
+        .map(|text| config::text_hash(&text))
         .unwrap_or_else(|_| "unreadable".into())
 }
 
@@ -104,13 +104,12 @@ impl Server {
         let rt = &self.runtime;
         let old = rt.snapshot();
         let path: PathBuf = old.config.source.clone();
-        let hash = file_hash(&path);
         let refused = |errors: Vec<String>| {
             rt.reloads_failed.fetch_add(1, Ordering::Relaxed);
             for e in &errors {
                 tracing::error!(trigger = trigger.name(), "reload refused: {e}");
             }
-            self.record(trigger, false, errors.len(), None);
+            self.record(trigger, false, errors.len());
             crate::alerts::reload_failed(trigger.name(), &errors);
             Outcome {
                 ok: false,
@@ -139,6 +138,7 @@ impl Server {
             }
             Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),
         }
+        let hash = cfg.hash.clone();
         let next = rt.apply(cfg);
         self.autoscaler.reconcile();
         changes.extend(self.apply_listeners());
@@ -156,7 +156,7 @@ impl Server {
                 "reload: {c}"
             );
         }
-        self.record(trigger, true, 0, Some(hash.clone()));
+        self.record(trigger, true, 0);
         Outcome {
             ok: true,
             changes,
@@ -166,7 +166,7 @@ impl Server {
         }
     }
 
-    fn record(&self, trigger: Trigger, ok: bool, errors: usize, hash: Option<String>) {
+    fn record(&self, trigger: Trigger, ok: bool, errors: usize) {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -177,32 +177,24 @@ impl Server {
                 ok,
                 errors,
             });
-            if let Some(h) = hash {
-                r.hash = h;
-            }
         }
     }
 
-    /// Hash of the config file that is running now.
+    /// The config hash of the running config (`Config::hash`).
     pub fn config_hash(&self) -> String {
-        self.reload_state
-            .lock()
-            .map(|r| r.hash.clone())
-            .unwrap_or_default()
+        self.runtime.snapshot().config.hash.clone()
     }
 }
 
-/// The running config's hash and the last reload.
+/// The last reload.
 #[derive(Debug, Default)]
 pub struct ReloadState {
-    pub hash: String,
     pub last: Option<Record>,
 }
 
 impl ReloadState {
     pub fn to_json(&self) -> Value {
         json!({
-            "config_hash": self.hash,
             "last_reload": self.last.as_ref().map(|r| json!({
                 "at_ms": r.at_ms,
                 "trigger": r.trigger,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{bounded, config_hash, now_ms, SharedState};
+use super::{bounded, now_ms, pools_hash, SharedState};
 use crate::runtime::Runtime;
 
 /// How often a node heartbeats.
@@ -34,7 +34,8 @@ pub struct Fleet {
     id: String,
     admin: SocketAddr,
     started_ms: u64,
-    hash: Mutex<String>,
+    /// The config hash and the pools hash of the running config.
+    hash: Mutex<(String, String)>,
     /// The other nodes by id: their last records, and whether the last read saw them.
     others: Mutex<BTreeMap<String, Other>>,
     /// Nodes seen in the last successful read, this one included (1 before any).
@@ -42,6 +43,11 @@ pub struct Fleet {
 }
 
 /// `AUTOLB_NODE_ID`, or `HOSTNAME:ADMIN_PORT:PID`.
+/// The config hash and the pools hash of `config`.
+fn hashes(config: &crate::config::Config) -> (String, String) {
+    (config.hash.clone(), pools_hash(config))
+}
+
 fn node_id(admin: SocketAddr) -> String {
     if let Ok(id) = std::env::var("AUTOLB_NODE_ID") {
         if !id.trim().is_empty() {
@@ -65,7 +71,7 @@ impl Fleet {
             id: node_id(admin),
             admin,
             started_ms: now_ms(),
-            hash: Mutex::new(config_hash(&runtime.snapshot().config)),
+            hash: Mutex::new(hashes(&runtime.snapshot().config)),
             others: Mutex::new(BTreeMap::new()),
             count: AtomicUsize::new(1),
         });
@@ -81,8 +87,14 @@ impl Fleet {
         &self.id
     }
 
+    /// The running config's hash (`Config::hash`), as `/health` shows it.
     pub fn config_hash(&self) -> String {
-        self.hash.lock().map(|h| h.clone()).unwrap_or_default()
+        self.hash.lock().map(|h| h.0.clone()).unwrap_or_default()
+    }
+
+    /// The hash of routes and pools, which the nodes compare (`config_drift`).
+    pub fn pools_hash(&self) -> String {
+        self.hash.lock().map(|h| h.1.clone()).unwrap_or_default()
     }
 
     /// Nodes in the fleet, this one included, as last seen.
@@ -93,7 +105,7 @@ impl Fleet {
     /// The other nodes, each with `config_drift`, `seen` and `last_seen_seconds_ago`, and
     /// whether any node seen drifts.
     pub fn others_json(&self) -> (Vec<Value>, bool) {
-        let mine = self.config_hash();
+        let mine = self.pools_hash();
         let mut drift = false;
         let Ok(others) = self.others.lock() else {
             return (Vec::new(), false);
@@ -102,7 +114,9 @@ impl Fleet {
             .values()
             .map(|o| {
                 let mut n = o.record.clone();
-                let d = n["config_hash"].as_str() != Some(mine.as_str());
+                // A node of an earlier version published its pools hash as `config_hash`.
+                let theirs = n.get("pools_hash").unwrap_or(&n["config_hash"]);
+                let d = theirs.as_str() != Some(mine.as_str());
                 drift |= d && o.seen;
                 n["config_drift"] = Value::Bool(d);
                 n["seen"] = Value::Bool(o.seen);
@@ -142,11 +156,11 @@ impl Fleet {
     /// This node's heartbeat record.
     fn record(&self, runtime: &Runtime) -> Value {
         let snap = runtime.snapshot();
-        let hash = config_hash(&snap.config);
+        let (hash, pools) = hashes(&snap.config);
         if let Ok(mut h) = self.hash.lock() {
-            h.clone_from(&hash);
+            *h = (hash.clone(), pools.clone());
         }
-        let pools: Vec<Value> = snap
+        let pool_list: Vec<Value> = snap
             .pools
             .iter()
             .map(|p| {
@@ -173,7 +187,8 @@ impl Fleet {
             "started_ms": self.started_ms,
             "uptime_seconds": now.saturating_sub(self.started_ms) / 1000,
             "config_hash": hash,
-            "pools": pools,
+            "pools_hash": pools,
+            "pools": pool_list,
             "heartbeat_ms": now,
         })
     }

@@ -156,9 +156,10 @@ impl Shared {
     /// `GET /redis/status`.
     pub fn redis_status(&self) -> Value {
         let s = self.backend.status();
+        let memory = s.kind == "memory";
         json!({
             "kind": s.kind,
-            "connected": s.connected,
+            "connected": if memory { Value::Null } else { Value::Bool(s.connected) },
             "url": s.url,
             "round_trip_ms": s.round_trip.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
             "nodes": s.nodes,
@@ -166,7 +167,7 @@ impl Shared {
             "last_error_seconds_ago": s.last_error_age,
             "errors_total": s.errors_total,
             "reconnects_total": s.reconnects_total,
-            "mode": if s.connected { "shared" } else { "node-local" },
+            "mode": mode(&s),
             "node_id": self.fleet.id(),
             "topology": s.topology,
             "last_failover": s.last_failover,
@@ -177,11 +178,12 @@ impl Shared {
     /// The `shared_state` part of `/health`.
     pub fn health(&self) -> Value {
         let s = self.backend.status();
+        let memory = s.kind == "memory";
         json!({
             "backend": s.kind,
-            "connected": s.connected,
+            "connected": if memory { Value::Null } else { Value::Bool(s.connected) },
             "degraded": !s.connected,
-            "mode": if s.connected { "shared" } else { "node-local" },
+            "mode": mode(&s),
             "fleet_nodes": self.fleet.node_count(),
             "last_error": s.last_error,
         })
@@ -194,6 +196,7 @@ impl Shared {
         status["fleet"] = json!({
             "node_id": self.fleet.id(),
             "config_hash": self.fleet.config_hash(),
+            "pools_hash": self.fleet.pools_hash(),
             "config_drift": drift,
             "nodes_total": self.fleet.node_count(),
             "shared_state": self.backend.kind(),
@@ -234,10 +237,23 @@ impl Shared {
 }
 
 /// Hash of what the nodes of a fleet must agree on: routes and pools (listener and admin
-/// addresses, and the Redis seed address, may differ per node).
-pub fn config_hash(config: &Config) -> String {
+/// addresses, and the Redis seed address, may differ per node). Not the config hash
+/// (`Config::hash`, of the whole file): `config_drift` compares this one.
+pub fn pools_hash(config: &Config) -> String {
     let text = format!("{:?}{:?}", config.routes, config.pools);
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// `memory` (one node, nothing shared), `shared` (Redis answers) or `node-local` (Redis
+/// configured but not answering: each node decides alone until it does).
+fn mode(s: &BackendStatus) -> &'static str {
+    if s.kind == "memory" {
+        "memory"
+    } else if s.connected {
+        "shared"
+    } else {
+        "node-local"
+    }
 }
 
 /// Run `fut` with the shared-state call timeout.

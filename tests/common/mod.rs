@@ -534,3 +534,27 @@ pub fn set_cookie(headers: &http::HeaderMap, name: &str) -> Option<(String, Stri
             (pair, v.to_string())
         })
 }
+
+/// A POST to the admin API as curl or `autolb` sends it: `Content-Type: application/json`,
+/// the bearer `token` if given, and `headers` (e.g. a browser's `Origin`) after those.
+pub async fn admin_post(
+    admin: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut b = http::Request::post(path)
+        .header("host", admin.to_string())
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    Client::connect(admin).await.request(req).await
+}

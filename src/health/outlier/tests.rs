@@ -23,7 +23,7 @@ pools:
 {list}"
     );
     let cfg = crate::config::load_str(&yaml, Path::new("t.yaml")).expect("valid config");
-    let snap = Snapshot::build(Arc::new(cfg), &Default::default(), None, 1);
+    let snap = Snapshot::build(&crate::runtime::Inputs::new(cfg), None, 1);
     snap.pools[0].clone()
 }
 
