@@ -232,3 +232,82 @@ async fn cross_site_posts_are_refused_without_a_token() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["state"], "drain");
 }
+
+/// `admin.read_token_env`: every GET but the probes and the page needs the read (or the
+/// POST) token; the read token opens no POST. A non-loopback admin without it warns at
+/// start, naming what anyone can read; with it, it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_token_guards_every_get_but_the_probes() {
+    let app = echo("app");
+    let pools = format!(
+        "pools:\n  web:\n    backends:\n{}",
+        backend_list(&[app.addr], "")
+    );
+    let exposed = config(1, "", &pools).replace(
+        "admin: { listen: \"127.0.0.1:0\" }",
+        "admin: { listen: \"0.0.0.0:0\", token_env: T_ADMIN }",
+    );
+    let open = Autolb::start_with_env(&exposed, &[("T_ADMIN", "w-token")]);
+    assert!(open
+        .proc
+        .log_shows("admin.read_token_env is not set", Duration::from_secs(5)));
+    let warning = open
+        .proc
+        .log()
+        .lines()
+        .find(|l| l.contains("admin.read_token_env is not set"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    for path in [
+        "/metrics",
+        "/cluster/status",
+        "/loadbalancer/status",
+        "/redis/status",
+    ] {
+        assert!(warning.contains(path), "{path} in {warning}");
+    }
+    assert!(warning.contains("WARN"), "{warning}");
+    let r = common::get(open.admin, "/cluster/status").await;
+    assert_eq!(r.status, 200, "without read_token_env reads stay open");
+    drop(open);
+
+    let guarded = exposed.replace(
+        "token_env: T_ADMIN }",
+        "token_env: T_ADMIN, read_token_env: T_READ }",
+    );
+    let lb = Autolb::start_with_env(&guarded, &[("T_ADMIN", "w-token"), ("T_READ", "r-token")]);
+    let admin = lb.admin;
+    let mut c = Client::connect(admin).await;
+    for path in [
+        "/health/performance",
+        "/loadbalancer/status",
+        "/metrics",
+        "/scaling/status",
+        "/cluster/status",
+        "/redis/status",
+    ] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+        assert_eq!(r.headers["www-authenticate"], "Bearer", "{path}");
+        assert!(r.json()["error"].is_string());
+        let r = c
+            .get_with(path, &[("authorization", "Bearer r-tokeN")])
+            .await;
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+        for token in ["r-token", "w-token"] {
+            let auth = format!("Bearer {token}");
+            let r = c.get_with(path, &[("authorization", &auth)]).await;
+            assert_eq!(r.status, 200, "{path} with {token}: {}", r.text());
+        }
+    }
+    // What probes and a browser opening the page need stays open.
+    for path in ["/health", "/"] {
+        assert_eq!(c.get(path).await.status, 200, "{path}");
+    }
+    // The read token opens no POST.
+    let r = common::admin_post(admin, "/config/reload", Some("r-token"), &[], "").await;
+    assert_eq!(r.status, 401);
+    let r = common::admin_post(admin, "/config/reload", Some("w-token"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!lb.proc.log().contains("admin.read_token_env is not set"));
+}

@@ -266,6 +266,34 @@ fn prometheus_scrapes_the_admin_port_of_the_autolb_service() {
     assert!(compose()["services"]["prometheus"]["volumes"]
         .to_string()
         .contains("./prometheus.yml:/etc/prometheus/prometheus.yml"));
+    // /metrics needs the read token: Prometheus reads it from the Compose secret made from
+    // the variable the mounted config names.
+    let var = config
+        .admin
+        .read_token_env
+        .clone()
+        .expect("the admin listens beyond loopback: a read token");
+    assert_eq!(job["authorization"]["type"], "Bearer");
+    let file = job["authorization"]["credentials_file"]
+        .as_str()
+        .expect("credentials_file");
+    let secret = file
+        .strip_prefix("/run/secrets/")
+        .expect("a Compose secret");
+    let c = compose();
+    assert_eq!(c["secrets"][secret]["environment"], var.as_str());
+    assert!(
+        c["services"]["prometheus"]["secrets"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == secret)),
+        "the prometheus service mounts {secret}"
+    );
+    assert!(
+        c["services"]["autolb"]["environment"][var.as_str()]
+            .as_str()
+            .is_some_and(|v| v.contains(":?")),
+        "{var} is required"
+    );
 }
 
 #[test]

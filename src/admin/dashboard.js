@@ -58,8 +58,36 @@
   const clock = (atMs) => new Date(atMs).toLocaleTimeString([], { hour12: false });
   const ago = (atMs) => duration((Date.now() - atMs) / 1000) + " ago";
 
+  // ---- the admin token ------------------------------------------------------------------
+  // With admin.read_token_env set, every JSON endpoint but /health needs a bearer token: the
+  // page asks for it once and keeps it for this tab only (sessionStorage).
+  const TOKEN_KEY = "autolb-admin-token";
+  const token = () => { try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (_) { return ""; } };
+  function authHeaders(extra) {
+    const headers = Object.assign({}, extra);
+    const t = token();
+    if (t) headers.Authorization = "Bearer " + t;
+    return headers;
+  }
+  class Unauthorized extends Error {}
+  function askToken(message) {
+    $("login").hidden = false;
+    $("login-msg").textContent = message;
+  }
+  $("login").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = $("token").value.trim();
+    if (!t) return;
+    try { sessionStorage.setItem(TOKEN_KEY, t); } catch (_) { /* private mode: this poll only */ }
+    $("token").value = "";
+    $("login").hidden = true;
+    st.certsAt = 0;
+    pollNow();
+  });
+
   async function getJSON(path) {
-    const r = await fetch(path, { cache: "no-store", headers: { Accept: "application/json" } });
+    const r = await fetch(path, { cache: "no-store", headers: authHeaders({ Accept: "application/json" }) });
+    if (r.status === 401) throw new Unauthorized(path);
     if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
     return r.json();
   }
@@ -293,7 +321,7 @@
     if (now - st.certsAt < CERT_POLL_MS) return;
     st.certsAt = now;
     try {
-      const r = await fetch("/metrics", { cache: "no-store" });
+      const r = await fetch("/metrics", { cache: "no-store", headers: authHeaders() });
       if (!r.ok) return;
       const text = await r.text();
       const certs = new Map();
@@ -336,6 +364,12 @@
     err.textContent = ok ? "" : `Cannot reach the admin API: ${message}. Retrying every ${POLL_MS / 1000} s.`;
   }
 
+  let timer = null;
+  function pollNow() {
+    clearTimeout(timer);
+    tick();
+  }
+
   async function tick() {
     const now = Date.now();
     try {
@@ -353,9 +387,18 @@
       document.body.dataset.updated = String(now);
       setLive(true);
     } catch (e) {
-      setLive(false, e && e.message ? e.message : String(e));
+      if (e instanceof Unauthorized) {
+        const refused = token() !== "";
+        if (refused) { try { sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* nothing kept */ } }
+        askToken(refused ? "The token was refused: enter the admin read token again."
+          : "This admin API needs a bearer token (admin.read_token_env, or the admin token).");
+        setLive(false, "a bearer token is needed");
+      } else {
+        setLive(false, e && e.message ? e.message : String(e));
+      }
     } finally {
-      setTimeout(tick, POLL_MS);
+      clearTimeout(timer);
+      timer = setTimeout(tick, POLL_MS);
     }
   }
 

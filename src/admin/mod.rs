@@ -111,7 +111,6 @@ pub fn warn_if_exposed(listen: std::net::SocketAddr, tokens: &Tokens) {
         .map(|(p, _)| *p)
         .collect();
     tracing::warn!(
-        addr = %listen,
         "admin: {listen} is not loopback and admin.read_token_env is not set: anyone who \
          reaches it can read {}; set read_token_env (or firewall the port)",
         exposed.join(", ")

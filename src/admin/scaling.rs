@@ -1,5 +1,5 @@
 //! `POST /scaling/manual {"pool","instances","reason"}`: 202 and the scaling event, or 400
-//! with the reason.
+//! with the reason. `pool` may be left out when exactly one pool autoscales.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -31,8 +31,33 @@ pub async fn manual(req: Request<Incoming>, state: &AdminState) -> Response<Full
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let Some(pool) = v.get("pool").and_then(|p| p.as_str()) else {
-        return error(StatusCode::BAD_REQUEST, "\"pool\" (a string) is required");
+    let autoscaled: Vec<String> = state
+        .runtime
+        .snapshot()
+        .config
+        .pools
+        .iter()
+        .filter(|p| p.autoscale.is_some())
+        .map(|p| p.name.clone())
+        .collect();
+    let pool = match v.get("pool") {
+        Some(p) => match p.as_str() {
+            Some(p) => p.to_string(),
+            None => return error(StatusCode::BAD_REQUEST, "\"pool\" must be a string"),
+        },
+        None => match autoscaled.as_slice() {
+            [only] => only.clone(),
+            [] => return error(StatusCode::BAD_REQUEST, "no pool autoscales"),
+            several => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "\"pool\" is required: several pools autoscale ({})",
+                        several.join(", ")
+                    ),
+                )
+            }
+        },
     };
     let Some(instances) = v.get("instances").and_then(|n| n.as_i64()) else {
         return error(
@@ -47,7 +72,7 @@ pub async fn manual(req: Request<Incoming>, state: &AdminState) -> Response<Full
             None => return error(StatusCode::BAD_REQUEST, "\"reason\" must be a string"),
         },
     };
-    match state.autoscaler.manual(pool, instances, reason) {
+    match state.autoscaler.manual(&pool, instances, reason) {
         Ok(answer) => json(StatusCode::ACCEPTED, &answer),
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
