@@ -138,7 +138,8 @@ async fn cross_site_posts_are_refused_without_a_token() {
     let own = format!("http://{admin}");
     let data = format!("http://{}", lb.addr("web"));
     let drain = format!(r#"{{"pool":"web","backend":"{}","state":"drain"}}"#, a.addr);
-    let cases: Vec<(&str, Vec<(&str, &str)>, u16)> = vec![
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(&str, Headers, u16)> = vec![
         // What a form (text/plain, urlencoded) or a no-cors fetch sends.
         (
             "/config/reload",

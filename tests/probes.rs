@@ -45,6 +45,7 @@ async fn ready(admin: SocketAddr) -> (u16, serde_json::Value) {
 async fn reload(admin: SocketAddr) -> u16 {
     let mut c = Client::connect(admin).await;
     let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
         .header("host", "admin")
         .body(Full::new(Bytes::new()))
         .expect("request");
