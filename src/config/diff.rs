@@ -119,6 +119,7 @@ fn listeners(old: &[Listener], new: &[Listener], out: &mut Vec<String>) {
                     || o.h2c != l.h2c
                     || o.redirect_https != l.redirect_https
                     || o.hsts != l.hsts
+                    || o.normalize != l.normalize
                     || o.tls.as_ref().map(|t| (&t.alpn, t.strict_sni))
                         != l.tls.as_ref().map(|t| (&t.alpn, t.strict_sni));
                 if rest_changed {

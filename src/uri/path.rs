@@ -46,20 +46,23 @@ pub fn normalize<'a>(path: &'a str, policy: &Policy) -> Result<Cow<'a, str>, Pat
     rewrite(bytes, policy).map(Cow::Owned)
 }
 
-/// Whether `bytes` is in normal form already: one scan, no allocation.
+/// Whether `bytes` is in normal form already: one scan, no allocation (an ASCII check a
+/// word at a time, then only the bytes `memchr` finds: `%`, `\\` and `/`).
 fn is_normal(bytes: &[u8], policy: &Policy) -> bool {
+    if !bytes.is_ascii() {
+        return false;
+    }
     let ends_segment = |i: usize| matches!(bytes.get(i), None | Some(b'/' | b';'));
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
+    for i in memchr::memchr3_iter(b'%', b'\\', b'/', bytes) {
+        match bytes[i] {
             b'%' => {
                 // Normal: upper-case hex of a byte that stays encoded.
-                let upper = |c: Option<&u8>| matches!(c, Some(b'0'..=b'9' | b'A'..=b'F'));
-                if !upper(bytes.get(i + 1)) || !upper(bytes.get(i + 2)) {
+                let (Some(hi), Some(lo)) =
+                    (upper_hex(bytes.get(i + 1)), upper_hex(bytes.get(i + 2)))
+                else {
                     return false;
-                }
-                let v = unhex(bytes.get(i + 1)).unwrap_or(0) << 4
-                    | unhex(bytes.get(i + 2)).unwrap_or(0);
+                };
+                let v = hi << 4 | lo;
                 let slash = v == b'/' || v == b'\\';
                 if v == 0
                     || is_unreserved(v)
@@ -67,9 +70,7 @@ fn is_normal(bytes: &[u8], policy: &Policy) -> bool {
                 {
                     return false;
                 }
-                i += 2;
             }
-            b'\\' | 0x80.. => return false,
             b'/' => match bytes.get(i + 1) {
                 Some(b'/') if policy.merge_slashes => return false,
                 Some(b'.')
@@ -80,11 +81,19 @@ fn is_normal(bytes: &[u8], policy: &Policy) -> bool {
                 }
                 _ => {}
             },
-            _ => {}
+            _ => return false, // a backslash
         }
-        i += 1;
     }
     true
+}
+
+/// An upper-case hex digit's value (what the normal form writes).
+fn upper_hex(b: Option<&u8>) -> Option<u8> {
+    match b? {
+        c @ b'0'..=b'9' => Some(c - b'0'),
+        c @ b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
 }
 
 fn unhex(b: Option<&u8>) -> Option<u8> {
