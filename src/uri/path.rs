@@ -46,15 +46,26 @@ pub fn normalize<'a>(path: &'a str, policy: &Policy) -> Result<Cow<'a, str>, Pat
     rewrite(bytes, policy).map(Cow::Owned)
 }
 
-/// Whether `bytes` is in normal form already: one scan, no allocation (an ASCII check a
-/// word at a time, then only the bytes `memchr` finds: `%`, `\\` and `/`).
-fn is_normal(bytes: &[u8], policy: &Policy) -> bool {
-    if !bytes.is_ascii() {
-        return false;
+/// The bytes `is_normal` looks at: `%`, `\\`, `/` and everything outside ASCII.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b >= 0x80 || b == b'%' as usize || b == b'\\' as usize || b == b'/' as usize;
+        b += 1;
     }
+    t
+};
+
+/// Whether `bytes` is in normal form already: one scan, no allocation (a table lookup per
+/// byte; only `%`, `\\`, `/` and non-ASCII bytes take a closer look).
+fn is_normal(bytes: &[u8], policy: &Policy) -> bool {
     let ends_segment = |i: usize| matches!(bytes.get(i), None | Some(b'/' | b';'));
-    for i in memchr::memchr3_iter(b'%', b'\\', b'/', bytes) {
-        match bytes[i] {
+    for (i, &b) in bytes.iter().enumerate() {
+        if !SPECIAL[usize::from(b)] {
+            continue;
+        }
+        match b {
             b'%' => {
                 // Normal: upper-case hex of a byte that stays encoded.
                 let (Some(hi), Some(lo)) =
@@ -81,7 +92,7 @@ fn is_normal(bytes: &[u8], policy: &Policy) -> bool {
                 }
                 _ => {}
             },
-            _ => return false, // a backslash
+            _ => return false, // a backslash or a byte outside ASCII
         }
     }
     true
