@@ -170,7 +170,13 @@ async fn retries_show_in_tries_and_combined_lines_are_parseable() {
             "{line}"
         );
         assert!(
-            line.ends_with(&format!(" tls=- rid={id} enc=- complete=true orig=-")),
+            line.contains(&format!(
+                " tls=- rid={id} enc=- complete=true orig=- req_bytes=0 "
+            )),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(" abort=-") && line.contains(" ttfb_ms="),
             "{line}"
         );
     }

@@ -38,8 +38,22 @@ fn names(e: &Entry) -> (&str, Option<&str>, Option<&str>) {
     (listener, pool, backend)
 }
 
+/// Milliseconds with microsecond precision.
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 fn millis(e: &Entry) -> f64 {
-    (e.duration.as_secs_f64() * 1e6).round() / 1e3
+    ms(e.duration)
+}
+
+/// `queue_ms`, `connect_ms` (null on a reused connection) and `ttfb_ms`; all null when no
+/// backend answered.
+fn timings(e: &Entry) -> (Option<f64>, Option<f64>, Option<f64>) {
+    match &e.timing {
+        Some(t) => (Some(ms(t.queued)), t.connect.map(ms), Some(ms(t.ttfb))),
+        None => (None, None, None),
+    }
 }
 
 #[derive(Serialize)]
@@ -65,11 +79,17 @@ struct JsonLine<'a> {
     referer: Option<String>,
     encoding: Option<&'static str>,
     complete: bool,
+    queue_ms: Option<f64>,
+    connect_ms: Option<f64>,
+    ttfb_ms: Option<f64>,
+    request_bytes: u64,
+    abort: Option<&'static str>,
 }
 
 /// One JSON object (no newline).
 pub fn json(e: &Entry) -> String {
     let (listener, pool, backend) = names(e);
+    let (queue_ms, connect_ms, ttfb_ms) = timings(e);
     let line = JsonLine {
         time: humantime::format_rfc3339_millis(e.start).to_string(),
         client: e.client.to_string(),
@@ -91,6 +111,11 @@ pub fn json(e: &Entry) -> String {
         referer: text(e.referer.as_ref()),
         encoding: e.encoding,
         complete: e.complete,
+        queue_ms,
+        connect_ms,
+        ttfb_ms,
+        request_bytes: e.request_bytes,
+        abort: e.abort,
     };
     serde_json::to_string(&line).unwrap_or_default()
 }
@@ -148,7 +173,8 @@ fn bare(out: &mut String, v: Option<&[u8]>) {
 
 /// `client - - [time] "METHOD uri PROTO" status bytes "referer" "user-agent"` and then
 /// `host= rt= listener= pool= backend= tries= tls= rid= enc= complete= orig=` (`orig`: the
-/// path as sent, when normalization changed it, else `-`).
+/// path as sent, when normalization changed it, else `-`) `req_bytes= queue_ms= connect_ms=
+/// ttfb_ms= abort=` (`-` where the JSON has null).
 pub fn combined(e: &Entry) -> String {
     let (listener, pool, backend) = names(e);
     let mut out = String::with_capacity(256);
@@ -189,6 +215,23 @@ pub fn combined(e: &Entry) -> String {
         e.complete
     );
     bare(&mut out, e.original.as_ref().map(|o| o.as_str().as_bytes()));
+    let (queue, connect, ttfb) = timings(e);
+    let _ = write!(out, " req_bytes={}", e.request_bytes);
+    for (key, v) in [
+        ("queue_ms", queue),
+        ("connect_ms", connect),
+        ("ttfb_ms", ttfb),
+    ] {
+        match v {
+            Some(v) => {
+                let _ = write!(out, " {key}={v:.3}");
+            }
+            None => {
+                let _ = write!(out, " {key}=-");
+            }
+        }
+    }
+    let _ = write!(out, " abort={}", e.abort.unwrap_or("-"));
     out
 }
 

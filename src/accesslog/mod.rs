@@ -56,6 +56,13 @@ pub struct Entry {
     pub referer: Option<HeaderValue>,
     /// `gzip` or `br` when autolb compressed the response.
     pub encoding: Option<&'static str>,
+    /// Where the time went before the response head (a response from a backend).
+    pub timing: Option<crate::observe::Timing>,
+    /// Request body bytes received from the client.
+    pub request_bytes: u64,
+    /// Why the response did not go out whole: `client_closed`, `backend_closed`,
+    /// `backend_timeout` or `compression` (`None`: complete).
+    pub abort: Option<&'static str>,
 }
 
 enum Msg {

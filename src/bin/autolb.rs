@@ -114,15 +114,24 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Logs on stderr: text, or one JSON object per line with `AUTOLB_LOG_FORMAT=json` (for
+/// Loki, ELK, journald's JSON collectors).
 fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = std::env::var("AUTOLB_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {

@@ -3,14 +3,15 @@
 //! bytes counted, and its access log line handed over when it ends, fails or is dropped.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::accesslog::{self, Entry};
+use super::Pending;
+use crate::accesslog;
 use crate::compress::encoder::Encoder;
 use crate::proxy::body::{BodyError, ProxyBody};
 
@@ -23,14 +24,14 @@ pub struct ObservedBody {
     ended: bool,
     trailers: Option<HeaderMap>,
     bytes: u64,
-    log: Option<Box<(Entry, Instant)>>,
+    log: Option<Box<Pending>>,
 }
 
 impl ObservedBody {
     pub(super) fn new(
         inner: ProxyBody,
         encoder: Option<Encoder>,
-        log: Option<Box<(Entry, Instant)>>,
+        log: Option<Box<Pending>>,
     ) -> ObservedBody {
         ObservedBody {
             inner,
@@ -43,13 +44,19 @@ impl ObservedBody {
         }
     }
 
-    /// Hand the log line over (once).
-    fn settle(&mut self, complete: bool) {
+    /// Hand the log line over (once); `abort` says why the body did not go out whole.
+    fn settle(&mut self, abort: Option<&'static str>) {
         if let Some(log) = self.log.take() {
-            let (mut entry, started) = *log;
+            let Pending {
+                mut entry,
+                started,
+                request_bytes,
+            } = *log;
             entry.duration = started.elapsed();
             entry.bytes = self.bytes;
-            entry.complete = complete;
+            entry.complete = abort.is_none();
+            entry.abort = abort;
+            entry.request_bytes = request_bytes.map_or(0, |b| b.0.load(Ordering::Relaxed));
             accesslog::submit(entry);
         }
     }
@@ -62,8 +69,17 @@ impl ObservedBody {
     fn failed(&mut self, e: std::io::Error) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         tracing::warn!(error = %e, "compression failed: response aborted");
         self.encoder = None;
-        self.settle(false);
+        self.settle(Some("compression"));
         Poll::Ready(Some(Err(BodyError::Compress(e))))
+    }
+}
+
+/// The access log's `abort` for a response body that failed on the way.
+fn abort_reason(e: &BodyError) -> &'static str {
+    match e {
+        BodyError::Idle(_) => "backend_timeout",
+        BodyError::Compress(_) => "compression",
+        BodyError::Backend(_) | BodyError::Raw(_) => "backend_closed",
     }
 }
 
@@ -72,7 +88,7 @@ impl Drop for ObservedBody {
         // Dropped before its end was read: complete only if nothing was left.
         let complete =
             self.encoder.is_none() && self.trailers.is_none() && self.inner.is_end_stream();
-        self.settle(complete);
+        self.settle((!complete).then_some("client_closed"));
     }
 }
 
@@ -97,13 +113,13 @@ impl Body for ObservedBody {
                 if let Some(t) = this.trailers.take() {
                     return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
-                this.settle(true);
+                this.settle(None);
                 return Poll::Ready(None);
             }
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(e))) => {
-                    this.settle(false);
+                    this.settle(Some(abort_reason(&e)));
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {

@@ -18,12 +18,14 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{ACCEPT_ENCODING, REFERER, USER_AGENT};
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::accesslog::Entry;
 use crate::compress::{self, encoder::Encoder};
 use crate::config::{Compress, Config, Encoding};
 use crate::proxy::body::ProxyBody;
+use crate::proxy::body_rate::RequestBytes;
 use crate::proxy::{websocket, ConnContext};
 use crate::runtime::{Backend, Snapshot};
 
@@ -93,10 +95,19 @@ fn compress_for<'a>(
     config.pools.get(pool).and_then(|p| p.compress.as_ref())
 }
 
+/// A log line waiting for the end of its response body.
+pub struct Pending {
+    pub entry: Entry,
+    pub started: Instant,
+    pub request_bytes: Option<RequestBytes>,
+}
+
 /// What the log line needs from the request, taken before the proxy consumes it.
 struct Head {
     started: Instant,
     entry: Entry,
+    /// The request body's bytes, counted by the proxy as they arrive (a request with one).
+    request_bytes: Option<RequestBytes>,
 }
 
 /// Run `next` (the proxy) on `req`, with the request id, compression and access log.
@@ -167,9 +178,17 @@ where
             user_agent: req.headers().get(USER_AGENT).cloned(),
             referer: req.headers().get(REFERER).cloned(),
             encoding: None,
+            timing: None,
+            request_bytes: 0,
+            abort: None,
         },
+        request_bytes: (!req.body().is_end_stream()).then(RequestBytes::default),
     });
     drop(snapshot);
+    if let Some(counter) = head.as_ref().and_then(|h| h.request_bytes.clone()) {
+        // The proxy counts the body's bytes into it as they arrive.
+        req.extensions_mut().insert(counter);
+    }
     let mut resp = next(req).await;
     request_id::echo(resp.headers_mut(), &id);
     let served = resp
@@ -197,8 +216,13 @@ where
         if let Some(s) = served {
             h.entry.tries = s.tries;
             h.entry.backend = Some(s.backend);
+            h.entry.timing = Some(s.timing);
         }
-        Box::new((h.entry, h.started))
+        Box::new(Pending {
+            entry: h.entry,
+            started: h.started,
+            request_bytes: h.request_bytes,
+        })
     });
     if encoder.is_none() && log.is_none() {
         return resp;

@@ -212,7 +212,7 @@ impl Autolb {
             };
             if line.contains("admin listening") {
                 admin = field(&line, "addr").and_then(|a| a.parse().ok());
-            } else if line.contains(" listening") {
+            } else if line.contains(" listening") || line.contains("\"listening") {
                 if let (Some(n), Some(a)) = (field(&line, "listener"), field(&line, "addr")) {
                     listeners.insert(n, a.parse().expect("listener addr"));
                 }
@@ -240,7 +240,16 @@ impl Autolb {
 }
 
 /// `key=value` from a log line (value may be quoted).
+/// `key=value` of a text log line, or `"key": value` of a JSON one (`AUTOLB_LOG_FORMAT=json`).
 fn field(line: &str, key: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return match &v[key] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        };
+    }
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     let rest = &line[start..];
     let v = rest.split_whitespace().next()?;
