@@ -1,6 +1,6 @@
-//! Alerts (`alerts: {webhook, events, ...}`): backend down/up/ejected, pool without a
-//! usable backend (and back), scaling, refused reloads and certificates near expiry, sent
-//! as JSON POSTs to a webhook.
+//! Alerts (`alerts: {webhook, email, events, ...}`): backend down/up/ejected, pool without
+//! a usable backend (and back), scaling, refused reloads and certificates near expiry, sent
+//! as JSON POSTs to a webhook and/or by email (at most one mail per kind and minute).
 //!
 //! Raising an alert never blocks and never fails: it is a `try_send` into one bounded queue
 //! (full: the alert is dropped and counted). One task batches what arrives within
@@ -9,6 +9,7 @@
 //! (a broadcast), scaling and reload failures from one call each in the autoscaler and the
 //! reload path, certificate expiry from a daily look at the served certificates.
 
+mod email;
 mod sender;
 mod watch;
 
@@ -74,7 +75,9 @@ pub fn start(runtime: Arc<Runtime>) {
     if SENDER.set(tx).is_err() {
         return;
     }
-    tokio::spawn(sender::run(runtime.clone(), rx));
+    let (outbox, mail_rx) = email::Outbox::new();
+    tokio::spawn(email::run(runtime.clone(), mail_rx));
+    tokio::spawn(sender::run(runtime.clone(), rx, outbox));
     tokio::spawn(watch::health(runtime.clone()));
     tokio::spawn(watch::certificates(runtime));
 }

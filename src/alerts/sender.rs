@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{dropped, Alert, MAX_BATCH};
-use crate::config::{Alerts, UpstreamProtocol, UpstreamTls};
+use crate::config::{Alerts, UpstreamProtocol, UpstreamTls, WebhookUrl};
 use crate::runtime::Runtime;
 
 /// The longest wait between two attempts.
@@ -61,7 +61,11 @@ impl PostError {
 }
 
 /// Run until the queue closes (the process ends).
-pub async fn run(runtime: Arc<Runtime>, mut rx: mpsc::Receiver<Alert>) {
+pub async fn run(
+    runtime: Arc<Runtime>,
+    mut rx: mpsc::Receiver<Alert>,
+    email: super::email::Outbox,
+) {
     while let Some(first) = rx.recv().await {
         // The running config decides: a reload may turn alerts on, off, or change them.
         let Some(cfg) = runtime.snapshot().config.alerts.clone() else {
@@ -80,7 +84,12 @@ pub async fn run(runtime: Arc<Runtime>, mut rx: mpsc::Receiver<Alert>) {
             }
         }
         if !batch.is_empty() {
-            deliver(&cfg, &batch).await;
+            if cfg.email.is_some() {
+                email.forward(&batch);
+            }
+            if let Some(webhook) = &cfg.webhook {
+                deliver(&cfg, webhook, &batch).await;
+            }
         }
     }
 }
@@ -112,25 +121,23 @@ pub fn payload(batch: &[Alert]) -> Value {
 }
 
 /// POST `batch`, retrying up to `cfg.retries` times; gives up (logged) after that.
-async fn deliver(cfg: &Alerts, batch: &[Alert]) {
+async fn deliver(cfg: &Alerts, webhook: &WebhookUrl, batch: &[Alert]) {
     let body = Bytes::from(payload(batch).to_string());
     let token = cfg
         .token_env
         .as_deref()
         .and_then(|v| std::env::var(v).ok())
         .filter(|t| !t.trim().is_empty());
-    let url = cfg.webhook.redacted();
+    let url = webhook.redacted();
     let mut backoff = cfg.backoff;
     for attempt in 0..=cfg.retries {
-        let result = match tokio::time::timeout(
-            cfg.timeout,
-            post(cfg, token.as_deref(), body.clone()),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(PostError::Timeout(cfg.timeout)),
-        };
+        let result =
+            match tokio::time::timeout(cfg.timeout, post(webhook, token.as_deref(), body.clone()))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(PostError::Timeout(cfg.timeout)),
+            };
         let e = match result {
             Ok(()) => {
                 tracing::info!(webhook = %url, alerts = batch.len(), attempt = attempt + 1, "alerts sent");
@@ -170,8 +177,7 @@ static TLS: LazyLock<Result<tokio_rustls::TlsConnector, String>> = LazyLock::new
 });
 
 /// One POST of `body`: resolve, connect, (TLS,) HTTP/1.1; Ok on a 2xx answer.
-async fn post(cfg: &Alerts, token: Option<&str>, body: Bytes) -> Result<(), PostError> {
-    let w = &cfg.webhook;
+async fn post(w: &WebhookUrl, token: Option<&str>, body: Bytes) -> Result<(), PostError> {
     let addr = tokio::net::lookup_host((w.host.as_str(), w.port))
         .await
         .map_err(|source| PostError::Resolve {
@@ -183,7 +189,7 @@ async fn post(cfg: &Alerts, token: Option<&str>, body: Bytes) -> Result<(), Post
     let tcp = TcpStream::connect(addr).await.map_err(PostError::Connect)?;
     let _ = tcp.set_nodelay(true);
     if !w.https {
-        return exchange(TokioIo::new(tcp), cfg, token, body).await;
+        return exchange(TokioIo::new(tcp), w, token, body).await;
     }
     let connector = TLS.as_ref().map_err(|e| PostError::Tls(e.clone()))?;
     let name = rustls_pki_types::ServerName::try_from(w.host.clone())
@@ -192,14 +198,18 @@ async fn post(cfg: &Alerts, token: Option<&str>, body: Bytes) -> Result<(), Post
         .connect(name, tcp)
         .await
         .map_err(|e| PostError::Tls(e.to_string()))?;
-    exchange(TokioIo::new(tls), cfg, token, body).await
+    exchange(TokioIo::new(tls), w, token, body).await
 }
 
-async fn exchange<I>(io: I, cfg: &Alerts, token: Option<&str>, body: Bytes) -> Result<(), PostError>
+async fn exchange<I>(
+    io: I,
+    w: &WebhookUrl,
+    token: Option<&str>,
+    body: Bytes,
+) -> Result<(), PostError>
 where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let w = &cfg.webhook;
     let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -238,7 +248,7 @@ where
 }
 
 /// This machine's name, for `node` and the text.
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     static NAME: LazyLock<String> = LazyLock::new(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())

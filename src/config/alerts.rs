@@ -1,5 +1,6 @@
-//! `alerts:` (a JSON webhook for health, scaling, reload and certificate events): the file
-//! type, the validated model, and its checks (URL, event names, timings).
+//! `alerts:` (a JSON webhook and/or email for health, scaling, reload and certificate
+//! events): the file type, the validated model, and its checks (URL, event names, timings;
+//! the email part is `alerts_email`).
 
 use std::time::Duration;
 
@@ -85,7 +86,9 @@ impl WebhookUrl {
 /// `alerts:`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alerts {
-    pub webhook: WebhookUrl,
+    /// At least one of `webhook` and `email`.
+    pub webhook: Option<WebhookUrl>,
+    pub email: Option<super::alerts_email::Email>,
     /// The kinds sent (default: all).
     pub events: Vec<AlertKind>,
     /// Alerts raised within this window go out in one POST (default 2s).
@@ -112,10 +115,11 @@ impl Alerts {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "an alerts mapping (webhook, events, batch, timeout, retries, backoff, certificate_days, token_env)"
+    expecting = "an alerts mapping (webhook, email, events, batch, timeout, retries, backoff, certificate_days, token_env)"
 )]
 pub struct AlertsFile {
     pub webhook: Option<Located<String>>,
+    pub email: Option<Located<super::alerts_email::EmailFile>>,
     pub events: Option<Vec<Located<String>>>,
     pub batch: Option<Located<Dur>>,
     pub timeout: Option<Located<Dur>>,
@@ -161,18 +165,20 @@ pub(crate) fn parse_webhook(s: &str) -> Result<WebhookUrl, String> {
 /// Validates `alerts:` (at `pos`); `None` after recording the issues.
 pub(crate) fn alerts(file: AlertsFile, pos: Pos, issues: &mut Issues) -> Option<Alerts> {
     let before = issues.len();
-    let webhook = match &file.webhook {
-        None => {
-            issues.push(
-                pos,
-                "alerts needs a webhook, e.g. https://hooks.example.com/autolb",
-            );
-            None
-        }
-        Some(w) => parse_webhook(&w.value)
+    if file.webhook.is_none() && file.email.is_none() {
+        issues.push(
+            pos,
+            "alerts needs a webhook (e.g. https://hooks.example.com/autolb) or an email (smtp, from, to)",
+        );
+    }
+    let webhook = file.webhook.as_ref().map(|w| {
+        parse_webhook(&w.value)
             .map_err(|m| issues.push(w.pos, m))
-            .ok(),
-    };
+            .ok()
+    });
+    let email = file
+        .email
+        .map(|e| super::alerts_email::email(e.value, e.pos, issues));
     let events = match &file.events {
         None => AlertKind::ALL.to_vec(),
         Some(list) => {
@@ -219,9 +225,9 @@ pub(crate) fn alerts(file: AlertsFile, pos: Pos, issues: &mut Issues) -> Option<
             format!("alerts retries must be at most 20, got {}", r.value),
         );
     }
-    let webhook = webhook?;
     (issues.len() == before).then_some(Alerts {
-        webhook,
+        webhook: webhook.flatten(),
+        email: email.flatten(),
         events,
         batch,
         timeout,

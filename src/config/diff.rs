@@ -72,7 +72,21 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.alerts != new.alerts {
         out.push(match &new.alerts {
-            Some(a) => format!("alerts: webhook {}", a.webhook.redacted()),
+            Some(a) => {
+                let mut to = Vec::new();
+                if let Some(w) = &a.webhook {
+                    to.push(format!("webhook {}", w.redacted()));
+                }
+                if let Some(e) = &a.email {
+                    to.push(format!(
+                        "email via {}:{} to {}",
+                        e.host,
+                        e.port,
+                        e.to.join(", ")
+                    ));
+                }
+                format!("alerts: {}", to.join(", "))
+            }
             None => "alerts turned off".into(),
         });
     }

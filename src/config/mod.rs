@@ -4,6 +4,7 @@
 
 mod access_log;
 mod alerts;
+mod alerts_email;
 mod autoscale;
 mod checks;
 mod compress;
@@ -43,6 +44,7 @@ pub mod watch;
 pub mod model;
 pub use access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
 pub use alerts::{AlertKind, Alerts, WebhookUrl};
+pub use alerts_email::{Email, StartTls};
 pub use compress::{Compress, Encoding};
 pub use error::{ConfigError, ConfigErrors};
 pub use l4::{ProxyVersion, SniRoute};

@@ -14,7 +14,7 @@ fn alerts_defaults_and_values() {
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     let a = c.alerts.expect("alerts");
-    assert_eq!(a.webhook.port, 9);
+    assert_eq!(a.webhook.as_ref().map(|w| w.port), Some(9));
     assert_eq!(a.events, AlertKind::ALL.to_vec());
     assert_eq!(
         (a.batch, a.timeout, a.retries, a.backoff, a.certificate_days),
@@ -40,7 +40,11 @@ fn alerts_defaults_and_values() {
         .unwrap_or_else(|e| panic!("{e}"))
         .alerts
         .expect("alerts");
-    assert!(a.webhook.https && a.wants(AlertKind::PoolDown) && !a.wants(AlertKind::Scaling));
+    assert!(
+        a.webhook.as_ref().is_some_and(|w| w.https)
+            && a.wants(AlertKind::PoolDown)
+            && !a.wants(AlertKind::Scaling)
+    );
     assert_eq!(
         (a.batch, a.retries, a.certificate_days),
         (Duration::from_millis(500), 2, 30)
@@ -66,7 +70,7 @@ fn alerts_errors_point_at_the_value() {
         "unknown alert event \"backend_dwn\", expected one of: backend_down, backend_up",
     );
     let yaml = format!("{BASE}alerts: {{ events: [scaling] }}\n");
-    assert_error(&yaml, "{ events", "alerts needs a webhook");
+    assert_error(&yaml, "{ events", "alerts needs a webhook (e.g.");
     let yaml = format!("{BASE}alerts: {{ webhook: \"http://x/\", batch: 0s }}\n");
     assert_error(&yaml, "0s", "alerts batch must be greater than 0");
     let yaml = format!("{BASE}alerts: {{ webhook: \"http://x/\", retries: 99 }}\n");
@@ -75,7 +79,7 @@ fn alerts_errors_point_at_the_value() {
     assert_error(
         &yaml,
         "hook: 1",
-        "unknown field \"hook\", expected one of: webhook, events",
+        "unknown field \"hook\", expected one of: webhook, email, events",
     );
 }
 
@@ -182,4 +186,69 @@ fn compress_errors_point_at_the_value() {
         "min: 1",
         "unknown field \"min\", expected one of: types, min_size, level, algorithms",
     );
+}
+
+#[test]
+fn email_alerts_defaults_values_and_errors() {
+    let yaml = format!(
+        "{BASE}alerts:
+  email: {{ smtp: \"mail.example.com:587\", from: \"autolb <lb@example.com>\", to: [ops@example.com] }}
+"
+    );
+    let a = load(&yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .alerts
+        .expect("alerts");
+    assert!(a.webhook.is_none());
+    let e = a.email.expect("email");
+    assert_eq!((e.host.as_str(), e.port), ("mail.example.com", 587));
+    assert_eq!(e.starttls, super::StartTls::Auto);
+    assert_eq!(
+        (e.min_interval, e.timeout),
+        (Duration::from_secs(60), Duration::from_secs(30))
+    );
+    assert_eq!(e.to, ["ops@example.com"]);
+    assert!(e.username_env.is_none() && e.password_env.is_none());
+
+    let yaml = format!(
+        "{BASE}alerts:
+  webhook: http://x/
+  email:
+    smtp: \"127.0.0.1\"
+    from: lb@example.com
+    to: [a@example.com, \"B <b@example.com>\"]
+    starttls: never
+    username_env: SMTP_USER
+    password_env: SMTP_PASS
+    min_interval: 5m
+"
+    );
+    let e = load(&yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .alerts
+        .and_then(|a| a.email)
+        .expect("email");
+    assert_eq!((e.port, e.starttls), (25, super::StartTls::Never));
+    assert_eq!(e.min_interval, Duration::from_secs(300));
+    assert_eq!(e.password_env.as_deref(), Some("SMTP_PASS"));
+
+    let yaml =
+        format!("{BASE}alerts: {{ email: {{ smtp: \"x:0\", from: a@b.c, to: [a@b.c] }} }}\n");
+    assert_error(&yaml, "\"x:0\"", "invalid smtp \"x:0\"");
+    let yaml =
+        format!("{BASE}alerts: {{ email: {{ smtp: x, from: not-an-address, to: [a@b.c] }} }}\n");
+    assert_error(&yaml, "not-an-address", "invalid from address");
+    let yaml = format!("{BASE}alerts: {{ email: {{ smtp: x, from: a@b.c, to: [] }} }}\n");
+    assert_error(&yaml, "{ smtp", "alerts email needs to:");
+    let yaml = format!(
+        "{BASE}alerts: {{ email: {{ smtp: x, from: a@b.c, to: [a@b.c], starttls: yes }} }}\n"
+    );
+    assert_error(&yaml, "yes", "unknown starttls \"yes\"");
+    let yaml = format!(
+        "{BASE}alerts: {{ email: {{ smtp: x, from: a@b.c, to: [a@b.c], username_env: U }} }}\n"
+    );
+    assert_error(&yaml, "U }", "both username_env and password_env");
+    let yaml =
+        format!("{BASE}alerts: {{ email: {{ smtp: x, from: a@b.c, to: [a@b.c], port: 25 }} }}\n");
+    assert_error(&yaml, "port", "unknown field");
 }
