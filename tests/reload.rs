@@ -349,3 +349,72 @@ async fn open_websockets_survive_reloads_even_when_their_backend_is_removed() {
         }
     }
 }
+
+/// A reload whose new or moved listener cannot bind (its port is taken) is refused whole:
+/// a non-2xx answer naming the listener and the port, counted as a failure, and the
+/// running listener goes on serving where it was.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_refuses_the_reload() {
+    let e = echo("b0");
+    let list = common::backend_list(&[e.addr], "");
+    let pools = format!("pools:\n  web:\n    backends:\n{list}");
+    let base = common::config(1, "", &pools).replace(
+        "admin: { listen: \"127.0.0.1:0\" }",
+        "admin: { listen: \"127.0.0.1:0\", token_env: RELOAD_TOKEN }",
+    );
+    let lb = Autolb::start_with_env(&base, &[("RELOAD_TOKEN", TOKEN)]);
+    let web = lb.addr("web");
+    // Another program holds this port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let failures = || async {
+        common::tls::metric(&lb, "autolb_config_reloads_total{result=\"failure\"}").await
+    };
+    let before = failures().await;
+
+    // A new listener on the taken port.
+    let added = base.replace(
+        "listeners:\n",
+        &format!(
+            "listeners:\n  - {{ name: extra, listen: \"127.0.0.1:{port}\", protocol: http, pool: web }}\n"
+        ),
+    );
+    write(&lb.config, &added);
+    let r = post_reload(lb.admin).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("extra") && text.contains(&port.to_string()),
+        "{text}"
+    );
+    // (The file watcher may have tried the same reload too.)
+    let after_first = failures().await;
+    assert!(after_first > before, "{after_first}");
+    let health = common::get(lb.admin, "/health").await.json();
+    assert_eq!(health["config"]["last_reload"]["result"], "failure");
+
+    // The running listener moved onto the taken port: refused, it stays where it was.
+    let moved = base.replace(
+        "{ name: web, listen: \"127.0.0.1:0\"",
+        &format!("{{ name: web, listen: \"127.0.0.1:{port}\""),
+    );
+    write(&lb.config, &moved);
+    let r = post_reload(lb.admin).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("web"), "{}", r.text());
+    assert!(failures().await > after_first);
+    assert_eq!(common::get(web, "/").await.text(), "b0");
+    // The taken port is still only the other program's.
+    drop(taken);
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err());
+
+    // Once the port is free, the same reload applies.
+    write(&lb.config, &added);
+    let r = post_reload(lb.admin).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let extra = logged_addr(&lb, "extra").await;
+    assert_eq!(extra.port(), port);
+    assert_eq!(common::get(extra, "/").await.text(), "b0");
+}

@@ -198,8 +198,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
         "/scaling/manual" => scaling::manual(req, state).await,
         "/backends/state" => backends::set_state(req, state).await,
         "/config/reload" => match state.reload.reload(Trigger::Admin).await {
-            Some(o) if o.ok => json(StatusCode::OK, &o.to_json()),
-            Some(o) => json(StatusCode::BAD_REQUEST, &o.to_json()),
+            Some(o) => json(o.status(), &o.to_json()),
             None => error(StatusCode::SERVICE_UNAVAILABLE, "autolb is shutting down"),
         },
         _ => {

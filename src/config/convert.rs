@@ -135,6 +135,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             limits,
             rate_limit,
             normalize,
+            reuse_port: file.reuse_port.as_ref().is_some_and(|r| r.value),
         };
         issues.result(ListenerItem {
             listener,

@@ -131,6 +131,7 @@ fn listeners(old: &[Listener], new: &[Listener], out: &mut Vec<String>) {
                 let rest_changed = o.trusted_proxies != l.trusted_proxies
                     || o.idle_timeout != l.idle_timeout
                     || o.h2c != l.h2c
+                    || o.reuse_port != l.reuse_port
                     || o.redirect_https != l.redirect_https
                     || o.hsts != l.hsts
                     || o.normalize != l.normalize

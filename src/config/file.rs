@@ -122,6 +122,8 @@ pub struct ListenerFile {
     pub rate_limit: Option<Located<super::limits::IpRateLimitFile>>,
     /// How request paths are normalized before routing (see `normalize.rs`).
     pub normalize: Option<Located<super::normalize::NormalizeFile>>,
+    /// Let other processes listen on the same address (SO_REUSEPORT across processes).
+    pub reuse_port: Option<Located<bool>>,
 }
 
 /// `listeners[].hsts:`

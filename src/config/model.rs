@@ -90,6 +90,11 @@ pub struct Listener {
     pub rate_limit: Option<super::IpRateLimit>,
     /// `normalize:` how request paths are put in normal form before routing.
     pub normalize: crate::uri::Policy,
+    /// `reuse_port: true`: another process may listen on the same address (the kernel
+    /// spreads connections over all of them). Default false: an address another process
+    /// listens on is refused at start and at reload (`autolb run --upgrade` takes the
+    /// sockets over instead).
+    pub reuse_port: bool,
 }
 
 /// `hsts: {max_age, include_subdomains, preload}`.

@@ -205,6 +205,7 @@ fn full_config_parses_into_the_model() {
                 limits: Default::default(),
                 rate_limit: None,
                 normalize: Default::default(),
+                reuse_port: false,
             },
             Listener {
                 name: "secure".into(),
@@ -239,6 +240,7 @@ fn full_config_parses_into_the_model() {
                 limits: Default::default(),
                 rate_limit: None,
                 normalize: Default::default(),
+                reuse_port: false,
             },
             Listener {
                 name: "db".into(),
@@ -256,6 +258,7 @@ fn full_config_parses_into_the_model() {
                 limits: Default::default(),
                 rate_limit: None,
                 normalize: Default::default(),
+                reuse_port: false,
             },
         ],
         routes: vec![

@@ -74,6 +74,16 @@ impl Listeners {
         self.read().keys().cloned().collect()
     }
 
+    /// Duplicates of the sockets of listener `name` (none if it does not run).
+    pub fn sockets(&self, name: &str) -> Vec<std::net::TcpListener> {
+        self.read().get(name).map_or_else(Vec::new, |r| {
+            r.sockets
+                .iter()
+                .filter_map(|s| s.try_clone().ok())
+                .collect()
+        })
+    }
+
     /// Keep a duplicate of the admin socket, for a successor process.
     pub fn set_admin(&self, admin: Option<std::net::TcpListener>) {
         *self.admin.lock().unwrap_or_else(|p| p.into_inner()) = admin;

@@ -2,8 +2,10 @@
 //! connection accounting and graceful drain on shutdown.
 
 mod admission;
+mod apply;
 mod conn;
 pub(crate) mod cpu_share;
+mod exclusive;
 pub mod framed;
 pub mod framing;
 mod listener;
@@ -29,16 +31,18 @@ use crate::runtime::Runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    // The cause is part of the message and not a `source`: printed with its chain (`{:#}`)
+    // it would otherwise appear twice.
+    #[error("listener {name:?}: cannot bind {addr}: {reason}")]
     Bind {
         name: String,
         addr: SocketAddr,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("admin: cannot bind {addr}: {source}")]
+    #[error("admin: cannot bind {addr}: {reason}")]
     AdminBind {
         addr: SocketAddr,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
@@ -71,6 +75,41 @@ pub enum Drain {
 /// Same listening address, where port 0 in the config matches any port.
 fn same_address(configured: SocketAddr, actual: SocketAddr) -> bool {
     configured.ip() == actual.ip() && (configured.port() == 0 || configured.port() == actual.port())
+}
+
+/// Bind a listener's sockets (one per worker, SO_REUSEPORT). Unless it says
+/// `reuse_port: true`, an address another process listens on is refused, looked for before
+/// binding and again once the sockets listen (see `exclusive`).
+fn bind_listener(
+    l: &crate::config::Listener,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, ServerError> {
+    let error = |reason| ServerError::Bind {
+        name: l.name.clone(),
+        addr: l.listen,
+        reason,
+    };
+    let check = |addr: SocketAddr| -> std::io::Result<()> {
+        if l.reuse_port {
+            return Ok(());
+        }
+        match exclusive::foreign_listeners(addr) {
+            Ok(found) if found.is_empty() => Ok(()),
+            Ok(found) => Err(exclusive::in_use(addr, &found)),
+            Err(e) => {
+                tracing::warn!(listener = %l.name, error = %e, "cannot read the kernel's socket table: not checking whether another process listens on this address");
+                Ok(())
+            }
+        }
+    };
+    if l.listen.port() != 0 {
+        check(l.listen).map_err(error)?;
+    }
+    let sockets = bind_reuseport(l.listen, count).map_err(error)?;
+    if let Some(addr) = sockets.first().and_then(|s| s.local_addr().ok()) {
+        check(addr).map_err(error)?;
+    }
+    Ok(sockets)
 }
 
 /// The admin socket (one, not shared with other processes).
@@ -165,13 +204,7 @@ impl Server {
                     tracing::info!(listener = %l.name, sockets = list.len(), "taking over listening sockets");
                     list
                 }
-                None => bind_reuseport(l.listen, sockets_per_listener).map_err(|source| {
-                    ServerError::Bind {
-                        name: l.name.clone(),
-                        addr: l.listen,
-                        source,
-                    }
-                })?,
+                None => bind_listener(l, sockets_per_listener)?,
             };
             bound.push((l.name.clone(), sockets));
         }
@@ -183,26 +216,26 @@ impl Server {
                 .is_ok_and(|addr| same_address(snapshot.config.admin.listen, addr))
         }) {
             Some(a) => a,
-            None => bind_admin(snapshot.config.admin.listen).map_err(|source| {
+            None => bind_admin(snapshot.config.admin.listen).map_err(|reason| {
                 ServerError::AdminBind {
                     addr: snapshot.config.admin.listen,
-                    source,
+                    reason,
                 }
             })?,
         };
         let admin_dup = admin_std.try_clone().ok();
         let shutdown_rx_keep = shutdown_rx.clone();
-        let admin_listener = tokio::net::TcpListener::from_std(admin_std).map_err(|source| {
+        let admin_listener = tokio::net::TcpListener::from_std(admin_std).map_err(|reason| {
             ServerError::AdminBind {
                 addr: snapshot.config.admin.listen,
-                source,
+                reason,
             }
         })?;
         let admin_addr = admin_listener
             .local_addr()
-            .map_err(|source| ServerError::AdminBind {
+            .map_err(|reason| ServerError::AdminBind {
                 addr: snapshot.config.admin.listen,
-                source,
+                reason,
             })?;
 
         let workers = Workers::start(model, threads).map_err(ServerError::Workers)?;
@@ -315,65 +348,6 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// Follow the listeners of the live config: bind new ones, move changed ones, stop
-    /// removed ones (their open connections finish). An https listener that did not run
-    /// before needs a restart (its TLS setup is made at start). Returns what it did.
-    pub fn apply_listeners(&self) -> Vec<String> {
-        let snapshot = self.runtime.snapshot();
-        let mut notes = Vec::new();
-        let sockets_per_listener = match self.workers.model {
-            WorkerModel::PerCore => self.workers.handles.len(),
-            WorkerModel::Shared => 1,
-        };
-        for l in &snapshot.config.listeners {
-            let current = self.running.get(&l.name);
-            let unchanged = current
-                .is_some_and(|(addr, proto)| proto == l.protocol && same_address(l.listen, addr));
-            if unchanged {
-                continue;
-            }
-            let tls_ready =
-                l.protocol != Protocol::Https || crate::tls::listener(&l.name).is_some();
-            if !tls_ready {
-                notes.push(format!(
-                    "listener {}: {:?} on {} starts at the next restart",
-                    l.name, l.protocol, l.listen
-                ));
-                continue;
-            }
-            match bind_reuseport(l.listen, sockets_per_listener) {
-                Ok(sockets) => {
-                    self.running.start(
-                        &l.name,
-                        l.protocol,
-                        sockets,
-                        &self.workers.handles,
-                        &self.runtime,
-                        &self.shutdown_rx,
-                    );
-                    notes.push(format!(
-                        "listener {} now serves {:?} on {}",
-                        l.name, l.protocol, l.listen
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(listener = %l.name, addr = %l.listen, error = %e, "cannot bind");
-                    notes.push(format!(
-                        "listener {}: cannot bind {}: {e}",
-                        l.name, l.listen
-                    ));
-                }
-            }
-        }
-        for name in self.running.names() {
-            if !snapshot.config.listeners.iter().any(|l| l.name == name) {
-                self.running.stop(&name);
-                notes.push(format!("listener {name} stopped"));
-            }
-        }
-        notes
     }
 
     /// Open client connections over all listeners.

@@ -35,6 +35,8 @@ impl Trigger {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub ok: bool,
+    /// Refused although valid: it could not be applied (a new listener cannot bind).
+    pub unappliable: bool,
     pub changes: Vec<String>,
     pub errors: Vec<String>,
     pub generation: u64,
@@ -50,8 +52,22 @@ impl Outcome {
                 "generation": self.generation,
                 "config_hash": self.hash,
             })
+        } else if self.unappliable {
+            json!({ "error": "cannot apply the config: nothing changed", "errors": self.errors })
         } else {
             json!({ "error": "invalid config: nothing changed", "errors": self.errors })
+        }
+    }
+
+    /// The admin API's status: 200, 400 for an invalid config, 409 for one that cannot be
+    /// applied as things are (an address in use).
+    pub fn status(&self) -> http::StatusCode {
+        if self.ok {
+            http::StatusCode::OK
+        } else if self.unappliable {
+            http::StatusCode::CONFLICT
+        } else {
+            http::StatusCode::BAD_REQUEST
         }
     }
 }
@@ -104,7 +120,7 @@ impl Server {
         let rt = &self.runtime;
         let old = rt.snapshot();
         let path: PathBuf = old.config.source.clone();
-        let refused = |errors: Vec<String>| {
+        let refused = |errors: Vec<String>, unappliable: bool| {
             rt.reloads_failed.fetch_add(1, Ordering::Relaxed);
             for e in &errors {
                 tracing::error!(trigger = trigger.name(), "reload refused: {e}");
@@ -113,6 +129,7 @@ impl Server {
             crate::alerts::reload_failed(trigger.name(), &errors);
             Outcome {
                 ok: false,
+                unappliable,
                 changes: Vec::new(),
                 errors,
                 generation: old.generation,
@@ -121,7 +138,13 @@ impl Server {
         };
         let cfg = match config::load_file(&path) {
             Ok(c) => c,
-            Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),
+            Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect(), false),
+        };
+        // Listeners the new config adds or moves are bound first: one that cannot bind
+        // (its address in use) refuses the reload, and the running ones go on serving.
+        let bound = match self.bind_listeners(&cfg) {
+            Ok(b) => b,
+            Err(errors) => return refused(errors, true),
         };
         let mut changes = config::diff::diff(&old.config, &cfg);
         match crate::tls::reload_certificates(&cfg) {
@@ -136,12 +159,12 @@ impl Server {
                     changes.push(format!("listener {l}: TLS removed"));
                 }
             }
-            Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect()),
+            Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect(), false),
         }
         let hash = cfg.hash.clone();
         let next = rt.apply(cfg);
         self.autoscaler.reconcile();
-        changes.extend(self.apply_listeners());
+        changes.extend(self.start_listeners(bound));
         if changes.is_empty() {
             tracing::info!(
                 trigger = trigger.name(),
@@ -159,6 +182,7 @@ impl Server {
         self.record(trigger, true, 0);
         Outcome {
             ok: true,
+            unappliable: false,
             changes,
             errors: Vec::new(),
             generation: next.generation,
