@@ -233,7 +233,7 @@ mod tests {
             id: "me".into(),
             admin: "127.0.0.1:9001".parse().expect("addr"),
             started_ms: 0,
-            hash: Mutex::new("h".into()),
+            hash: Mutex::new(("h".into(), "h".into())),
             others: Mutex::new(BTreeMap::new()),
             count: AtomicUsize::new(1),
         }
