@@ -4,6 +4,8 @@
 //! rcgen. The user has only the commands autolb needs (the documented ACL): every shared
 //! feature works and Redis denies nothing. A wrong name, a wrong password or no client
 //! certificate keep autolb node-local with the reason; an unset `password_env` stops it.
+//! A Redis Cluster over TLS (`tls-cluster yes`) is reached the same way, and `sni` with a
+//! cluster is refused with its reason.
 
 mod common;
 
@@ -168,6 +170,86 @@ async fn tls_and_a_least_privilege_user_share_everything() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(status(&lb).await["mode"], "node-local");
     }
+}
+
+/// Redis Cluster over TLS (`tls-cluster yes`): the slot map read over TLS names the nodes'
+/// TLS ports, and each node is verified against the address the cluster announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("autolb test Redis CA");
+    let ca_path = ca.write(dir.path(), "ca");
+    let (server_cert, server_key) = ca
+        .issue(&["127.0.0.1", "redis.test"])
+        .write(dir.path(), "server");
+    let (client_cert, client_key) = ca
+        .issue_with(&["autolb-node"], false, true)
+        .write(dir.path(), "client");
+    let tls_ports = std::cell::RefCell::new(Vec::new());
+    let cluster = common::redis::Cluster::start_with(3, 0, 15_000, || {
+        let port = free_port();
+        tls_ports.borrow_mut().push(port);
+        [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&server_cert),
+            "--tls-key-file",
+            &path(&server_key),
+            "--tls-ca-cert-file",
+            &path(&ca_path),
+            "--tls-client-cert-file",
+            &path(&client_cert),
+            "--tls-client-key-file",
+            &path(&client_key),
+            "--tls-cluster",
+            "yes",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    for n in &cluster.nodes {
+        acl_user(n.port, "autolb", "s3cret");
+    }
+    let seed = tls_ports.borrow()[1];
+    let tls = format!(
+        "ca: \"{}\", client_cert: \"{}\", client_key: \"{}\"",
+        path(&ca_path),
+        path(&client_cert),
+        path(&client_key)
+    );
+    let backends = [app("b0").await, app("b1").await];
+    let a = node(&config(&backends, 0, seed, &tls), "node-a", "s3cret");
+    let b = node(&config(&backends, 1, seed, &tls), "node-b", "s3cret");
+    for lb in [&a, &b] {
+        let s = wait_status(lb, 20, "never connected to the cluster over TLS", |v| {
+            v["kind"] == "redis-cluster" && v["mode"] == "shared"
+        })
+        .await;
+        let masters: Vec<&str> = s["topology"]["talking_to"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(masters.len(), 3, "{s:#}");
+    }
+    shared_session(&a, &b).await;
+    wait_fleet(&[&a, &b], 30, "one leader", |s| leaders(s).len() == 1).await;
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let log = cli(n.port, &["ACL", "LOG"]);
+        assert!(log.trim().is_empty(), "node {i} ACL LOG: {log}");
+    }
+    for lb in [&a, &b] {
+        assert_eq!(status(lb).await["errors_total"], 0);
+    }
+    // `sni` cannot apply to a cluster: refused, with the reason.
+    let with_sni = format!("{tls}, sni: redis.test");
+    let c = node(&config(&backends, 2, seed, &with_sni), "node-c", "s3cret");
+    let s = wait_status(&c, 10, "sni not refused", |v| v["last_error"].is_string()).await;
+    assert_eq!(s["mode"], "node-local");
+    assert!(
+        s["last_error"].as_str().is_some_and(|e| e.contains("sni")),
+        "{s:#}"
+    );
 }
 
 #[test]

@@ -170,6 +170,18 @@ impl Cluster {
     /// Started, created, every slot served and every replica in sync. `extra`: more
     /// `redis-server` arguments for every node.
     pub fn start(masters: usize, replicas: usize, node_timeout_ms: u64, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_with(masters, replicas, node_timeout_ms, || extra.clone())
+    }
+
+    /// Like `start`, with the extra arguments of each node from `extra` (called once per
+    /// node, in order).
+    pub fn start_with(
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+        mut extra: impl FnMut() -> Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let dir_arg = dir.path().display().to_string();
         let mut nodes = Vec::new();
@@ -187,12 +199,13 @@ impl Cluster {
                 "--dir".into(),
                 dir_arg.clone(),
             ];
-            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(extra());
             nodes.push(Redis::start_with(args));
         }
         let addrs: Vec<String> = nodes.iter().map(Redis::addr).collect();
-        let out = std::process::Command::new("redis-cli")
-            .args(["--cluster", "create"])
+        // `timeout`: redis-cli waits for the nodes to join for ever.
+        let out = std::process::Command::new("timeout")
+            .args(["60", "redis-cli", "--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
