@@ -326,3 +326,45 @@ async fn instances_start_when_autolb_is_pid_1() {
         lb.proc.log()
     );
 }
+
+/// A pool none of whose instances can start (the program is missing, or exits before it
+/// is ready) answers 503 with `Retry-After` at once, not after `cold_start_timeout`, and
+/// the log names the program.
+#[tokio::test]
+async fn a_pool_whose_instances_cannot_start_answers_503_at_once() {
+    for (program, shown) in [
+        ("autolb-ecko", "cannot run autolb-ecko"),
+        ("false", "exit status: 1"),
+    ] {
+        let yaml = scaled(1, 2, "      cold_start_timeout: 1h\n")
+            .replace(&format!("\"{}\"", common::ECHO), &format!("\"{program}\""));
+        let lb = start(&yaml);
+        let r = tokio::time::timeout(Duration::from_secs(30), common::get(lb.addr("web"), "/"))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{program}: the request waited for an instance that cannot start\n{}",
+                    lb.proc.log()
+                )
+            });
+        assert_eq!(r.status, 503, "{program}: {}", r.text());
+        assert!(
+            r.headers.contains_key("retry-after"),
+            "{program}: {:?}",
+            r.headers
+        );
+        assert_eq!(r.json()["error"], "no instance can start", "{program}");
+        assert!(
+            lb.proc.log_shows(shown, Duration::from_secs(10)),
+            "{program}: {}",
+            lb.proc.log()
+        );
+        // Every later request too, while the instances keep failing.
+        for _ in 0..5 {
+            let r = tokio::time::timeout(Duration::from_secs(30), common::get(lb.addr("web"), "/"))
+                .await
+                .expect("answered at once");
+            assert_eq!(r.status, 503);
+        }
+    }
+}

@@ -182,6 +182,7 @@ impl PoolScaler {
         now: Instant,
     ) {
         st.instances.retain(|i| i.info().phase != Phase::Stopped);
+        self.note_start_failures(st, runtime);
         let signals = self.signals(st, runtime, now);
         let decision = self.decide(st, &signals, now);
         let capacity = signals.ready + signals.starting;
@@ -334,6 +335,33 @@ impl PoolScaler {
         }
     }
 
+    /// Whether no instance of the pool can start: every one (running or waiting to
+    /// restart) failed its last start attempt. Requests without a ready backend then get
+    /// 503 at once (`PoolStats::start_failing`), until an attempt is under way again.
+    fn note_start_failures(&self, st: &ScalerState, runtime: &Runtime) {
+        let Some(pool) = runtime.snapshot().pool(&self.pool).cloned() else {
+            return;
+        };
+        let mut live = st
+            .instances
+            .iter()
+            .filter(|i| matches!(i.info().phase, Phase::Running | Phase::Crashed))
+            .peekable();
+        let failing = live.peek().is_some() && live.all(|i| i.failed_to_start());
+        let was = pool.stats.start_failing.swap(failing, Ordering::Relaxed);
+        if failing && !was {
+            let why = st
+                .instances
+                .iter()
+                .find_map(|i| i.info().last_exit)
+                .unwrap_or_default();
+            tracing::error!(pool = %self.pool, last = %why, "no instance can start: requests without a ready backend get 503 until one starts");
+            pool.stats.ready_notify.notify_waiters();
+        } else if was && !failing {
+            tracing::info!(pool = %self.pool, "start failures over: an instance is ready or a new one starts");
+        }
+    }
+
     fn start_instance(&self, st: &mut ScalerState, runtime: &Runtime) {
         let used: Vec<u16> = st.instances.iter().map(|i| i.port).collect();
         let (lo, hi) = st.cfg.ports;
@@ -343,7 +371,8 @@ impl PoolScaler {
         };
         let id = format!("{}-{}", self.pool, st.next_seq);
         st.next_seq += 1;
-        let inst = instance::launch(st.cfg.clone(), &self.pool, id, port, runtime.workers);
+        let stats = runtime.snapshot().pool(&self.pool).map(|p| p.stats.clone());
+        let inst = instance::launch(st.cfg.clone(), &self.pool, id, port, runtime.workers, stats);
         st.instances.push(inst);
     }
 

@@ -2,7 +2,7 @@
 //! exponential backoff), and stop on request.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::process;
 use crate::config::Autoscale;
 use crate::proxy::upstream::ConnPool;
-use crate::runtime::{BackendStats, ManagedBackend};
+use crate::runtime::{BackendStats, ManagedBackend, PoolStats};
 
 /// Where an instance is in its life. `Running` shows as `starting` or `ready` by health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub struct Instance {
     pub port: u16,
     pub backend: ManagedBackend,
     pub info: Mutex<InstanceInfo>,
+    /// Its last start attempt failed: the program could not be run, or it exited before
+    /// its health check passed.
+    start_failed: AtomicBool,
     stop: watch::Sender<bool>,
 }
 
@@ -83,6 +86,11 @@ impl Instance {
         self.state() == "ready"
     }
 
+    /// Whether its last start attempt failed and it is not serving.
+    pub fn failed_to_start(&self) -> bool {
+        self.start_failed.load(Ordering::Relaxed) && !self.is_ready()
+    }
+
     /// Requests and WebSockets in flight: the cost of stopping it.
     pub fn load(&self) -> u64 {
         let s = &self.backend.stats;
@@ -96,13 +104,15 @@ impl Instance {
 }
 
 /// Start an instance on `port` and its supervisor. It begins unusable: the pool's health
-/// check must pass `rise` times before the balancer may pick it.
+/// check must pass `rise` times before the balancer may pick it. A failed start wakes the
+/// pool's autoscaler (`pool_stats.demand_notify`).
 pub fn launch(
     cfg: Arc<Autoscale>,
     pool: &str,
     id: String,
     port: u16,
     workers: usize,
+    pool_stats: Option<Arc<PoolStats>>,
 ) -> Arc<Instance> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let stats = BackendStats::default();
@@ -129,9 +139,16 @@ pub fn launch(
             rss_bytes: None,
             cpu_ticks: None,
         }),
+        start_failed: AtomicBool::new(false),
         stop,
     });
-    tokio::spawn(supervise(instance.clone(), cfg, pool.to_string(), stop_rx));
+    tokio::spawn(supervise(
+        instance.clone(),
+        cfg,
+        pool.to_string(),
+        stop_rx,
+        pool_stats,
+    ));
     instance
 }
 
@@ -145,7 +162,14 @@ async fn supervise(
     cfg: Arc<Autoscale>,
     pool: String,
     mut stop: watch::Receiver<bool>,
+    pool_stats: Option<Arc<PoolStats>>,
 ) {
+    let start_failed = |failed: bool| {
+        inst.start_failed.store(failed, Ordering::Relaxed);
+        if let (true, Some(s)) = (failed, &pool_stats) {
+            s.demand_notify.notify_one();
+        }
+    };
     let mut consecutive_crashes = 0u32;
     loop {
         let mut child = match process::spawn(&cfg, &pool, &inst.id, inst.port) {
@@ -156,6 +180,7 @@ async fn supervise(
                     i.phase = Phase::Crashed;
                     i.last_exit = Some(format!("spawn failed: {e}"));
                 });
+                start_failed(true);
                 consecutive_crashes += 1;
                 if wait_or_stop(&mut stop, backoff(consecutive_crashes)).await {
                     break;
@@ -182,13 +207,14 @@ async fn supervise(
                     Err(e) => format!("wait failed: {e}"),
                 };
                 // Never route to it while it is down; its health check must pass `rise`
-                // times again.
-                inst.backend.stats.up.store(false, Ordering::Relaxed);
+                // times again. Gone before it was ever ready: a failed start.
+                let was_up = inst.backend.stats.up.swap(false, Ordering::Relaxed);
                 inst.backend.stats.check_successes.store(0, Ordering::Relaxed);
                 if *stop.borrow() {
                     inst.update(|i| { i.phase = Phase::Stopped; i.last_exit = Some(how); i.pid = None; });
                     return;
                 }
+                start_failed(!was_up);
                 if began.elapsed() > Duration::from_secs(30) {
                     consecutive_crashes = 0;
                 }

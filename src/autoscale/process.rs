@@ -45,7 +45,8 @@ pub fn spawn(cfg: &Autoscale, pool: &str, instance: &str, port: u16) -> std::io:
             "empty autoscale command",
         ));
     };
-    let mut cmd = Command::new(resolve_program(&substitute(program, port, instance)));
+    let program = resolve_program(&substitute(program, port, instance));
+    let mut cmd = Command::new(&program);
     cmd.args(args.iter().map(|a| substitute(a, port, instance)))
         .env("PORT", port.to_string())
         .envs(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -72,7 +73,18 @@ pub fn spawn(cfg: &Autoscale, pool: &str, instance: &str, port: u16) -> std::io:
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    // The OS error alone ("No such file or directory") does not say what was run.
+    let mut child = cmd.spawn().map_err(|e| {
+        let looked = if program.components().count() == 1 {
+            " (looked for beside autolb, then on PATH)"
+        } else {
+            ""
+        };
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot run {}{looked}: {e}", program.display()),
+        )
+    })?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(forward_lines(
             out,

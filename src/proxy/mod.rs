@@ -112,14 +112,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         let waiting = tokio::time::Instant::now();
         warmed = match cold::wait_for_ready(&ctx.runtime, pool).await {
             Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(pool = %pool.name, reason = ?e, "no instance became ready: 503");
-                return local::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no instance ready",
-                    Some(&pool.name),
-                );
-            }
+            Err(e) => return cold::refused(pool, e),
         };
         pool = &warmed;
         queued = waiting.elapsed();

@@ -1,7 +1,7 @@
 //! A pool as the snapshot holds it: settings, backends, the balancer built over them, and
 //! pool-wide statistics that survive a reload.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::backend::{Backend, BackendStats};
@@ -22,6 +22,11 @@ pub struct PoolStats {
     pub active: AtomicU64,
     /// Requests waiting for a first instance (scale from zero).
     pub cold_waiters: AtomicU64,
+    /// Autoscaled pools: the last start attempt of every instance failed (the program
+    /// cannot be run, or exited before it was ready), so a request without a ready backend
+    /// gets 503 at once instead of waiting for a start that is not coming. Set by the
+    /// autoscaler; cleared once an instance is ready or a new one is started.
+    pub start_failing: AtomicBool,
     /// Woken when a backend of the pool becomes ready, and when cold requests arrive.
     pub ready_notify: tokio::sync::Notify,
     pub demand_notify: tokio::sync::Notify,
