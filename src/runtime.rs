@@ -3,6 +3,7 @@
 
 mod backend;
 pub mod limit;
+pub mod log_throttle;
 pub mod overrides;
 mod pool;
 pub mod stats;

@@ -304,13 +304,14 @@ pub struct OutlierFile {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a timeouts mapping (connect, response, idle, websocket_idle)"
+    expecting = "a timeouts mapping (connect, response, idle, websocket_idle, request_total)"
 )]
 pub struct TimeoutsFile {
     pub connect: Option<Located<Dur>>,
     pub response: Option<Located<Dur>>,
     pub idle: Option<Located<Dur>>,
     pub websocket_idle: Option<Located<Dur>>,
+    pub request_total: Option<Located<Dur>>,
 }
 
 /// One item of `pools.NAME.backends:`.

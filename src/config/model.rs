@@ -382,6 +382,9 @@ pub struct Timeouts {
     /// An upgraded (WebSocket) connection silent both ways for this long is closed.
     /// Default 1h.
     pub websocket_idle: Duration,
+    /// The longest a client waits for a response head, queueing, connects and every retry
+    /// included. Default 60s.
+    pub request_total: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

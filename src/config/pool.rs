@@ -322,9 +322,15 @@ pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
 
 fn timeouts(file: Option<&TimeoutsFile>, issues: &mut Issues) -> Timeouts {
     let none = None;
-    let (connect, response, idle, websocket_idle) = match file {
-        Some(t) => (&t.connect, &t.response, &t.idle, &t.websocket_idle),
-        None => (&none, &none, &none, &none),
+    let (connect, response, idle, websocket_idle, request_total) = match file {
+        Some(t) => (
+            &t.connect,
+            &t.response,
+            &t.idle,
+            &t.websocket_idle,
+            &t.request_total,
+        ),
+        None => (&none, &none, &none, &none, &none),
     };
     Timeouts {
         connect: nonzero_dur(connect, Duration::from_secs(2), "timeouts.connect", issues),
@@ -339,6 +345,12 @@ fn timeouts(file: Option<&TimeoutsFile>, issues: &mut Issues) -> Timeouts {
             websocket_idle,
             Duration::from_secs(3600),
             "timeouts.websocket_idle",
+            issues,
+        ),
+        request_total: nonzero_dur(
+            request_total,
+            Duration::from_secs(60),
+            "timeouts.request_total",
             issues,
         ),
     }

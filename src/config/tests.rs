@@ -124,7 +124,7 @@ pools:
     retry_on: [connect_failure, timeout, 502, "503"]
     slow_start: 30s
     panic_threshold: 40
-    timeouts: { connect: 1s, response: 10s, idle: 2m, websocket_idle: 90m }
+    timeouts: { connect: 1s, response: 10s, idle: 2m, websocket_idle: 90m, request_total: 45s }
     backends:
       - { address: 127.0.0.1:3001, weight: 3 }
       - { address: 127.0.0.1:3002 }
@@ -330,6 +330,7 @@ fn full_config_parses_into_the_model() {
                     response: Duration::from_secs(10),
                     idle: Duration::from_secs(120),
                     websocket_idle: Duration::from_secs(5400),
+                    request_total: Duration::from_secs(45),
                 },
                 slow_start: Some(Duration::from_secs(30)),
                 panic_threshold: 40,
@@ -427,6 +428,7 @@ fn full_config_parses_into_the_model() {
                     response: Duration::from_secs(30),
                     idle: Duration::from_secs(60),
                     websocket_idle: Duration::from_secs(3600),
+                    request_total: Duration::from_secs(60),
                 },
                 slow_start: None,
                 panic_threshold: 0,
@@ -505,6 +507,7 @@ fn defaults_fill_a_minimal_config() {
             response: Duration::from_secs(30),
             idle: Duration::from_secs(60),
             websocket_idle: Duration::from_secs(3600),
+            request_total: Duration::from_secs(60),
         }
     );
     assert_eq!(

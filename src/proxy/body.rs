@@ -15,13 +15,19 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::upstream::{RawBody, RawConn, RawError, Sender};
-use crate::runtime::{Backend, PoolStats};
+use crate::health::events::EventLog;
+use crate::health::outlier::{self, Outcome};
+use crate::runtime::log_throttle::warn_throttled;
+use crate::runtime::{Backend, Pool};
 
 /// Accounting for one request to one backend, settled exactly once: when the response body
-/// ends, fails, or is dropped.
+/// ends, fails, or is dropped. The backend's record (its status count, outlier detection) is
+/// written then, so that a response broken after its head counts as the backend's failure,
+/// never as a success.
 pub struct Exchange {
     pub backend: Arc<Backend>,
-    pub pool: Arc<PoolStats>,
+    pub pool: Arc<Pool>,
+    pub events: Arc<EventLog>,
     pub started: Instant,
     pub status: u16,
     /// The connection, returned to the pool only after a complete response.
@@ -34,12 +40,23 @@ pub struct Exchange {
     pub timing: crate::observe::Timing,
 }
 
+/// How a response ended.
+pub(crate) enum End<'a> {
+    /// Read to its end (or handed to a tunnel after a 101).
+    Complete,
+    /// Dropped before its end: the client left (not the backend's fault).
+    Abandoned,
+    /// The backend broke it (invalid body, cut off, silent for too long): its failure.
+    Broken(Outcome, &'a dyn std::fmt::Display),
+}
+
 impl Exchange {
     /// Settle the accounting (and return the connection to the pool after a complete
     /// response).
-    pub(crate) fn finish(mut self, complete: bool) {
+    pub(crate) fn finish(mut self, end: End<'_>) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.started);
+        let complete = matches!(end, End::Complete);
         match (complete, self.conn.take()) {
             (true, Some(tx)) => self.backend.conns.checkin(tx),
             (false, Some(_)) => {
@@ -47,17 +64,40 @@ impl Exchange {
             }
             _ => {}
         }
-        self.backend.stats.active.fetch_sub(1, Ordering::Relaxed);
-        self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        let (pool, backend) = (&self.pool, &self.backend);
+        match end {
+            End::Broken(outcome, error) => {
+                backend.stats.record_failure();
+                outlier::observe(pool, backend, outcome, &self.events);
+                if outcome == Outcome::Timeout {
+                    warn_throttled!(backend.stats.log, pool = %pool.name, backend = %backend.address, error = %error;
+                        "backend went silent in the middle of a response: aborting it");
+                } else {
+                    warn_throttled!(backend.stats.log, pool = %pool.name, backend = %backend.address, status = self.status, error = %error;
+                        "backend broke its response after the head was forwarded: aborting it");
+                }
+            }
+            End::Complete | End::Abandoned => {
+                backend.stats.record_status(self.status);
+                let outcome = if self.status >= 500 {
+                    Outcome::Status5xx
+                } else {
+                    Outcome::Success
+                };
+                outlier::observe(pool, backend, outcome, &self.events);
+            }
+        }
+        backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+        pool.stats.active.fetch_sub(1, Ordering::Relaxed);
         if self.bytes > 0 {
-            self.pool
+            pool.stats
                 .response_bytes
                 .fetch_add(self.bytes, Ordering::Relaxed);
         }
-        self.pool
+        pool.stats
             .window
             .record(elapsed, self.status >= 500 || !complete, now);
-        self.pool.histogram.record(elapsed);
+        pool.stats.histogram.record(elapsed);
     }
 }
 
@@ -80,6 +120,8 @@ pin_project! {
     pub struct UpstreamBody {
         inner: UpstreamIncoming,
         exchange: Option<Exchange>,
+        // The body's first frame, read with the head (`forward::inspect`).
+        first: Option<Frame<Bytes>>,
         idle: Duration,
         // Armed only while the backend makes us wait, so a fast body never touches a timer.
         timer: Option<Pin<Box<Sleep>>>,
@@ -93,18 +135,25 @@ pin_project! {
             let this = this.project();
             if let Some(ex) = this.exchange.take() {
                 // Dropped without reading to the end: complete only if nothing was left.
-                let complete = this.inner.is_end_stream();
-                settle(ex, this.inner, complete);
+                let end = if this.inner.is_end_stream() { End::Complete } else { End::Abandoned };
+                settle(ex, this.inner, end);
             }
         }
     }
 }
 
 impl UpstreamBody {
-    pub fn new(inner: UpstreamIncoming, exchange: Exchange, idle: Duration) -> UpstreamBody {
+    /// `first`: the body's first frame, already read from `inner`.
+    pub fn new(
+        inner: UpstreamIncoming,
+        first: Option<Frame<Bytes>>,
+        exchange: Exchange,
+        idle: Duration,
+    ) -> UpstreamBody {
         UpstreamBody {
             inner,
             exchange: Some(exchange),
+            first,
             idle,
             timer: None,
             progressed: false,
@@ -122,16 +171,23 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
+        if let Some(frame) = this.first.take() {
+            *this.progressed = true;
+            if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
+                ex.bytes += data.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
         match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(ex) = this.exchange.take() {
-                    settle(ex, this.inner, true);
+                    settle(ex, this.inner, End::Complete);
                 }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 if let Some(ex) = this.exchange.take() {
-                    ex.finish(false);
+                    ex.finish(End::Broken(Outcome::Reset, &e));
                 }
                 Poll::Ready(Some(Err(e)))
             }
@@ -155,15 +211,11 @@ impl Body for UpstreamBody {
                     .as_mut()
                     .is_some_and(|t| t.as_mut().poll(cx).is_ready());
                 if fired {
+                    let error = BodyError::Idle(*this.idle);
                     if let Some(ex) = this.exchange.take() {
-                        tracing::warn!(
-                            backend = %ex.backend.address,
-                            idle = ?*this.idle,
-                            "backend went silent in the middle of a response: aborting it"
-                        );
-                        ex.finish(false);
+                        ex.finish(End::Broken(Outcome::Timeout, &error));
                     }
-                    return Poll::Ready(Some(Err(BodyError::Idle(*this.idle))));
+                    return Poll::Ready(Some(Err(error)));
                 }
                 Poll::Pending
             }
@@ -171,21 +223,34 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let Some(first) = &self.first else {
+            return inner;
+        };
+        let first = first.data_ref().map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + first);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
     }
 }
 
 /// Settle a finished exchange; the own client's connection goes back to its pool when the
 /// body was read to its end.
-fn settle(ex: Exchange, inner: &mut UpstreamIncoming, complete: bool) {
-    if let Some(conn) = inner.take_reusable().filter(|_| complete) {
+fn settle(ex: Exchange, inner: &mut UpstreamIncoming, end: End<'_>) {
+    if let Some(conn) = inner
+        .take_reusable()
+        .filter(|_| matches!(end, End::Complete))
+    {
         ex.backend.conns.checkin_raw(conn);
     }
-    ex.finish(complete);
+    ex.finish(end);
 }
 
 /// A backend's response body as the client that read its head gives it: hyper's, or the
@@ -197,6 +262,25 @@ pub enum UpstreamIncoming {
 }
 
 impl UpstreamIncoming {
+    /// The body's first frame when it is at hand without waiting (it came with the head):
+    /// `Some(Err)` when the body is broken from its start. Never waits, and reads nothing
+    /// from a backend socket the head left no body bytes of.
+    pub fn first_frame(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        if let UpstreamIncoming::Raw(b) = self {
+            if !b.has_buffered() {
+                return None;
+            }
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(self).poll_frame(&mut cx) {
+            Poll::Ready(Some(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The own client's connection, when the body was read to its end and it is reusable.
     pub fn take_reusable(&mut self) -> Option<RawConn> {
         match self {

@@ -1,7 +1,8 @@
-//! The minimum request-body rate (`limits: {body_timeout, min_body_rate}`), the slow-POST
-//! defence: `ClientBody` wraps the client's request body on its way to the backend and fails
-//! it with `TooSlow` when the client keeps us waiting too long for what it sends;
-//! `client_too_slow` recognises that failure in an upstream error (408, not 502).
+//! The client's request body on its way to the backend. `ClientBody` fails it with
+//! `TooSlow` when the client keeps us waiting too long for what it sends (the minimum
+//! request-body rate, `limits: {body_timeout, min_body_rate}`, the slow-POST defence), and
+//! with `TooLarge` past `limits.max_body`; it notes how it failed in its `FaultWatch`
+//! (see `client_fault`).
 //!
 //! Only time spent waiting for the client counts (from a poll that found no data to the next
 //! one that did): while the backend reads slowly the body is not polled, so backpressure never
@@ -10,7 +11,6 @@
 //! counted in waiting time). A timer exists only while a request with a body waits for its
 //! client; bodiless requests and data that is already there never touch one.
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,14 +19,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION};
-use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::body::ProxyBody;
-use super::local;
+use super::client_fault::{ClientFault, FaultWatch, TooLarge};
 use crate::config::Limits;
 use crate::runtime::PoolStats;
 
@@ -39,6 +36,9 @@ pub enum ClientBodyError {
     /// The client sent it too slowly.
     #[error(transparent)]
     TooSlow(#[from] TooSlow),
+    /// The client sent more than `limits.max_body`.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
 }
 
 /// The client fell below `min_body_rate` after the `body_timeout` grace.
@@ -54,42 +54,19 @@ pub struct TooSlow {
     pub grace: Duration,
 }
 
-/// Did this (upstream) error come from a request body the client sent too slowly?
-pub fn client_too_slow(error: &(dyn StdError + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if e.is::<TooSlow>()
-            || matches!(
-                e.downcast_ref::<ClientBodyError>(),
-                Some(ClientBodyError::TooSlow(_))
-            )
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
-}
-
-/// The answer to a client whose body was too slow: 408, and the connection is closed (the
-/// rest of its body is never read).
-pub fn timeout_response(pool: &str) -> Response<ProxyBody> {
-    let mut resp = local::error(
-        StatusCode::REQUEST_TIMEOUT,
-        "request body too slow",
-        Some(pool),
-    );
-    resp.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
-/// The client's request body, failed with `TooSlow` when the client is too slow.
+/// The client's request body, failed with `TooSlow` when the client is too slow and with
+/// `TooLarge` past `max_body`.
 #[derive(Debug)]
 pub struct ClientBody<B = Incoming> {
     inner: B,
     /// `None`: nothing to watch (no body, or `min_body_rate: 0`).
     pace: Option<Pace>,
+    /// Bytes the body may still carry (`limits.max_body`).
+    left: u64,
+    max_body: u64,
+    too_large: bool,
+    /// How the body failed, for the request (only a request with a body has one).
+    watch: Option<FaultWatch>,
     /// `None`: nothing to count (no body).
     count: Option<Box<BytesIn>>,
 }
@@ -108,13 +85,18 @@ struct BytesIn {
 pub struct RequestBytes(pub Arc<AtomicU64>);
 
 impl<B: Body> ClientBody<B> {
-    /// Watches `inner` with the listener's `body_timeout` and `min_body_rate`.
+    /// Watches `inner` with the listener's `body_timeout`, `min_body_rate` and `max_body`.
     pub fn new(inner: B, limits: &Limits) -> ClientBody<B> {
         let pace = (limits.min_body_rate > 0 && !inner.is_end_stream())
             .then(|| Pace::new(limits.body_timeout, limits.min_body_rate));
+        let watch = (!inner.is_end_stream()).then(FaultWatch::default);
         ClientBody {
             inner,
             pace,
+            left: limits.max_body,
+            max_body: limits.max_body,
+            too_large: false,
+            watch,
             count: None,
         }
     }
@@ -129,6 +111,20 @@ impl<B: Body> ClientBody<B> {
             }));
         }
         self
+    }
+
+    /// Where this body notes how it failed (`None` for a request without a body).
+    pub fn watch(&self) -> Option<FaultWatch> {
+        self.watch.clone()
+    }
+
+    fn over(&mut self) -> ClientBodyError {
+        self.too_large = true;
+        self.pace = None;
+        TooLarge {
+            limit: self.max_body,
+        }
+        .into()
     }
 }
 
@@ -153,15 +149,52 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
+        let polled = this.poll_inner(cx);
+        if let (Poll::Ready(Some(Err(e))), Some(watch)) = (&polled, &this.watch) {
+            watch.set(ClientFault::of(e));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.too_large
+            && self.pace.as_ref().is_none_or(|p| p.failed.is_none())
+            && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> ClientBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<ClientBodyError>,
+{
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self;
+        if this.too_large {
+            return Poll::Ready(Some(Err(this.over())));
+        }
         if let Some(failed) = this.pace.as_ref().and_then(|p| p.failed) {
             return Poll::Ready(Some(Err(failed.into())));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Some(c), Poll::Ready(Some(Ok(frame)))) = (this.count.as_mut(), &polled) {
-            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-            c.seen += n;
-            if let Some(log) = &c.log {
-                log.0.fetch_add(n, Ordering::Relaxed);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if len > this.left {
+                return Poll::Ready(Some(Err(this.over())));
+            }
+            this.left -= len;
+            if let Some(c) = this.count.as_mut() {
+                c.seen += len;
+                if let Some(log) = &c.log {
+                    log.0.fetch_add(len, Ordering::Relaxed);
+                }
             }
         }
         let Some(pace) = this.pace.as_mut() else {
@@ -182,14 +215,6 @@ where
                 Err(slow) => Poll::Ready(Some(Err(slow.into()))),
             },
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pace.as_ref().is_none_or(|p| p.failed.is_none()) && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -400,21 +425,24 @@ mod tests {
         assert!(off.pace.is_none());
     }
 
-    #[test]
-    fn too_slow_is_found_in_an_error_chain() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("request failed")]
-        struct Outer(#[source] Box<dyn StdError + Send + Sync>);
-        let slow = TooSlow {
-            received: 1,
-            waited: Duration::from_secs(2),
-            rate: 100,
-            grace: Duration::from_secs(1),
+    #[tokio::test]
+    async fn a_body_over_max_body_fails_and_stays_failed() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limits = Limits {
+            max_body: 10,
+            ..limits(1000, 0)
         };
-        let e = Outer(Box::new(ClientBodyError::from(slow)));
-        assert!(client_too_slow(&e));
-        assert!(client_too_slow(&slow));
-        let other = Outer(Box::new(std::io::Error::other("reset")));
-        assert!(!client_too_slow(&other));
+        let mut b = ClientBody::new(Feed(rx), &limits);
+        tx.send(Bytes::from_static(b"0123456789")).expect("send");
+        assert_eq!(next(&mut b).await.expect("frame").expect("data"), 10);
+        tx.send(Bytes::from_static(b"x")).expect("send");
+        for _ in 0..2 {
+            match next(&mut b).await {
+                Some(Err(e)) => assert_eq!(ClientFault::of(&e), ClientFault::TooLarge),
+                other => panic!("expected TooLarge, got {other:?}"),
+            }
+        }
+        assert!(!b.is_end_stream());
+        assert_eq!(b.watch().and_then(|w| w.get()), Some(ClientFault::TooLarge));
     }
 }

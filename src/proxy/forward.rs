@@ -1,51 +1,78 @@
-//! One request's attempts at a pool: pick, send, classify the outcome (for retries and
-//! outlier detection), and retry on another backend only when it is safe.
+//! One request's attempts at a pool: pick, send, look at what came back (a response broken
+//! before anything of it was forwarded is a failed attempt), classify failures with the
+//! retry policy (`retry`), retry where it allows, all within `timeouts.request_total`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::header::{RETRY_AFTER, SET_COOKIE};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, RETRY_AFTER, SET_COOKIE, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use http_body::Body;
+use http_body::{Body, Frame};
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-use super::body::{Exchange, ProxyBody, RequestBody, UpstreamBody};
+use super::body::{
+    BodyError, End, Exchange, ProxyBody, RequestBody, UpstreamBody, UpstreamIncoming,
+};
 use super::headers;
 use super::local;
+use super::retry::{classify, Budget, Class, Next, Policy};
 use super::upstream::{Sent, UpstreamError};
 use super::websocket;
 use crate::affinity::Resolved;
 use crate::balance::PickContext;
 use crate::health::events::EventLog;
 use crate::health::outlier::{self, Outcome};
+use crate::runtime::log_throttle::warn_throttled;
 use crate::runtime::Pool;
 
 /// Response header telling how many attempts a request took (only when more than one).
 pub const TRIES_HEADER: &str = "x-autolb-tries";
 
-/// How an attempt ended, when it gave no response to forward.
-enum Failure {
+/// A response that arrived broken, found before anything of it was forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum Broken {
+    #[error("invalid response framing: both Transfer-Encoding and Content-Length")]
+    Framing,
+    #[error("invalid response body: {0}")]
+    Body(BodyError),
+}
+
+/// What went wrong in an attempt that gave no response to forward.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
     Upstream(UpstreamError),
+    #[error(transparent)]
+    Broken(Broken),
+}
+
+/// How a request ended when it got no response to forward.
+enum Failure {
+    /// Its last attempt failed.
+    Attempt(Class, AttemptError),
     /// A response status listed in `retry_on`, discarded before anything was forwarded.
     Status(u16),
+    /// `timeouts.request_total` ran out before an attempt could start.
+    Exhausted,
 }
 
 impl Failure {
     /// Why the request goes again: an index into `PoolStats::retries` (`RETRY_REASONS`).
-    fn reason(&self) -> usize {
+    fn reason(&self) -> Option<usize> {
         match self {
-            Failure::Upstream(e) if e.is_connect_failure() => 0,
-            Failure::Upstream(e) if e.is_timeout() => 1,
-            Failure::Upstream(_) => 2,
-            Failure::Status(_) => 3,
+            Failure::Attempt(Class::Connect, _) => Some(0),
+            Failure::Attempt(Class::Timeout, _) => Some(1),
+            Failure::Attempt(Class::Reset | Class::Malformed, _) => Some(2),
+            Failure::Status(_) => Some(3),
+            Failure::Attempt(Class::Client(_) | Class::Exhausted, _) | Failure::Exhausted => None,
         }
     }
 }
 
 /// Where a request should go, decided by `proxy` before the first pick.
-#[derive(Default)]
 pub struct Plan {
     /// The pool's hash key (consistent_hash).
     pub hash: Option<u64>,
@@ -61,6 +88,8 @@ pub struct Plan {
     pub learned: Option<crate::state::learned::Session>,
     /// Time the request waited for the pool (a first instance, a `limits:` slot).
     pub queued: std::time::Duration,
+    /// `timeouts.request_total`, counted from when the request arrived.
+    pub budget: Budget,
 }
 
 /// Send `req` to `pool`, retrying on other backends while it is safe.
@@ -77,28 +106,44 @@ pub async fn forward(
     // client keeps it (its own client at no cost, hyper's as a copy of the head).
     let resendable =
         attempts > 1 && body.is_end_stream() && pool.retry_methods.contains(&parts.method);
+    // How the client's body failed, if it does (hyper's HTTP/2 client reports a stream
+    // reset of its own).
+    let body_fault = body.watch();
     let mut next = Some(Request::from_parts(parts, RequestBody::Client(body)));
     let mut pick = PickContext {
         hash: plan.hash,
         exclude: 0,
         panic: plan.panic,
     };
+    let policy = Policy {
+        retry_on: &pool.retry_on,
+    };
+    // Where the next attempt may go: after a malformed answer or a timeout, only to a
+    // backend not tried yet.
+    let mut route = Next::AnyBackend;
+    let mut failed_idx = None;
     pool.stats.active.fetch_add(1, Ordering::Relaxed);
     let mut last: Option<Failure> = None;
     for attempt in 0..attempts {
         let Some(req) = next.take() else {
             break;
         };
-        // The pinned backend first (sticky); then another one where one exists, else the
-        // same one again.
+        let t = &pool.timeouts;
+        let Some(limits) = plan.budget.attempt(Instant::now(), t.connect, t.response) else {
+            last = Some(Failure::Exhausted);
+            break;
+        };
+        // The pinned backend first (sticky); then another one where one exists, else (when
+        // the failure allows it) the same one again.
         let pinned = plan
             .affinity
             .pinned
             .filter(|&i| attempt == 0 && i < pool.backends.len());
+        let fallback = attempt > 0 && route == Next::AnyBackend;
         let Some(idx) = pinned
             .or_else(|| pool.balancer.pick(&pool.backends, &pick))
             .or_else(|| {
-                (attempt > 0)
+                fallback
                     .then(|| {
                         pool.balancer
                             .pick(&pool.backends, &PickContext { exclude: 0, ..pick })
@@ -108,24 +153,33 @@ pub async fn forward(
         else {
             break;
         };
+        // Past 64 backends the mask cannot tell: never the one that just failed, at least.
+        if route == Next::OtherBackend && failed_idx == Some(idx) {
+            break;
+        }
         if idx < 64 {
             pick.exclude |= 1 << idx;
         }
         let backend = &pool.backends[idx];
-        if let Some(why) = &last {
-            pool.stats.retries[why.reason()].fetch_add(1, Ordering::Relaxed);
+        if let Some(why) = last.as_ref().and_then(Failure::reason) {
+            pool.stats.retries[why].fetch_add(1, Ordering::Relaxed);
         }
         backend.stats.active.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
-        let t = &pool.timeouts;
         let more = attempt + 1 < attempts;
         let sent = backend
             .conns
-            .send(req, resendable && more, t.connect, t.response, t.idle)
+            .send(
+                req,
+                resendable && more,
+                limits.connect,
+                limits.response,
+                t.idle,
+            )
             .await;
-        match sent {
+        let (class, request, error) = match sent {
             Ok(Sent {
-                response: mut resp,
+                response,
                 conn,
                 request,
                 connect,
@@ -133,122 +187,70 @@ pub async fn forward(
                 let now = Instant::now();
                 let ttfb = now.saturating_duration_since(sent_at);
                 backend.stats.record_latency(ttfb, now);
-                let status = resp.status().as_u16();
-                backend.stats.record_status(status);
-                let outcome = if status >= 500 {
-                    Outcome::Status5xx
-                } else {
-                    Outcome::Success
-                };
-                outlier::observe(pool, backend, outcome, events);
-                if more && request.is_some() && pool.retry_on.statuses.contains(&status) {
-                    // Nothing was forwarded yet: drop this answer and try elsewhere.
-                    next = request;
-                    backend.stats.active.fetch_sub(1, Ordering::Relaxed);
-                    tracing::info!(pool = %pool.name, backend = %backend.address, status, attempt = attempt + 1, "retrying on status");
-                    last = Some(Failure::Status(status));
-                    continue;
-                }
-                let switching = status == 101;
-                let backend_side = switching.then(|| hyper::upgrade::on(&mut resp));
-                let (mut head, incoming) = resp.into_parts();
-                // The client's connection speaks autolb's HTTP version, not the backend's.
-                if head.version == Version::HTTP_10 {
-                    head.version = Version::HTTP_11;
-                }
-                headers::strip_hop_by_hop(&mut head.headers, switching);
-                if attempt > 0 {
-                    head.headers
-                        .insert(TRIES_HEADER, HeaderValue::from(attempt + 1));
-                }
-                if let Some(learned) = &plan.learned {
-                    learned.observe(pool, idx, &head.headers);
-                }
-                if let Some(aff) = pool.affinity.as_ref() {
-                    if plan.affinity.cookie_backend != Some(idx) {
-                        if let Some(cookie) = aff.set_cookie(idx, plan.https) {
-                            head.headers.append(SET_COOKIE, cookie);
+                let (head, mut incoming) = response.into_parts();
+                match inspect(&head, &mut incoming) {
+                    Err(broken) => {
+                        // Nothing was forwarded: a failed attempt like a reset, but never
+                        // sent back to this backend.
+                        drop((incoming, conn));
+                        (Class::Malformed, request, AttemptError::Broken(broken))
+                    }
+                    Ok(first) => {
+                        let status = head.status.as_u16();
+                        if more && request.is_some() && pool.retry_on.statuses.contains(&status) {
+                            // Nothing was forwarded yet: drop this answer and try elsewhere.
+                            backend.stats.record_status(status);
+                            outlier::observe(pool, backend, Outcome::Status5xx, events);
+                            next = request;
+                            route = Next::AnyBackend;
+                            failed_idx = Some(idx);
+                            backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+                            tracing::info!(pool = %pool.name, backend = %backend.address, status, attempt = attempt + 1, "retrying on status");
+                            last = Some(Failure::Status(status));
+                            continue;
                         }
+                        let exchange = Exchange {
+                            backend: backend.clone(),
+                            pool: pool.clone(),
+                            events: events.clone(),
+                            started,
+                            status,
+                            conn,
+                            tries: attempt + 1,
+                            bytes: 0,
+                            timing: crate::observe::Timing {
+                                queued: plan.queued,
+                                connect,
+                                ttfb,
+                            },
+                        };
+                        return respond(pool, idx, &mut plan, head, exchange, incoming, first);
                     }
                 }
-                let mut exchange = Exchange {
-                    backend: backend.clone(),
-                    pool: pool.stats.clone(),
-                    started,
-                    status,
-                    conn,
-                    tries: attempt + 1,
-                    bytes: 0,
-                    timing: crate::observe::Timing {
-                        queued: plan.queued,
-                        connect,
-                        ttfb,
-                    },
-                };
-                if let Some(backend_side) = backend_side {
-                    // The connection is the tunnel's now, never back in the pool.
-                    exchange.conn = None;
-                    let Some(client_side) = plan.upgrade.take() else {
-                        tracing::warn!(pool = %pool.name, backend = %backend.address, "101 to a request that asked for no upgrade: 502");
-                        exchange.finish(false);
-                        return local::error(
-                            StatusCode::BAD_GATEWAY,
-                            "backend failed",
-                            Some(&pool.name),
-                        );
-                    };
-                    websocket::spawn(
-                        client_side,
-                        backend_side,
-                        backend.clone(),
-                        pool.name.clone(),
-                        t.websocket_idle,
-                    );
-                    let timing = exchange.timing;
-                    exchange.finish(true);
-                    websocket::mark_upgrade(&mut head.headers);
-                    // Who answered, for the access log (a normal response tells it by its body).
-                    head.extensions.insert(crate::observe::Served {
-                        backend: backend.clone(),
-                        tries: attempt + 1,
-                        timing,
-                    });
-                    return Response::from_parts(head, ProxyBody::empty());
-                }
-                let body = ProxyBody::Upstream(UpstreamBody::new(incoming, exchange, t.idle));
-                return Response::from_parts(head, body);
             }
             Err(failed) => {
-                backend.stats.active.fetch_sub(1, Ordering::Relaxed);
-                if super::body_rate::client_too_slow(&failed.error) {
-                    last = Some(Failure::Upstream(failed.error)); // the client's fault: 408
-                    break;
-                }
-                backend.stats.record_failure();
-                let e = &failed.error;
-                let (outcome, allowed) = if e.is_connect_failure() {
-                    (Outcome::ConnectFailure, pool.retry_on.connect_failure)
-                } else if e.is_timeout() {
-                    (Outcome::Timeout, pool.retry_on.timeout)
-                } else {
-                    (Outcome::Reset, pool.retry_on.reset)
-                };
-                outlier::observe(pool, backend, outcome, events);
-                tracing::warn!(
-                    pool = %pool.name,
-                    backend = %backend.address,
-                    attempt = attempt + 1,
-                    error = %e,
-                    "backend failed"
-                );
-                // Unsent requests go again as they are; sent ones only when resendable.
-                let retry = more && allowed && failed.request.is_some();
-                next = failed.request;
-                last = Some(Failure::Upstream(failed.error));
-                if !retry {
-                    break;
-                }
+                let fault = body_fault.as_ref().and_then(|w| w.get());
+                let class = classify(&failed.error, limits.cut, fault);
+                (class, failed.request, AttemptError::Upstream(failed.error))
             }
+        };
+        backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Class::Client(_) = class {
+            // The client's fault: the backend's record stays as it was.
+            last = Some(Failure::Attempt(class, error));
+            break;
+        }
+        backend.stats.record_failure();
+        if let Some(outcome) = class.outcome() {
+            outlier::observe(pool, backend, outcome, events);
+        }
+        warn_throttled!(backend.stats.log, pool = %pool.name, backend = %backend.address, attempt = attempt + 1, error = %error; "backend failed");
+        route = policy.next(class, request.is_some(), more);
+        failed_idx = Some(idx);
+        next = request;
+        last = Some(Failure::Attempt(class, error));
+        if route == Next::Stop {
+            break;
         }
     }
     pool.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -260,10 +262,100 @@ pub async fn forward(
     failure_response(pool, last)
 }
 
+/// A response head and what came with it: the body's first frame when it is already at
+/// hand, or why the response is broken (then nothing of it is forwarded). hyper's client
+/// reads a response with both Transfer-Encoding and Content-Length as chunked; such a
+/// response is refused, as the own client refuses it.
+fn inspect(
+    head: &http::response::Parts,
+    body: &mut UpstreamIncoming,
+) -> Result<Option<Frame<Bytes>>, Broken> {
+    if let UpstreamIncoming::Hyper(_) = body {
+        let h = &head.headers;
+        if head.version != Version::HTTP_2
+            && h.contains_key(TRANSFER_ENCODING)
+            && h.contains_key(CONTENT_LENGTH)
+        {
+            return Err(Broken::Framing);
+        }
+    }
+    match body.first_frame() {
+        None => Ok(None),
+        Some(Ok(frame)) => Ok(Some(frame)),
+        Some(Err(e)) => Err(Broken::Body(e)),
+    }
+}
+
+/// The response to forward: the backend's head (rewritten for the client) and body, or,
+/// after a 101, the tunnel taking both connections over.
+fn respond(
+    pool: &Arc<Pool>,
+    idx: usize,
+    plan: &mut Plan,
+    mut head: http::response::Parts,
+    mut exchange: Exchange,
+    incoming: UpstreamIncoming,
+    first: Option<Frame<Bytes>>,
+) -> Response<ProxyBody> {
+    let backend = &pool.backends[idx];
+    let tries = exchange.tries;
+    let switching = exchange.status == 101;
+    // The client's connection speaks autolb's HTTP version, not the backend's.
+    if head.version == Version::HTTP_10 {
+        head.version = Version::HTTP_11;
+    }
+    headers::strip_hop_by_hop(&mut head.headers, switching);
+    if tries > 1 {
+        head.headers.insert(TRIES_HEADER, HeaderValue::from(tries));
+    }
+    if let Some(learned) = &plan.learned {
+        learned.observe(pool, idx, &head.headers);
+    }
+    if let Some(aff) = pool.affinity.as_ref() {
+        if plan.affinity.cookie_backend != Some(idx) {
+            if let Some(cookie) = aff.set_cookie(idx, plan.https) {
+                head.headers.append(SET_COOKIE, cookie);
+            }
+        }
+    }
+    if switching {
+        let mut resp = Response::from_parts(head, incoming);
+        let backend_side = hyper::upgrade::on(&mut resp);
+        let mut head = resp.into_parts().0;
+        // The connection is the tunnel's now, never back in the pool.
+        exchange.conn = None;
+        let Some(client_side) = plan.upgrade.take() else {
+            let error = "101 to a request that asked for no upgrade";
+            exchange.finish(End::Broken(Outcome::Reset, &error));
+            return local::error(StatusCode::BAD_GATEWAY, "backend failed", Some(&pool.name));
+        };
+        websocket::spawn(
+            client_side,
+            backend_side,
+            backend.clone(),
+            pool.name.clone(),
+            pool.timeouts.websocket_idle,
+        );
+        let timing = exchange.timing;
+        exchange.finish(End::Complete);
+        websocket::mark_upgrade(&mut head.headers);
+        // Who answered, for the access log (a normal response tells it by its body).
+        head.extensions.insert(crate::observe::Served {
+            backend: backend.clone(),
+            tries,
+            timing,
+        });
+        return Response::from_parts(head, ProxyBody::empty());
+    }
+    let body = UpstreamBody::new(incoming, first, exchange, pool.timeouts.idle);
+    Response::from_parts(head, ProxyBody::Upstream(body))
+}
+
 fn failure_response(pool: &Pool, last: Option<Failure>) -> Response<ProxyBody> {
+    let log = &pool.stats.log;
     match last {
         None => {
-            tracing::warn!(pool = %pool.name, "no usable backend: 503");
+            warn_throttled!(log, pool = %pool.name; "no usable backend: 503");
             let mut resp = local::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no backend available",
@@ -273,24 +365,52 @@ fn failure_response(pool: &Pool, last: Option<Failure>) -> Response<ProxyBody> {
                 .insert(RETRY_AFTER, HeaderValue::from(pool.retry_after_secs()));
             resp
         }
-        Some(Failure::Upstream(e)) if super::body_rate::client_too_slow(&e) => {
-            tracing::info!(pool = %pool.name, error = %e, "request body too slow: 408");
-            super::body_rate::timeout_response(&pool.name)
+        Some(Failure::Attempt(Class::Client(fault), e)) => {
+            // The client's doing: an INFO line, not a backend's WARN.
+            use super::client_fault::ClientFault;
+            match fault {
+                ClientFault::TooSlow => {
+                    tracing::info!(pool = %pool.name, error = %e, "request body too slow: 408")
+                }
+                ClientFault::TooLarge => {
+                    tracing::info!(pool = %pool.name, error = %e, "request body too large: 413")
+                }
+                ClientFault::Aborted => {
+                    tracing::info!(pool = %pool.name, error = %e, "request body cut off by the client: 400")
+                }
+            }
+            super::client_fault::fault_response(fault, &pool.name)
         }
-        Some(Failure::Upstream(e)) if e.is_timeout() => {
-            tracing::warn!(pool = %pool.name, error = %e, "backend timed out: 504");
+        Some(Failure::Attempt(Class::Exhausted, e)) => {
+            warn_throttled!(log, pool = %pool.name, error = %e; "timeouts.request_total over: 504");
+            local::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request timed out",
+                Some(&pool.name),
+            )
+        }
+        Some(Failure::Exhausted) => {
+            warn_throttled!(log, pool = %pool.name; "timeouts.request_total over before a backend was tried: 504");
+            local::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request timed out",
+                Some(&pool.name),
+            )
+        }
+        Some(Failure::Attempt(Class::Timeout, e)) => {
+            warn_throttled!(log, pool = %pool.name, error = %e; "backend timed out: 504");
             local::error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "backend timed out",
                 Some(&pool.name),
             )
         }
-        Some(Failure::Upstream(e)) => {
-            tracing::warn!(pool = %pool.name, error = %e, "backend failed: 502");
+        Some(Failure::Attempt(_, e)) => {
+            warn_throttled!(log, pool = %pool.name, error = %e; "backend failed: 502");
             local::error(StatusCode::BAD_GATEWAY, "backend failed", Some(&pool.name))
         }
         Some(Failure::Status(status)) => {
-            tracing::warn!(pool = %pool.name, status, "every try answered a retryable status: 502");
+            warn_throttled!(log, pool = %pool.name, status; "every try answered a retryable status: 502");
             local::error(StatusCode::BAD_GATEWAY, "backend failed", Some(&pool.name))
         }
     }

@@ -5,6 +5,7 @@
 pub mod arena;
 pub mod body;
 pub mod body_rate;
+pub mod client_fault;
 pub mod cold;
 pub mod forward;
 pub mod frames;
@@ -12,6 +13,7 @@ pub mod headers;
 pub mod local;
 pub mod normalize;
 pub mod queue;
+pub mod retry;
 pub mod tunnel;
 pub mod upstream;
 pub mod validate;
@@ -59,7 +61,8 @@ pub async fn handle(
     // Before anything looks at the Host or the path: their normal forms, or a 400 (which
     // the access log still records).
     let mut req = req;
-    let refused = validate::check_target(&req, &ctx.limits)
+    let refused = validate::check_method(&req)
+        .or_else(|| validate::check_target(&req, &ctx.limits))
         .or_else(|| normalize::request(&mut req, &ctx.normalize));
     if refused.is_some() {
         req.extensions_mut().insert(normalize::Refused);
@@ -88,6 +91,7 @@ pub(crate) fn host_name(authority: &HeaderValue) -> &str {
 }
 
 async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+    let arrived = tokio::time::Instant::now();
     if let Some(refused) = validate::check(&req, ctx) {
         return refused;
     }
@@ -117,11 +121,15 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         pool = &warmed;
         queued = waiting.elapsed();
     }
+    // `timeouts.request_total`: queueing, connects and retries included.
+    let budget = retry::Budget::new(arrived, pool.timeouts.request_total);
     // `limits:` a slot of the pool, or a wait in its queue, or 503.
-    let admitted = match queue::admit(&ctx.runtime, pool).await {
-        Ok(a) => a,
-        Err(refused) => return refused,
-    };
+    let admitted =
+        match tokio::time::timeout_at(budget.deadline, queue::admit(&ctx.runtime, pool)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(refused)) => return refused,
+            Err(_) => return queue::over_budget(pool),
+        };
     queued += admitted.waited;
     let requeued;
     if let Some(fresh) = &admitted.fresh {
@@ -193,6 +201,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         upgrade,
         learned,
         queued,
+        budget,
     };
     let log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
     let body = body_rate::ClientBody::new(body, &ctx.limits).counted(&pool.stats, log_bytes);

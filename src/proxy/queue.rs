@@ -58,6 +58,21 @@ pub async fn admit(runtime: &Runtime, pool: &Arc<Pool>) -> Result<Admitted, Resp
     }
 }
 
+/// The 503 for a request whose `timeouts.request_total` ran out while it waited in the
+/// queue, with Retry-After.
+pub fn over_budget(pool: &Pool) -> Response<ProxyBody> {
+    pool.stats.local_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(pool = %pool.name, "timeouts.request_total over while queued: 503");
+    let mut resp = local::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no slot of the pool came free within timeouts.request_total",
+        Some(&pool.name),
+    );
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 /// The 503 for a refused request, with Retry-After, and its log line.
 fn refuse(pool: &Pool, refused: Refused) -> Response<ProxyBody> {
     pool.stats.local_errors.fetch_add(1, Ordering::Relaxed);

@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use http::header::{CONTENT_LENGTH, RETRY_AFTER};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use super::body::ProxyBody;
 use super::{local, ConnContext};
@@ -30,7 +30,7 @@ pub enum Framing {
     Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
-    /// An upgrade or CONNECT: what follows may be another protocol.
+    /// An upgrade: what follows may be another protocol.
     Tunnel,
 }
 
@@ -212,7 +212,9 @@ pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
             return Err(HeadError("absolute-form authority disagrees with Host"));
         }
     }
-    Ok(if upgrade || method == b"CONNECT" {
+    // CONNECT is answered, never tunnelled (`refused_method`): what follows it is read as
+    // the next request head, and refused unless it is one.
+    Ok(if upgrade {
         Framing::Tunnel
     } else if chunked {
         Framing::Chunked
@@ -229,6 +231,27 @@ pub fn check_target<B>(req: &Request<B>, limits: &Limits) -> Option<Response<Pro
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     (target_len > limits.max_request_line)
         .then(|| local::error(StatusCode::URI_TOO_LONG, "request target too long", None))
+}
+
+/// Methods autolb answers itself and never forwards: CONNECT asks for a tunnel (autolb is a
+/// reverse proxy, not a forward one; forwarded, it would reach a backend rewritten), TRACE
+/// echoes a request back, forwarded headers included (cross-site tracing). Answered 405 as
+/// nginx answers both (HAProxy forwards them; Envoy refuses CONNECT unless configured).
+/// The answer (405) is checked first, before the target is normalized; an HTTP/1 connection
+/// is closed after it (what follows a CONNECT may be another protocol).
+pub fn check_method<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let method = req.method();
+    if method != Method::CONNECT && method != Method::TRACE {
+        return None;
+    }
+    tracing::info!(%method, "method not proxied: 405");
+    let message = format!("method {method} is not proxied");
+    let mut resp = local::error(StatusCode::METHOD_NOT_ALLOWED, &message, None);
+    if req.version() < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Some(resp)
 }
 
 /// Per-request checks on what hyper parsed; `Some` is the answer instead of proxying.

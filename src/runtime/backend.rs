@@ -151,6 +151,8 @@ pub struct BackendStats {
     pub ramp_start_ns: AtomicU64,
     /// The last active check, for the status page (written by the checker only).
     pub last_check: Mutex<Option<CheckReport>>,
+    /// Its WARN lines about failed requests, at most one a second.
+    pub log: super::log_throttle::LogThrottle,
     ewma_bits: AtomicU64,
     ewma_stamp_ns: AtomicU64,
     epoch: Instant,
@@ -180,6 +182,7 @@ impl Default for BackendStats {
             close_websockets: tokio::sync::Notify::new(),
             ramp_start_ns: AtomicU64::new(0),
             last_check: Mutex::new(None),
+            log: Default::default(),
             ewma_bits: AtomicU64::new(DEFAULT_RTT_NS.to_bits()),
             ewma_stamp_ns: AtomicU64::new(0),
             epoch: Instant::now(),

@@ -37,6 +37,8 @@ pub struct PoolStats {
     /// from the pool's backends.
     pub request_bytes: AtomicU64,
     pub response_bytes: AtomicU64,
+    /// Its WARN lines about requests autolb answered itself, at most one a second.
+    pub log: super::log_throttle::LogThrottle,
 }
 
 /// Labels of `autolb_retries_total{reason}`, in the order of `PoolStats::retries`.

@@ -77,7 +77,7 @@ macro_rules! h1_limits {
         b.timer(TokioTimer::new())
             .header_read_timeout(None)
             .half_close(true)
-            .max_buf_size($limits.max_header_bytes.max(8192));
+            .max_buf_size(super::framing::hyper_head_limit($limits.max_header_bytes));
         if $limits.max_headers != 100 {
             b.max_headers($limits.max_headers);
         }

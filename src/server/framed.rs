@@ -118,10 +118,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
                 return Poll::Ready(Ok(()));
             }
             if this.framer.failed() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "bad request body framing",
-                )));
+                // Over `max_body`: an error the proxy recognises (413, the client's fault).
+                let error = match this.framer.over_max_body() {
+                    Some(limit) => io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        crate::proxy::client_fault::TooLarge { limit },
+                    ),
+                    None => io::Error::new(io::ErrorKind::InvalidData, "bad request body framing"),
+                };
+                return Poll::Ready(Err(error));
             }
             if this.framer.closed() {
                 return Poll::Ready(Ok(()));

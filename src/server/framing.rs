@@ -7,16 +7,27 @@
 //!   found in the bytes that arrived with the head does the same;
 //! - cuts the connection on a later body error or a chunked body over `max_body`;
 //! - adds `Connection: close` to the head of the `max_requests_per_connection`th request;
-//! - steps aside (passes bytes through) after an upgrade or CONNECT, on the HTTP/2 preface
-//!   (h2c), and once a head outgrows `max_header_bytes` (hyper then answers 431).
+//! - hands hyper, instead of a head over `max_header_bytes` (however it arrived), the start
+//!   of a head longer than hyper's buffer limit, which hyper answers with 431 and closes;
+//! - steps aside (passes bytes through) after an upgrade and on the HTTP/2 preface (h2c).
 
 use crate::config::Limits;
 use crate::proxy::validate::{check_head, is_tchar, Framing};
 
 /// What hyper is fed instead of a refused head: an invalid method, answered with 400.
 const REFUSED: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
+/// The start of what hyper is fed instead of a head over `max_header_bytes`.
+const TOO_LARGE: &[u8] = b"GET / HTTP/1.1\r\nX-Too-Large: ";
+
+/// hyper's read buffer limit for a connection with this `max_header_bytes` (hyper's least
+/// is 8 KiB): a head that fills it is answered with 431.
+pub fn hyper_head_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.max(8192)
+}
 /// Chunk extensions (and trailers) of one chunk may not exceed this.
 const MAX_LINE: usize = 16 * 1024;
+/// The chunk error of a body that outgrew `max_body` (a 413, not a 400, when it is answered).
+const OVER_MAX_BODY: &str = "chunked body over max_body";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
@@ -54,6 +65,8 @@ pub struct Framer {
     max_head: usize,
     max_body: u64,
     max_requests: u64,
+    /// The body failed by outgrowing `max_body`.
+    over_max_body: bool,
 }
 
 impl Framer {
@@ -87,7 +100,13 @@ impl Framer {
             max_head: limits.max_header_bytes,
             max_body: limits.max_body,
             max_requests: limits.max_requests_per_connection,
+            over_max_body: false,
         }
+    }
+
+    /// The `max_body` a failed body outgrew (`None`: it failed otherwise, or did not).
+    pub(super) fn over_max_body(&self) -> Option<u64> {
+        (self.failed() && self.over_max_body).then_some(self.max_body)
     }
 
     /// True once the connection must end (after its pending output).
@@ -128,8 +147,8 @@ impl Framer {
                     self.head.extend_from_slice(data);
                     let Some(end) = head_end(&self.head, before) else {
                         if self.head.len() > self.max_head {
-                            out.append(&mut self.head);
-                            self.state = State::Passthrough;
+                            self.head = Vec::new();
+                            self.too_large(out);
                         }
                         return;
                     };
@@ -160,6 +179,7 @@ impl Framer {
                     Ok(used) => data = &data[used..],
                     Err(why) => {
                         tracing::debug!(error = why, "bad chunked body");
+                        self.over_max_body = why == OVER_MAX_BODY;
                         match released_at {
                             Some(at) => {
                                 out.truncate(at);
@@ -178,6 +198,10 @@ impl Framer {
     /// Check a complete request head and pass it on (with `Connection: close` once the
     /// connection's request limit is reached); false when it was refused (400, closed).
     fn release(&mut self, head: &[u8], out: &mut Vec<u8>) -> bool {
+        if head.len() > self.max_head {
+            self.too_large(out);
+            return false;
+        }
         if self.requests == 0 && head.starts_with(b"PRI * HTTP/2.0\r\n") {
             out.extend_from_slice(head);
             self.state = State::Passthrough;
@@ -208,6 +232,16 @@ impl Framer {
                 true
             }
         }
+    }
+
+    /// Refuse a head over `max_header_bytes`: hyper gets the start of a head that fills its
+    /// buffer limit (and answers 431), then nothing more.
+    fn too_large(&mut self, out: &mut Vec<u8>) {
+        tracing::debug!(max = self.max_head, "request head too large: 431");
+        let len = out.len() + hyper_head_limit(self.max_head) + 1;
+        out.extend_from_slice(TOO_LARGE);
+        out.resize(len, b'a');
+        self.state = State::Closed;
     }
 
     /// Advance the chunked body over `data`; returns the bytes consumed.
@@ -256,7 +290,7 @@ impl Framer {
                 }
                 self.body = self.body.saturating_add(size);
                 if self.body > self.max_body {
-                    return Err("chunked body over max_body");
+                    return Err(OVER_MAX_BODY);
                 }
                 if size == 0 {
                     Chunk::TrailerStart
@@ -347,6 +381,11 @@ mod tests {
         let head: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
         let (out, f) = run(&[head, b"FFFFFFFFFFFFFFFFF\r\n"]);
         assert!(f.failed() && out.starts_with(head));
+        assert_eq!(f.over_max_body(), None);
+        // A size past max_body (1 GiB by default) after the head went on: cut as too large.
+        let (_, f) = run(&[head, b"5\r\nhello\r\n40000000\r\n"]);
+        assert!(f.failed());
+        assert_eq!(f.over_max_body(), Some(1 << 30));
         let whole = [head, b"5;\x00\r\nhello\r\n0\r\n\r\n"].concat();
         let (out, f) = run(&[&whole]);
         assert_eq!(out, REFUSED);
@@ -368,13 +407,58 @@ mod tests {
     }
 
     #[test]
-    fn h2_preface_and_huge_heads_pass_through() {
+    fn the_h2_preface_passes_through() {
         let (out, f) = run(&[H2_PREFACE, b"\x00\x00"]);
         assert_eq!(out, [H2_PREFACE, b"\x00\x00"].concat());
         assert_eq!(f.state, State::Passthrough);
+    }
+
+    #[test]
+    fn heads_over_max_header_bytes_are_refused_however_they_arrive() {
+        let limit = hyper_head_limit(64 * 1024) + 1;
+        let refused = |out: &[u8], f: &Framer| {
+            assert_eq!(out.len(), limit);
+            assert!(out.starts_with(TOO_LARGE) && !out.windows(2).any(|w| w == b"\n\r"));
+            assert!(f.closed() && !f.failed());
+        };
+        // Never complete, in pieces.
         let big = vec![b'a'; 70 * 1024];
         let (out, f) = run(&[b"GET / HTTP/1.1\r\nX: ", &big]);
-        assert_eq!(out.len(), 70 * 1024 + 19);
-        assert_eq!(f.state, State::Passthrough);
+        refused(&out, &f);
+        // Complete, 70,000 bytes, in 16 KiB reads: no piece alone is over the limit.
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "b".repeat(69_968)
+        );
+        assert_eq!(head.len(), 70_000);
+        let pieces: Vec<&[u8]> = head.as_bytes().chunks(16 * 1024).collect();
+        let (out, f) = run(&pieces);
+        refused(&out, &f);
+        // Complete in one read, over a small limit.
+        let mut f = Framer::new(&Limits {
+            max_header_bytes: 100,
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        f.feed(
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+                "c".repeat(100)
+            )
+            .as_bytes(),
+            &mut out,
+        );
+        assert_eq!(out.len(), 8193);
+        assert!(f.closed());
+        // At the limit exactly: passed on.
+        let exact = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "d".repeat(65_536 - 32)
+        );
+        assert_eq!(exact.len(), 65_536);
+        let pieces: Vec<&[u8]> = exact.as_bytes().chunks(16 * 1024).collect();
+        let (out, f) = run(&pieces);
+        assert_eq!(out, exact.as_bytes());
+        assert_eq!(f.state, State::Head);
     }
 }

@@ -234,6 +234,17 @@ impl Conn {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Reply, String> {
+        self.send_body(method, path, headers, b"").await
+    }
+
+    /// A request with `body` (Content-Length), as `send`.
+    pub async fn send_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> Result<Reply, String> {
         let mut b = http::Request::builder()
             .method(method)
             .uri(path)
@@ -241,7 +252,9 @@ impl Conn {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(Bytes::new())).expect("request");
+        let req = b
+            .body(Full::new(Bytes::from_static(body)))
+            .expect("request");
         let exchange = async {
             self.tx.ready().await.map_err(|e| e.to_string())?;
             let resp = self.tx.send_request(req).await.map_err(|e| e.to_string())?;

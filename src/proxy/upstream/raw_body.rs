@@ -106,6 +106,11 @@ impl RawBody {
         }
     }
 
+    /// Bytes of the body (or past it) are already read and waiting.
+    pub fn has_buffered(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.buf.is_empty())
+    }
+
     /// The connection, once the body was read to its end and the connection may carry
     /// another request.
     pub fn take_reusable(&mut self) -> Option<RawConn> {
