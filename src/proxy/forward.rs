@@ -73,7 +73,7 @@ impl Failure {
 }
 
 /// Where a request should go, decided by `proxy` before the first pick.
-pub struct Plan {
+pub struct Plan<'a> {
     /// The pool's hash key (consistent_hash).
     pub hash: Option<u64>,
     /// Sticky sessions: the pinned backend and the one the client's cookie names.
@@ -90,6 +90,8 @@ pub struct Plan {
     pub queued: std::time::Duration,
     /// `timeouts.request_total`, counted from when the request arrived.
     pub budget: Budget,
+    /// Where a backend's 1xx responses go (HTTP/1.1 clients only).
+    pub interim: Option<&'a super::interim::Slot>,
 }
 
 /// Send `req` to `pool`, retrying on other backends while it is safe.
@@ -97,7 +99,7 @@ pub async fn forward(
     parts: Parts,
     body: super::body_rate::ClientBody,
     pool: &Arc<Pool>,
-    mut plan: Plan,
+    mut plan: Plan<'_>,
     events: &Arc<EventLog>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -175,6 +177,7 @@ pub async fn forward(
                 limits.connect,
                 limits.response,
                 t.idle,
+                plan.interim,
             )
             .await;
         let (class, request, error) = match sent {
@@ -224,6 +227,10 @@ pub async fn forward(
                                 ttfb,
                             },
                         };
+                        // Its interim responses go out before it.
+                        if let Some(interim) = plan.interim.and_then(|slot| slot.get()) {
+                            interim.flushed().await;
+                        }
                         return respond(pool, idx, &mut plan, head, exchange, incoming, first);
                     }
                 }
@@ -291,7 +298,7 @@ fn inspect(
 fn respond(
     pool: &Arc<Pool>,
     idx: usize,
-    plan: &mut Plan,
+    plan: &mut Plan<'_>,
     mut head: http::response::Parts,
     mut exchange: Exchange,
     incoming: UpstreamIncoming,

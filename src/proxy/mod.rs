@@ -10,6 +10,7 @@ pub mod cold;
 pub mod forward;
 pub mod frames;
 pub mod headers;
+pub mod interim;
 pub mod local;
 pub mod normalize;
 pub mod queue;
@@ -50,6 +51,9 @@ pub struct ConnContext {
     pub rate_limit: Option<Arc<validate::IpLimiter>>,
     /// The listener's `normalize:` policy and counters.
     pub normalize: normalize::Normalizer,
+    /// A backend's 1xx responses on their way to this (HTTP/1.1) client; made on the first
+    /// one.
+    pub interim: interim::Slot,
 }
 
 /// hyper service entry point for one request.
@@ -138,6 +142,8 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     }
 
     let upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    // Interim (1xx) responses go to HTTP/1.1 clients only.
+    let interim = (req.version() == http::Version::HTTP_11).then_some(&ctx.interim);
     let (mut parts, body) = req.into_parts();
     let hash = match pool.algorithm {
         Algorithm::ConsistentHash => affinity::hash_key(&pool.hash_key, &parts, ctx.client.ip),
@@ -202,6 +208,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         learned,
         queued,
         budget,
+        interim,
     };
     let log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
     let body = body_rate::ClientBody::new(body, &ctx.limits).counted(&pool.stats, log_bytes);

@@ -28,6 +28,7 @@ use hyper::{Request, Response};
 use tokio::time::Instant;
 
 use super::body::{RequestBody, UpstreamIncoming};
+use super::interim::{Interim, Slot};
 use crate::config::{self, UpstreamProtocol};
 use crate::server::worker_id;
 use connect::Upstream;
@@ -239,6 +240,7 @@ impl ConnPool {
         connect_timeout: Duration,
         response_timeout: Duration,
         max_idle: Duration,
+        interim: Option<&Slot>,
     ) -> Result<Sent, Failed> {
         let up = self.upstream.load_full();
         let own_client = own_client_enabled()
@@ -249,9 +251,25 @@ impl ConnPool {
             && !req.headers().contains_key(CONNECTION);
         if own_client {
             let t = (connect_timeout, response_timeout, max_idle);
-            return self.send_raw(req, &up, keep_copy, t).await;
+            return self.send_raw(req, &up, keep_copy, t, interim).await;
         }
         let copy = keep_copy.then(|| copy_request(&req));
+        let mut req = req;
+        if let Some(interim) = interim.map(|slot| slot.get_or_init(Default::default)) {
+            // hyper's client hands a 1xx to this callback on its connection's task, which
+            // then wakes this one (the client connection's) to write it.
+            let sink = interim.clone();
+            hyper::ext::on_informational(&mut req, move |res| {
+                if Interim::forwards(res.status()) {
+                    sink.push(res.status(), res.headers());
+                }
+            });
+            std::future::poll_fn(|cx| {
+                interim.watch(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
         // Boxed: hyper's client futures would otherwise make this future (and every one
         // that awaits it, up to the connection's) 1.6 KB larger, and an async call copies
         // its callee whole, level by level, for every request, own client included.
@@ -278,6 +296,7 @@ impl ConnPool {
         up: &Upstream,
         keep_copy: bool,
         (connect_timeout, response_timeout, max_idle): (Duration, Duration, Duration),
+        interim: Option<&Slot>,
     ) -> Result<Sent, Failed> {
         let addr = self.addr;
         connect::prepare(&mut req, false, up, addr);
@@ -309,7 +328,7 @@ impl ConnPool {
                 },
             };
             conn.encode(&req);
-            match conn.exchange(head_request, response_timeout).await {
+            match conn.exchange(head_request, response_timeout, interim).await {
                 Ok(resp) => {
                     return Ok(Sent {
                         response: resp.map(UpstreamIncoming::Raw),

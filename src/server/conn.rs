@@ -172,6 +172,7 @@ pub(crate) async fn serve(
             limits: limits.clone(),
             rate_limit,
             normalize,
+            interim: Default::default(),
         }),
         front,
         idle,
@@ -184,7 +185,13 @@ pub(crate) async fn serve(
         super::framed::HeadWait::new(serving.activity.clone(), timeout)
     };
     let Some(tls) = tls else {
-        let io = TokioIo::new(super::framed::Framed::new(stream, &limits, head_wait()));
+        let ctx = serving.ctx.clone();
+        let io = TokioIo::new(super::framed::Framed::new(
+            stream,
+            &limits,
+            head_wait(),
+            ctx,
+        ));
         return if h2c {
             // Boxed, like the TLS path: the task of a plain HTTP/1.1 connection (the common
             // one, spawned for every accepted connection) holds only its own state.
@@ -224,6 +231,7 @@ async fn serve_tls(
             accepted.stream,
             &limits,
             head_wait,
+            serving.ctx.clone(),
         ));
         serve_h1(io, serving).await
     }

@@ -1,6 +1,7 @@
 //! The client side of an HTTP/1 connection as hyper sees it: the bytes a `Framer` let
 //! through, reads through one per-worker buffer, small vectored writes sent with one
-//! `send`, and the bounded wait for a request head (`HeadWait`).
+//! `send`, a backend's interim (1xx) responses written when hyper flushes (see
+//! `proxy::interim`), and the bounded wait for a request head (`HeadWait`).
 
 use std::future::Future;
 use std::io;
@@ -15,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 use super::conn::idle::Activity;
 use super::framing::Framer;
 use crate::config::Limits;
+use crate::proxy::ConnContext;
 
 /// Vectored writes up to this size are copied into one buffer and sent with one `send`.
 const COALESCE_MAX: usize = 16 * 1024;
@@ -83,10 +85,26 @@ pub struct Framed<T> {
     /// A small response waits once for the worker's other ready tasks (see
     /// `poll_write_vectored`); set while it waits.
     deferred: bool,
+    /// The connection's facts: its interim responses.
+    ctx: Arc<ConnContext>,
+    /// Interim responses being written.
+    interim: Option<Box<Writing>>,
+}
+
+/// Interim responses being written, how far, and the count of heads they end with.
+struct Writing {
+    bytes: Vec<u8>,
+    pos: usize,
+    upto: u64,
 }
 
 impl<T> Framed<T> {
-    pub(crate) fn new(inner: T, limits: &Limits, wait: HeadWait) -> Framed<T> {
+    pub(crate) fn new(
+        inner: T,
+        limits: &Limits,
+        wait: HeadWait,
+        ctx: Arc<ConnContext>,
+    ) -> Framed<T> {
         Framed {
             inner,
             framer: Framer::new(limits),
@@ -94,6 +112,8 @@ impl<T> Framed<T> {
             pos: 0,
             wait: Some(wait),
             deferred: false,
+            ctx,
+            interim: None,
         }
     }
 }
@@ -226,8 +246,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
         self.inner.is_write_vectored()
     }
 
+    /// hyper flushes once everything it wrote before went to `poll_write`: a backend's
+    /// interim responses go out here, after the previous response and before the next one
+    /// (whose request waits for them).
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(interim) = this.ctx.interim.get() {
+            if this.interim.is_none() {
+                this.interim = interim.take().map(|(bytes, upto)| {
+                    Box::new(Writing {
+                        bytes,
+                        pos: 0,
+                        upto,
+                    })
+                });
+            }
+            if let Some(w) = this.interim.as_mut() {
+                while w.pos < w.bytes.len() {
+                    let rest = &w.bytes[w.pos..];
+                    let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, rest))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    w.pos += n;
+                }
+                interim.wrote(w.upto);
+                this.interim = None;
+            }
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

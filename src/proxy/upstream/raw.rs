@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::raw_body::{Framing, RawBody};
 use crate::proxy::body::RequestBody;
+use crate::proxy::interim::{Interim, Slot};
 
 /// The largest response head accepted from a backend (as hyper's default buffer).
 const MAX_HEAD: usize = 64 * 1024;
@@ -153,6 +154,7 @@ impl RawConn {
         mut self,
         head_request: bool,
         timeout: Duration,
+        interim: Option<&Slot>,
     ) -> Result<Response<RawBody>, RawError> {
         let deadline = Instant::now() + timeout;
         let mut timer = match self.timer.take() {
@@ -164,7 +166,7 @@ impl RawConn {
         };
         let head = tokio::select! {
             biased;
-            head = self.send_and_read(head_request) => head,
+            head = self.send_and_read(head_request, interim) => head,
             () = &mut timer => Err(RawError::Timeout),
         };
         self.timer = Some(timer);
@@ -172,7 +174,11 @@ impl RawConn {
         Ok(Response::from_parts(parts, RawBody::new(self, framing)))
     }
 
-    async fn send_and_read(&mut self, head_request: bool) -> Result<(Parts, Framing), RawError> {
+    async fn send_and_read(
+        &mut self,
+        head_request: bool,
+        interim: Option<&Slot>,
+    ) -> Result<(Parts, Framing), RawError> {
         self.stream
             .write_all(&self.head)
             .await
@@ -183,7 +189,13 @@ impl RawConn {
         loop {
             let (parts, framing) = self.read_head(head_request).await?;
             if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
-                // 100 Continue, 103 Early Hints: the final answer follows.
+                // 100 Continue, 103 Early Hints: the final answer follows. An HTTP/1.1
+                // client gets the 103 (not the 100) now, written before we read on.
+                if let Some(slot) = interim.filter(|_| Interim::forwards(parts.status)) {
+                    let interim = slot.get_or_init(Default::default);
+                    interim.push(parts.status, &parts.headers);
+                    interim.flushed().await;
+                }
                 continue;
             }
             return Ok((parts, framing));
