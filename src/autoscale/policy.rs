@@ -1,6 +1,8 @@
 //! The scaling policy as pure code: the Kubernetes HPA rule over every configured target
-//! (largest wins, 10% tolerance), immediate bounded scale-up, scale-down after a
-//! stabilization window, Knative-style panic, manual holds, and clamping.
+//! (largest wins, 10% tolerance), immediate scale-up bounded by `scale_up.max_step` (panic
+//! included), scale-down after a stabilization window, Knative-style panic, a prediction
+//! that may only raise the size, manual holds and the `[min, max]` bounds; every decision
+//! says which rule decided it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -11,8 +13,8 @@ use crate::config::{Autoscale, ScaleTarget};
 
 /// Within this ratio of the target, nothing changes (HPA's default tolerance).
 pub const TOLERANCE: f64 = 0.10;
-/// At this multiple of a target, the pool is in panic: scale up without step limits and
-/// never scale down during the stabilization window.
+/// At this multiple of a target, the pool is in panic: no scale-down during the
+/// stabilization window after it.
 pub const PANIC_RATIO: f64 = 2.0;
 
 /// What the pool looks like now. Per-instance values are averages over ready instances.
@@ -48,6 +50,11 @@ pub struct Limits {
     pub down_step: u32,
     pub stabilization: Duration,
     pub manual_hold: Duration,
+    /// Panic at this multiple of a target; `None`: never (HPA-like).
+    pub panic_ratio: Option<f64>,
+    /// Where `min` and `max` come from when not from the pool's own keys (a schedule),
+    /// said in the reason when a bound decides.
+    pub bounds_from: Option<String>,
 }
 
 impl From<&Autoscale> for Limits {
@@ -60,8 +67,18 @@ impl From<&Autoscale> for Limits {
             down_step: a.scale_down_max_step.max(1),
             stabilization: a.scale_down_stabilization,
             manual_hold: a.manual_hold,
+            panic_ratio: Some(PANIC_RATIO),
+            bounds_from: None,
         }
     }
+}
+
+/// What the prediction wants now (`predict.rs`): the size the demand expected within the
+/// lookahead needs, and how it was found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forecast {
+    pub desired: u32,
+    pub why: String,
 }
 
 /// The policy's memory: recent recommendations (for stabilization), a manual hold, and the
@@ -72,6 +89,68 @@ pub struct Policy {
     manual: Option<(u32, Instant)>,
     last_panic: Option<Instant>,
     observing: bool,
+}
+
+/// The strongest target's recommendation.
+struct Recommendation {
+    desired: u32,
+    why: String,
+    panic: bool,
+}
+
+fn recommend(limits: &Limits, s: &Signals) -> Recommendation {
+    // HPA: desired = ceil(ready * observed / target) per target; the largest wins.
+    let t = &limits.target;
+    let candidates = [
+        (
+            "inflight_per_instance",
+            Some(s.inflight_per_instance),
+            t.inflight_per_instance,
+        ),
+        (
+            "rps_per_instance",
+            Some(s.rps_per_instance),
+            t.rps_per_instance,
+        ),
+        (
+            "p95_latency_ms",
+            s.p95_latency_ms.or(Some(0.0)),
+            t.p95_latency_ms,
+        ),
+        ("cpu_percent", s.cpu_percent, t.cpu_percent),
+        ("memory_mb", s.memory_mb, t.memory_mb),
+    ];
+    let mut best: Option<(u32, String)> = None;
+    let mut panic: Option<(f64, &str)> = None;
+    for (name, observed, target) in candidates {
+        let (Some(observed), Some(target)) = (observed, target) else {
+            continue;
+        };
+        let ratio = observed / f64::from(target.max(1));
+        if limits.panic_ratio.is_some_and(|p| ratio >= p) && panic.is_none_or(|(r, _)| ratio > r)
+        {
+            panic = Some((ratio, name));
+        }
+        let (rec, how) = if (ratio - 1.0).abs() <= TOLERANCE {
+            (s.ready, "within 10% of the target, keeps")
+        } else {
+            ((f64::from(s.ready) * ratio).ceil() as u32, "wants")
+        };
+        if best.as_ref().is_none_or(|(b, _)| rec > *b) {
+            let why = format!("{name} {observed:.1}/{target} ({ratio:.2}x) {how} {rec}");
+            best = Some((rec, why));
+        }
+    }
+    let (desired, mut why) = best.unwrap_or((s.ready, "no target has data, keeps".into()));
+    if let Some((ratio, name)) = panic {
+        let at = limits.panic_ratio.unwrap_or(PANIC_RATIO);
+        why.push_str(&format!(", panic ({name} {ratio:.2}x >= {at}x)"));
+    }
+    Recommendation {
+        desired,
+        why,
+        panic: panic.is_some(),
+    }
 }
 
 impl Policy {
@@ -89,82 +168,115 @@ impl Policy {
             .map(|(_, u)| u)
     }
 
-    /// Decide the desired number of instances.
+    /// Decide the desired number of instances from the signals alone.
     pub fn decide(&mut self, limits: &Limits, s: &Signals, now: Instant) -> Decision {
+        self.decide_with(limits, s, None, now)
+    }
+
+    /// Decide the desired number of instances; a forecast raises the recommendation when it
+    /// is higher (the reactive rule wins when the prediction is lower) and is always said.
+    pub fn decide_with(
+        &mut self,
+        limits: &Limits,
+        s: &Signals,
+        forecast: Option<&Forecast>,
+        now: Instant,
+    ) -> Decision {
         let capacity = s.ready + s.starting;
-        if let Some((n, until)) = self.manual {
-            if now < until {
-                return Decision {
-                    desired: n,
-                    reason: format!("manual hold ({}s left)", (until - now).as_secs()),
-                    panic: false,
-                };
-            }
+        let (min, max) = (limits.min, limits.max.max(limits.min));
+        let mut notes: Vec<String> = Vec::new();
+        let mut panic = false;
+        let mut hold_rule = false;
+        let manual = self.manual.filter(|(_, until)| now < *until);
+        if manual.is_none() {
             self.manual = None;
         }
-        let clamp = |n: u32| n.clamp(limits.min, limits.max.max(limits.min));
-        if s.ready == 0 {
+        let (wanted, why) = if let Some((n, until)) = manual {
+            (
+                n,
+                format!("manual hold of {n} ({}s left)", (until - now).as_secs()),
+            )
+        } else if s.ready == 0 {
             let demand = s.cold_waiters > 0 || s.inflight_per_instance > 0.0;
-            let (desired, reason) = if capacity > 0 {
-                (capacity, "waiting for starting instances".to_string())
+            if capacity > 0 {
+                (
+                    capacity,
+                    format!("no instance ready yet, {capacity} starting"),
+                )
             } else if demand {
                 (
                     1,
                     format!("scale from zero: {} requests waiting", s.cold_waiters),
                 )
+            } else if min > 0 {
+                hold_rule = true;
+                (min, format!("start at min {min}{}", from(limits)))
             } else {
-                (0, "no instances and no demand".to_string())
-            };
-            return Decision {
-                desired: clamp(desired),
-                reason,
-                panic: false,
-            };
-        }
-
-        // HPA: desired = ceil(ready * observed / target) per target; the largest wins.
-        let t = &limits.target;
-        let candidates = [
-            (
-                "inflight_per_instance",
-                Some(s.inflight_per_instance),
-                t.inflight_per_instance,
-            ),
-            (
-                "rps_per_instance",
-                Some(s.rps_per_instance),
-                t.rps_per_instance,
-            ),
-            (
-                "p95_latency_ms",
-                s.p95_latency_ms.or(Some(0.0)),
-                t.p95_latency_ms,
-            ),
-            ("cpu_percent", s.cpu_percent, t.cpu_percent),
-            ("memory_mb", s.memory_mb, t.memory_mb),
-        ];
-        let mut best: Option<(u32, String)> = None;
-        let mut panic = false;
-        for (name, observed, target) in candidates {
-            let (Some(observed), Some(target)) = (observed, target) else {
-                continue;
-            };
-            let ratio = observed / f64::from(target.max(1));
-            panic |= ratio >= PANIC_RATIO;
-            let rec = if (ratio - 1.0).abs() <= TOLERANCE {
-                s.ready
-            } else {
-                (f64::from(s.ready) * ratio).ceil() as u32
-            };
-            if best.as_ref().is_none_or(|(b, _)| rec > *b) {
-                let why = format!("{name} {observed:.1}/{target} ({ratio:.2}x) -> {rec}");
-                best = Some((rec, why));
+                (0, "no instance and no demand".to_string())
             }
+        } else {
+            let rec = recommend(limits, s);
+            panic = rec.panic;
+            if panic {
+                self.last_panic = Some(now);
+            }
+            let (mut raw, mut why) = (rec.desired, rec.why);
+            if let Some(f) = forecast {
+                if f.desired > raw {
+                    why = format!(
+                        "prediction wants {} ({}); reactive: {why}",
+                        f.desired, f.why
+                    );
+                    raw = f.desired;
+                } else {
+                    why.push_str(&format!(
+                        "; prediction wants {} ({}), lower",
+                        f.desired, f.why
+                    ));
+                }
+            }
+            let desired = self.stabilize(limits, capacity, raw, now, &mut notes);
+            (desired, why)
+        };
+        let bounded = wanted.clamp(min, max);
+        if bounded != wanted && !hold_rule {
+            notes.push(if bounded > wanted {
+                format!("not below min {min}{}", from(limits))
+            } else {
+                format!("not above max {max}{}", from(limits))
+            });
         }
-        let (raw, why) = best.unwrap_or((s.ready, "no target has data".to_string()));
-        if panic {
-            self.last_panic = Some(now);
+        let action = if bounded > capacity {
+            format!("scale up to {bounded}")
+        } else if bounded < capacity {
+            format!("scale down to {bounded}")
+        } else if notes.is_empty() {
+            format!("steady at {bounded}")
+        } else {
+            format!("hold at {bounded}")
+        };
+        let mut reason = format!("{action}: {why}");
+        for n in notes {
+            reason.push_str("; ");
+            reason.push_str(&n);
         }
+        Decision {
+            desired: bounded,
+            reason,
+            panic,
+        }
+    }
+
+    /// From the recommendation `raw` to the size, by the scale-up step, the stabilization
+    /// window, the panic window and the scale-down step; each that decides adds its note.
+    fn stabilize(
+        &mut self,
+        limits: &Limits,
+        capacity: u32,
+        raw: u32,
+        now: Instant,
+        notes: &mut Vec<String>,
+    ) -> u32 {
         if !self.observing {
             // The size found at start counts as a recommendation: no scale-down before a
             // whole window has been seen.
@@ -179,50 +291,73 @@ impl Policy {
                 break;
             }
         }
-
-        let (desired, reason) = if raw > capacity {
-            // Scale up at once; starting instances already count as capacity.
-            let step = if panic {
-                raw
-            } else {
-                raw.min(capacity + limits.up_step)
-            };
-            (
-                step,
-                format!("scale up: {why}{}", if panic { " (panic)" } else { "" }),
-            )
-        } else if raw < capacity {
-            let in_panic_window = self
-                .last_panic
-                .is_some_and(|p| now.saturating_duration_since(p) < limits.stabilization);
-            // The highest recommendation of the window wins: no flapping.
-            let stable = self
-                .recommendations
-                .iter()
-                .map(|&(_, r)| r)
-                .max()
-                .unwrap_or(raw);
-            if in_panic_window || stable >= capacity {
-                (capacity, format!("hold: {why}, stabilizing at {capacity}"))
-            } else {
-                let down = stable.max(capacity.saturating_sub(limits.down_step));
-                (down, format!("scale down: {why}, stabilized {stable}"))
+        if raw > capacity {
+            // Scale up at once, by at most `up_step` (in panic too); starting instances
+            // already count as capacity.
+            let limit = capacity.saturating_add(limits.up_step);
+            if raw > limit && limit < limits.max.max(limits.min) {
+                notes.push(format!(
+                    "limited to +{} by scale_up.max_step",
+                    limits.up_step
+                ));
+                return limit;
             }
-        } else {
-            (capacity, format!("steady: {why}"))
-        };
-        let clamped = clamp(desired);
-        let reason = if clamped != desired {
-            format!("{reason}, clamped to [{}, {}]", limits.min, limits.max)
-        } else {
-            reason
-        };
-        Decision {
-            desired: clamped,
-            reason,
-            panic,
+            return raw;
         }
+        if raw == capacity {
+            return capacity;
+        }
+        let window = limits.stabilization.as_secs();
+        if let Some(p) = self.last_panic {
+            let since = now.saturating_duration_since(p);
+            if since < limits.stabilization {
+                notes.push(format!(
+                    "no scale-down within {window}s of a panic ({}s left)",
+                    (limits.stabilization - since).as_secs()
+                ));
+                return capacity;
+            }
+        }
+        // The highest recommendation of the window wins: no flapping.
+        let stable = self
+            .recommendations
+            .iter()
+            .map(|&(_, r)| r)
+            .max()
+            .unwrap_or(raw);
+        if stable >= capacity {
+            notes.push(format!(
+                "highest recommendation of the last {window}s (scale_down.stabilization) is {stable}"
+            ));
+            return capacity;
+        }
+        let stepped = capacity.saturating_sub(limits.down_step);
+        // Bounds decide before the step or the window when they are what stops the descent.
+        let floor = limits.min;
+        if stable > raw && stable >= stepped && stable > floor {
+            notes.push(format!(
+                "highest recommendation of the last {window}s (scale_down.stabilization) is {stable}"
+            ));
+            return stable;
+        }
+        if stepped > raw && stepped > floor {
+            notes.push(format!(
+                "limited to -{} by scale_down.max_step",
+                limits.down_step
+            ));
+            return stepped;
+        }
+        raw
     }
+}
+
+/// ` (schedule "...")` when a schedule set the bounds.
+fn from(limits: &Limits) -> String {
+    limits
+        .bounds_from
+        .as_ref()
+        .map(|b| format!(" ({b})"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

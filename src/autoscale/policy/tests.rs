@@ -1,5 +1,6 @@
-//! The policy under paused time: HPA formula, tolerance, stabilization, panic, clamping,
-//! starting-instance accounting, manual holds and scale from zero.
+//! The policy under paused time: HPA formula, tolerance, stabilization, panic, bounds,
+//! starting-instance accounting, manual holds, scale from zero, forecasts, and the reason
+//! of each decision naming the rule that decided it.
 
 use super::*;
 
@@ -15,6 +16,8 @@ fn limits() -> Limits {
         down_step: 1,
         stabilization: Duration::from_secs(300),
         manual_hold: Duration::from_secs(600),
+        panic_ratio: Some(PANIC_RATIO),
+        bounds_from: None,
     }
 }
 
@@ -27,16 +30,32 @@ fn load(ready: u32, starting: u32, inflight: f64) -> Signals {
     }
 }
 
+#[track_caller]
+fn says(d: &Decision, parts: &[&str], never: &[&str]) {
+    for p in parts {
+        assert!(d.reason.contains(p), "{:?} lacks {p:?}", d.reason);
+    }
+    for n in never {
+        assert!(!d.reason.contains(n), "{:?} has {n:?}", d.reason);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn hpa_formula_with_tolerance() {
     let mut p = Policy::default();
     let now = Instant::now();
     // 2 instances at 75 in flight each vs 50: ceil(2 * 1.5) = 3.
-    assert_eq!(p.decide(&limits(), &load(2, 0, 75.0), now).desired, 3);
+    let d = p.decide(&limits(), &load(2, 0, 75.0), now);
+    assert_eq!(d.desired, 3);
+    says(
+        &d,
+        &["scale up to 3: inflight_per_instance 75.0/50 (1.50x) wants 3"],
+        &["panic", "max_step"],
+    );
     // Within 10% of the target: no change.
     let d = p.decide(&limits(), &load(4, 0, 54.0), now);
     assert_eq!(d.desired, 4, "{}", d.reason);
-    assert!(d.reason.starts_with("steady"), "{}", d.reason);
+    says(&d, &["steady at 4: ", "within 10% of the target"], &[]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -47,24 +66,38 @@ async fn the_largest_target_wins() {
     s.cpu_percent = Some(140.0); // cpu says 4 (and panics: 2x)
     let d = Policy::default().decide(&l, &s, Instant::now());
     assert_eq!(d.desired, 4, "{}", d.reason);
-    assert!(d.reason.contains("cpu_percent"), "{}", d.reason);
+    says(&d, &["cpu_percent 140.0/70 (2.00x) wants 4, panic"], &[]);
     assert!(d.panic);
 }
 
 #[tokio::test(start_paused = true)]
-async fn scale_up_is_bounded_by_max_step_unless_in_panic() {
-    let mut p = Policy::default();
-    // 1.9x: no panic, 2 -> ceil(3.8) = 4 ... but with 1 instance at 190: 4 -> step ok.
-    let d = p.decide(&limits(), &load(2, 0, 95.0), Instant::now());
-    assert_eq!(d.desired, 4);
-    // 3x on 2 instances: panic, straight to 6 even though max_step is... raise it to test.
+async fn scale_up_is_bounded_by_max_step_in_panic_too() {
+    // The case of the issue: 2 ready at 4x the target want 8; max_step 4 gives 6.
+    let d = Policy::default().decide(&limits(), &load(2, 0, 200.0), Instant::now());
+    assert!(d.panic);
+    assert_eq!(d.desired, 6, "{}", d.reason);
+    says(
+        &d,
+        &[
+            "scale up to 6: inflight_per_instance 200.0/50 (4.00x) wants 8, panic (",
+            "; limited to +4 by scale_up.max_step",
+        ],
+        &["max 10"],
+    );
+    // Below panic the step applies the same way.
     let mut l = limits();
     l.up_step = 1;
-    let d = p.decide(&l, &load(2, 0, 150.0), Instant::now());
-    assert!(d.panic);
-    assert_eq!(d.desired, 6);
     let d = Policy::default().decide(&l, &load(2, 0, 95.0), Instant::now());
-    assert_eq!(d.desired, 3, "no panic: one step");
+    assert_eq!(d.desired, 3);
+    says(&d, &["limited to +1 by scale_up.max_step"], &["panic"]);
+    // The next decision steps again from the new capacity (starting ones included).
+    let mut p = Policy::default();
+    assert_eq!(p.decide(&l, &load(2, 0, 150.0), Instant::now()).desired, 3);
+    assert_eq!(p.decide(&l, &load(2, 1, 150.0), Instant::now()).desired, 4);
+    // A step that reaches no further than the recommendation is not mentioned.
+    let d = Policy::default().decide(&limits(), &load(2, 0, 110.0), Instant::now());
+    assert_eq!(d.desired, 5);
+    says(&d, &["wants 5, panic"], &["max_step"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -73,13 +106,14 @@ async fn starting_instances_count_as_capacity() {
     // Wants 3 (2 * 1.5); 2 ready + 1 starting = 3 already: no more.
     let d = p.decide(&limits(), &load(2, 1, 75.0), Instant::now());
     assert_eq!(d.desired, 3, "{}", d.reason);
+    says(&d, &["steady at 3: "], &[]);
     // Wants 6 (2 * 3.0): 3 capacity, adds 3.
     let d = p.decide(&limits(), &load(2, 1, 150.0), Instant::now());
     assert_eq!(d.desired, 6);
 }
 
 #[tokio::test(start_paused = true)]
-async fn scale_down_waits_for_the_stabilization_window_and_steps() {
+async fn scale_down_waits_for_the_window_then_max_step_decides() {
     let mut p = Policy::default();
     let l = limits();
     let start = Instant::now();
@@ -89,13 +123,49 @@ async fn scale_down_waits_for_the_stabilization_window_and_steps() {
         tokio::time::advance(Duration::from_secs(s) - start.elapsed()).await;
         let d = p.decide(&l, &load(4, 0, 5.0), Instant::now());
         assert_eq!(d.desired, 4, "at {s}s: {}", d.reason);
+        says(
+            &d,
+            &[
+                "hold at 4: inflight_per_instance 5.0/50 (0.10x) wants 1",
+                "highest recommendation of the last 300s (scale_down.stabilization) is 4",
+            ],
+            &["scale down"],
+        );
     }
-    // Past the window: down one step at a time.
+    // Past the window: the window says 1, max_step says 3: max_step decided 4 -> 3.
     tokio::time::advance(Duration::from_secs(301) - start.elapsed()).await;
     let d = p.decide(&l, &load(4, 0, 5.0), Instant::now());
     assert_eq!(d.desired, 3, "{}", d.reason);
+    says(
+        &d,
+        &["scale down to 3: ", "wants 1; limited to -1 by scale_down.max_step"],
+        &["stabiliz", "clamp"],
+    );
     let d = p.decide(&l, &load(3, 0, 5.0), Instant::now());
     assert_eq!(d.desired, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_decides_a_partial_scale_down() {
+    let mut l = limits();
+    l.down_step = 5;
+    let mut p = Policy::default();
+    // 6 running at half the target: recommendations of 6 (the start) and 3, held.
+    let d = p.decide(&l, &load(6, 0, 25.0), Instant::now());
+    assert_eq!(d.desired, 6);
+    says(&d, &["hold at 6: ", "wants 3", "is 6"], &[]);
+    tokio::time::advance(Duration::from_secs(200)).await;
+    assert_eq!(p.decide(&l, &load(6, 0, 25.0), Instant::now()).desired, 6);
+    // At 301s the first two left the window: a 3 (at 200s) and now a 1 remain. The step
+    // would allow 1: the window decides 3.
+    tokio::time::advance(Duration::from_secs(101)).await;
+    let d = p.decide(&l, &load(6, 0, 5.0), Instant::now());
+    assert_eq!(d.desired, 3, "{}", d.reason);
+    says(
+        &d,
+        &["scale down to 3: ", "wants 1; highest recommendation of the last 300s (scale_down.stabilization) is 3"],
+        &["max_step"],
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,7 +174,7 @@ async fn no_scale_down_in_a_panic_window() {
     let l = limits();
     assert!(p.decide(&l, &load(2, 0, 200.0), Instant::now()).panic);
     tokio::time::advance(Duration::from_secs(400)).await;
-    // The recommendation window forgot the panic's 8, but... 400s > 300s, so it may drop.
+    // 400s > 300s: the panic is over.
     let d = p.decide(&l, &load(8, 0, 1.0), Instant::now());
     assert_eq!(d.desired, 7, "{}", d.reason);
     let mut p = Policy::default();
@@ -112,44 +182,135 @@ async fn no_scale_down_in_a_panic_window() {
     tokio::time::advance(Duration::from_secs(100)).await;
     let d = p.decide(&l, &load(8, 0, 1.0), Instant::now());
     assert_eq!(d.desired, 8, "held during the panic window: {}", d.reason);
+    says(
+        &d,
+        &["hold at 8: ", "no scale-down within 300s of a panic (200s left)"],
+        &[],
+    );
+    // Without panic (HPA-like), nothing holds but the window.
+    let mut l = limits();
+    l.panic_ratio = None;
+    let d = Policy::default().decide(&l, &load(2, 0, 200.0), Instant::now());
+    assert!(!d.panic);
+    says(&d, &["wants 8"], &["panic"]);
 }
 
 #[tokio::test(start_paused = true)]
-async fn clamping_and_manual_holds() {
+async fn bounds_are_said_only_when_they_decide() {
     let mut p = Policy::default();
     let l = limits();
     let d = p.decide(&l, &load(8, 0, 500.0), Instant::now());
     assert_eq!(d.desired, 10);
-    assert!(d.reason.contains("clamped to [1, 10]"), "{}", d.reason);
+    says(&d, &["scale up to 10: ", "wants 80", "; not above max 10"], &["max_step"]);
+    // At min already, a lower recommendation holds: no scale-down said, no clamp.
+    let mut l = limits();
+    l.min = 2;
+    l.stabilization = Duration::from_secs(1);
+    let mut p = Policy::default();
+    p.decide(&l, &load(2, 0, 10.0), Instant::now());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let d = p.decide(&l, &load(2, 0, 10.0), Instant::now());
+    assert_eq!(d.desired, 2);
+    says(
+        &d,
+        &["hold at 2: inflight_per_instance 10.0/50 (0.20x) wants 1; not below min 2"],
+        &["scale down", "clamp", "max_step"],
+    );
+    // 3 -> 2 when the window and the step would allow 1: min decided.
+    let mut l2 = l.clone();
+    l2.down_step = 2;
+    let d = p.decide(&l2, &load(3, 0, 10.0), Instant::now());
+    assert_eq!(d.desired, 2);
+    says(&d, &["scale down to 2: ", "; not below min 2"], &["max_step"]);
+    // A schedule's bounds say where they come from.
+    l.bounds_from = Some("schedule \"0 8 * * 1-5\"".into());
+    l.min = 4;
+    let d = p.decide(&l, &load(2, 0, 10.0), Instant::now());
+    assert_eq!(d.desired, 4);
+    says(
+        &d,
+        &["scale up to 4: ", "; not below min 4 (schedule \"0 8 * * 1-5\")"],
+        &[],
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_holds() {
+    let mut p = Policy::default();
+    let l = limits();
     p.set_manual(2, Instant::now(), l.manual_hold);
     let d = p.decide(&l, &load(8, 0, 500.0), Instant::now());
     assert_eq!(d.desired, 2);
-    assert!(d.reason.starts_with("manual hold"));
+    says(&d, &["scale down to 2: manual hold of 2 (600s left)"], &[]);
     tokio::time::advance(Duration::from_secs(601)).await;
     assert_eq!(p.decide(&l, &load(2, 0, 100.0), Instant::now()).desired, 4);
 }
 
 #[tokio::test(start_paused = true)]
-async fn scale_from_zero_and_to_zero() {
+async fn start_from_zero_and_scale_to_zero() {
+    // At start, nothing runs: min decides, and says so.
+    let d = Policy::default().decide(&limits(), &load(0, 0, 0.0), Instant::now());
+    assert_eq!(d.desired, 1);
+    says(&d, &["scale up to 1: start at min 1"], &["no demand", "clamp"]);
     let mut l = limits();
     l.min = 0;
     l.stabilization = Duration::from_secs(30);
     let mut p = Policy::default();
     let idle = load(0, 0, 0.0);
-    assert_eq!(p.decide(&l, &idle, Instant::now()).desired, 0);
+    let d = p.decide(&l, &idle, Instant::now());
+    assert_eq!(d.desired, 0);
+    says(&d, &["steady at 0: no instance and no demand"], &[]);
     let waiting = Signals {
         cold_waiters: 3,
         ..idle
     };
     let d = p.decide(&l, &waiting, Instant::now());
     assert_eq!(d.desired, 1, "{}", d.reason);
+    says(&d, &["scale up to 1: scale from zero: 3 requests waiting"], &[]);
     let starting = Signals {
         starting: 1,
         ..waiting
     };
-    assert_eq!(p.decide(&l, &starting, Instant::now()).desired, 1);
+    let d = p.decide(&l, &starting, Instant::now());
+    assert_eq!(d.desired, 1);
+    says(&d, &["steady at 1: no instance ready yet, 1 starting"], &[]);
     // One ready instance, idle: zero after the stabilization window.
     assert_eq!(p.decide(&l, &load(1, 0, 0.0), Instant::now()).desired, 1);
     tokio::time::advance(Duration::from_secs(31)).await;
-    assert_eq!(p.decide(&l, &load(1, 0, 0.0), Instant::now()).desired, 0);
+    let d = p.decide(&l, &load(1, 0, 0.0), Instant::now());
+    assert_eq!(d.desired, 0, "{}", d.reason);
+    says(&d, &["scale down to 0: "], &[]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forecast_raises_but_never_lowers() {
+    let l = limits();
+    let high = Forecast {
+        desired: 6,
+        why: "demand 270 in 60s".into(),
+    };
+    let d = Policy::default().decide_with(&l, &load(2, 0, 50.0), Some(&high), Instant::now());
+    assert_eq!(d.desired, 6, "{}", d.reason);
+    says(
+        &d,
+        &["scale up to 6: prediction wants 6 (demand 270 in 60s); reactive: inflight_per_instance"],
+        &[],
+    );
+    let low = Forecast {
+        desired: 1,
+        why: "demand 20 in 60s".into(),
+    };
+    let d = Policy::default().decide_with(&l, &load(2, 0, 100.0), Some(&low), Instant::now());
+    assert_eq!(d.desired, 4, "the reactive rule wins: {}", d.reason);
+    says(
+        &d,
+        &["scale up to 4: inflight_per_instance", "; prediction wants 1 (demand 20 in 60s), lower"],
+        &[],
+    );
+    // A predicted rise keeps the size through the window like any recommendation.
+    let mut p = Policy::default();
+    p.decide_with(&l, &load(2, 0, 50.0), Some(&high), Instant::now());
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let d = p.decide_with(&l, &load(6, 0, 10.0), Some(&low), Instant::now());
+    assert_eq!(d.desired, 6, "{}", d.reason);
 }
