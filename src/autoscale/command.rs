@@ -271,6 +271,7 @@ pub fn act(scaler: &Arc<PoolScaler>, st: &mut ScalerState, desired: u32, reason:
         to: desired,
         reason: reason.to_string(),
         signals: signals_json(&st.last_signals),
+        victims: Vec::new(),
     };
     if st.events.len() == MAX_EVENTS {
         st.events.pop_front();

@@ -29,6 +29,21 @@ pub struct ScalingEvent {
     pub to: u32,
     pub reason: String,
     pub signals: Value,
+    /// Scale-in: each drained instance and why it was chosen (`victim.rs`).
+    pub victims: Vec<Value>,
+}
+
+impl ScalingEvent {
+    pub fn json(&self) -> Value {
+        let mut v = json!({
+            "at_ms": self.at_ms, "from": self.from, "to": self.to, "reason": self.reason,
+            "signals": self.signals,
+        });
+        if !self.victims.is_empty() {
+            v["victims"] = Value::Array(self.victims.clone());
+        }
+        v
+    }
 }
 
 /// Everything about one pool's scaling, shared by its loop and the admin API.
@@ -182,6 +197,9 @@ impl PoolScaler {
         now: Instant,
     ) {
         st.instances.retain(|i| i.info().phase != Phase::Stopped);
+        for i in &st.instances {
+            i.note_sticky(now);
+        }
         self.note_start_failures(st, runtime);
         let signals = self.signals(st, runtime, now);
         let decision = self.decide(st, &signals, now);
@@ -191,6 +209,7 @@ impl PoolScaler {
         if decision.desired != capacity {
             let (from, to) = (capacity, decision.desired);
             tracing::info!(pool = %self.pool, from, to, reason = %decision.reason, "scaling");
+            let mut victims = Vec::new();
             if to > from {
                 self.scale_ups.fetch_add(1, Ordering::Relaxed);
                 for _ in from..to {
@@ -199,7 +218,7 @@ impl PoolScaler {
             } else {
                 self.scale_downs.fetch_add(1, Ordering::Relaxed);
                 for _ in to..from {
-                    self.drain_one(st, runtime);
+                    victims.extend(self.drain_one(st, runtime, now));
                 }
             }
             let event = ScalingEvent {
@@ -208,6 +227,7 @@ impl PoolScaler {
                 to,
                 reason: decision.reason.clone(),
                 signals: signals_json(&signals),
+                victims,
             };
             if st.events.len() == MAX_EVENTS {
                 st.events.pop_front();
@@ -376,24 +396,27 @@ impl PoolScaler {
         st.instances.push(inst);
     }
 
-    /// Scale in by one: a starting instance if any (it serves nobody), else the ready one
-    /// with the fewest requests and WebSockets in flight.
-    fn drain_one(self: &Arc<Self>, st: &mut ScalerState, runtime: &Arc<Runtime>) {
-        let candidates = st
-            .instances
-            .iter()
-            .filter(|i| matches!(i.info().phase, Phase::Running | Phase::Crashed));
-        let victim = candidates.min_by_key(|i| (i.is_ready(), i.load())).cloned();
-        let Some(victim) = victim else { return };
+    /// Scale in by one, chosen by `victim::choose`; returns the victim and why.
+    fn drain_one(
+        self: &Arc<Self>,
+        st: &mut ScalerState,
+        runtime: &Arc<Runtime>,
+        now: Instant,
+    ) -> Option<Value> {
+        let candidates = super::victim::candidates(&st.instances, now);
+        let facts: Vec<_> = candidates.iter().map(|(_, c)| c.clone()).collect();
+        let (idx, why) = super::victim::choose(&facts)?;
+        let victim = candidates[idx].0.clone();
         victim.set_phase(Phase::Draining);
         victim.backend.stats.draining.store(true, Ordering::Relaxed);
-        tracing::info!(pool = %self.pool, instance = %victim.id, in_flight = victim.load(), "draining instance");
+        tracing::info!(pool = %self.pool, instance = %victim.id, in_flight = victim.load(), why = %why["why"].as_str().unwrap_or(""), "draining instance");
         tokio::spawn(drain(
             self.clone(),
             victim,
             runtime.clone(),
             st.cfg.drain_timeout,
         ));
+        Some(why)
     }
 
     /// Hand the current instance set to the runtime (one snapshot swap).

@@ -38,6 +38,20 @@ pub struct InstanceInfo {
     pub cpu_percent: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub cpu_ticks: Option<u64>,
+    /// Sticky requests: the pinned count at the start of the current window, and the
+    /// requests of the last full window (`victim::STICKY_WINDOW`).
+    pub sticky_mark: Option<(Instant, u64)>,
+    pub sticky_last: u64,
+}
+
+impl InstanceInfo {
+    /// Its recent sticky requests, given the backend's pinned count now.
+    pub fn sticky_recent(&self, pinned: u64) -> u64 {
+        let current = self
+            .sticky_mark
+            .map_or(pinned, |(_, at)| pinned.saturating_sub(at));
+        current.max(self.sticky_last)
+    }
 }
 
 pub struct Instance {
@@ -97,6 +111,21 @@ impl Instance {
         s.active.load(Ordering::Relaxed) + s.websockets.load(Ordering::Relaxed)
     }
 
+    /// Roll its sticky-request window (called on every tick).
+    pub fn note_sticky(&self, now: Instant) {
+        let pinned = self.backend.stats.pinned.load(Ordering::Relaxed);
+        self.update(|i| match i.sticky_mark {
+            None => i.sticky_mark = Some((now, pinned)),
+            Some((at, count))
+                if now.saturating_duration_since(at) >= super::victim::STICKY_WINDOW =>
+            {
+                i.sticky_last = pinned.saturating_sub(count);
+                i.sticky_mark = Some((now, pinned));
+            }
+            Some(_) => {}
+        });
+    }
+
     /// Ask the supervisor to stop the process (after draining is done).
     pub fn request_stop(&self) {
         let _ = self.stop.send(true);
@@ -138,6 +167,8 @@ pub fn launch(
             cpu_percent: None,
             rss_bytes: None,
             cpu_ticks: None,
+            sticky_mark: None,
+            sticky_last: 0,
         }),
         start_failed: AtomicBool::new(false),
         stop,

@@ -12,6 +12,7 @@ pub mod process;
 pub mod procstat;
 pub mod provider;
 pub mod shared;
+pub mod victim;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -181,9 +182,7 @@ impl Autoscaler {
             "max": max,
             "reason": reason,
             "hold_seconds": hold.as_secs(),
-            "event": event.map(|e| json!({
-                "at_ms": e.at_ms, "from": e.from, "to": e.to, "reason": e.reason, "signals": e.signals,
-            })),
+            "event": event.map(|e| e.json()),
         }))
     }
 
@@ -218,9 +217,7 @@ impl Autoscaler {
                     "is_leader": st.cfg.shared && st.coord.is_leader(now),
                     "fencing_token": st.cfg.shared.then_some(st.coord.token),
                     "fleet": st.cfg.shared.then(|| shared::status_json(&st, &st.node_id)),
-                    "events": st.events.iter().rev().map(|e| json!({
-                        "at_ms": e.at_ms, "from": e.from, "to": e.to, "reason": e.reason, "signals": e.signals,
-                    })).collect::<Vec<_>>(),
+                    "events": st.events.iter().rev().map(|e| e.json()).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -127,8 +127,7 @@ fn recommend(limits: &Limits, s: &Signals) -> Recommendation {
             continue;
         };
         let ratio = observed / f64::from(target.max(1));
-        if limits.panic_ratio.is_some_and(|p| ratio >= p) && panic.is_none_or(|(r, _)| ratio > r)
-        {
+        if limits.panic_ratio.is_some_and(|p| ratio >= p) && panic.is_none_or(|(r, _)| ratio > r) {
             panic = Some((ratio, name));
         }
         let (rec, how) = if (ratio - 1.0).abs() <= TOLERANCE {

@@ -167,6 +167,9 @@ pub async fn forward(
             pool.stats.retries[why].fetch_add(1, Ordering::Relaxed);
         }
         backend.stats.active.fetch_add(1, Ordering::Relaxed);
+        if pinned == Some(idx) {
+            backend.stats.pinned.fetch_add(1, Ordering::Relaxed);
+        }
         let sent_at = Instant::now();
         let more = attempt + 1 < attempts;
         let sent = backend

@@ -144,6 +144,9 @@ pub struct BackendStats {
     pub draining: AtomicBool,
     /// Open WebSocket (upgraded) connections through this backend.
     pub websockets: AtomicU64,
+    /// Requests sent here because a sticky session pinned them (scale-in spares backends
+    /// with recent sessions).
+    pub pinned: AtomicU64,
     /// Notified when a draining backend's `drain_timeout` is over: its WebSockets close
     /// with 1001 ("going away").
     pub close_websockets: tokio::sync::Notify,
@@ -179,6 +182,7 @@ impl Default for BackendStats {
             awaiting_first_check: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             websockets: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
             close_websockets: tokio::sync::Notify::new(),
             ramp_start_ns: AtomicU64::new(0),
             last_check: Mutex::new(None),

@@ -138,7 +138,10 @@ async fn scale_down_waits_for_the_window_then_max_step_decides() {
     assert_eq!(d.desired, 3, "{}", d.reason);
     says(
         &d,
-        &["scale down to 3: ", "wants 1; limited to -1 by scale_down.max_step"],
+        &[
+            "scale down to 3: ",
+            "wants 1; limited to -1 by scale_down.max_step",
+        ],
         &["stabiliz", "clamp"],
     );
     let d = p.decide(&l, &load(3, 0, 5.0), Instant::now());
@@ -163,7 +166,10 @@ async fn the_window_decides_a_partial_scale_down() {
     assert_eq!(d.desired, 3, "{}", d.reason);
     says(
         &d,
-        &["scale down to 3: ", "wants 1; highest recommendation of the last 300s (scale_down.stabilization) is 3"],
+        &[
+            "scale down to 3: ",
+            "wants 1; highest recommendation of the last 300s (scale_down.stabilization) is 3",
+        ],
         &["max_step"],
     );
 }
@@ -184,7 +190,10 @@ async fn no_scale_down_in_a_panic_window() {
     assert_eq!(d.desired, 8, "held during the panic window: {}", d.reason);
     says(
         &d,
-        &["hold at 8: ", "no scale-down within 300s of a panic (200s left)"],
+        &[
+            "hold at 8: ",
+            "no scale-down within 300s of a panic (200s left)",
+        ],
         &[],
     );
     // Without panic (HPA-like), nothing holds but the window.
@@ -201,7 +210,11 @@ async fn bounds_are_said_only_when_they_decide() {
     let l = limits();
     let d = p.decide(&l, &load(8, 0, 500.0), Instant::now());
     assert_eq!(d.desired, 10);
-    says(&d, &["scale up to 10: ", "wants 80", "; not above max 10"], &["max_step"]);
+    says(
+        &d,
+        &["scale up to 10: ", "wants 80", "; not above max 10"],
+        &["max_step"],
+    );
     // At min already, a lower recommendation holds: no scale-down said, no clamp.
     let mut l = limits();
     l.min = 2;
@@ -221,7 +234,11 @@ async fn bounds_are_said_only_when_they_decide() {
     l2.down_step = 2;
     let d = p.decide(&l2, &load(3, 0, 10.0), Instant::now());
     assert_eq!(d.desired, 2);
-    says(&d, &["scale down to 2: ", "; not below min 2"], &["max_step"]);
+    says(
+        &d,
+        &["scale down to 2: ", "; not below min 2"],
+        &["max_step"],
+    );
     // A schedule's bounds say where they come from.
     l.bounds_from = Some("schedule \"0 8 * * 1-5\"".into());
     l.min = 4;
@@ -229,7 +246,10 @@ async fn bounds_are_said_only_when_they_decide() {
     assert_eq!(d.desired, 4);
     says(
         &d,
-        &["scale up to 4: ", "; not below min 4 (schedule \"0 8 * * 1-5\")"],
+        &[
+            "scale up to 4: ",
+            "; not below min 4 (schedule \"0 8 * * 1-5\")",
+        ],
         &[],
     );
 }
@@ -251,7 +271,11 @@ async fn start_from_zero_and_scale_to_zero() {
     // At start, nothing runs: min decides, and says so.
     let d = Policy::default().decide(&limits(), &load(0, 0, 0.0), Instant::now());
     assert_eq!(d.desired, 1);
-    says(&d, &["scale up to 1: start at min 1"], &["no demand", "clamp"]);
+    says(
+        &d,
+        &["scale up to 1: start at min 1"],
+        &["no demand", "clamp"],
+    );
     let mut l = limits();
     l.min = 0;
     l.stabilization = Duration::from_secs(30);
@@ -266,7 +290,11 @@ async fn start_from_zero_and_scale_to_zero() {
     };
     let d = p.decide(&l, &waiting, Instant::now());
     assert_eq!(d.desired, 1, "{}", d.reason);
-    says(&d, &["scale up to 1: scale from zero: 3 requests waiting"], &[]);
+    says(
+        &d,
+        &["scale up to 1: scale from zero: 3 requests waiting"],
+        &[],
+    );
     let starting = Signals {
         starting: 1,
         ..waiting
@@ -304,7 +332,10 @@ async fn a_forecast_raises_but_never_lowers() {
     assert_eq!(d.desired, 4, "the reactive rule wins: {}", d.reason);
     says(
         &d,
-        &["scale up to 4: inflight_per_instance", "; prediction wants 1 (demand 20 in 60s), lower"],
+        &[
+            "scale up to 4: inflight_per_instance",
+            "; prediction wants 1 (demand 20 in 60s), lower",
+        ],
         &[],
     );
     // A predicted rise keeps the size through the window like any recommendation.
