@@ -115,7 +115,8 @@ impl Instance {
     pub fn note_sticky(&self, now: Instant) {
         let pinned = self.backend.stats.pinned.load(Ordering::Relaxed);
         self.update(|i| match i.sticky_mark {
-            None => i.sticky_mark = Some((now, pinned)),
+            // The count began at 0 when the instance was made.
+            None => i.sticky_mark = Some((now, 0)),
             Some((at, count))
                 if now.saturating_duration_since(at) >= super::victim::STICKY_WINDOW =>
             {
