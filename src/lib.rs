@@ -10,6 +10,7 @@ pub mod affinity;
 pub mod alerts;
 pub mod autoscale;
 pub mod balance;
+pub mod build;
 pub mod compress;
 pub mod config;
 pub mod health;

@@ -59,6 +59,7 @@ pub fn health(rt: &Runtime) -> Value {
     json!({
         "status": if degraded { "degraded" } else { "ok" },
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "uptime_seconds": rt.started.elapsed().as_secs(),
         "workers": rt.workers,
         "config": {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
@@ -31,12 +31,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-
-const USAGE: &str = "usage: autolb-echo --port N [--name NAME] [--host ADDR] [--threads N]\n\
-  --port N      port to listen on (0 = ephemeral; env PORT when absent)\n\
-  --name NAME   instance name (default echo-<port>)\n\
-  --host ADDR   address to bind (default 127.0.0.1)\n\
-  --threads N   runtime worker threads (default 1)";
 
 const X_BACKEND: HeaderName = HeaderName::from_static("x-backend");
 const CHUNK: usize = 64 * 1024;
@@ -376,54 +370,28 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
+/// The demo, test and benchmark backend of autolb: an HTTP/1.1 and HTTP/2 (prior
+/// knowledge) server answering /, /health, /echo, /delay/MS, /status/CODE, /bytes/N
+/// and /ws, every answer with x-backend: NAME.
+#[derive(clap::Parser)]
+#[command(
+    name = "autolb-echo",
+    version = autolb::build::LONG_VERSION,
+    after_help = "Examples:\n  autolb-echo --port 3001 --name app1\n  PORT=3001 autolb-echo --host 0.0.0.0"
+)]
 struct Args {
-    host: String,
+    /// Port to listen on (0: any free port, printed on stdout)
+    #[arg(long, env = "PORT", value_name = "N")]
     port: u16,
+    /// Instance name, sent in x-backend (default echo-PORT)
+    #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    threads: usize,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        host: "127.0.0.1".into(),
-        port: 0,
-        name: None,
-        threads: 1,
-    };
-    let mut port = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        if arg == "-h" || arg == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(v.to_owned())),
-            _ => (arg, None),
-        };
-        let value = inline
-            .or_else(|| it.next())
-            .context(format!("{key} needs a value"));
-        match key.as_str() {
-            "--port" => port = Some(value?),
-            "--name" => args.name = Some(value?),
-            "--host" => args.host = value?,
-            "--threads" => {
-                let v = value?;
-                args.threads = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .context(format!("bad --threads {v:?}"))?;
-            }
-            _ => bail!("unknown argument {key:?}"),
-        }
-    }
-    let port = port
-        .or_else(|| std::env::var("PORT").ok())
-        .context("missing --port (or env PORT)")?;
-    args.port = port.parse().with_context(|| format!("bad port {port:?}"))?;
-    Ok(args)
+    /// Address to bind
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Runtime worker threads
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -477,15 +445,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match <Args as clap::Parser>::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("autolb-echo: {e:#}\n{USAGE}");
-            return ExitCode::from(2);
+            // Help and --version may meet a closed stdout: nothing to do about it.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
     let result = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
+        .worker_threads(usize::from(args.threads))
         .enable_all()
         .build()
         .context("cannot start the runtime")

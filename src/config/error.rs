@@ -11,7 +11,7 @@ pub struct Pos {
 }
 
 impl Pos {
-    /// No location (reported as `FILE:0:0`).
+    /// No location (reported as `FILE: message`).
     pub const NONE: Pos = Pos { line: 0, column: 0 };
     /// The start of the file.
     pub const START: Pos = Pos { line: 1, column: 1 };
@@ -21,15 +21,31 @@ impl Pos {
     }
 }
 
-/// One problem found in a config file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
+/// One problem found in a config file: `FILE:LINE:COL: message`, or `FILE: message` when it
+/// has no place in the file (line 0: the file cannot be read, a certificate changed since).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
     pub line: u64,
     pub column: u64,
     pub message: String,
 }
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// Every problem found in a config file, in file order. Displays one error per line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -50,7 +66,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl ConfigErrors {
-    /// A single error without a location (`FILE:0:0: message`).
+    /// A single error without a location (`FILE: message`).
     pub fn single(file: &str, message: impl Into<String>) -> Self {
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),

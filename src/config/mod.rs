@@ -22,6 +22,7 @@ mod node;
 mod normalize;
 mod pool;
 mod pool_limits;
+pub mod preflight;
 mod rate_limit;
 mod retry;
 mod state;
@@ -58,21 +59,51 @@ use std::path::Path;
 
 use error::Issues;
 
-/// Reads and validates the config file at `path` (an I/O error is one error at line 0), then
-/// the files it names (certificates, keys, CA bundles): a bad one is an error at the line of
-/// its path; an expired certificate is a warning in `Config::warnings`.
+/// Reads and validates the config file at `path`, then the files it names (certificates,
+/// keys, CA bundles): a bad one is an error at the line of its path; an expired certificate
+/// is a warning in `Config::warnings`. A file that cannot be read is one error without a
+/// place, naming the path as resolved against the working directory (`/etc/x.yaml: cannot
+/// read the config file: No such file or directory (os error 2)`).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mut config = load_str(&text, path)?;
-            config.warnings = files::check(&text, &config)?;
+    let text = read(path)?;
+    let mut config = load_str(&text, path)?;
+    config.warnings = files::check(&text, &config)?;
+    Ok(config)
+}
+
+/// `autolb check`: `load_file`, then whether the config can run in `env` (`preflight`):
+/// every error of both, in file order.
+pub fn check_file(path: &Path, env: &preflight::Environment) -> Result<Config, ConfigErrors> {
+    let text = read(path)?;
+    let mut config = load_str(&text, path)?;
+    let (files, preflight) = (
+        files::check(&text, &config),
+        preflight::check(&text, &config, env),
+    );
+    match (files, preflight) {
+        (Ok(mut warnings), Ok(more)) => {
+            warnings.extend(more);
+            warnings.sort_by_key(|w| (w.line, w.column));
+            config.warnings = warnings;
             Ok(config)
         }
-        Err(e) => Err(ConfigErrors::single(
-            &path.display().to_string(),
-            format!("cannot read config: {e}"),
-        )),
+        (Err(mut errors), Err(more)) => {
+            errors.0.extend(more.0);
+            errors.0.sort_by_key(|e| (e.line, e.column));
+            Err(errors)
+        }
+        (Err(errors), _) | (_, Err(errors)) => Err(errors),
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let resolved = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        ConfigErrors::single(
+            &resolved.display().to_string(),
+            format!("cannot read the config file: {e}"),
+        )
+    })
 }
 
 /// Validates config `text`; `source` names the file in messages, is kept in

@@ -49,14 +49,21 @@ struct Manifest {
     entries: Vec<(String, SocketAddr, usize)>,
 }
 
-/// Where a running autolb waits for its successor: one path per config path, made
-/// absolute but with its symlinks kept: a deploy that moves `current -> releases/N` (or a
-/// ConfigMap's `..data` swap) between the start and the upgrade still names the same
-/// socket.
+/// Where a running autolb waits for its successor by default (`--upgrade-socket` and
+/// `AUTOLB_UPGRADE_SOCKET` override it): one path per config path, made absolute but with
+/// its symlinks kept (a deploy that moves `current -> releases/N`, or a ConfigMap's `..data`
+/// swap, between the start and the upgrade still names the same socket), in the first
+/// directory of `RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`, shared by every process
+/// of the unit), else in the temp directory.
 pub fn socket_path(config: &Path) -> PathBuf {
     let abs = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let hash = xxhash_rust::xxh3::xxh3_64(abs.as_os_str().as_encoded_bytes());
-    std::env::temp_dir().join(format!("autolb-{:08x}.sock", hash as u32))
+    let runtime = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .filter(|d| d.is_dir());
+    runtime
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("autolb-{:08x}.sock", hash as u32))
 }
 
 fn send_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {

@@ -142,7 +142,7 @@ fn reload_error(file: &str, listener: &str, e: &dyn std::fmt::Display) -> Config
 /// can be bound at once). Every pair of every listener is loaded first; only if all load is
 /// anything swapped in (the certificates already loaded keep serving otherwise). Call it on
 /// a config reload before binding new listeners; a config that `config::load_file` accepted
-/// fails here only if a file changed in between. Errors are `FILE:0:0: listener "NAME": ...`.
+/// fails here only if a file changed in between. Errors are `FILE: listener "NAME": ...`.
 pub fn reload_certificates(config: &Config) -> Result<CertReload, ConfigErrors> {
     let file = config.source.display().to_string();
     let mut report = CertReload::default();

@@ -1,114 +1,30 @@
-//! `autolb`: run the balancer (`autolb run -c FILE`, or `autolb -c FILE`) or validate a
-//! config (`autolb check -c FILE`).
-#![forbid(unsafe_code)]
+//! `autolb run -c FILE [--upgrade]`: serve FILE until SIGTERM; reload on SIGHUP, on a
+//! change to the file and on `POST /config/reload`; hand the listening sockets to a
+//! successor (`run --upgrade`) that asks for them.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
-
 use std::time::Duration;
 
 use anyhow::Context;
 use autolb::config;
 use autolb::server::{upgrade, Drain, Server};
 
-const USAGE: &str = "usage:
-  autolb run -c FILE             run the balancer (also: autolb -c FILE)
-  autolb run --upgrade -c FILE   zero-downtime restart: take over the listening sockets of
-                                 the autolb running FILE, then let it drain and exit
-  autolb check -c FILE           validate FILE; print each error as FILE:LINE:COL: message
-  autolb --version";
+use crate::notify::Notifier;
+use crate::{report, RunArgs};
 
-enum Command {
-    Run { path: PathBuf, upgrade: bool },
-    Check(PathBuf),
-}
-
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    let mut words = args.iter().map(String::as_str).peekable();
-    let check = match words.peek() {
-        Some(&"check") => {
-            words.next();
-            true
-        }
-        Some(&"run") => {
-            words.next();
-            false
-        }
-        _ => false,
-    };
-    let mut path = None;
-    let mut upgrade = false;
-    while let Some(w) = words.next() {
-        match w {
-            "-c" | "--config" => {
-                path = Some(PathBuf::from(words.next().ok_or("-c needs a FILE")?));
-            }
-            "--upgrade" if !check => upgrade = true,
-            other => return Err(format!("unexpected argument {other:?}")),
-        }
-    }
-    let path = path.ok_or("missing -c FILE")?;
-    Ok(if check {
-        Command::Check(path)
-    } else {
-        Command::Run { path, upgrade }
-    })
-}
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--version" || a == "-V") {
-        println!("autolb {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
-    }
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let command = match parse_args(&args) {
-        Ok(c) => c,
+pub fn main(args: RunArgs) -> ExitCode {
+    // Before any thread starts: NOTIFY_SOCKET leaves the environment here.
+    let notifier = Notifier::take_from_env();
+    init_logging();
+    let path = args.config.unwrap_or_default();
+    let socket = args
+        .upgrade_socket
+        .unwrap_or_else(|| upgrade::socket_path(&path));
+    match run(&path, &socket, args.upgrade, notifier.as_ref()) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("autolb: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match command {
-        Command::Check(path) => check(&path),
-        Command::Run { path, upgrade } => {
-            init_logging();
-            match run(&path, upgrade) {
-                Ok(code) => code,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-    }
-}
-
-fn check(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path) {
-        Ok(cfg) => {
-            for w in &cfg.warnings {
-                eprintln!("{w}");
-            }
-            let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
-            println!(
-                "{}: ok: {} listener(s), {} route(s), {} pool(s), {} backend(s)",
-                path.display(),
-                cfg.listeners.len(),
-                cfg.routes.len(),
-                cfg.pools.len(),
-                backends
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            tracing::error!("{}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -134,7 +50,12 @@ fn init_logging() {
     }
 }
 
-fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
+fn run(
+    path: &Path,
+    socket: &Path,
+    upgrade: bool,
+    notifier: Option<&Notifier>,
+) -> anyhow::Result<ExitCode> {
     let cfg = match config::load_file(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -149,22 +70,32 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the main runtime")?;
     rt.block_on(async {
-        let socket = upgrade::socket_path(path);
         let server = if upgrade {
-            let from = socket.clone();
+            let from = socket.to_path_buf();
             let (sockets, predecessor) =
                 tokio::task::spawn_blocking(move || upgrade::take_over(&from)).await??;
             let server = Server::start_with(cfg, Some(sockets)).await?;
             server.wait_until_serving(Duration::from_secs(30)).await;
+            if let Some(n) = notifier {
+                // systemd must follow this process before the old one exits.
+                n.send(&format!("MAINPID={}\n", std::process::id()));
+                if let Err(e) = n.barrier(Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "upgrade: systemd may not know the new main PID yet");
+                }
+            }
             upgrade::ready(predecessor).context("cannot tell the old process to drain")?;
             tracing::info!("upgrade: serving; the previous process drains");
             server
         } else {
-            Server::start(cfg).await?
+            let server = Server::start(cfg).await?;
+            if let Some(n) = notifier {
+                n.send("READY=1\n");
+            }
+            server
         };
         // Wait for a successor (`autolb run --upgrade`) on a blocking thread.
         let (handed_tx, handed_rx) = tokio::sync::oneshot::channel();
-        let wait_socket = socket.clone();
+        let wait_socket = socket.to_path_buf();
         let running = server.running.clone();
         std::thread::Builder::new()
             .name("autolb-upgrade".into())
@@ -184,6 +115,8 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
         if handed_over {
             // The successor answers on the admin socket from now on.
             server.stop_admin();
+        } else if let Some(n) = notifier {
+            n.send("STOPPING=1\n");
         }
         let grace = server.runtime.snapshot().config.shutdown_grace;
         let drain = if handed_over {
@@ -193,7 +126,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<ExitCode> {
         };
         server.shutdown(drain, grace).await;
         if !handed_over {
-            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_file(socket);
         }
         Ok(ExitCode::SUCCESS)
     })
