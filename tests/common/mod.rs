@@ -169,19 +169,41 @@ impl Autolb {
         Autolb::start_file_wrapped(&[], dir, config, env)
     }
 
+    /// Like `start_file`, running `program`: a copy of autolb installed elsewhere.
+    pub fn start_program(
+        program: &Path,
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Autolb {
+        Autolb::start_with(program, &[], dir, config, env)
+    }
+
     fn start_file_wrapped(
         wrapper: &[&str],
         dir: tempfile::TempDir,
         config: PathBuf,
         env: &[(&str, &str)],
     ) -> Autolb {
+        Autolb::start_with(Path::new(AUTOLB), wrapper, dir, config, env)
+    }
+
+    /// `program run -c CONFIG`, behind `wrapper` (a program and its arguments) if any.
+    fn start_with(
+        program: &Path,
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Autolb {
+        let program = program.to_str().expect("utf-8 path");
         let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = command(program);
-                c.args(args).arg(AUTOLB);
+            Some((wrapper, args)) => {
+                let mut c = command(wrapper);
+                c.args(args).arg(program);
                 c
             }
-            None => command(AUTOLB),
+            None => command(program),
         };
         let mut child = cmd
             .arg("run")
