@@ -3,7 +3,9 @@
 //! Dockerfile is multi-stage, non-root, with a HEALTHCHECK; the Grafana dashboard and the
 //! alert rules ask only for metrics (and labels) that a running autolb really exports, and
 //! the rules pass their `promtool test rules` unit tests; `autolb check` accepts the config
-//! the compose file mounts; the systemd unit reloads with SIGHUP.
+//! the compose file mounts. The image's build step (docker/build-binaries, the same
+//! profile) really runs, and so does the image's command (tini, autolb, its built-in
+//! config): it serves on its own and stops cleanly. The systemd unit: tests/systemd.rs.
 
 mod common;
 
@@ -174,7 +176,18 @@ fn the_compose_file_wires_autolb_apps_prometheus_and_grafana() {
 #[test]
 fn autolb_check_accepts_the_mounted_config() {
     let (path, config) = mounted_config();
-    let (code, out, err) = common::check(&path);
+    // As compose runs it: with the admin token in the environment.
+    let out = std::process::Command::new(common::AUTOLB)
+        .arg("check")
+        .arg(&path)
+        .env("AUTOLB_ADMIN_TOKEN", "compose-token")
+        .output()
+        .expect("autolb check");
+    let (code, out, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains(": ok:"), "{out}");
     assert!(
@@ -238,7 +251,17 @@ fn the_dockerfile_is_multi_stage_non_root_with_a_healthcheck() {
         text.contains("\"/etc/autolb/autolb.yaml\""),
         "runs the mounted config"
     );
-    assert!(text.contains("--locked"), "builds from Cargo.lock");
+    let build = read(&docker("build-binaries"));
+    assert!(
+        text.contains("docker/build-binaries /out") && build.contains("--locked"),
+        "builds with docker/build-binaries, from Cargo.lock"
+    );
+    // Only the stripped binaries go into the image, not their debug info.
+    assert!(
+        last.iter()
+            .all(|l| !l.starts_with("COPY --from=build") || !l.contains("/out/debug")),
+        "no debug info in the image"
+    );
     assert!(docker("Dockerfile.dockerignore").is_file());
 }
 
@@ -505,36 +528,218 @@ fn prometheus_loads_the_alert_rules_and_they_pass_their_unit_tests() {
     );
 }
 
-#[test]
-fn the_systemd_unit_reloads_with_sighup() {
-    let text = read(&docker("autolb.service"));
-    let mut section = String::new();
-    let mut keys: Vec<(String, String, String)> = Vec::new();
-    for line in text
+/// The Dockerfile's instructions of its last stage (`run`), and the build stage's ARGs.
+struct Image {
+    profile: String,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+    /// `COPY SRC DST` of the repository's files into the image.
+    copies: Vec<(String, String)>,
+}
+
+fn image() -> Image {
+    let text = read(&docker("Dockerfile"));
+    let stages: Vec<&str> = text.split("\nFROM ").collect();
+    let build = stages
+        .iter()
+        .find(|s| s.contains(" AS build"))
+        .expect("a build stage");
+    let profile = build
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        if line.starts_with('[') {
-            section = line.trim_matches(['[', ']']).to_string();
-        } else {
-            let (k, v) = line
-                .split_once('=')
-                .unwrap_or_else(|| panic!("not KEY=VALUE: {line}"));
-            keys.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    let get = |s: &str, k: &str| {
-        keys.iter()
-            .find(|(a, b, _)| a == s && b == k)
-            .map(|(_, _, v)| v.as_str())
-            .unwrap_or_else(|| panic!("[{s}] {k}"))
+        .find_map(|l| l.strip_prefix("ARG PROFILE="))
+        .expect("ARG PROFILE=")
+        .to_string();
+    assert!(build.contains("PROFILE=${PROFILE}"), "the build uses it");
+    let run = stages.last().expect("a run stage");
+    let json = |key: &str| -> Vec<String> {
+        let line = run
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{key}{line}: {e}"))
     };
-    assert_eq!(get("Service", "ExecReload"), "/bin/kill -HUP $MAINPID");
-    assert!(get("Service", "ExecStart").ends_with("autolb run -c /etc/autolb/autolb.yaml"));
-    assert!(get("Service", "ExecStartPre").contains("autolb check -c /etc/autolb/autolb.yaml"));
-    assert_eq!(get("Service", "KillSignal"), "SIGTERM");
-    assert_ne!(get("Service", "User"), "root");
-    assert_eq!(get("Install", "WantedBy"), "multi-user.target");
-    assert!(get("Unit", "After").contains("network-online.target"));
+    let env = run
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let copies = run
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--"))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    Image {
+        profile,
+        entrypoint: json("ENTRYPOINT "),
+        cmd: json("CMD "),
+        env,
+        copies,
+    }
+}
+
+fn sections(file: &Path) -> String {
+    let out = std::process::Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(file)
+        .output()
+        .expect("readelf (binutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_builds_and_its_command_serves_on_its_own() {
+    let image = image();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The build stage's step, with the same profile. Its own target directory: the one of
+    // `cargo test` is locked while tests run; kept between runs, so a rerun builds only
+    // what changed.
+    let out = tempfile::tempdir().expect("tempdir");
+    let status = std::process::Command::new(docker("build-binaries"))
+        .arg(out.path())
+        .env("PROFILE", &image.profile)
+        .env("CARGO_TARGET_DIR", root.join("target/docker-build"))
+        .status()
+        .expect("docker/build-binaries");
+    assert!(status.success(), "docker/build-binaries failed");
+    let bin = out.path().join("bin");
+    for b in ["autolb", "autolb-echo"] {
+        let shipped = sections(&bin.join(b));
+        assert!(
+            !shipped.contains(".debug_"),
+            "{b} ships debug info:\n{shipped}"
+        );
+        assert!(
+            shipped.contains(".gnu_debuglink"),
+            "{b} names its debug file"
+        );
+        let debug = sections(&out.path().join("debug").join(format!("{b}.debug")));
+        assert!(
+            debug.contains(".debug_line"),
+            "{b}.debug has the line tables"
+        );
+    }
+    let version = std::process::Command::new(bin.join("autolb"))
+        .arg("version")
+        .output()
+        .expect("version");
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains(&format!("build profile: {}\n", image.profile)),
+        "{version}"
+    );
+
+    // The image's command, its paths mapped: the binaries, the built-in config (its ports
+    // moved to free loopback ones), tini when it is installed (.ci/run installs it).
+    let (web, admin) = (free_port(), free_port());
+    let base = 27_000 + (std::process::id() % 100) as u16 * 10;
+    let (src, _) = image
+        .copies
+        .iter()
+        .find(|(_, dst)| dst == "/etc/autolb/autolb.yaml")
+        .expect("the built-in config is copied in");
+    let yaml = std::fs::read_to_string(root.join(src))
+        .expect("built-in config")
+        .replace("0.0.0.0:8080", &format!("127.0.0.1:{web}"))
+        .replace("127.0.0.1:9001", &format!("127.0.0.1:{admin}"))
+        .replace("3100-3199", &format!("{base}-{}", base + 9));
+    let etc = out.path().join("etc");
+    std::fs::create_dir(&etc).expect("mkdir");
+    let config = etc.join("autolb.yaml");
+    std::fs::write(&config, yaml).expect("write");
+    let tini = which("tini");
+    let mut argv: Vec<String> = image.entrypoint.iter().chain(&image.cmd).cloned().collect();
+    if tini.is_none() {
+        eprintln!("NOTE: tini is not installed: running the image's command without it");
+        assert_eq!(argv[..2], ["/usr/bin/tini", "--"]);
+        argv.drain(..2);
+    }
+    let argv: Vec<String> = argv
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "/usr/bin/tini" => tini.clone().unwrap_or_default(),
+            "/usr/local/bin/autolb" => bin.join("autolb").display().to_string(),
+            "/etc/autolb/autolb.yaml" => config.display().to_string(),
+            _ => a,
+        })
+        .collect();
+    let mut child = common::command(&argv[0])
+        .args(&argv[1..])
+        .envs(image.env.iter().map(|(k, v)| (k, v)))
+        // tini is PID 1 in the container; here it reaps as a subreaper.
+        .env("TINI_SUBREAPER", "1")
+        .env("TMPDIR", out.path())
+        .current_dir(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the image's command");
+    let log = common::collect(child.stderr.take().expect("stderr"));
+    let mut proc = common::Proc { child, log };
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    let web: std::net::SocketAddr = format!("127.0.0.1:{web}").parse().expect("addr");
+    common::wait_until(60, "two ready instances", || async {
+        tokio::net::TcpStream::connect(admin).await.ok()?;
+        let s = common::get(admin, "/scaling/status").await.json();
+        (s["pools"][0]["current"] == 2).then_some(())
+    })
+    .await;
+    let status = common::get(admin, "/cluster/status").await.json();
+    let r = common::get(web, "/").await;
+    assert_eq!(r.status, 200, "{}", proc.log());
+    assert!(r.headers.contains_key("x-backend"));
+    let h = common::get(admin, "/health").await.json();
+    assert_eq!(h["status"], "ok", "{h}");
+    let pids: Vec<u64> = status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 2, "{status}");
+    // docker stop: SIGTERM to PID 1, which passes it on; everything ends within the grace.
+    // SAFETY: kill(2) takes no memory.
+    unsafe {
+        libc::kill(proc.pid() as i32, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = proc.child.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "{}", proc.log());
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z")),
+            "instance {pid} outlived autolb"
+        );
+    }
+}
+
+fn which(program: &str) -> Option<String> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+            .map(|p| p.display().to_string())
+    })
 }
