@@ -37,32 +37,40 @@ pools:
     )
 }
 
-/// The config is reached through a symlink, and written through its target: the file
-/// watcher (which watches the link's directory) does not reload it on its own, so what
-/// `autolb reload` prints is the change it applied.
+/// The running autolb serves `served`; the test edits, and `autolb reload` names, a hard
+/// link to it in another directory. The file watcher (it watches the directories on the
+/// served path) sees no event for a write through the other link, so it does not reload on
+/// its own, and what `autolb reload` prints is the change it applied.
 struct Setup {
     dir: tempfile::TempDir,
-    link: PathBuf,
-    target: PathBuf,
+    served: PathBuf,
+    edit: PathBuf,
 }
 
 fn setup(text: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let real = dir.path().join("real");
-    std::fs::create_dir(&real).expect("mkdir");
-    let target = real.join("autolb.yaml");
-    std::fs::write(&target, text).expect("write");
-    let link = dir.path().join("autolb.yaml");
-    std::os::unix::fs::symlink(&target, &link).expect("symlink");
-    Setup { dir, link, target }
+    let (a, b) = (dir.path().join("served"), dir.path().join("edit"));
+    std::fs::create_dir(&a).expect("mkdir");
+    std::fs::create_dir(&b).expect("mkdir");
+    let served = a.join("autolb.yaml");
+    std::fs::write(&served, text).expect("write");
+    let edit = b.join("autolb.yaml");
+    std::fs::hard_link(&served, &edit).expect("hard link");
+    Setup { dir, served, edit }
 }
 
+/// Write in place (the same inode: both links see it).
+fn edit(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write");
+}
+
+/// Start `program run -c SERVED`; answers the guard, the served path and the edited one.
 fn start(program: &Path, s: Setup, env: &[(&str, &str)]) -> (Autolb, PathBuf, PathBuf) {
-    let (link, target) = (s.link.clone(), s.target.clone());
+    let (served, edit) = (s.served.clone(), s.edit.clone());
     (
-        Autolb::start_program(program, s.dir, link.clone(), env),
-        link,
-        target,
+        Autolb::start_program(program, s.dir, served.clone(), env),
+        served,
+        edit,
     )
 }
 
@@ -89,12 +97,12 @@ async fn reload_applies_the_file_and_prints_the_changes() {
     let port = free_port();
     let s = setup(&config(port, &[a.addr], ""));
     let tmp = s.dir.path().to_str().expect("utf-8").to_string();
-    let (lb, link, target) = start(Path::new(common::AUTOLB), s, &[]);
-    std::fs::write(&target, config(port, &[a.addr, b.addr], "")).expect("write");
-    let (code, out, err) = reload(Path::new(common::AUTOLB), &link, &[("TMPDIR", &tmp)]);
+    let (lb, _, edited) = start(Path::new(common::AUTOLB), s, &[]);
+    edit(&edited, &config(port, &[a.addr, b.addr], ""));
+    let (code, out, err) = reload(Path::new(common::AUTOLB), &edited, &[("TMPDIR", &tmp)]);
     assert_eq!(code, 0, "{out}{err}\n{}", lb.proc.log());
     assert!(
-        out.starts_with(&format!("{}: reloaded: generation 2", link.display())),
+        out.starts_with(&format!("{}: reloaded: generation 2", edited.display())),
         "{out}"
     );
     assert!(
@@ -110,7 +118,7 @@ async fn reload_applies_the_file_and_prints_the_changes() {
     .await;
     let () = names;
     // Nothing changed since: the same command says so.
-    let (code, out, _) = reload(Path::new(common::AUTOLB), &link, &[("TMPDIR", &tmp)]);
+    let (code, out, _) = reload(Path::new(common::AUTOLB), &edited, &[("TMPDIR", &tmp)]);
     assert_eq!(code, 0);
     assert!(out.contains("no changes"), "{out}");
 }
@@ -120,16 +128,15 @@ async fn an_invalid_file_is_not_sent_and_a_refusal_fails_the_command() {
     let a = common::echo("a");
     let port = free_port();
     let s = setup(&config(port, &[a.addr], ""));
-    let (lb, link, target) = start(Path::new(common::AUTOLB), s, &[]);
-    std::fs::write(
-        &target,
-        config(port, &[a.addr], "").replace("round_robin", "round_robn"),
-    )
-    .expect("write");
-    let (code, out, err) = reload(Path::new(common::AUTOLB), &link, &[]);
+    let (lb, served, edited) = start(Path::new(common::AUTOLB), s, &[]);
+    edit(
+        &edited,
+        &config(port, &[a.addr], "").replace("round_robin", "round_robn"),
+    );
+    let (code, out, err) = reload(Path::new(common::AUTOLB), &edited, &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        err.contains(&format!("{}:5:14: ", link.display())) && err.contains("round_robn"),
+        err.contains(&format!("{}:5:14: ", edited.display())) && err.contains("round_robn"),
         "{err}"
     );
     assert!(
@@ -140,9 +147,9 @@ async fn an_invalid_file_is_not_sent_and_a_refusal_fails_the_command() {
     let h = common::get(lb.admin, "/health").await.json();
     assert_eq!(h["config"]["generation"], 1);
     assert!(h["config"]["last_reload"].is_null(), "{h}");
-    // Valid here, refused there: the running autolb reads the file through the link, and
-    // resolves relative paths against the link's directory, where there is no certificate.
-    let real = target.parent().expect("dir");
+    // Valid here, refused there: relative paths resolve against the directory of the path
+    // that names the file, and only the edited side has the certificate.
+    let real = edited.parent().expect("dir");
     let ca = common::tls::TestCa::new("reload CA");
     ca.issue(&["localhost"]).write(real, "site");
     let https = "  - { name: s, listen: \"127.0.0.1:0\", protocol: https, pool: web, tls: { certificates: [ { cert: site.crt, key: site.key } ] } }\n";
@@ -151,11 +158,11 @@ async fn an_invalid_file_is_not_sent_and_a_refusal_fails_the_command() {
         "listeners: [ { name: web, listen: \"127.0.0.1:0\", pool: web } ]",
         "listeners:\n  - { name: web, listen: \"127.0.0.1:0\", pool: web }",
     );
-    std::fs::write(&target, text).expect("write");
-    assert_eq!(common::check(&target).0, 0, "valid where it is");
-    let (code, out, err) = reload(Path::new(common::AUTOLB), &target, &[]);
+    edit(&edited, &text);
+    assert_eq!(common::check(&edited).0, 0, "valid where it is");
+    let (code, out, err) = reload(Path::new(common::AUTOLB), &edited, &[]);
     assert_eq!(code, 1, "{out}{err}");
-    let missing = link.parent().expect("dir").join("site.crt");
+    let missing = served.parent().expect("dir").join("site.crt");
     assert!(
         err.contains(&format!("cannot read certificate {}", missing.display())),
         "{err}"
@@ -171,7 +178,7 @@ async fn reload_fails_when_no_autolb_answers() {
     let a = common::echo("a");
     let port = free_port();
     let s = setup(&config(port, &[a.addr], ""));
-    let (code, out, err) = reload(Path::new(common::AUTOLB), &s.link, &[]);
+    let (code, out, err) = reload(Path::new(common::AUTOLB), &s.edit, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
         err.contains(&format!(
@@ -189,20 +196,20 @@ async fn reload_sends_the_token_and_says_when_it_is_refused() {
     let extra = ", token_env: AUTOLB_TEST_RELOAD_TOKEN";
     let s = setup(&config(port, &[a.addr], extra));
     let tmp = s.dir.path().to_str().expect("utf-8").to_string();
-    let (_lb, link, _) = start(
+    let (_lb, _, edited) = start(
         Path::new(common::AUTOLB),
         s,
         &[("AUTOLB_TEST_RELOAD_TOKEN", "right")],
     );
     let (code, out, err) = reload(
         Path::new(common::AUTOLB),
-        &link,
+        &edited,
         &[("AUTOLB_TEST_RELOAD_TOKEN", "right"), ("TMPDIR", &tmp)],
     );
     assert_eq!(code, 0, "{out}{err}");
     let (code, _, err) = reload(
         Path::new(common::AUTOLB),
-        &link,
+        &edited,
         &[("AUTOLB_TEST_RELOAD_TOKEN", "wrong"), ("TMPDIR", &tmp)],
     );
     assert_eq!(code, 1);
@@ -211,7 +218,7 @@ async fn reload_sends_the_token_and_says_when_it_is_refused() {
         "{err}"
     );
     // Unset: refused before asking (autolb check says the same).
-    let (code, _, err) = reload(Path::new(common::AUTOLB), &link, &[("TMPDIR", &tmp)]);
+    let (code, _, err) = reload(Path::new(common::AUTOLB), &edited, &[("TMPDIR", &tmp)]);
     assert_eq!(code, 1);
     assert!(
         err.contains("admin.token_env names AUTOLB_TEST_RELOAD_TOKEN"),
@@ -226,10 +233,9 @@ async fn reload_refuses_an_autolb_serving_another_file() {
     let s = setup(&config(port, &[a.addr], ""));
     let other = s.dir.path().join("other.yaml");
     std::fs::write(&other, config(port, &[a.addr], "")).expect("write");
-    let (lb, link, _) = start(Path::new(common::AUTOLB), s, &[]);
+    let (lb, served, _) = start(Path::new(common::AUTOLB), s, &[]);
     let (code, _, err) = reload(Path::new(common::AUTOLB), &other, &[]);
     assert_eq!(code, 1);
-    let served = std::fs::canonicalize(&link).expect("canonical");
     assert!(
         err.contains(&format!(
             "serves {}, not {}",
@@ -289,7 +295,7 @@ async fn reload_hands_over_to_a_binary_installed_over_the_running_one() {
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
     notify.set_nonblocking(true).expect("nonblocking");
     let notify_env = notify_path.to_str().expect("utf-8").to_string();
-    let (lb, link, _) = start(&installed, s, &[("NOTIFY_SOCKET", &notify_env)]);
+    let (lb, _, edited) = start(&installed, s, &[("NOTIFY_SOCKET", &notify_env)]);
     let old = lb.proc.pid();
     let mut seen = Vec::new();
     wait_for_notification(&notify, &mut seen, "READY=1");
@@ -356,7 +362,7 @@ async fn reload_hands_over_to_a_binary_installed_over_the_running_one() {
         ("NOTIFY_SOCKET", notify_env.as_str()),
     ];
     let (code, out, err) = tokio::task::spawn_blocking({
-        let (installed, link) = (installed.clone(), link.clone());
+        let (installed, edited) = (installed.clone(), edited.clone());
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -364,7 +370,7 @@ async fn reload_hands_over_to_a_binary_installed_over_the_running_one() {
         move || {
             let env: Vec<(&str, &str)> =
                 env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            reload(&installed, &link, &env)
+            reload(&installed, &edited, &env)
         }
     })
     .await
@@ -399,7 +405,7 @@ async fn reload_hands_over_to_a_binary_installed_over_the_running_one() {
         "old process: {status:?}"
     );
     // Same binary now: a reload is a config reload again.
-    let (code, out, err) = reload(&installed, &link, &env);
+    let (code, out, err) = reload(&installed, &edited, &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("reloaded: generation"), "{out}");
 }

@@ -97,11 +97,12 @@ pub fn check(
                 );
             }
         }
-        let programs: Vec<(&str, &Vec<String>, bool)> = if a.provider == "command" {
-            vec![("scale", &a.scale, false), ("list", &a.list, false)]
-        } else {
-            vec![("command", &a.command, true)]
-        };
+        let programs: Vec<(&str, &Vec<String>, bool)> =
+            if a.provider == super::model::Provider::Command {
+                vec![("scale", &a.scale, false), ("list", &a.list, false)]
+            } else {
+                vec![("command", &a.command, true)]
+            };
         for (key, argv, beside) in programs {
             let Some(program) = argv.first() else {
                 continue;

@@ -54,8 +54,11 @@ async fn reload(args: &ReloadArgs, cfg: &Config) -> anyhow::Result<()> {
     let admin = Admin::of(cfg, args.timeout);
     let health = admin.get("/health").await?;
     let pid = health["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+    // The file as the running autolb names it (a successor must name it the same way: the
+    // hand-over socket's path derives from it).
+    let mut served = args.config.clone();
     if let (Some(source), Some(pid)) = (health["config"]["source"].as_str(), pid) {
-        same_config(&args.config, Path::new(source), pid, admin.addr)?;
+        served = same_config(&args.config, Path::new(source), pid, admin.addr)?;
     }
     let upgrade = match pid {
         _ if args.upgrade => true,
@@ -74,7 +77,7 @@ async fn reload(args: &ReloadArgs, cfg: &Config) -> anyhow::Result<()> {
         let pid = pid.context(
             "the running autolb does not say its pid: it predates `reload`; restart it once",
         )?;
-        hand_over(args, &admin, pid).await
+        hand_over(args, &served, &admin, pid).await
     } else {
         apply(&args.config, &admin, cfg).await
     }
@@ -128,12 +131,15 @@ async fn apply(path: &Path, admin: &Admin, cfg: &Config) -> anyhow::Result<()> {
 /// Zero-downtime upgrade: start the binary we run from as `run --upgrade` (in our process
 /// group's stead, in its own, so that a Ctrl-C here does not reach it), and wait until the
 /// old process has handed over, drained and exited.
-async fn hand_over(args: &ReloadArgs, admin: &Admin, old: u32) -> anyhow::Result<()> {
+async fn hand_over(
+    args: &ReloadArgs,
+    config: &Path,
+    admin: &Admin,
+    old: u32,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the autolb binary")?;
-    let config = std::fs::canonicalize(&args.config)
-        .with_context(|| format!("cannot resolve {}", args.config.display()))?;
     let mut cmd = std::process::Command::new(&exe);
-    cmd.args(["run", "--upgrade", "-c"]).arg(&config);
+    cmd.args(["run", "--upgrade", "-c"]).arg(config);
     if let Some(socket) = &args.upgrade_socket {
         cmd.arg("--upgrade-socket").arg(socket);
     }
@@ -215,27 +221,29 @@ fn replaced_by_us(pid: u32) -> std::io::Result<bool> {
     Ok(started_from == ours && (running.dev(), running.ino()) != (mine.dev(), mine.ino()))
 }
 
-/// Refuse when the autolb answering on the admin port serves another file than `ours`.
-fn same_config(ours: &Path, theirs: &Path, pid: u32, addr: SocketAddr) -> anyhow::Result<()> {
+/// The file the autolb answering on the admin port serves (its `source`, resolved against
+/// its working directory when relative), which must be `ours`: the same file (device and
+/// inode), whatever the path (a symlink, a hard link, a relative path).
+fn same_config(ours: &Path, theirs: &Path, pid: u32, addr: SocketAddr) -> anyhow::Result<PathBuf> {
     let theirs = if theirs.is_relative() {
         match std::fs::read_link(format!("/proc/{pid}/cwd")) {
             Ok(cwd) => cwd.join(theirs),
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(ours.to_path_buf()),
         }
     } else {
         theirs.to_path_buf()
     };
-    let (Ok(a), Ok(b)) = (std::fs::canonicalize(ours), std::fs::canonicalize(&theirs)) else {
-        return Ok(());
+    let (Ok(a), Ok(b)) = (std::fs::metadata(ours), std::fs::metadata(&theirs)) else {
+        return Ok(ours.to_path_buf());
     };
-    if a != b {
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
         bail!(
             "the autolb answering at {addr} (pid {pid}) serves {}, not {}: nothing reloaded",
-            b.display(),
-            a.display()
+            theirs.display(),
+            ours.display()
         );
     }
-    Ok(())
+    Ok(theirs)
 }
 
 /// The admin API of the running autolb, as the config describes it.
