@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -362,7 +362,7 @@ pools:
         }
     }
     assert!(
-        used.contains("execve") && used.contains("epoll_wait") || used.contains("epoll_pwait"),
+        used.contains("execve") && (used.contains("epoll_wait") || used.contains("epoll_pwait")),
         "{used:?}"
     );
     let refused: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
@@ -460,5 +460,4 @@ fn the_install_procedure_creates_the_user_first_and_lets_it_read_the_config() {
         .expect("the config checked as the service user");
     assert!(steps[check].contains("-u autolb"), "{}", steps[check]);
     assert!(check < enable);
-    let _ = PathBuf::new();
 }
