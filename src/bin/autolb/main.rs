@@ -18,9 +18,11 @@ use clap::{Args, Parser, Subcommand};
 const ENVIRONMENT: &str = "\
 Environment:
   AUTOLB_LOG              autolb's log filter (stderr; default info), e.g. warn,autolb::autoscale=debug
+  AUTOLB_LOG_FORMAT       json: autolb's log as one JSON object a line (default: text)
   AUTOLB_ADMIN_HOSTS      host names the admin API answers to besides IPs and localhost (comma-separated)
-  AUTOLB_ADMIN_TOKEN      the admin bearer token, where admin.token_env names it (the shipped configs do);
-                          whatever variables a config's token_env settings name are read the same way
+  AUTOLB_ADMIN_TOKEN      the admin bearer token, where admin.token_env names it (the shipped configs do)
+  AUTOLB_READ_TOKEN       the admin read token, where admin.read_token_env names it; whatever
+                          variables a config's *token_env settings name are read the same way
   AUTOLB_STICKY_SECRET    key signing sticky-session cookies (default: a public key, with a warning)
   AUTOLB_NODE_ID          this node's name in shared state (default HOSTNAME:ADMIN_PORT:PID)
   AUTOLB_UPGRADE_SOCKET   hand-over socket of zero-downtime upgrades (default: one per config file in
