@@ -135,9 +135,9 @@ async fn a_backend_going_down_appears_down_in_a_real_browser() {
         assert_eq!(client.get("/").await.status, 200);
     }
     page.wait_for(
-        "Number(document.querySelector('.pool[data-pool=\"web\"] [data-field=\"rps\"]').textContent) > 0",
+        "Number(document.querySelector('.pool[data-pool=\"web\"] [data-field=\"rps60\"]').textContent) > 0",
         20,
-        "requests/s of pool web",
+        "requests/s of pool web over the last minute",
     )
     .await;
 

@@ -13,7 +13,13 @@ use sha2::{Digest, Sha256};
 
 const HTML: &str = include_str!("dashboard.html");
 const CSS: &str = include_str!("dashboard.css");
-const JS: &str = include_str!("dashboard.js");
+/// The page's one script: helpers, overview, pools and the autoscaler, then the other panels
+/// and the polling loop.
+const JS: &str = concat!(
+    include_str!("dashboard.js"),
+    "\n",
+    include_str!("dashboard_panels.js")
+);
 
 /// The assembled page and its Content-Security-Policy (the one inline script is allowed by
 /// its hash; nothing is loaded from elsewhere, and the page only talks to its own origin).

@@ -6,6 +6,7 @@
 
 mod auth;
 mod backends;
+mod config_view;
 mod cross_site;
 mod dashboard;
 mod guard;
@@ -184,10 +185,15 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             StatusCode::OK,
             &status::performance(rt, &state.listeners.stats()),
         ),
-        "/loadbalancer/status" => json(
-            StatusCode::OK,
-            &status::loadbalancer(rt, &state.listeners.stats()),
-        ),
+        "/loadbalancer/status" => {
+            let mut v = status::loadbalancer(rt, &state.listeners.stats());
+            let reloads = state
+                .reload_state
+                .lock()
+                .map_or(serde_json::Value::Null, |r| r.history_json());
+            v["config"] = config_view::view(&rt.snapshot(), reloads);
+            json(StatusCode::OK, &v)
+        }
         "/scaling/status" => json(StatusCode::OK, &state.autoscaler.scaling_status()),
         "/cluster/status" => {
             let mut c = state.autoscaler.cluster_status();

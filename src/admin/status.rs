@@ -251,6 +251,10 @@ fn pool_status(p: &Pool) -> Value {
         v["hash_key"] = json!(hash_key_name(&p.hash_key));
     }
     v["queue"] = p.queue.as_ref().map_or(Value::Null, |q| q.status());
+    v["bytes"] = json!({
+        "in": p.stats.request_bytes.load(Ordering::Relaxed),
+        "out": p.stats.response_bytes.load(Ordering::Relaxed),
+    });
     v
 }
 

@@ -125,7 +125,7 @@ impl Server {
             for e in &errors {
                 tracing::error!(trigger = trigger.name(), "reload refused: {e}");
             }
-            self.record(trigger, false, errors.len());
+            self.record(trigger, false, &[], &errors, old.generation);
             crate::alerts::reload_failed(trigger.name(), &errors);
             Outcome {
                 ok: false,
@@ -179,7 +179,7 @@ impl Server {
                 "reload: {c}"
             );
         }
-        self.record(trigger, true, 0);
+        self.record(trigger, true, &changes, &[], next.generation);
         Outcome {
             ok: true,
             unappliable: false,
@@ -190,7 +190,14 @@ impl Server {
         }
     }
 
-    fn record(&self, trigger: Trigger, ok: bool, errors: usize) {
+    fn record(
+        &self,
+        trigger: Trigger,
+        ok: bool,
+        changes: &[String],
+        errors: &[String],
+        generation: u64,
+    ) {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -199,7 +206,23 @@ impl Server {
                 at_ms,
                 trigger: trigger.name(),
                 ok,
-                errors,
+                errors: errors.len(),
+            });
+            let keep = |v: &[String]| v.iter().take(HISTORY_LINES).cloned().collect();
+            if r.history.len() == HISTORY {
+                r.history.pop_front();
+            }
+            r.history.push_back(HistoryEntry {
+                record: Record {
+                    at_ms,
+                    trigger: trigger.name(),
+                    ok,
+                    errors: errors.len(),
+                },
+                generation,
+                hash: self.config_hash(),
+                changes: keep(changes),
+                errors: keep(errors),
             });
         }
     }
@@ -210,10 +233,26 @@ impl Server {
     }
 }
 
-/// The last reload.
+/// Reloads kept in the history, and the changes or errors kept of each.
+const HISTORY: usize = 50;
+const HISTORY_LINES: usize = 20;
+
+/// One reload of the history: what it changed or why it was refused.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub record: Record,
+    /// The generation and config hash running after it.
+    pub generation: u64,
+    pub hash: String,
+    pub changes: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// The last reload, and the recent ones (refused ones included).
 #[derive(Debug, Default)]
 pub struct ReloadState {
     pub last: Option<Record>,
+    pub history: std::collections::VecDeque<HistoryEntry>,
 }
 
 impl ReloadState {
@@ -226,6 +265,28 @@ impl ReloadState {
                 "errors": r.errors,
             })),
         })
+    }
+
+    /// The recent reloads, newest first (for the dashboard's config view).
+    pub fn history_json(&self) -> Value {
+        let list: Vec<Value> = self
+            .history
+            .iter()
+            .rev()
+            .map(|h| {
+                json!({
+                    "at_ms": h.record.at_ms,
+                    "trigger": h.record.trigger,
+                    "result": if h.record.ok { "success" } else { "failure" },
+                    "generation": h.generation,
+                    "config_hash": h.hash,
+                    "changes": h.changes,
+                    "errors": h.errors,
+                    "error_count": h.record.errors,
+                })
+            })
+            .collect();
+        Value::Array(list)
     }
 }
 
