@@ -268,6 +268,7 @@ pub struct CookieFile {
 pub enum HealthKindFile {
     Http,
     Tcp,
+    Grpc,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +280,8 @@ pub struct HealthCheckFile {
     #[serde(rename = "type")]
     pub kind: Option<Located<HealthKindFile>>,
     pub path: Option<Located<String>>,
+    /// `type: grpc`: the service asked about (`""`: the server as a whole).
+    pub service: Option<Located<String>>,
     pub host: Option<Located<String>>,
     pub expected_status: Option<Located<Vec<Located<StrOrInt>>>>,
     pub port: Option<Located<u64>>,

@@ -88,7 +88,21 @@ pub(crate) fn health(file: &HealthCheckFile, issues: &mut Issues) -> HealthCheck
     let kind = match or(&file.kind, HealthKindFile::Http) {
         HealthKindFile::Http => HealthCheckKind::Http,
         HealthKindFile::Tcp => HealthCheckKind::Tcp,
+        HealthKindFile::Grpc => HealthCheckKind::Grpc,
     };
+    if let Some(s) = file
+        .service
+        .as_ref()
+        .filter(|_| kind != HealthCheckKind::Grpc)
+    {
+        issues.push(s.pos, "health_check service applies to type: grpc only");
+    }
+    if let Some(p) = file.path.as_ref().filter(|_| kind == HealthCheckKind::Grpc) {
+        issues.push(
+            p.pos,
+            "health_check path does not apply to type: grpc (it asks grpc.health.v1.Health/Check)",
+        );
+    }
     let path = or(&file.path, "/health".to_string());
     if let Some(p) = &file.path {
         if kind == HealthCheckKind::Http && !p.value.starts_with('/') {
@@ -158,6 +172,10 @@ pub(crate) fn health(file: &HealthCheckFile, issues: &mut Issues) -> HealthCheck
     HealthCheck {
         kind,
         path,
+        service: file
+            .service
+            .as_ref()
+            .map_or_else(String::new, |s| s.value.clone()),
         host,
         expected_status: expected_status(&file.expected_status, issues),
         port,

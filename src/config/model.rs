@@ -318,6 +318,8 @@ impl SameSite {
 pub enum HealthCheckKind {
     Http,
     Tcp,
+    /// `grpc.health.v1.Health/Check`: SERVING passes.
+    Grpc,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +327,8 @@ pub struct HealthCheck {
     pub kind: HealthCheckKind,
     /// Default `/health`.
     pub path: String,
+    /// `type: grpc`: the service whose health is asked (default `""`, the whole server).
+    pub service: String,
     /// Host header of http checks (default: the backend's address).
     pub host: Option<String>,
     /// Statuses that pass an http check: inclusive ranges (default 200-399).

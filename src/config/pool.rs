@@ -11,7 +11,9 @@ use super::de::from_node;
 use super::error::{Issues, Pos};
 use super::file::{BackendFile, BalanceFile, PoolFile, TimeoutsFile};
 use super::health::{health, outlier};
-use super::model::{Algorithm, Backend, HashKey, Pool, Timeouts};
+use super::model::{
+    Algorithm, Backend, HashKey, HealthCheckKind, Pool, Timeouts, UpstreamProtocol,
+};
 use super::node::{Located, Node, Value};
 use super::retry::{percent, retry_methods, retry_on};
 use super::sticky::sticky;
@@ -114,6 +116,17 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
         );
     }
     let (protocol, tls) = super::tls::pool_upstream(&file, &mut issues);
+    if let (Some(h), Some(hc)) = (&file.health_check, &health_check) {
+        if hc.kind == HealthCheckKind::Grpc && protocol != UpstreamProtocol::H2 {
+            issues.push(
+                h.pos,
+                format!(
+                    "pool \"{}\": health_check type grpc needs protocol: h2",
+                    name.value
+                ),
+            );
+        }
+    }
     let pool = Pool {
         name: name.value.clone(),
         balance,

@@ -297,6 +297,7 @@ fn full_config_parses_into_the_model() {
                 health_check: Some(HealthCheck {
                     kind: HealthCheckKind::Http,
                     path: "/healthz".into(),
+                    service: String::new(),
                     host: Some("app.example.com:8080".into()),
                     expected_status: vec![(200, 200), (300, 302), (204, 204)],
                     port: Some(9090),
@@ -403,6 +404,7 @@ fn full_config_parses_into_the_model() {
                 health_check: Some(HealthCheck {
                     kind: HealthCheckKind::Tcp,
                     path: "/health".into(),
+                    service: String::new(),
                     host: None,
                     expected_status: vec![(200, 399)],
                     port: None,

@@ -435,3 +435,30 @@ fn display_formats() {
     assert_eq!(all.to_string(), "a.yaml:3:7: bad\na.yaml:3:7: bad");
     let _: &dyn std::error::Error = &all;
 }
+
+#[test]
+fn grpc_health_checks() {
+    let ok = with_pool("    protocol: h2\n    health_check: { type: grpc, service: pkg.Svc }\n");
+    let c = load(&ok).unwrap_or_else(|e| panic!("{e}"));
+    let hc = c.pools[0].health_check.as_ref().expect("check");
+    assert_eq!(hc.kind, super::HealthCheckKind::Grpc);
+    assert_eq!(hc.service, "pkg.Svc");
+    let yaml = with_pool("    health_check: { type: grpc }\n");
+    assert_error_after(
+        &yaml,
+        "health_check: ",
+        "pool \"web\": health_check type grpc needs protocol: h2",
+    );
+    let yaml = with_pool("    health_check: { type: http, service: x }\n");
+    assert_error_after(
+        &yaml,
+        "service: ",
+        "health_check service applies to type: grpc only",
+    );
+    let yaml = with_pool("    protocol: h2\n    health_check: { type: grpc, path: /x }\n");
+    assert_error_after(
+        &yaml,
+        "path: ",
+        "health_check path does not apply to type: grpc",
+    );
+}

@@ -1,6 +1,6 @@
-//! One active check of one backend: a TCP connect, or an HTTP GET whose status must be in
-//! the expected list (over the backend's TLS and HTTP version); each on a fresh connection,
-//! bounded by the check timeout.
+//! One active check of one backend: a TCP connect, an HTTP GET whose status must be in
+//! the expected list (over the backend's TLS and HTTP version), or a gRPC health call
+//! (`grpc`); each on a fresh connection, bounded by the check timeout.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -63,6 +63,15 @@ async fn run(
         };
     }
     let host = cfg.host.as_deref().unwrap_or(backend_name);
+    if cfg.kind == HealthCheckKind::Grpc {
+        return match super::grpc::request(&cfg.service, host) {
+            Err(e) => Verdict::fail(format!("bad request: {e}")),
+            Ok(req) => match conns.probe(target, req, cfg.timeout).await {
+                Err(e) => Verdict::fail(e.to_string()),
+                Ok(resp) => super::grpc::verdict(resp).await,
+            },
+        };
+    }
     let req = http::Request::get(cfg.path.as_str())
         .header(
             HOST,

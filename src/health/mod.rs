@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod events;
+pub mod grpc;
 pub mod outlier;
 
 use std::sync::atomic::Ordering;

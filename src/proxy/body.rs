@@ -128,6 +128,9 @@ pin_project! {
         progressed: bool,
         // The pool's `limits:` slot of this request, given back when the body is dropped.
         slot: Option<crate::runtime::limit::Slot>,
+        // A gRPC call's request stream (and what of it was seen): while it flows, a
+        // silent backend is not idle.
+        progress: Option<Box<(super::grpc::Progress, u64)>>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -158,7 +161,14 @@ impl UpstreamBody {
             timer: None,
             progressed: false,
             slot: None,
+            progress: None,
         }
+    }
+
+    /// Not idle while `progress` (a gRPC call's request stream) moves.
+    pub fn with_progress(mut self, progress: Option<super::grpc::Progress>) -> Self {
+        self.progress = progress.map(|p| Box::new((p, 0)));
+        self
     }
 }
 
@@ -211,6 +221,17 @@ impl Body for UpstreamBody {
                     .as_mut()
                     .is_some_and(|t| t.as_mut().poll(cx).is_ready());
                 if fired {
+                    if let Some(p) = this.progress.as_mut() {
+                        let (progress, seen) = &mut **p;
+                        if progress.moved(seen) {
+                            // The client's stream moved: wait another `idle`.
+                            if let Some(t) = this.timer.as_mut() {
+                                t.as_mut().reset(Instant::now() + *this.idle);
+                                let _ = t.as_mut().poll(cx);
+                            }
+                            return Poll::Pending;
+                        }
+                    }
                     let error = BodyError::Idle(*this.idle);
                     if let Some(ex) = this.exchange.take() {
                         ex.finish(End::Broken(Outcome::Timeout, &error));
@@ -325,6 +346,8 @@ impl Body for UpstreamIncoming {
 pub enum RequestBody {
     Client(super::body_rate::ClientBody),
     Empty,
+    /// A small body autolb wrote (a gRPC health check's call).
+    Full(Option<Bytes>),
 }
 
 impl Body for RequestBody {
@@ -338,6 +361,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -345,6 +369,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Client(b) => b.is_end_stream(),
             RequestBody::Empty => true,
+            RequestBody::Full(data) => data.is_none(),
         }
     }
 
@@ -352,6 +377,9 @@ impl Body for RequestBody {
         match self {
             RequestBody::Client(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

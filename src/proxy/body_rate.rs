@@ -113,6 +113,12 @@ impl<B: Body> ClientBody<B> {
         self
     }
 
+    /// Without the minimum rate (`min_body_rate`): a gRPC call's stream, which may pause.
+    pub fn unpaced(mut self) -> Self {
+        self.pace = None;
+        self
+    }
+
     /// Where this body notes how it failed (`None` for a request without a body).
     pub fn watch(&self) -> Option<FaultWatch> {
         self.watch.clone()

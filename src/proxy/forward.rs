@@ -88,10 +88,15 @@ pub struct Plan<'a> {
     pub learned: Option<crate::state::learned::Session>,
     /// Time the request waited for the pool (a first instance, a `limits:` slot).
     pub queued: std::time::Duration,
-    /// `timeouts.request_total`, counted from when the request arrived.
+    /// `timeouts.request_total`, counted from when the request arrived (a gRPC call's
+    /// deadline).
     pub budget: Budget,
     /// Where a backend's 1xx responses go (HTTP/1.1 clients only).
     pub interim: Option<&'a super::interim::Slot>,
+    /// A gRPC call: its deadline decides the attempts' timeouts.
+    pub grpc: Option<super::grpc::Call>,
+    /// A gRPC call's request stream: while it flows, the answer is not idle.
+    pub progress: Option<super::grpc::Progress>,
 }
 
 /// Send `req` to `pool`, retrying on other backends while it is safe.
@@ -131,7 +136,11 @@ pub async fn forward(
             break;
         };
         let t = &pool.timeouts;
-        let Some(limits) = plan.budget.attempt(Instant::now(), t.connect, t.response) else {
+        let limits = match &plan.grpc {
+            Some(call) => call.attempt(&plan.budget, Instant::now(), t.connect, t.response),
+            None => plan.budget.attempt(Instant::now(), t.connect, t.response),
+        };
+        let Some(limits) = limits else {
             last = Some(Failure::Exhausted);
             break;
         };
@@ -357,7 +366,8 @@ fn respond(
         });
         return Response::from_parts(head, ProxyBody::empty());
     }
-    let body = UpstreamBody::new(incoming, first, exchange, pool.timeouts.idle);
+    let body = UpstreamBody::new(incoming, first, exchange, pool.timeouts.idle)
+        .with_progress(plan.progress.take());
     Response::from_parts(head, ProxyBody::Upstream(body))
 }
 

@@ -15,8 +15,10 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Remove hop-by-hop headers: those named by Connection, then the fixed set (RFC 9110 7.6.1).
-/// `Upgrade` is kept only when `keep_upgrade` (a protocol upgrade in progress).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// `Upgrade` is kept only when `keep_upgrade` (a protocol upgrade in progress). Returns
+/// whether a `TE` header asked for `trailers` (the one TE value a request keeps, see
+/// `rewrite_request`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     use http::header::UPGRADE;
     let fixed: [&HeaderName; 7] = [
         &CONNECTION,
@@ -39,8 +41,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         present &= !(1 << 4);
     }
     if present == 0 {
-        return;
+        return false;
     }
+    let te_trailers = present & (1 << 1) != 0
+        && headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            });
     if present & 1 != 0 {
         // The fields Connection names, where present ("close" names none).
         let named: Vec<HeaderName> = headers
@@ -62,6 +77,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(*name);
         }
     }
+    te_trailers
 }
 
 /// What autolb knows about the client connection, computed once per connection.
@@ -98,14 +114,16 @@ impl ClientInfo {
 
 /// Prepare a request's headers for the backend: strip hop-by-hop headers, then set the
 /// forwarding headers (after stripping, so a client's Connection header cannot remove them).
-/// `host` is the request's authority, if any.
+/// `host` is the request's authority, if any. Returns whether the client's `TE` asked for
+/// `trailers`: HTTP/2 backends get `te: trailers` then (the one TE value HTTP/2 allows; gRPC
+/// servers refuse a call without it, see `TeTrailers`), HTTP/1.1 backends no TE at all.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     client: &ClientInfo,
     host: Option<&HeaderValue>,
     keep_upgrade: bool,
-) {
-    strip_hop_by_hop(headers, keep_upgrade);
+) -> bool {
+    let te_trailers = strip_hop_by_hop(headers, keep_upgrade);
     // Room for what is added below: one growth at most (a new connection's first request
     // comes in a map sized for its own fields).
     headers.reserve(5);
@@ -184,7 +202,12 @@ pub fn rewrite_request(
             headers.insert(HOST, h);
         }
     }
+    te_trailers
 }
+
+/// On a request whose client sent `TE: trailers`: an HTTP/2 backend gets `te: trailers`.
+#[derive(Debug, Clone, Copy)]
+pub struct TeTrailers;
 
 /// All values of a header joined with ", ", or `None` when absent or not text.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -252,14 +275,14 @@ mod tests {
             ),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
+            ("te", "gzip, Trailers"),
             ("upgrade", "websocket"),
             ("x-forwarded-for", "6.6.6.6"),
             ("x-kept", "yes"),
         ]);
         let client = ClientInfo::new("10.0.0.9".parse().expect("ip"), "http", false);
         let host = HeaderValue::from_static("example.com");
-        rewrite_request(&mut h, &client, Some(&host), false);
+        assert!(rewrite_request(&mut h, &client, Some(&host), false));
         for gone in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
             assert!(h.get(gone).is_none(), "{gone} should be stripped");
         }
@@ -271,6 +294,9 @@ mod tests {
             "for=10.0.0.9;host=\"example.com\";proto=http"
         );
         assert_eq!(h["x-kept"], "yes");
+        let mut h = map(&[("te", "gzip"), ("connection", "te")]);
+        assert!(!rewrite_request(&mut h, &client, Some(&host), false));
+        assert!(h.get("te").is_none(), "a TE without trailers is stripped");
     }
 
     #[test]

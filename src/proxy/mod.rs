@@ -9,6 +9,7 @@ pub mod client_fault;
 pub mod cold;
 pub mod forward;
 pub mod frames;
+pub mod grpc;
 pub mod headers;
 pub mod interim;
 pub mod local;
@@ -72,10 +73,15 @@ pub async fn handle(
         req.extensions_mut().insert(normalize::Refused);
     }
     let ctx = &*ctx;
+    let is_grpc = grpc::is_grpc(req.headers());
     Ok(crate::observe::around(req, ctx, |req| async move {
-        match refused {
+        let resp = match refused {
             Some(resp) => resp,
             None => proxy(req, ctx).await,
+        };
+        match is_grpc {
+            true => grpc::local_answer(resp),
+            false => resp,
         }
     })
     .await)
@@ -125,8 +131,10 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         pool = &warmed;
         queued = waiting.elapsed();
     }
-    // `timeouts.request_total`: queueing, connects and retries included.
-    let budget = retry::Budget::new(arrived, pool.timeouts.request_total);
+    // `timeouts.request_total`: queueing, connects and retries included (a gRPC call's
+    // deadline instead, when it has one).
+    let call = grpc::Call::of(req.headers(), arrived);
+    let budget = grpc::Call::budget(call.as_ref(), arrived, pool.timeouts.request_total);
     // `limits:` a slot of the pool, or a wait in its queue, or 503.
     let admitted =
         match tokio::time::timeout_at(budget.deadline, queue::admit(&ctx.runtime, pool)).await {
@@ -158,12 +166,15 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     let learned =
         crate::state::learned::resolve(&ctx.runtime, pool, &parts.headers, &mut resolved, panic)
             .await;
-    headers::rewrite_request(
+    let te_trailers = headers::rewrite_request(
         &mut parts.headers,
         &ctx.client,
         authority.as_ref(),
         upgrade.is_some(),
     );
+    if te_trailers {
+        parts.extensions.insert(headers::TeTrailers);
+    }
     if upgrade.is_some() {
         websocket::mark_upgrade(&mut parts.headers);
     }
@@ -199,7 +210,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         parts.uri = Uri::from(pq);
     }
     parts.version = http::Version::HTTP_11;
-    let plan = forward::Plan {
+    let mut plan = forward::Plan {
         hash,
         affinity: resolved,
         https,
@@ -209,9 +220,24 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         queued,
         budget,
         interim,
+        grpc: call,
+        progress: None,
     };
-    let log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
-    let body = body_rate::ClientBody::new(body, &ctx.limits).counted(&pool.stats, log_bytes);
+    let mut log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
+    if let Some(call) = call {
+        // A call's stream that flows keeps the waits for the backend going (its head
+        // without a deadline, and the gaps in its answer).
+        let progress = grpc::Progress(log_bytes.get_or_insert_with(Default::default).0.clone());
+        if call.deadline.is_none() {
+            parts.extensions.insert(progress.clone());
+        }
+        plan.progress = Some(progress);
+    }
+    let mut body = body_rate::ClientBody::new(body, &ctx.limits).counted(&pool.stats, log_bytes);
+    if call.is_some() {
+        // A client stream may pause: `timeouts.idle` bounds a call's silence instead.
+        body = body.unpaced();
+    }
     let mut resp = forward::forward(parts, body, pool, plan, &ctx.runtime.events).await;
     admitted.hold(&mut resp);
     resp

@@ -96,6 +96,7 @@ fn refuse(pool: &Pool, refused: Refused) -> Response<ProxyBody> {
         &refused.to_string(),
         Some(&pool.name),
     );
+    resp.extensions_mut().insert(super::grpc::Exhausted);
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     resp

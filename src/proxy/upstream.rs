@@ -28,6 +28,7 @@ use hyper::{Request, Response};
 use tokio::time::Instant;
 
 use super::body::{RequestBody, UpstreamIncoming};
+use super::grpc::{within, Progress};
 use super::interim::{Interim, Slot};
 use crate::config::{self, UpstreamProtocol};
 use crate::server::worker_id;
@@ -380,13 +381,15 @@ impl ConnPool {
         // `send_proxy`: a connection names one client, so it is never reused nor shared.
         let private = up.send_proxy.is_some();
         let client = req.extensions().get::<crate::l4::ProxyAddrs>().copied();
+        // A gRPC call without a deadline: the wait restarts while its stream flows.
+        let progress = req.extensions().get::<Progress>().cloned();
         let idle = match private {
             true => None,
             false => self.take_idle(max_idle, up.generation).await,
         };
         if let Some(mut tx) = idle {
             connect::prepare(&mut req, tx.is_h2(), up, addr);
-            match tokio::time::timeout(response_timeout, tx.try_send(req)).await {
+            match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
                 Err(_) => return Err(Failed::sent(timed_out())),
                 Ok(Ok(resp)) => return Ok((resp, tx, None)),
                 Ok(Err(mut e)) => match e.take_message() {
@@ -413,7 +416,7 @@ impl ConnPool {
             });
         }
         connect::prepare(&mut req, tx.is_h2(), up, addr);
-        match tokio::time::timeout(response_timeout, tx.try_send(req)).await {
+        match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
             Err(_) => Err(Failed::sent(timed_out())),
             Ok(Ok(resp)) => Ok((resp, tx, connect)),
             Ok(Err(mut e)) => {

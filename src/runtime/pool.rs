@@ -91,6 +91,7 @@ pub fn default_instance_check() -> HealthCheck {
     HealthCheck {
         kind: config::HealthCheckKind::Tcp,
         path: "/".into(),
+        service: String::new(),
         host: None,
         expected_status: vec![(200, 399)],
         port: None,

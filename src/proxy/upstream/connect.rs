@@ -229,6 +229,15 @@ where
 pub(super) fn prepare(req: &mut Request<RequestBody>, h2: bool, up: &Upstream, addr: SocketAddr) {
     if h2 {
         req.headers_mut().remove(CONNECTION);
+        if req
+            .extensions()
+            .get::<crate::proxy::headers::TeTrailers>()
+            .is_some()
+        {
+            // The one TE value HTTP/2 allows (gRPC servers refuse a call without it).
+            req.headers_mut()
+                .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        }
         if req.uri().scheme().is_some() && req.uri().authority().is_some() {
             *req.version_mut() = Version::HTTP_2;
             return;
