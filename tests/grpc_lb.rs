@@ -268,3 +268,142 @@ async fn grpc_health_checks_follow_the_serving_status() {
         .await;
     wait_health(&lb, 0, "down").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_statuses_are_counted_and_logged() {
+    let server = grpc_support::server("s1").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let lb = start(
+        &[server.addr],
+        "",
+        &format!(
+            "access_log: {{ path: {log:?} }}\nroutes:\n  - {{ path_prefix: /test.Echo/Collect, \
+             pool: web, rate_limit: {{ per_ip: 1/m, burst: 1 }} }}\n"
+        ),
+    );
+    let mut c = Client::connect(lb.addr("web")).await;
+    // OK twice; NOT_FOUND (Trailers-Only from the backend); ABORTED after messages (in
+    // trailers); RESOURCE_EXHAUSTED from autolb (the route's rate limit).
+    c.unary(Request::new(msg("a"))).await.expect("ok");
+    c.unary(Request::new(msg("b"))).await.expect("ok");
+    c.unary(Request::new(msg("fail")))
+        .await
+        .expect_err("not found");
+    let m = Msg {
+        text: "fail".into(),
+        count: 1,
+        delay_ms: 0,
+    };
+    let mut s = c
+        .stream(Request::new(m))
+        .await
+        .expect("stream")
+        .into_inner();
+    while s.message().await.is_ok_and(|m| m.is_some()) {}
+    let one = || tokio_stream::iter([msg("x")]);
+    c.collect(Request::new(one())).await.expect("first collect");
+    let e = c.collect(Request::new(one())).await.expect_err("limited");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+
+    let want = [("0", 3), ("5", 1), ("10", 1), ("8", 1)];
+    let metrics = common::wait_until(20, "the calls counted", || async {
+        let text = common::get(lb.admin, "/metrics").await.text();
+        let all = want.iter().all(|(code, n)| {
+            text.contains(&format!(
+                "autolb_grpc_requests_total{{pool=\"web\",grpc_status=\"{code}\"}} {n}\n"
+            ))
+        });
+        all.then_some(text)
+    })
+    .await;
+    assert!(
+        !metrics.contains("grpc_status=\"14\""),
+        "nothing else counted"
+    );
+
+    // The access log: one line per call, with its grpc_status.
+    let lines = common::wait_until(20, "six access log lines", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        async move { (lines.len() >= 6).then_some(lines) }
+    })
+    .await;
+    let statuses: Vec<(String, serde_json::Value)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap_or("").to_owned(),
+                l["grpc_status"].clone(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("/test.Echo/Unary", 0),
+        ("/test.Echo/Unary", 0),
+        ("/test.Echo/Unary", 5),
+        ("/test.Echo/Stream", 10),
+        ("/test.Echo/Collect", 0),
+        ("/test.Echo/Collect", 8),
+    ];
+    for (path, code) in expect {
+        assert!(
+            statuses
+                .iter()
+                .any(|(p, s)| p.ends_with(path) && *s == code),
+            "{path} {code} in {statuses:?}"
+        );
+    }
+    assert!(lines.iter().all(|l| l["status"] == 200), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_answered_unavailable_go_to_another_backend() {
+    let down = grpc_support::server("down").await;
+    let up = grpc_support::server("up").await;
+    let lb = start(
+        &[down.addr, up.addr],
+        "    balance: round_robin\n    retries: 1\n    retry_on: [unavailable]\n",
+        "",
+    );
+    let mut c = Client::connect(lb.addr("web")).await;
+    for i in 0..6 {
+        let resp = c
+            .unary(Request::new(msg(&i.to_string())))
+            .await
+            .expect("retried");
+        assert_eq!(resp.metadata().get("x-server").expect("x-server"), "up");
+        // A client stream whose body ended before the answer is resent whole.
+        let texts = tokio_stream::iter([msg("a"), msg("b")]);
+        let resp = c.collect(Request::new(texts)).await.expect("retried");
+        assert_eq!(resp.get_ref().text, "a+b");
+    }
+    assert!(down.calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let metrics = common::get(lb.admin, "/metrics").await.text();
+    assert!(
+        !metrics.contains("autolb_retries_total{pool=\"web\",reason=\"status\"} 0\n"),
+        "{metrics}"
+    );
+
+    // Without `unavailable` in retry_on, the backend's status reaches the client.
+    let lb = start(
+        &[down.addr, up.addr],
+        "    balance: round_robin\n    retries: 1\n",
+        "",
+    );
+    let mut c = Client::connect(lb.addr("web")).await;
+    let mut statuses = HashSet::new();
+    for _ in 0..4 {
+        match c.unary(Request::new(msg("x"))).await {
+            Ok(_) => statuses.insert("ok".to_string()),
+            Err(s) => {
+                assert_eq!((s.code(), s.message()), (Code::Unavailable, "going away"));
+                statuses.insert("unavailable".to_string())
+            }
+        };
+    }
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+}

@@ -83,6 +83,7 @@ struct JsonLine<'a> {
     connect_ms: Option<f64>,
     ttfb_ms: Option<f64>,
     request_bytes: u64,
+    grpc_status: Option<u8>,
     abort: Option<&'static str>,
 }
 
@@ -115,6 +116,7 @@ pub fn json(e: &Entry) -> String {
         connect_ms,
         ttfb_ms,
         request_bytes: e.request_bytes,
+        grpc_status: e.grpc_status,
         abort: e.abort,
     };
     serde_json::to_string(&line).unwrap_or_default()
@@ -174,7 +176,7 @@ fn bare(out: &mut String, v: Option<&[u8]>) {
 /// `client - - [time] "METHOD uri PROTO" status bytes "referer" "user-agent"` and then
 /// `host= rt= listener= pool= backend= tries= tls= rid= enc= complete= orig=` (`orig`: the
 /// path as sent, when normalization changed it, else `-`) `req_bytes= queue_ms= connect_ms=
-/// ttfb_ms= abort=` (`-` where the JSON has null).
+/// ttfb_ms= grpc= abort=` (`-` where the JSON has null; `grpc`: a gRPC call's status).
 pub fn combined(e: &Entry) -> String {
     let (listener, pool, backend) = names(e);
     let mut out = String::with_capacity(256);
@@ -230,6 +232,12 @@ pub fn combined(e: &Entry) -> String {
                 let _ = write!(out, " {key}=-");
             }
         }
+    }
+    match e.grpc_status {
+        Some(code) => {
+            let _ = write!(out, " grpc={code}");
+        }
+        None => out.push_str(" grpc=-"),
     }
     let _ = write!(out, " abort={}", e.abort.unwrap_or("-"));
     out

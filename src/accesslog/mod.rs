@@ -63,6 +63,9 @@ pub struct Entry {
     /// Why the response did not go out whole: `client_closed`, `backend_closed`,
     /// `backend_timeout` or `compression` (`None`: complete).
     pub abort: Option<&'static str>,
+    /// A gRPC call's `grpc-status` (from the trailers, or the headers of a Trailers-Only
+    /// answer).
+    pub grpc_status: Option<u8>,
 }
 
 enum Msg {

@@ -244,6 +244,9 @@ pub struct RetryOn {
     pub timeout: bool,
     /// Response statuses (5xx) that are discarded and retried; nothing was forwarded yet.
     pub statuses: Vec<u16>,
+    /// gRPC statuses (`unavailable` ...) of Trailers-Only answers that are discarded and
+    /// retried (the call is resent from a copy of its body; nothing was forwarded yet).
+    pub grpc: Vec<u8>,
 }
 
 impl Default for RetryOn {
@@ -253,6 +256,7 @@ impl Default for RetryOn {
             reset: true,
             timeout: true,
             statuses: Vec::new(),
+            grpc: Vec::new(),
         }
     }
 }

@@ -22,6 +22,15 @@ pub fn default_retry_methods() -> Vec<Method> {
 /// The names `retry_on` accepts besides 5xx status codes.
 pub const RETRY_ON_NAMES: &[&str] = &["connect_failure", "reset", "timeout"];
 
+/// The gRPC statuses `retry_on` accepts, with their codes (Envoy's `retry-on` gRPC set).
+pub const GRPC_RETRY_ON: [(&str, u8); 5] = [
+    ("cancelled", 1),
+    ("deadline_exceeded", 4),
+    ("resource_exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
+
 /// `retry_methods: [GET, head, ...]`: HTTP method tokens, upper-cased, duplicates dropped.
 pub(crate) fn retry_methods(
     field: &Option<Vec<Located<String>>>,
@@ -62,6 +71,7 @@ pub(crate) fn retry_on(field: &Option<Vec<Located<StrOrInt>>>, issues: &mut Issu
         reset: false,
         timeout: false,
         statuses: Vec::new(),
+        grpc: Vec::new(),
     };
     for item in list {
         let status = match &item.value {
@@ -78,14 +88,25 @@ pub(crate) fn retry_on(field: &Option<Vec<Located<StrOrInt>>>, issues: &mut Issu
                     on.timeout = true;
                     continue;
                 }
+                t if GRPC_RETRY_ON.iter().any(|(n, _)| *n == t) => {
+                    let code = GRPC_RETRY_ON
+                        .iter()
+                        .find(|(n, _)| *n == t)
+                        .map_or(0, |c| c.1);
+                    if !on.grpc.contains(&code) {
+                        on.grpc.push(code);
+                    }
+                    continue;
+                }
                 t => match t.parse::<i128>() {
                     Ok(n) => n,
                     Err(_) => {
                         issues.push(
                             item.pos,
                             format!(
-                                "unknown retry_on item \"{s}\", expected one of: {}, or a status 500-599",
-                                RETRY_ON_NAMES.join(", ")
+                                "unknown retry_on item \"{s}\", expected one of: {}, {}, or a status 500-599",
+                                RETRY_ON_NAMES.join(", "),
+                                GRPC_RETRY_ON.map(|(n, _)| n).join(", ")
                             ),
                         );
                         continue;

@@ -325,6 +325,7 @@ fn full_config_parses_into_the_model() {
                     reset: false,
                     timeout: true,
                     statuses: vec![502, 503],
+                    grpc: Vec::new(),
                 },
                 timeouts: Timeouts {
                     connect: Duration::from_secs(1),

@@ -462,3 +462,19 @@ fn grpc_health_checks() {
         "health_check path does not apply to type: grpc",
     );
 }
+
+#[test]
+fn grpc_statuses_in_retry_on() {
+    let yaml = with_pool("    retry_on: [unavailable, 503, resource_exhausted, unavailable]\n");
+    let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pools[0].retry_on.grpc, vec![14, 8]);
+    assert_eq!(c.pools[0].retry_on.statuses, vec![503]);
+    let yaml = with_pool("    retry_on: [unavailible]\n");
+    assert_error(
+        &yaml,
+        "unavailible",
+        "unknown retry_on item \"unavailible\", expected one of: connect_failure, reset, \
+         timeout, cancelled, deadline_exceeded, resource_exhausted, internal, unavailable, \
+         or a status 500-599",
+    );
+}

@@ -43,7 +43,8 @@ fn derived_defaults() {
             connect_failure: false,
             reset: false,
             timeout: false,
-            statuses: vec![]
+            statuses: vec![],
+            grpc: vec![]
         }
     );
     let methods: Vec<&str> = p.retry_methods.iter().map(|m| m.as_str()).collect();

@@ -155,6 +155,25 @@ pub fn render(out: &mut String, snap: &Snapshot) {
         }
     }
 
+    header(
+        out,
+        "grpc_requests_total",
+        "counter",
+        "gRPC calls by pool and the grpc-status they ended with (autolb's own answers included; a status appears once it occurred).",
+    );
+    for pool in &snap.pools {
+        let p = label(&pool.name);
+        for (code, n) in pool.stats.grpc_statuses.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "autolb_grpc_requests_total{{pool=\"{p}\",grpc_status=\"{code}\"}} {n}"
+                );
+            }
+        }
+    }
+
     for (name, help, pick) in [
         (
             "request_bytes_total",

@@ -141,6 +141,12 @@ impl Body for ObservedBody {
                     return Poll::Pending;
                 }
             };
+            if let (Some(t), Some(log)) = (frame.trailers_ref(), this.log.as_mut()) {
+                // A gRPC call's status comes in its trailers.
+                if let Some(code) = crate::proxy::grpc::status_in(t) {
+                    log.entry.grpc_status = Some(code);
+                }
+            }
             let Some(enc) = this.encoder.as_mut() else {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;

@@ -181,6 +181,7 @@ where
             timing: None,
             request_bytes: 0,
             abort: None,
+            grpc_status: None,
         },
         request_bytes: (!req.body().is_end_stream()).then(RequestBytes::default),
     });
@@ -212,6 +213,7 @@ where
     }
     let log = head.map(|mut h| {
         h.entry.status = resp.status().as_u16();
+        h.entry.grpc_status = crate::proxy::grpc::status_in(resp.headers());
         h.entry.encoding = encoder.as_ref().map(|(e, _)| e.token());
         if let Some(s) = served {
             h.entry.tries = s.tries;

@@ -206,6 +206,10 @@ impl Body for UpstreamBody {
                 if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
                     ex.bytes += data.len() as u64;
                 }
+                if let (Some(ex), Some(t)) = (this.exchange.as_ref(), frame.trailers_ref()) {
+                    // A gRPC call's status comes in its trailers.
+                    super::grpc::count(&ex.pool.stats, t);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
@@ -346,8 +350,10 @@ impl Body for UpstreamIncoming {
 pub enum RequestBody {
     Client(super::body_rate::ClientBody),
     Empty,
-    /// A small body autolb wrote (a gRPC health check's call).
+    /// A small body autolb wrote (a gRPC health check's call, a retried call's copy).
     Full(Option<Bytes>),
+    /// The client's body, copied for a retry (a gRPC call, `grpc_retry`).
+    Teed(Box<super::grpc_retry::Tee>),
 }
 
 impl Body for RequestBody {
@@ -362,6 +368,7 @@ impl Body for RequestBody {
             RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Teed(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -370,6 +377,7 @@ impl Body for RequestBody {
             RequestBody::Client(b) => b.is_end_stream(),
             RequestBody::Empty => true,
             RequestBody::Full(data) => data.is_none(),
+            RequestBody::Teed(b) => b.is_end_stream(),
         }
     }
 
@@ -380,6 +388,7 @@ impl Body for RequestBody {
             RequestBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            RequestBody::Teed(b) => b.size_hint(),
         }
     }
 }

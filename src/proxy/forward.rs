@@ -111,12 +111,22 @@ pub async fn forward(
     let attempts = pool.retries + 1;
     // A request that may go again after it was sent (idempotent, no body): the upstream
     // client keeps it (its own client at no cost, hyper's as a copy of the head).
-    let resendable =
+    let mut resendable =
         attempts > 1 && body.is_end_stream() && pool.retry_methods.contains(&parts.method);
     // How the client's body failed, if it does (hyper's HTTP/2 client reports a stream
     // reset of its own).
     let body_fault = body.watch();
-    let mut next = Some(Request::from_parts(parts, RequestBody::Client(body)));
+    // A gRPC call with gRPC statuses in `retry_on`: its body is copied for a retry.
+    let replay = (attempts > 1 && plan.grpc.is_some() && !pool.retry_on.grpc.is_empty())
+        .then(super::grpc_retry::Replay::default);
+    let body = match &replay {
+        Some(r) => {
+            resendable = true;
+            RequestBody::Teed(Box::new(r.tee(body)))
+        }
+        None => RequestBody::Client(body),
+    };
+    let mut next = Some(Request::from_parts(parts, body));
     let mut pick = PickContext {
         hash: plan.hash,
         exclude: 0,
@@ -212,6 +222,30 @@ pub async fn forward(
                     }
                     Ok(first) => {
                         let status = head.status.as_u16();
+                        let (request, grpc_code) = match &replay {
+                            None => (request, None),
+                            Some(r) => {
+                                let ended = incoming.is_end_stream();
+                                let code = super::grpc_retry::retry_code(
+                                    &pool.retry_on,
+                                    &head.headers,
+                                    ended,
+                                );
+                                (r.restore(request), code)
+                            }
+                        };
+                        if let (true, true, Some(code)) = (more, request.is_some(), grpc_code) {
+                            // A Trailers-Only status listed in `retry_on`: nothing was
+                            // forwarded, the call goes to another backend.
+                            backend.stats.record_status(status);
+                            next = request;
+                            route = Next::AnyBackend;
+                            failed_idx = Some(idx);
+                            backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+                            tracing::info!(pool = %pool.name, backend = %backend.address, grpc_status = code, attempt = attempt + 1, "retrying on gRPC status");
+                            last = Some(Failure::Status(status));
+                            continue;
+                        }
                         if more && request.is_some() && pool.retry_on.statuses.contains(&status) {
                             // Nothing was forwarded yet: drop this answer and try elsewhere.
                             backend.stats.record_status(status);
@@ -250,7 +284,11 @@ pub async fn forward(
             Err(failed) => {
                 let fault = body_fault.as_ref().and_then(|w| w.get());
                 let class = classify(&failed.error, limits.cut, fault);
-                (class, failed.request, AttemptError::Upstream(failed.error))
+                let request = match &replay {
+                    Some(r) => r.restore(failed.request),
+                    None => failed.request,
+                };
+                (class, request, AttemptError::Upstream(failed.error))
             }
         };
         backend.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -324,6 +362,10 @@ fn respond(
         head.version = Version::HTTP_11;
     }
     headers::strip_hop_by_hop(&mut head.headers, switching);
+    if plan.grpc.is_some() {
+        // A Trailers-Only answer: the call's status is in its headers.
+        super::grpc::count(&pool.stats, &head.headers);
+    }
     if tries > 1 {
         head.headers.insert(TRIES_HEADER, HeaderValue::from(tries));
     }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::body::ProxyBody;
 use super::retry::{AttemptTimeouts, Budget};
+use crate::runtime::{PoolStats, Runtime};
 
 /// `grpc-status` codes autolb answers with.
 pub mod code {
@@ -188,22 +189,58 @@ pub fn status_of(status: StatusCode, exhausted: bool) -> u8 {
     }
 }
 
-/// autolb's own answer to a gRPC call as a gRPC status: HTTP 200, `content-type:
-/// application/grpc`, `grpc-status` and `grpc-message` (the answer's error text,
-/// percent-encoded) in one HEADERS frame that ends the stream (Trailers-Only), and
-/// Retry-After kept. A backend's answer, or a success, is left as it is.
-pub fn local_answer(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+/// A `grpc-status` in `headers` (0-16; others are not gRPC's).
+pub fn status_in(headers: &HeaderMap) -> Option<u8> {
+    let v = headers.get("grpc-status")?;
+    std::str::from_utf8(v.as_bytes())
+        .ok()?
+        .parse::<u8>()
+        .ok()
+        .filter(|c| *c <= 16)
+}
+
+/// Count a call's end in its pool's `autolb_grpc_requests_total`, when `headers` (trailers,
+/// or the headers of a Trailers-Only answer) carry its status.
+pub fn count(stats: &PoolStats, headers: &HeaderMap) {
+    if let Some(code) = status_in(headers) {
+        stats.grpc_statuses[usize::from(code)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// autolb's own answer to a gRPC call as a gRPC status (`as_status`), counted for the pool
+/// it names. A backend's answer, or a success, is left as it is.
+pub fn local_answer(resp: Response<ProxyBody>, runtime: &Runtime) -> Response<ProxyBody> {
+    let (resp, counted) = as_status(resp);
+    if let Some((code, pool)) = counted {
+        let snapshot = runtime.snapshot();
+        if let Some(p) = snapshot.pools.iter().find(|p| p.name == pool) {
+            p.stats.grpc_statuses[usize::from(code)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    resp
+}
+
+/// An answer autolb wrote as a gRPC status: HTTP 200, `content-type: application/grpc`,
+/// `grpc-status` and `grpc-message` (the answer's error text, percent-encoded) in one
+/// HEADERS frame that ends the stream (Trailers-Only), Retry-After kept; with the status and
+/// the pool the answer names. Other answers come back as they are.
+fn as_status(resp: Response<ProxyBody>) -> (Response<ProxyBody>, Option<(u8, String)>) {
     if resp.status() == StatusCode::OK || !matches!(resp.body(), ProxyBody::Full(_)) {
-        return resp;
+        return (resp, None);
     }
     let (mut parts, body) = resp.into_parts();
-    let message = match &body {
-        ProxyBody::Full(Some(bytes)) => serde_json::from_slice::<serde_json::Value>(bytes)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned)),
+    let json = match &body {
+        ProxyBody::Full(Some(bytes)) => serde_json::from_slice::<serde_json::Value>(bytes).ok(),
         _ => None,
-    }
-    .unwrap_or_else(|| parts.status.canonical_reason().unwrap_or("").to_owned());
+    };
+    let text = |key: &str| {
+        json.as_ref()
+            .and_then(|v| v.get(key))
+            .and_then(|e| e.as_str())
+            .map(str::to_owned)
+    };
+    let message =
+        text("error").unwrap_or_else(|| parts.status.canonical_reason().unwrap_or("").to_owned());
     let exhausted = parts.extensions.remove::<Exhausted>().is_some();
     let status = status_of(parts.status, exhausted);
     let mut headers = HeaderMap::with_capacity(4);
@@ -217,7 +254,8 @@ pub fn local_answer(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     }
     parts.headers = headers;
     parts.status = StatusCode::OK;
-    Response::from_parts(parts, ProxyBody::empty())
+    let pool = text("pool").map(|p| (status, p));
+    (Response::from_parts(parts, ProxyBody::empty()), pool)
 }
 
 /// `grpc-message` encoding: printable ASCII but `%` as it is, every other byte `%XX`.
@@ -285,7 +323,8 @@ mod tests {
             "no backend available",
             Some("p"),
         );
-        let resp = local_answer(resp);
+        let (resp, counted) = as_status(resp);
+        assert_eq!(counted, Some((14, "p".to_string())));
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["grpc-status"], "14");
         assert_eq!(resp.headers()["grpc-message"], "no backend available");
@@ -293,7 +332,9 @@ mod tests {
         assert!(http_body::Body::is_end_stream(resp.body()));
         let mut full = super::super::local::error(StatusCode::SERVICE_UNAVAILABLE, "queue", None);
         full.extensions_mut().insert(Exhausted);
-        assert_eq!(local_answer(full).headers()["grpc-status"], "8");
+        let (full, counted) = as_status(full);
+        assert_eq!(full.headers()["grpc-status"], "8");
+        assert_eq!(counted, None, "no pool named");
         assert_eq!(status_of(StatusCode::GATEWAY_TIMEOUT, false), 4);
         assert_eq!(status_of(StatusCode::TOO_MANY_REQUESTS, false), 8);
         assert_eq!(status_of(StatusCode::PAYLOAD_TOO_LARGE, false), 8);

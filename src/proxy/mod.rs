@@ -10,6 +10,7 @@ pub mod cold;
 pub mod forward;
 pub mod frames;
 pub mod grpc;
+pub mod grpc_retry;
 pub mod headers;
 pub mod interim;
 pub mod local;
@@ -80,7 +81,7 @@ pub async fn handle(
             None => proxy(req, ctx).await,
         };
         match is_grpc {
-            true => grpc::local_answer(resp),
+            true => grpc::local_answer(resp, &ctx.runtime),
             false => resp,
         }
     })

@@ -266,6 +266,7 @@ mod tests {
             reset: false,
             timeout: false,
             statuses: Vec::new(),
+            grpc: Vec::new(),
         };
         let p = Policy { retry_on: &off };
         assert_eq!(p.next(Class::Malformed, true, true), Next::Stop);

@@ -37,6 +37,8 @@ pub struct PoolStats {
     /// from the pool's backends.
     pub request_bytes: AtomicU64,
     pub response_bytes: AtomicU64,
+    /// gRPC calls by the `grpc-status` they ended with (0-16; `crate::proxy::grpc`).
+    pub grpc_statuses: [AtomicU64; 17],
     /// Its WARN lines about requests autolb answered itself, at most one a second.
     pub log: super::log_throttle::LogThrottle,
 }

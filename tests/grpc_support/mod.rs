@@ -69,7 +69,8 @@ impl<R, O> Service<Request<R>> for Handler<R, O> {
 /// The server side of `test.Echo`:
 /// - `Unary`: `echo:TEXT` after `delay_ms`, with the `te` it was sent with in header
 ///   metadata `x-te` and its `x-client` metadata back in `x-client-echo`; text `fail`
-///   fails with NOT_FOUND, message `no such thing` and trailing metadata `x-why: test`.
+///   fails with NOT_FOUND, message `no such thing` and trailing metadata `x-why: test`;
+///   a server named `down` answers every call UNAVAILABLE (`going away`).
 /// - `Stream` (server streaming): `count` answers `TEXT-i`, `delay_ms` apart, then an
 ///   OK end, or (text `fail`) ABORTED with trailing metadata `x-why: late`.
 /// - `Collect` (client streaming): the texts received, joined with `+`.
@@ -146,6 +147,9 @@ async fn unary(name: &'static str, r: Request<Msg>) -> Result<Response<Msg>, Sta
     let client = r.metadata().get("x-client").cloned();
     let m = r.into_inner();
     tokio::time::sleep(Duration::from_millis(m.delay_ms)).await;
+    if name == "down" {
+        return Err(Status::unavailable("going away"));
+    }
     if m.text == "fail" {
         let mut s = Status::not_found("no such thing");
         s.metadata_mut()
