@@ -302,3 +302,68 @@ async fn streams_that_flow_outlast_the_response_timeout() {
     }
     assert_eq!(n, 12);
 }
+
+/// TLS both ways: an https listener (ALPN h2) and a pool of TLS gRPC backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_tls_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::tls::TestCa::new("gRPC test CA");
+    let front = ca.issue(&["grpc.test"]);
+    let (cert, key) = front.write(dir.path(), "front");
+    let backend_cert = ca.issue(&["backend.test"]);
+    let ca_file = ca.write(dir.path(), "ca");
+    let server =
+        grpc_support::server_with("tls", Some((&backend_cert.cert_pem, &backend_cert.key_pem)))
+            .await;
+    let lb = Autolb::start(&format!(
+        "threads: 2
+admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - name: secure
+    listen: \"127.0.0.1:0\"
+    protocol: https
+    pool: web
+    tls:
+      certificates: [{{ cert: {cert:?}, key: {key:?} }}]
+pools:
+  web:
+    protocol: h2
+    tls: {{ sni: backend.test, ca: {ca_file:?} }}
+    health_check: {{ type: grpc, interval: 200ms, timeout: 200ms, rise: 1 }}
+    backends: [{{ address: \"{}\" }}]
+",
+        server.addr
+    ));
+    let mut c = Client::connect_tls(lb.addr("secure"), "grpc.test", &ca.pem).await;
+    let resp = c
+        .unary(Request::new(msg("tls")))
+        .await
+        .expect("unary over TLS");
+    assert_eq!(resp.get_ref().text, "echo:tls");
+    assert_eq!(resp.metadata().get("x-te").expect("te"), "trailers");
+    let m = Msg {
+        text: "t".into(),
+        count: 3,
+        delay_ms: 0,
+    };
+    let mut stream = c
+        .stream(Request::new(m))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut n = 0;
+    while stream.message().await.expect("message").is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let texts = tokio_stream::iter(["x", "y"].map(msg));
+    let resp = c.collect(Request::new(texts)).await.expect("client stream");
+    assert_eq!(resp.get_ref().text, "x+y");
+    // The gRPC health check over the pool's TLS passes.
+    common::wait_until(20, "the TLS backend up", || async {
+        let s = common::get(lb.admin, "/loadbalancer/status").await.json();
+        let b = &s["pools"][0]["backends"][0];
+        (b["health"] == "up" && b["check"]["detail"] == "SERVING").then_some(())
+    })
+    .await;
+}

@@ -223,6 +223,18 @@ impl Drop for Server {
 
 /// Start a `test.Echo` server (h2c) on a free port; it says `name` in `x-server`.
 pub async fn server(name: &'static str) -> Server {
+    server_with(name, None).await
+}
+
+/// Start a `test.Echo` server on a free port, over TLS with `identity` (certificate chain
+/// and key, PEM) when given.
+pub async fn server_with(name: &'static str, identity: Option<(&str, &str)>) -> Server {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = identity {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        builder = builder.tls_config(tls).expect("server TLS config");
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -235,7 +247,7 @@ pub async fn server(name: &'static str) -> Server {
     let (health, health_service) = tonic_health::server::health_reporter();
     let task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let _ = tonic::transport::Server::builder()
+        let _ = builder
             .add_service(echo)
             .add_service(health_service)
             .serve_with_incoming(incoming)
@@ -258,12 +270,25 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let channel = Channel::from_shared(format!("http://{addr}"))
+        Client::connect_to(format!("http://{addr}"), None).await
+    }
+
+    /// Over TLS to `https://NAME:PORT/`, trusting `ca_pem` (ALPN h2).
+    pub async fn connect_tls(addr: SocketAddr, name: &str, ca_pem: &str) -> Client {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name(name);
+        Client::connect_to(format!("https://{addr}"), Some(tls)).await
+    }
+
+    async fn connect_to(uri: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Client {
+        let mut endpoint = Channel::from_shared(uri)
             .expect("uri")
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .expect("gRPC channel to autolb");
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).expect("client TLS config");
+        }
+        let channel = endpoint.connect().await.expect("gRPC channel to autolb");
         Client {
             grpc: tonic::client::Grpc::new(channel.clone()),
             channel,
