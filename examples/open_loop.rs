@@ -137,7 +137,12 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> 
 }
 
 /// One request on an idle connection (or a new one); the `x-backend` of a 2xx answer.
-async fn request(addr: SocketAddr, idle: &Idle, delay_ms: u64, mean: f64) -> (Result<String, String>, bool) {
+async fn request(
+    addr: SocketAddr,
+    idle: &Idle,
+    delay_ms: u64,
+    mean: f64,
+) -> (Result<String, String>, bool) {
     let pooled = idle.lock().map(|mut v| v.pop()).unwrap_or(None);
     let (mut send, opened) = match pooled {
         Some(s) if s.is_ready() => (s, false),

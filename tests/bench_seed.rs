@@ -74,7 +74,10 @@ fn bench_seed_smoke_holds_the_fleet_together() {
         println!("skipped: bench/seed --smoke could not run:\n{text}");
         return;
     }
-    assert!(status.success(), "bench/seed --smoke failed ({status}):\n{text}");
+    assert!(
+        status.success(),
+        "bench/seed --smoke failed ({status}):\n{text}"
+    );
     let result: serde_json::Value = out
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
@@ -99,7 +102,11 @@ fn bench_seed_smoke_holds_the_fleet_together() {
     // The lease: one leader in every sample, the same one, and only it ran `scale`.
     assert!(result["lease_samples"].as_u64().unwrap_or(0) >= 3, "{text}");
     assert_eq!(result["lease_bad"], serde_json::json!([]), "{text}");
-    assert_eq!(result["leaders"].as_array().map(Vec::len), Some(1), "{text}");
+    assert_eq!(
+        result["leaders"].as_array().map(Vec::len),
+        Some(1),
+        "{text}"
+    );
     assert_eq!(result["scalers"], result["leaders"], "{text}");
     assert!(result["instances"].as_u64().unwrap_or(0) >= 4, "{text}");
     // Stickiness: the cookie's instance answered all 41 requests (bench/seed fails
