@@ -255,3 +255,40 @@ async fn reasons_name_the_rule_start_at_min_max_step_in_panic_and_min() {
         "{s}"
     );
 }
+
+#[tokio::test]
+async fn a_schedule_in_force_sets_the_bounds_and_says_so() {
+    // Every minute starts the entry again: it is always in force.
+    let extra = "      timezone: Europe/Paris\n      schedule:\n        - { cron: \"* * * * *\", min: 3 }\n";
+    let lb = start(&scaled(1, 4, extra));
+    let s = wait_scaling(&lb, 20, "three ready", |s| s["current"] == 3).await;
+    assert_eq!(
+        (s["min"].as_u64(), s["max"].as_u64()),
+        (Some(3), Some(4)),
+        "{s}"
+    );
+    let sched = &s["schedule"];
+    assert_eq!(sched["timezone"], "Europe/Paris", "{s}");
+    assert_eq!(sched["active"]["cron"], "* * * * *", "{s}");
+    assert_eq!(sched["active"]["min"], 3, "{s}");
+    assert!(
+        sched["active"]["since"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(":00+01:00") || t.ends_with(":00+02:00")),
+        "{s}"
+    );
+    let first = s["events"].as_array().and_then(|e| e.last()).cloned();
+    let first = first.expect("the start event");
+    assert_eq!(
+        reason(&first),
+        "scale up to 3: start at min 3 (schedule \"* * * * *\")",
+        "{s}"
+    );
+    // A manual size below the schedule's floor is raised to it.
+    let m = manual(&lb, 1).await;
+    assert_eq!(
+        (m["instances"].as_u64(), m["min"].as_u64()),
+        (Some(3), Some(3)),
+        "{m}"
+    );
+}

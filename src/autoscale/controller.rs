@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::instance::{self, Instance, Phase};
-use super::policy::{Decision, Limits, Policy, Signals};
+use super::policy::{Decision, Policy, Signals};
 use super::procstat;
 use super::shared::{Coordination, NodeSignals};
 use crate::config::Autoscale;
@@ -242,7 +242,7 @@ impl PoolScaler {
     /// The local policy, or with `shared`: this node's share of the leader's decision (and,
     /// while the shared state does not answer, the local policy never below that share).
     pub(super) fn decide(&self, st: &mut ScalerState, signals: &Signals, now: Instant) -> Decision {
-        let mut limits = Limits::from(st.cfg.as_ref());
+        let mut limits = super::schedule::limits_now(&st.cfg);
         if !st.cfg.shared || st.node_id.is_empty() {
             return st.policy.decide(&limits, signals, now);
         }

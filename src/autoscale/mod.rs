@@ -11,6 +11,7 @@ pub mod policy;
 pub mod process;
 pub mod procstat;
 pub mod provider;
+pub mod schedule;
 pub mod shared;
 pub mod victim;
 
@@ -143,7 +144,8 @@ impl Autoscaler {
         };
         let (clamped, min, max, hold) = {
             let mut st = scaler.lock();
-            let (min, max) = (st.cfg.min, st.cfg.max);
+            let bounds = schedule::limits_now(&st.cfg);
+            let (min, max) = (bounds.min, bounds.max);
             let n = (instances.min(u32::MAX as i64) as u32).clamp(min, max.max(min));
             let hold = st.cfg.manual_hold;
             st.policy.set_manual(n, Instant::now(), hold);
@@ -189,11 +191,13 @@ impl Autoscaler {
     /// `GET /scaling/status`.
     pub fn scaling_status(&self) -> Value {
         let now = Instant::now();
+        let wall = schedule::now_utc();
         let pools: Vec<Value> = self
             .pools()
             .values()
             .map(|s| {
                 let st = s.lock();
+                let bounds = schedule::limits_at(&st.cfg, wall);
                 let mut live: Vec<&str> = st.instances.iter().map(|i| i.state()).collect();
                 for m in &st.members {
                     live.push(if m.stats.healthy() { "ready" } else { "starting" });
@@ -205,8 +209,9 @@ impl Autoscaler {
                     "starting": count("starting") + count("crashed"),
                     "draining": count("draining") + count("stopping"),
                     "desired": st.desired,
-                    "min": st.cfg.min,
-                    "max": st.cfg.max,
+                    "min": bounds.min,
+                    "max": bounds.max,
+                    "schedule": schedule::status_json(&st.cfg, wall),
                     "signals": signals_json(&st.last_signals),
                     "last_decision": st.last.as_ref().map(|d| json!({"desired": d.desired, "reason": d.reason, "panic": d.panic})),
                     "manual_hold_seconds": st.policy.manual_until(now).map(|u| (u - now).as_secs()),

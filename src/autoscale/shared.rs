@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::controller::{now_ms, signals_json, PoolScaler};
-use super::policy::{Limits, Signals};
+use super::policy::Signals;
 use crate::runtime::stats::{bucket_upper_us, BUCKETS};
 use crate::state::{bounded, SharedState};
 
@@ -344,7 +344,8 @@ fn apply_manual(st: &mut super::controller::ScalerState, manual: &[(String, Stri
     }
     st.coord.manual_at_ms = r.at_ms;
     let hold = Duration::from_millis(r.hold_ms.saturating_sub(now_ms().saturating_sub(r.at_ms)));
-    let n = r.instances.clamp(st.cfg.min, st.cfg.max.max(st.cfg.min));
+    let l = super::schedule::limits_now(&st.cfg);
+    let n = r.instances.clamp(l.min, l.max.max(l.min));
     st.policy.set_manual(n, Instant::now(), hold);
     st.coord.last_decided = None;
 }
@@ -355,7 +356,7 @@ async fn lead(scaler: &PoolScaler, backend: &dyn SharedState, me: &str, pool: &s
         let mut st = scaler.lock();
         let now = Instant::now();
         let fleet = fleet_signals(&st.coord.nodes);
-        let limits = Limits::from(st.cfg.as_ref());
+        let limits = super::schedule::limits_now(&st.cfg);
         let d = st.policy.decide(&limits, &fleet, now);
         let mut nodes: Vec<String> = st.coord.nodes.iter().map(|n| n.node.clone()).collect();
         if !nodes.iter().any(|n| n == me) {

@@ -238,6 +238,8 @@ pub(crate) fn autoscale(
         scale,
         list,
         discovery,
+        timezone: super::schedule::timezone(file.timezone.as_ref(), issues),
+        schedule: super::schedule::schedule(file.schedule.as_ref(), count, issues),
     };
     (issues.len() == before).then_some(autoscale)
 }

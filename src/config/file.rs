@@ -357,6 +357,10 @@ pub struct AutoscaleFile {
     pub list: Option<Located<Vec<String>>>,
     /// `provider: command`: members from DNS (A or SRV records) instead of `list`.
     pub discovery: Option<Located<DiscoveryFile>>,
+    /// The time zone of `schedule` (an IANA name; default UTC).
+    pub timezone: Option<Located<String>>,
+    /// Bounds that change on a calendar.
+    pub schedule: Option<Located<Vec<Located<super::schedule::ScheduleFile>>>>,
 }
 
 /// `autoscale.discovery:`.

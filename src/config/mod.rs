@@ -25,6 +25,7 @@ mod pool_limits;
 pub mod preflight;
 mod rate_limit;
 mod retry;
+mod schedule;
 mod state;
 mod sticky;
 #[cfg(test)]
@@ -53,6 +54,7 @@ pub use limits::{parse_size, IpRateLimit, Limits};
 pub use model::*;
 pub use pool_limits::PoolLimits;
 pub use rate_limit::{parse_rate, RateLimit, RateLimitScope};
+pub use schedule::ScheduleEntry;
 pub use state::{host_port, redact};
 
 use std::path::Path;

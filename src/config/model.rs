@@ -479,6 +479,10 @@ pub struct Autoscale {
     pub list: Vec<String>,
     /// `provider: command`: members from DNS A records instead (`name:port`).
     pub discovery: Option<Discovery>,
+    /// The time zone of `schedule` (default UTC).
+    pub timezone: chrono_tz::Tz,
+    /// Bounds that change on a calendar (`schedule.rs`).
+    pub schedule: Vec<super::ScheduleEntry>,
 }
 
 /// `autoscale.discovery`: the `command` provider's members from DNS, re-resolved when the

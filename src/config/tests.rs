@@ -389,6 +389,8 @@ fn full_config_parses_into_the_model() {
                     scale: vec![],
                     list: vec![],
                     discovery: None,
+                    timezone: chrono_tz::Tz::UTC,
+                    schedule: vec![],
                 }),
                 protocol: UpstreamProtocol::H1,
                 send_proxy: None,

@@ -54,6 +54,8 @@ fn defaults() {
         scale: vec![],
         list: vec![],
         discovery: None,
+        timezone: chrono_tz::Tz::UTC,
+        schedule: vec![],
     };
     assert_eq!(a, expected);
     // Empty sub-mappings keep the defaults too.
@@ -338,4 +340,48 @@ fn command_provider_keys_and_their_errors() {
     assert!(errors(&yaml)
         .iter()
         .any(|e| e.message.contains("needs scale")));
+}
+
+#[test]
+fn schedule_and_timezone() {
+    let a = autoscale_of(
+        "      timezone: America/New_York\n      schedule:\n        \
+         - { cron: \"0 8 * * 1-5\", min: 4, max: 12 }\n        \
+         - { cron: \"30 17 * * FRI\", duration: 2h, max: 2 }\n",
+    );
+    assert_eq!(a.timezone, chrono_tz::America::New_York);
+    assert_eq!(a.schedule.len(), 2);
+    assert_eq!(a.schedule[0].pattern, "0 8 * * 1-5");
+    assert_eq!((a.schedule[0].min, a.schedule[0].max), (Some(4), Some(12)));
+    assert_eq!(a.schedule[0].duration, None);
+    assert_eq!((a.schedule[1].min, a.schedule[1].max), (None, Some(2)));
+    assert_eq!(a.schedule[1].duration, Some(Duration::from_secs(7200)));
+}
+
+#[test]
+fn schedule_errors_are_at_their_key() {
+    let yaml = auto_t("      timezone: Mars/Olympus\n");
+    assert_error(&yaml, "Mars/Olympus", "unknown time zone \"Mars/Olympus\"");
+    let yaml = auto_t("      schedule: [{ cron: \"0 25 * * *\", min: 2 }]\n");
+    assert_error(&yaml, "\"0 25", "invalid cron pattern \"0 25 * * *\"");
+    let yaml = auto_t("      schedule: [{ cron: \"0 8 * * *\" }]\n");
+    assert_error(&yaml, "{ cron", "a schedule entry needs min, max or both");
+    let yaml = auto_t("      schedule: [{ min: 2 }]\n");
+    assert_error(&yaml, "{ min", "a schedule entry needs cron");
+    let yaml = auto_t("      schedule: [{ cron: \"0 8 * * *\", min: 5, max: 3 }]\n");
+    assert_error(&yaml, "5, max", "schedule min 5 is greater than its max 3");
+    let yaml = auto_t("      schedule: [{ cron: \"0 8 * * *\", max: 101 }]\n");
+    assert_error(
+        &yaml,
+        "101",
+        "schedule asks for 101 instances, the ports allow 100",
+    );
+    let yaml = auto_t("      schedule: [{ cron: \"0 8 * * *\", max: 2, duration: 0s }]\n");
+    assert_error(&yaml, "0s", "a schedule's duration must be greater than 0");
+    let yaml = auto_t("      schedule: [{ cron: \"0 8 * * *\", max: 2, every: 1h }]\n");
+    assert_error(
+        &yaml,
+        "every",
+        "unknown field \"every\", expected one of: cron, min, max, duration",
+    );
 }
