@@ -83,6 +83,7 @@ fn bench_run_smoke_runs_end_to_end() {
         "h2c",
         "large",
         "websocket",
+        "idle",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(scenario)),

@@ -20,6 +20,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::framed::{Framed, Socket};
 use super::listener::ConnectionGuard;
 use super::Drain;
 use crate::proxy::{headers::ClientInfo, ConnContext};
@@ -136,8 +137,15 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     // `accept_proxy: true`: the PROXY header names the client (XFF, logs, hashing).
-    let Some(accepted) = crate::l4::accept(&runtime, &listener_name, &mut stream, peer).await
-    else {
+    // Boxed, as the waits below: the connection's task keeps room for the largest future
+    // it awaits, for as long as the connection lives (idle ones included).
+    let accepting = Box::pin(crate::l4::accept(
+        &runtime,
+        &listener_name,
+        &mut stream,
+        peer,
+    ));
+    let Some(accepted) = accepting.await else {
         return;
     };
     let peer = accepted.addrs.src;
@@ -186,18 +194,13 @@ pub(crate) async fn serve(
     };
     let Some(tls) = tls else {
         let ctx = serving.ctx.clone();
-        let io = TokioIo::new(super::framed::Framed::new(
-            stream,
-            &limits,
-            head_wait(),
-            ctx,
-        ));
+        let io = Framed::new(stream, &limits, head_wait(), ctx);
         return if h2c {
             // Boxed, like the TLS path: the task of a plain HTTP/1.1 connection (the common
             // one, spawned for every accepted connection) holds only its own state.
-            Box::pin(serve_auto(io, serving)).await
+            Box::pin(serve_auto(TokioIo::new(io), serving)).await
         } else {
-            serve_h1(io, serving).await
+            Box::pin(serve_h1(io, serving)).await
         };
     };
     let wait = head_wait();
@@ -227,13 +230,8 @@ async fn serve_tls(
     if accepted.h2 {
         serve_h2(TokioIo::new(accepted.stream), serving).await
     } else {
-        let io = TokioIo::new(super::framed::Framed::new(
-            accepted.stream,
-            &limits,
-            head_wait,
-            serving.ctx.clone(),
-        ));
-        serve_h1(io, serving).await
+        let io = Framed::new(accepted.stream, &limits, head_wait, serving.ctx.clone());
+        Box::pin(serve_h1(io, serving)).await
     }
 }
 
@@ -252,9 +250,13 @@ fn ended<E: std::fmt::Display>(peer: SocketAddr, result: Result<(), E>) {
 /// answered once more and closed, or closes at its usual idle (`header_timeout`) deadline,
 /// which clients that pool connections already expect, or when `shutdown_grace` ends. A
 /// stop (`Drain::Stop`) closes it after a short wait for a request instead.
-async fn serve_h1<I>(io: I, s: Serving)
+///
+/// A connection idle for `framed::PARK_AFTER` is parked: hyper's connection (and its
+/// buffers) is dropped and the socket waited on with no buffer until the client sends
+/// again, its idle deadline passes, or a drain closes it as above.
+async fn serve_h1<T>(io: Framed<T>, s: Serving)
 where
-    I: Read + Write + Unpin + Send + 'static,
+    T: Socket + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Serving {
         ctx,
@@ -265,33 +267,137 @@ where
         ..
     } = s;
     let limits = ctx.limits.clone();
-    let service = tracked_service!(ctx, front, activity.clone());
-    let mut builder = http1::Builder::new();
-    h1_limits!(&mut builder, limits);
-    let conn = builder
-        .keep_alive(true)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    {
-        let stop = gated::gated(shutdown.changed());
-        tokio::pin!(stop);
-        tokio::select! {
-            result = conn.as_mut() => return ended(peer, result),
-            _ = stop => {}
+    // Boxed once: it moves into hyper's connection and back out at every park.
+    let mut io = Box::new(io);
+    io.allow_parking();
+    let mut io = TokioIo::new(io);
+    // The drain, once one began.
+    let mut drain = None;
+    loop {
+        let service = tracked_service!(ctx.clone(), front.clone(), activity.clone());
+        // Boxed: a parked connection's task does not keep room for hyper's connection.
+        let mut conn = {
+            let mut builder = http1::Builder::new();
+            h1_limits!(&mut builder, limits);
+            Box::new(
+                builder
+                    .keep_alive(true)
+                    .serve_connection(io, service)
+                    .with_upgrades(),
+            )
+        };
+        let result = Box::pin(serve_burst(&mut conn, &mut shutdown, &activity, &mut drain)).await;
+        // Upgraded (the tunnel has the socket), or ended for good.
+        let Some(parts) = conn.into_parts() else {
+            return ended(peer, result);
+        };
+        if result.is_err() || !parts.io.inner().parked() {
+            return ended(peer, result);
+        }
+        let http1::Parts {
+            io: parked_io,
+            read_buf,
+            service,
+            ..
+        } = parts;
+        io = parked_io;
+        io.inner_mut().unpark(&read_buf);
+        // hyper's read buffer (8 KiB) goes with it.
+        drop((read_buf, service));
+        if !Box::pin(parked(io.inner(), &mut shutdown, &activity, &mut drain)).await {
+            return;
         }
     }
-    activity.drain();
-    if *shutdown.borrow() == Drain::Handover {
-        return ended(peer, conn.await);
+}
+
+/// Serve requests until hyper's connection ends (the client closed, an error, an upgrade,
+/// `Connection: close`, or the connection parked), minding a drain (see `serve_h1`).
+async fn serve_burst<C>(
+    conn: &mut C,
+    shutdown: &mut watch::Receiver<Drain>,
+    activity: &Activity,
+    drain: &mut Option<Drain>,
+) -> hyper::Result<()>
+where
+    C: std::future::Future<Output = hyper::Result<()>> + GracefulShutdown + Unpin,
+{
+    if drain.is_none() {
+        {
+            let stop = gated::gated(shutdown.changed());
+            tokio::pin!(stop);
+            tokio::select! {
+                result = &mut *conn => return result,
+                _ = stop => {}
+            }
+        }
+        activity.drain();
+        *drain = Some(*shutdown.borrow());
+    }
+    if *drain == Some(Drain::Handover) {
+        return conn.await;
     }
     // A connection accepted just before the stop may not have sent its first request yet:
     // give it a moment, so that it is answered rather than closed unanswered.
-    match tokio::time::timeout(STOP_REQUEST_GRACE, conn.as_mut()).await {
-        Ok(result) => ended(peer, result),
+    match tokio::time::timeout(STOP_REQUEST_GRACE, &mut *conn).await {
+        Ok(result) => result,
         Err(_) => {
-            conn.as_mut().graceful_shutdown();
-            ended(peer, conn.await);
+            conn.shut_down();
+            conn.await
+        }
+    }
+}
+
+/// hyper's graceful shutdown of an HTTP/1 connection.
+trait GracefulShutdown {
+    fn shut_down(&mut self);
+}
+
+impl<I, S> GracefulShutdown for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    I: Read + Write + Unpin + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(&mut self) {
+        std::pin::Pin::new(self).graceful_shutdown();
+    }
+}
+
+impl<C: GracefulShutdown> GracefulShutdown for Box<C> {
+    fn shut_down(&mut self) {
+        (**self).shut_down();
+    }
+}
+
+/// A parked connection: wait for the client's next bytes (true: serve it again), or close
+/// it (false) at its idle deadline, or as a drain says (see `serve_h1`).
+async fn parked<T: Socket>(
+    io: &Framed<T>,
+    shutdown: &mut watch::Receiver<Drain>,
+    activity: &Activity,
+    drain: &mut Option<Drain>,
+) -> bool {
+    let Some(mut deadline) = io.head_deadline() else {
+        return true;
+    };
+    if drain.is_some_and(|d| d != Drain::Handover) {
+        deadline = deadline.min(tokio::time::Instant::now() + STOP_REQUEST_GRACE);
+    }
+    loop {
+        tokio::select! {
+            // An error too: hyper reads it and ends the connection.
+            _ = io.get_ref().tcp().readable() => return true,
+            () = tokio::time::sleep_until(deadline) => return false,
+            _ = shutdown.changed(), if drain.is_none() => {
+                activity.drain();
+                let d = *shutdown.borrow();
+                *drain = Some(d);
+                if d != Drain::Handover {
+                    deadline = deadline.min(tokio::time::Instant::now() + STOP_REQUEST_GRACE);
+                }
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The client side of an HTTP/1 connection as hyper sees it: the bytes a `Framer` let
 //! through, reads through one per-worker buffer, small vectored writes sent with one
 //! `send`, a backend's interim (1xx) responses written when hyper flushes (see
-//! `proxy::interim`), and the bounded wait for a request head (`HeadWait`).
+//! `proxy::interim`), the bounded wait for a request head (`HeadWait`), and parking: a
+//! keep-alive connection idle for `PARK_AFTER` is handed back without hyper's buffers.
 
 use std::future::Future;
 use std::io;
@@ -17,6 +18,39 @@ use super::conn::idle::Activity;
 use super::framing::Framer;
 use crate::config::Limits;
 use crate::proxy::ConnContext;
+
+/// A keep-alive connection idle (between requests, everything written) this long is parked:
+/// its reads end (an end of input hyper takes for a client that closed at a request
+/// boundary), hyper's connection and its two 8 KiB buffers are dropped, and `serve_h1`
+/// waits for the socket to become readable with no buffer at all, then serves it anew. A
+/// busy connection never parks.
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// The TCP socket under a client stream, whose readiness a parked connection waits for.
+pub(crate) trait Socket {
+    fn tcp(&self) -> &tokio::net::TcpStream;
+}
+
+impl Socket for tokio::net::TcpStream {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        self
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// What the wait for a request head says.
+enum Wait {
+    Waiting,
+    /// Idle long enough to park.
+    Park,
+    /// No head in time: the connection closes.
+    Expired,
+}
 
 /// Vectored writes up to this size are copied into one buffer and sent with one `send`.
 const COALESCE_MAX: usize = 16 * 1024;
@@ -46,16 +80,21 @@ impl HeadWait {
         }
     }
 
-    /// The client has kept us waiting for a head too long. While a request of the
-    /// connection is still being answered the wait does not count, but the timer stays
-    /// armed (a lease renewed from now), so that the connection is polled again after that
-    /// answer ends even if nothing else wakes it.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the client has kept us waiting for a head too long, or (when `parkable`)
+    /// the connection has been idle for `PARK_AFTER`. While a request of the connection is
+    /// still being answered the wait does not count, but the timer stays armed (a lease
+    /// renewed from now), so that the connection is polled again after that answer ends
+    /// even if nothing else wakes it.
+    fn poll(&mut self, cx: &mut Context<'_>, parkable: bool) -> Wait {
         let answering = self.activity.active() > 0;
+        let expire = self.activity.last_activity() + self.timeout;
+        let park = self.activity.last_activity() + PARK_AFTER;
         let deadline = if answering {
             Instant::now() + self.timeout
+        } else if parkable && park < expire {
+            park
         } else {
-            self.activity.last_activity() + self.timeout
+            expire
         };
         let timer = self
             .timer
@@ -64,14 +103,23 @@ impl HeadWait {
             timer.as_mut().reset(deadline);
         }
         if timer.as_mut().poll(cx).is_pending() {
-            return false;
+            return Wait::Waiting;
         }
         if answering {
             timer.as_mut().reset(Instant::now() + self.timeout);
             let _ = timer.as_mut().poll(cx);
-            return false;
+            return Wait::Waiting;
         }
-        true
+        if Instant::now() >= expire {
+            return Wait::Expired;
+        }
+        // The park deadline passed (it is the timer's only when `parkable`).
+        Wait::Park
+    }
+
+    /// When the wait for the next head ends.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.activity.last_activity() + self.timeout
     }
 }
 
@@ -89,6 +137,12 @@ pub struct Framed<T> {
     ctx: Arc<ConnContext>,
     /// Interim responses being written.
     interim: Option<Box<Writing>>,
+    /// Parking is allowed (`serve_h1`, which serves the connection anew afterwards).
+    parking: bool,
+    /// Parked: reads end until `unpark`.
+    parked: bool,
+    /// Written since the last completed flush: hyper may still hold bytes to write.
+    unflushed: bool,
 }
 
 /// Interim responses being written, how far, and the count of heads they end with.
@@ -114,7 +168,39 @@ impl<T> Framed<T> {
             deferred: false,
             ctx,
             interim: None,
+            parking: false,
+            parked: false,
+            unflushed: false,
         }
+    }
+
+    /// Let the connection park when idle (see `PARK_AFTER`).
+    pub(crate) fn allow_parking(&mut self) {
+        self.parking = true;
+    }
+
+    /// Whether reads ended because the connection parked (rather than the client closing).
+    pub(crate) fn parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Serve again after parking; `unread` is whatever hyper had read and not used.
+    pub(crate) fn unpark(&mut self, unread: &[u8]) {
+        self.parked = false;
+        if !unread.is_empty() {
+            self.out = unread.to_vec();
+            self.pos = 0;
+        }
+    }
+
+    /// The stream under the framer.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// When the wait for the next request head ends.
+    pub(crate) fn head_deadline(&self) -> Option<Instant> {
+        self.wait.as_ref().map(HeadWait::deadline)
     }
 }
 
@@ -125,6 +211,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
         // Bounded: each round either returns or consumes a read from the client.
         loop {
             if this.pos < this.out.len() {
@@ -177,15 +266,36 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
             });
             match read {
                 Poll::Pending => {
-                    let waiting_for_head = this.framer.in_head();
-                    if waiting_for_head && this.wait.as_mut().is_some_and(|w| w.expired(cx)) {
-                        tracing::debug!("no complete request head in time: closing");
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "no complete request head within the header/idle timeout",
-                        )));
+                    if !this.framer.in_head() {
+                        return Poll::Pending;
                     }
-                    return Poll::Pending;
+                    // Idle between requests with everything written: hyper holds nothing
+                    // of this connection that parking would lose.
+                    let parkable = this.parking
+                        && this.framer.at_rest()
+                        && !this.unflushed
+                        && this.interim.is_none();
+                    let Some(wait) = this.wait.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    return match wait.poll(cx, parkable) {
+                        Wait::Waiting => Poll::Pending,
+                        Wait::Expired => {
+                            tracing::debug!("no complete request head in time: closing");
+                            Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "no complete request head within the header/idle timeout",
+                            )))
+                        }
+                        Wait::Park => {
+                            this.parked = true;
+                            this.out = Vec::new();
+                            this.pos = 0;
+                            this.framer.release_buffers();
+                            wait.timer = None;
+                            Poll::Ready(Ok(()))
+                        }
+                    };
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(true)) => {}
@@ -207,7 +317,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.unflushed = true;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -216,6 +328,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.unflushed = true;
         let inner = &mut this.inner;
         // A small response (head and body) goes out with one `send` rather than `writev`,
         // whose iovec import and VFS path cost more than copying a few hundred bytes.
@@ -274,10 +387,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
                 this.interim = None;
             }
         }
-        Pin::new(&mut this.inner).poll_flush(cx)
+        std::task::ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        this.unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
+    /// A parked connection stays open: hyper ends it as if the client had closed.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }

@@ -75,6 +75,11 @@ impl Framer {
         self.state == State::Head
     }
 
+    /// Between requests, after at least one, with nothing of the next one read.
+    pub(super) fn at_rest(&self) -> bool {
+        self.state == State::Head && self.head.is_empty() && self.requests > 0
+    }
+
     /// Bytes pass through unexamined (a tunnel, HTTP/2), nothing held back.
     pub(super) fn passing_through(&self) -> bool {
         self.state == State::Passthrough && self.head.is_empty()
@@ -86,7 +91,7 @@ impl Framer {
         self.state = State::Closed;
     }
 
-    /// Give back the head buffer (once passing through).
+    /// Give back the head buffer (once passing through, or while the connection is idle).
     pub(super) fn release_buffers(&mut self) {
         self.head = Vec::new();
     }

@@ -11,6 +11,7 @@ pub mod framing;
 mod listener;
 pub mod listeners;
 pub mod reload;
+mod trim;
 pub mod upgrade;
 mod worker;
 
@@ -258,6 +259,7 @@ impl Server {
             );
         }
         runtime.start_health_checks();
+        trim::start();
         crate::alerts::start(runtime.clone());
         crate::accesslog::start(runtime.clone());
         let shared = crate::state::start(&runtime, admin_addr, backend);
