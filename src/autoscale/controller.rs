@@ -78,6 +78,9 @@ pub struct ScalerState {
     /// The fleet's signals at the leader's last decision (leader only).
     pub fleet_signals: Option<Signals>,
     pub pool_name: String,
+    /// Predictive pre-scaling: what was learnt, and the last forecast or note.
+    pub predictor: super::predict::Predictor,
+    pub prediction: Option<String>,
     /// Provider `command`: the members (from `list` or DNS).
     pub members: Vec<ManagedBackend>,
     /// Provider `command`: the size `scale` last set.
@@ -140,6 +143,8 @@ impl PoolScaler {
                 node_signals: NodeSignals::default(),
                 fleet_signals: None,
                 pool_name: pool.to_string(),
+                predictor: Default::default(),
+                prediction: None,
                 members: Vec::new(),
                 requested: None,
                 scaling: false,
@@ -244,7 +249,7 @@ impl PoolScaler {
     pub(super) fn decide(&self, st: &mut ScalerState, signals: &Signals, now: Instant) -> Decision {
         let mut limits = super::schedule::limits_now(&st.cfg);
         if !st.cfg.shared || st.node_id.is_empty() {
-            return st.policy.decide(&limits, signals, now);
+            return predicted(st, &limits, signals, now);
         }
         if st.coord.connected && super::provider::of(st.cfg.provider).members_shared() {
             // Every node sees every member: the size is the fleet's (only the leader runs
@@ -297,7 +302,7 @@ impl PoolScaler {
             limits.min
         };
         limits.min = floor.min(limits.max);
-        let mut d = st.policy.decide(&limits, signals, now);
+        let mut d = predicted(st, &limits, signals, now);
         d.reason = format!("node-local (shared state unreachable): {}", d.reason);
         d
     }
@@ -459,6 +464,30 @@ async fn drain(
         scaler.publish(&st, &runtime);
     }
     inst.request_stop();
+}
+
+/// The policy's decision with the prediction (when `predictive` is on): the forecast may
+/// raise the size, and the reason says what it wanted or why it has nothing to say yet.
+pub(super) fn predicted(
+    st: &mut ScalerState,
+    limits: &super::policy::Limits,
+    signals: &Signals,
+    now: Instant,
+) -> Decision {
+    let unix = super::schedule::now_utc().timestamp();
+    let (forecast, note) =
+        super::predict::consult(&mut st.predictor, st.cfg.predictive, limits, signals, unix);
+    let mut d = st
+        .policy
+        .decide_with(limits, signals, forecast.as_ref(), now);
+    st.prediction = forecast
+        .map(|f| format!("wants {}: {}", f.desired, f.why))
+        .or(note.clone());
+    if let Some(n) = note {
+        d.reason.push_str("; ");
+        d.reason.push_str(&n);
+    }
+    d
 }
 
 fn port_free(port: u16) -> bool {

@@ -8,6 +8,8 @@ pub mod controller;
 pub mod discovery;
 pub mod instance;
 pub mod policy;
+pub mod predict;
+pub mod predict_store;
 pub mod process;
 pub mod procstat;
 pub mod provider;
@@ -109,6 +111,7 @@ impl Autoscaler {
                     if let Some((backend, id)) = &self.state {
                         scaler.lock().node_id.clone_from(id);
                         tokio::spawn(shared::run(scaler.clone(), backend.clone(), id.clone()));
+                        tokio::spawn(predict_store::keep(scaler.clone(), backend.clone()));
                     }
                     provider.spawn_tasks(&scaler, &self.runtime);
                     tokio::spawn(scaler.clone().run(self.runtime.clone()));
@@ -214,6 +217,12 @@ impl Autoscaler {
                     "schedule": schedule::status_json(&st.cfg, wall),
                     "signals": signals_json(&st.last_signals),
                     "last_decision": st.last.as_ref().map(|d| json!({"desired": d.desired, "reason": d.reason, "panic": d.panic})),
+                    "prediction": st.cfg.predictive.map(|p| json!({
+                        "lookahead_seconds": p.lookahead.as_secs(),
+                        "min_history_seconds": p.min_history.as_secs(),
+                        "history_seconds": st.predictor.history(wall.timestamp()).as_secs(),
+                        "last": st.prediction,
+                    })),
                     "manual_hold_seconds": st.policy.manual_until(now).map(|u| (u - now).as_secs()),
                     "provider": st.cfg.provider.name(),
                     "requested": st.requested,

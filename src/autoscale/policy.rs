@@ -98,10 +98,10 @@ struct Recommendation {
     panic: bool,
 }
 
-fn recommend(limits: &Limits, s: &Signals) -> Recommendation {
-    // HPA: desired = ceil(ready * observed / target) per target; the largest wins.
+/// Each configured target with its observed value (`None` without data).
+fn candidates(limits: &Limits, s: &Signals) -> [(&'static str, Option<f64>, Option<u32>); 5] {
     let t = &limits.target;
-    let candidates = [
+    [
         (
             "inflight_per_instance",
             Some(s.inflight_per_instance),
@@ -119,10 +119,25 @@ fn recommend(limits: &Limits, s: &Signals) -> Recommendation {
         ),
         ("cpu_percent", s.cpu_percent, t.cpu_percent),
         ("memory_mb", s.memory_mb, t.memory_mb),
-    ];
+    ]
+}
+
+/// The instances the demand needs, fractional and without tolerance: the largest
+/// `ready × observed / target` (what the prediction learns).
+pub fn need(limits: &Limits, s: &Signals) -> f64 {
+    candidates(limits, s)
+        .into_iter()
+        .filter_map(|(_, observed, target)| {
+            Some(f64::from(s.ready) * observed? / f64::from(target?.max(1)))
+        })
+        .fold(0.0, f64::max)
+}
+
+fn recommend(limits: &Limits, s: &Signals) -> Recommendation {
+    // HPA: desired = ceil(ready * observed / target) per target; the largest wins.
     let mut best: Option<(u32, String)> = None;
     let mut panic: Option<(f64, &str)> = None;
-    for (name, observed, target) in candidates {
+    for (name, observed, target) in candidates(limits, s) {
         let (Some(observed), Some(target)) = (observed, target) else {
             continue;
         };

@@ -357,7 +357,7 @@ async fn lead(scaler: &PoolScaler, backend: &dyn SharedState, me: &str, pool: &s
         let now = Instant::now();
         let fleet = fleet_signals(&st.coord.nodes);
         let limits = super::schedule::limits_now(&st.cfg);
-        let d = st.policy.decide(&limits, &fleet, now);
+        let d = super::controller::predicted(&mut st, &limits, &fleet, now);
         let mut nodes: Vec<String> = st.coord.nodes.iter().map(|n| n.node.clone()).collect();
         if !nodes.iter().any(|n| n == me) {
             nodes.push(me.to_string());

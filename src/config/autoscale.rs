@@ -240,6 +240,7 @@ pub(crate) fn autoscale(
         discovery,
         timezone: super::schedule::timezone(file.timezone.as_ref(), issues),
         schedule: super::schedule::schedule(file.schedule.as_ref(), count, issues),
+        predictive: super::schedule::predictive(file.predictive.as_ref(), issues),
     };
     (issues.len() == before).then_some(autoscale)
 }

@@ -361,6 +361,8 @@ pub struct AutoscaleFile {
     pub timezone: Option<Located<String>>,
     /// Bounds that change on a calendar.
     pub schedule: Option<Located<Vec<Located<super::schedule::ScheduleFile>>>>,
+    /// Scale ahead of recurring rises.
+    pub predictive: Option<Located<super::schedule::PredictiveFile>>,
 }
 
 /// `autoscale.discovery:`.

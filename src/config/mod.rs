@@ -54,7 +54,7 @@ pub use limits::{parse_size, IpRateLimit, Limits};
 pub use model::*;
 pub use pool_limits::PoolLimits;
 pub use rate_limit::{parse_rate, RateLimit, RateLimitScope};
-pub use schedule::ScheduleEntry;
+pub use schedule::{Predictive, ScheduleEntry};
 pub use state::{host_port, redact};
 
 use std::path::Path;

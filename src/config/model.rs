@@ -483,6 +483,8 @@ pub struct Autoscale {
     pub timezone: chrono_tz::Tz,
     /// Bounds that change on a calendar (`schedule.rs`).
     pub schedule: Vec<super::ScheduleEntry>,
+    /// Predictive pre-scaling (`None`: off).
+    pub predictive: Option<super::Predictive>,
 }
 
 /// `autoscale.discovery`: the `command` provider's members from DNS, re-resolved when the

@@ -1,4 +1,4 @@
-//! `pools.NAME.autoscale.schedule`, and `timezone`: the file types, their
+//! `pools.NAME.autoscale.schedule`, `timezone` and `predictive`: the file types, their
 //! checks and the validated runtime types (cron patterns parsed by croner, time zones from
 //! chrono-tz's compiled-in IANA database).
 
@@ -24,6 +24,18 @@ pub struct ScheduleFile {
     pub duration: Option<Located<Dur>>,
 }
 
+/// `autoscale.predictive`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a predictive mapping (enabled, lookahead, min_history)"
+)]
+pub struct PredictiveFile {
+    pub enabled: Option<Located<bool>>,
+    pub lookahead: Option<Located<Dur>>,
+    pub min_history: Option<Located<Dur>>,
+}
+
 /// One scheduled change of the bounds: from each time `cron` matches (in the pool's
 /// `timezone`), `min` and/or `max` apply, for `duration` or until another entry starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +47,18 @@ pub struct ScheduleEntry {
     pub max: Option<u32>,
     /// `None`: until another entry starts.
     pub duration: Option<Duration>,
+}
+
+/// Predictive pre-scaling: learn the daily and weekly shape of the demand and scale ahead
+/// of a recurring rise by `lookahead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Predictive {
+    /// How far ahead the prediction looks: the instances' start time plus a margin
+    /// (default 2m).
+    pub lookahead: Duration,
+    /// The history needed before the prediction is used (default 1 day; the weekly shape is
+    /// used once a week is known).
+    pub min_history: Duration,
 }
 
 /// The time zone of `timezone` (default UTC).
@@ -121,4 +145,37 @@ pub(crate) fn schedule(
         });
     }
     entries
+}
+
+/// `predictive`, or `None` when absent or `enabled: false`.
+pub(crate) fn predictive(
+    file: Option<&Located<PredictiveFile>>,
+    issues: &mut Issues,
+) -> Option<Predictive> {
+    let Located { pos, value: p } = file?;
+    let enabled = p.enabled.as_ref().is_none_or(|e| e.value);
+    let dur = |f: &Option<Located<Dur>>, default: Duration, what: &str, issues: &mut Issues| match f
+    {
+        Some(l) if l.value.0.is_zero() => {
+            issues.push(l.pos, format!("predictive.{what} must be greater than 0"));
+            default
+        }
+        Some(l) => l.value.0,
+        None => default,
+    };
+    let lookahead = dur(&p.lookahead, Duration::from_secs(120), "lookahead", issues);
+    let min_history = dur(
+        &p.min_history,
+        Duration::from_secs(86_400),
+        "min_history",
+        issues,
+    );
+    if lookahead > Duration::from_secs(6 * 3600) {
+        let at = p.lookahead.as_ref().map_or(*pos, |l| l.pos);
+        issues.push(at, "predictive.lookahead must be at most 6h");
+    }
+    enabled.then_some(Predictive {
+        lookahead,
+        min_history,
+    })
 }

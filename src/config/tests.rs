@@ -391,6 +391,7 @@ fn full_config_parses_into_the_model() {
                     discovery: None,
                     timezone: chrono_tz::Tz::UTC,
                     schedule: vec![],
+                    predictive: None,
                 }),
                 protocol: UpstreamProtocol::H1,
                 send_proxy: None,

@@ -56,6 +56,7 @@ fn defaults() {
         discovery: None,
         timezone: chrono_tz::Tz::UTC,
         schedule: vec![],
+        predictive: None,
     };
     assert_eq!(a, expected);
     // Empty sub-mappings keep the defaults too.
@@ -343,11 +344,12 @@ fn command_provider_keys_and_their_errors() {
 }
 
 #[test]
-fn schedule_and_timezone() {
+fn schedule_timezone_and_predictive() {
     let a = autoscale_of(
         "      timezone: America/New_York\n      schedule:\n        \
          - { cron: \"0 8 * * 1-5\", min: 4, max: 12 }\n        \
-         - { cron: \"30 17 * * FRI\", duration: 2h, max: 2 }\n",
+         - { cron: \"30 17 * * FRI\", duration: 2h, max: 2 }\n      \
+         predictive: { lookahead: 90s, min_history: 2d }\n",
     );
     assert_eq!(a.timezone, chrono_tz::America::New_York);
     assert_eq!(a.schedule.len(), 2);
@@ -356,6 +358,21 @@ fn schedule_and_timezone() {
     assert_eq!(a.schedule[0].duration, None);
     assert_eq!((a.schedule[1].min, a.schedule[1].max), (None, Some(2)));
     assert_eq!(a.schedule[1].duration, Some(Duration::from_secs(7200)));
+    let p = a.predictive.expect("predictive");
+    assert_eq!(p.lookahead, Duration::from_secs(90));
+    assert_eq!(p.min_history, Duration::from_secs(2 * 86_400));
+    // Defaults, and `enabled: false`.
+    let p = autoscale_of("      predictive: {}\n")
+        .predictive
+        .expect("on");
+    assert_eq!(
+        (p.lookahead, p.min_history),
+        (Duration::from_secs(120), Duration::from_secs(86_400))
+    );
+    assert_eq!(
+        autoscale_of("      predictive: { enabled: false }\n").predictive,
+        None
+    );
 }
 
 #[test]
@@ -384,4 +401,8 @@ fn schedule_errors_are_at_their_key() {
         "every",
         "unknown field \"every\", expected one of: cron, min, max, duration",
     );
+    let yaml = auto_t("      predictive: { lookahead: 0s }\n");
+    assert_error(&yaml, "0s", "predictive.lookahead must be greater than 0");
+    let yaml = auto_t("      predictive: { enable: true }\n");
+    assert_error(&yaml, "enable", "unknown field \"enable\"");
 }
