@@ -212,6 +212,10 @@ pub struct PoolFile {
     pub compress: Option<super::compress::CompressFile>,
     pub rate_limit: Option<Located<super::rate_limit::RateLimitFile>>,
     pub limits: Option<Located<super::pool_limits::PoolLimitsFile>>,
+    /// `grpc_web: true`: gRPC-Web requests translated to gRPC.
+    pub grpc_web: Option<Located<bool>>,
+    /// Origins whose browsers may call (CORS), `"*"` for any.
+    pub grpc_web_origins: Option<Located<Vec<Located<String>>>>,
 }
 
 /// `pools.NAME.protocol`.

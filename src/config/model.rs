@@ -206,6 +206,15 @@ pub struct Pool {
     pub rate_limit: Option<super::RateLimit>,
     /// `limits:` concurrency limit and bounded queue (None: no limit).
     pub limits: Option<super::PoolLimits>,
+    /// `grpc_web: true`: gRPC-Web from browsers translated to gRPC (None: off).
+    pub grpc_web: Option<GrpcWeb>,
+}
+
+/// `grpc_web: true` with `grpc_web_origins`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrpcWeb {
+    /// Origins answered CORS preflights and allowed (`*`: any); empty: no CORS.
+    pub origins: Vec<String>,
 }
 
 /// `pools.NAME.protocol`.

@@ -160,6 +160,7 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
             .limits
             .as_ref()
             .and_then(|l| super::pool_limits::pool_limits(l, &mut issues)),
+        grpc_web: grpc_web(&file, protocol, &mut issues),
     };
     issues.result(PoolItem { pool, ports_pos })
 }
@@ -367,4 +368,41 @@ fn timeouts(file: Option<&TimeoutsFile>, issues: &mut Issues) -> Timeouts {
             issues,
         ),
     }
+}
+
+/// `grpc_web` and `grpc_web_origins` of a pool (`protocol: h2` needed).
+fn grpc_web(
+    file: &PoolFile,
+    protocol: UpstreamProtocol,
+    issues: &mut Issues,
+) -> Option<super::model::GrpcWeb> {
+    let on = file.grpc_web.as_ref().filter(|g| g.value);
+    let listed = file
+        .grpc_web_origins
+        .as_ref()
+        .filter(|o| !o.value.is_empty());
+    if let (Some(o), None) = (listed, on) {
+        issues.push(o.pos, "grpc_web_origins needs grpc_web: true");
+    }
+    let on = on?;
+    if protocol != UpstreamProtocol::H2 {
+        issues.push(on.pos, "grpc_web needs protocol: h2 (gRPC backends)");
+    }
+    let mut origins = Vec::new();
+    for o in file.grpc_web_origins.iter().flat_map(|o| &o.value) {
+        let v = o.value.trim().trim_end_matches('/');
+        let ok = v == "*"
+            || ((v.starts_with("http://") || v.starts_with("https://"))
+                && http::HeaderValue::from_str(v).is_ok()
+                && !v[v.find("//").map_or(0, |i| i + 2)..].contains('/'));
+        if ok {
+            origins.push(v.to_ascii_lowercase());
+        } else {
+            issues.push(
+                o.pos,
+                format!("invalid grpc_web_origins item \"{}\", expected \"*\" or an origin like https://app.example.com", o.value),
+            );
+        }
+    }
+    Some(super::model::GrpcWeb { origins })
 }

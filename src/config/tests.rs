@@ -399,6 +399,7 @@ fn full_config_parses_into_the_model() {
                 rate_limit: None,
                 compress: None,
                 limits: None,
+                grpc_web: None,
             },
             Pool {
                 name: "api".into(),
@@ -458,6 +459,7 @@ fn full_config_parses_into_the_model() {
                 rate_limit: None,
                 compress: None,
                 limits: None,
+                grpc_web: None,
             },
         ],
         state: State::Redis(Redis {

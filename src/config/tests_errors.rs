@@ -478,3 +478,28 @@ fn grpc_statuses_in_retry_on() {
          or a status 500-599",
     );
 }
+
+#[test]
+fn grpc_web_settings() {
+    let yaml = with_pool(
+        "    protocol: h2\n    grpc_web: true\n    grpc_web_origins: [\"https://App.test/\", \"*\"]\n",
+    );
+    let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let web = c.pools[0].grpc_web.as_ref().expect("grpc_web");
+    assert_eq!(web.origins, ["https://app.test", "*"]);
+    let yaml = with_pool("    grpc_web: true\n");
+    assert_error_after(&yaml, "grpc_web: ", "grpc_web needs protocol: h2");
+    let yaml = with_pool("    protocol: h2\n    grpc_web_origins: [\"https://a.test\"]\n");
+    assert_error_after(
+        &yaml,
+        "grpc_web_origins: ",
+        "grpc_web_origins needs grpc_web: true",
+    );
+    let yaml =
+        with_pool("    protocol: h2\n    grpc_web: true\n    grpc_web_origins: [app.test]\n");
+    assert_error(
+        &yaml,
+        "app.test",
+        "invalid grpc_web_origins item \"app.test\"",
+    );
+}

@@ -354,6 +354,8 @@ pub enum RequestBody {
     Full(Option<Bytes>),
     /// The client's body, copied for a retry (a gRPC call, `grpc_retry`).
     Teed(Box<super::grpc_retry::Tee>),
+    /// A gRPC-Web text body, decoded from base64.
+    WebText(Box<super::grpc_web::TextBody<super::body_rate::ClientBody>>),
 }
 
 impl Body for RequestBody {
@@ -369,6 +371,7 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Teed(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            RequestBody::WebText(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -378,6 +381,7 @@ impl Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Full(data) => data.is_none(),
             RequestBody::Teed(b) => b.is_end_stream(),
+            RequestBody::WebText(b) => b.is_end_stream(),
         }
     }
 
@@ -389,6 +393,7 @@ impl Body for RequestBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             RequestBody::Teed(b) => b.size_hint(),
+            RequestBody::WebText(_) => SizeHint::default(),
         }
     }
 }
@@ -401,6 +406,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// Compressed and/or access-logged (`crate::observe`).
     Observed(Box<crate::observe::ObservedBody>),
+    /// A gRPC call's answer to a gRPC-Web client (`grpc_web`).
+    GrpcWeb(Box<super::grpc_web::WebBody>),
 }
 
 impl ProxyBody {
@@ -412,6 +419,7 @@ impl ProxyBody {
                 tries: ex.tries,
                 timing: ex.timing,
             }),
+            ProxyBody::GrpcWeb(b) => b.inner.served(),
             _ => None,
         }
     }
@@ -445,6 +453,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Observed(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            ProxyBody::GrpcWeb(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -453,6 +462,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(d) => d.is_none(),
             ProxyBody::Observed(b) => b.is_end_stream(),
+            ProxyBody::GrpcWeb(b) => b.is_end_stream(),
         }
     }
 
@@ -461,6 +471,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Observed(b) => b.size_hint(),
+            ProxyBody::GrpcWeb(b) => b.size_hint(),
         }
     }
 }

@@ -39,6 +39,9 @@ pub enum ClientBodyError {
     /// The client sent more than `limits.max_body`.
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
+    /// A gRPC-Web text body that is not base64.
+    #[error(transparent)]
+    BadText(#[from] super::grpc_web::BadText),
 }
 
 /// The client fell below `min_body_rate` after the `body_timeout` grace.

@@ -97,6 +97,8 @@ pub struct Plan<'a> {
     pub grpc: Option<super::grpc::Call>,
     /// A gRPC call's request stream: while it flows, the answer is not idle.
     pub progress: Option<super::grpc::Progress>,
+    /// A gRPC-Web text call: its body is base64.
+    pub web_text: bool,
 }
 
 /// Send `req` to `pool`, retrying on other backends while it is safe.
@@ -117,12 +119,17 @@ pub async fn forward(
     // reset of its own).
     let body_fault = body.watch();
     // A gRPC call with gRPC statuses in `retry_on`: its body is copied for a retry.
-    let replay = (attempts > 1 && plan.grpc.is_some() && !pool.retry_on.grpc.is_empty())
-        .then(super::grpc_retry::Replay::default);
+    let replay =
+        (attempts > 1 && plan.grpc.is_some() && !plan.web_text && !pool.retry_on.grpc.is_empty())
+            .then(super::grpc_retry::Replay::default);
     let body = match &replay {
         Some(r) => {
             resendable = true;
             RequestBody::Teed(Box::new(r.tee(body)))
+        }
+        None if plan.web_text => {
+            let text = super::grpc_web::TextBody::new(body, body_fault.clone());
+            RequestBody::WebText(Box::new(text))
         }
         None => RequestBody::Client(body),
     };

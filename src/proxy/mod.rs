@@ -11,6 +11,7 @@ pub mod forward;
 pub mod frames;
 pub mod grpc;
 pub mod grpc_retry;
+pub mod grpc_web;
 pub mod headers;
 pub mod interim;
 pub mod local;
@@ -121,6 +122,17 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         return refused;
     }
     let mut pool = &snapshot.pools[pool_idx];
+    // gRPC-Web (`grpc_web`): CORS preflights answered here; a call becomes gRPC.
+    let mut web = None;
+    if let Some(cfg) = &pool.grpc_web {
+        if let Some(resp) = grpc_web::preflight(cfg, req.method(), req.headers()) {
+            return resp;
+        }
+        if let Some(mode) = grpc_web::mode(req.headers()) {
+            web = Some((cfg.clone(), mode, req.headers().clone()));
+            grpc_web::request_headers(req.headers_mut());
+        }
+    }
     let warmed;
     let mut queued = std::time::Duration::ZERO;
     if pool.cold_start.is_some() && pool.ready_backends() == 0 {
@@ -167,12 +179,13 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     let learned =
         crate::state::learned::resolve(&ctx.runtime, pool, &parts.headers, &mut resolved, panic)
             .await;
-    let te_trailers = headers::rewrite_request(
-        &mut parts.headers,
-        &ctx.client,
-        authority.as_ref(),
-        upgrade.is_some(),
-    );
+    let te_trailers = web.is_some()
+        | headers::rewrite_request(
+            &mut parts.headers,
+            &ctx.client,
+            authority.as_ref(),
+            upgrade.is_some(),
+        );
     if te_trailers {
         parts.extensions.insert(headers::TeTrailers);
     }
@@ -223,6 +236,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         interim,
         grpc: call,
         progress: None,
+        web_text: web.as_ref().is_some_and(|w| w.1 == grpc_web::Mode::Text),
     };
     let mut log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
     if let Some(call) = call {
@@ -241,7 +255,14 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     }
     let mut resp = forward::forward(parts, body, pool, plan, &ctx.runtime.events).await;
     admitted.hold(&mut resp);
-    resp
+    match web {
+        // autolb's own answer as a gRPC status first, then all of it as gRPC-Web.
+        Some((cfg, mode, headers)) => {
+            let resp = grpc::local_answer(resp, &ctx.runtime);
+            grpc_web::response(resp, mode, &cfg, &headers)
+        }
+        None => resp,
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub struct Pool {
     pub stats: Arc<PoolStats>,
     /// `limits:` the concurrency limit and its queue (None: no limit).
     pub queue: Option<super::limit::Queue>,
+    /// `grpc_web`: gRPC-Web requests translated (`crate::proxy::grpc_web`).
+    pub grpc_web: Option<config::GrpcWeb>,
 }
 
 /// Scale-from-zero queue of an autoscaled pool.
@@ -196,6 +198,7 @@ impl Pool {
             backends,
             balancer,
             stats: previous.map_or_else(Default::default, |p| p.stats.clone()),
+            grpc_web: cfg.grpc_web.clone(),
             queue: super::limit::Queue::build(
                 cfg.limits.as_ref(),
                 previous.and_then(|p| p.queue.as_ref()),
