@@ -6,11 +6,13 @@ pub mod limit;
 pub mod log_throttle;
 pub mod overrides;
 mod pool;
+mod routes;
 pub mod stats;
 
 pub use backend::{Backend, BackendStats, CheckReport};
 pub use overrides::{BackendMode, OverrideError, Overrides};
 pub use pool::{default_instance_check, ManagedBackend, Pool, PoolStats, RETRY_REASONS};
+pub use routes::{Route, Routes};
 pub use stats::{LatencyWindow, WindowSummary};
 
 use std::collections::HashMap;
@@ -22,68 +24,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::config::{Config, Protocol, Route as RouteConfig};
+use crate::config::{Config, Protocol};
 use crate::health::events::EventLog;
 use crate::health::HealthChecks;
 use crate::proxy::normalize::Normalizer;
-use crate::proxy::validate::IpLimiter;
-
-/// A route with its pool resolved to an index into `Snapshot::pools`.
-#[derive(Debug)]
-pub struct Route {
-    /// Lower-case host; `*.example.com` matches subdomains; `None` matches all.
-    host: Option<String>,
-    path_prefix: Option<String>,
-    pub pool: usize,
-    /// The route's per-client-IP rate limit, shared by every connection and worker and kept
-    /// across reloads while the route and its setting stay the same.
-    pub rate_limit: Option<Arc<IpLimiter>>,
-}
-
-impl Route {
-    fn from_config(route: &RouteConfig, pool: usize) -> Self {
-        Route {
-            host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
-            path_prefix: route.path_prefix.clone(),
-            pool,
-            rate_limit: route
-                .rate_limit
-                .as_ref()
-                .map(|r| IpLimiter::shared(&Route::limiter_key(route), r)),
-        }
-    }
-
-    /// What identifies a route's limiter across reloads: what it matches and where it goes
-    /// (not its position, so adding a route before it keeps its buckets).
-    fn limiter_key(route: &RouteConfig) -> String {
-        format!(
-            "\0route {}|{}|{}",
-            route.host.as_deref().unwrap_or("*"),
-            route.path_prefix.as_deref().unwrap_or(""),
-            route.pool
-        )
-    }
-
-    /// Does this route match `host` (already stripped of its port) and `path`?
-    pub fn matches(&self, host: &str, path: &str) -> bool {
-        if let Some(prefix) = &self.path_prefix {
-            if !path.starts_with(prefix.as_str()) {
-                return false;
-            }
-        }
-        match &self.host {
-            None => true,
-            Some(pattern) => match pattern.strip_prefix("*.") {
-                Some(suffix) => {
-                    host.len() > suffix.len() + 1
-                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                }
-                None => host.eq_ignore_ascii_case(pattern),
-            },
-        }
-    }
-}
 
 /// What the data plane needs to know about a listener per request.
 #[derive(Debug)]
@@ -108,7 +52,7 @@ impl ListenerInfo {
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pub routes: Vec<Route>,
+    pub routes: Routes,
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<ListenerInfo>,
     /// Config generation: 1 at start, +1 for each reload that changed the config.
@@ -175,11 +119,13 @@ impl Snapshot {
             })
             .collect();
         // Config validation guarantees every named pool exists; a miss is skipped, not a panic.
-        let routes = config
-            .routes
-            .iter()
-            .filter_map(|r| Some(Route::from_config(r, *pool_index.get(r.pool.as_str())?)))
-            .collect();
+        let routes = Routes::new(
+            config
+                .routes
+                .iter()
+                .filter_map(|r| Some(Route::from_config(r, *pool_index.get(r.pool.as_str())?)))
+                .collect(),
+        );
         let listeners = config
             .listeners
             .iter()
@@ -229,7 +175,11 @@ impl Snapshot {
         host: &str,
         path: &str,
     ) -> Option<(usize, Option<&Route>)> {
-        match self.routes.iter().find(|r| r.matches(host, path)) {
+        match self
+            .routes
+            .first_match(host, path)
+            .and_then(|i| self.routes.get(i))
+        {
             Some(r) => Some((r.pool, Some(r))),
             None => self.listeners.get(listener)?.pool.map(|p| (p, None)),
         }

@@ -80,7 +80,7 @@ fn compress_for<'a>(
     let config = &snapshot.config;
     // Runtime routes are the config's, in order (validation guarantees their pools exist).
     if snapshot.routes.len() == config.routes.len() {
-        if let Some(i) = snapshot.routes.iter().position(|r| r.matches(host, path)) {
+        if let Some(i) = snapshot.routes.first_match(host, path) {
             let route = &config.routes[i];
             return route.compress.as_ref().or_else(|| {
                 config

@@ -14,7 +14,7 @@ mod sender;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -96,7 +96,10 @@ struct Idle<T> {
 /// never contend, and the connection settings (TLS, protocol) of the backend's pool.
 pub struct ConnPool {
     addr: SocketAddr,
-    idle: Box<[ArrayQueue<Idle<Sender>>]>,
+    /// Idle connections of hyper's clients, per worker; each store is made on its worker's
+    /// first request here (a bounded queue of 1,024 slots is ~48 KiB: a backend nobody
+    /// sends to should not cost that per worker).
+    idle: Box<[OnceLock<ArrayQueue<Idle<Sender>>>]>,
     /// Idle connections of autolb's own HTTP/1.1 client, per worker.
     raw_idle: Box<[idle::IdleStack<RawConn>]>,
     upstream: ArcSwap<Upstream>,
@@ -116,9 +119,7 @@ impl ConnPool {
     pub fn new(addr: SocketAddr, workers: usize) -> ConnPool {
         ConnPool {
             addr,
-            idle: (0..workers.max(1))
-                .map(|_| ArrayQueue::new(MAX_IDLE_PER_WORKER))
-                .collect(),
+            idle: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
             raw_idle: (0..workers.max(1))
                 .map(|_| idle::IdleStack::new(MAX_IDLE_PER_WORKER))
                 .collect(),
@@ -138,7 +139,8 @@ impl ConnPool {
     }
 
     fn queue(&self) -> &ArrayQueue<Idle<Sender>> {
-        &self.idle[worker_id() % self.idle.len()]
+        self.idle[worker_id() % self.idle.len()]
+            .get_or_init(|| ArrayQueue::new(MAX_IDLE_PER_WORKER))
     }
 
     fn raw_queue(&self) -> &idle::IdleStack<RawConn> {
@@ -146,7 +148,11 @@ impl ConnPool {
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(|q| q.len()).sum::<usize>()
+        self.idle
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(ArrayQueue::len)
+            .sum::<usize>()
             + self.raw_idle.iter().map(|q| q.len()).sum::<usize>()
     }
 
