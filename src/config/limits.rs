@@ -17,6 +17,10 @@ pub struct Limits {
     pub max_request_line: usize,
     /// The whole request head in bytes (hyper's read buffer); larger gets 431.
     pub max_header_bytes: usize,
+    /// What a response body read from a backend may hold per client stream: reads are at
+    /// most half of it (one being taken by the client, one being filled). Bounds the memory
+    /// of a slow reader; more buys throughput per stream.
+    pub response_buffer: usize,
     /// Header fields per request; more gets 431.
     pub max_headers: usize,
     /// Request body in bytes: a larger Content-Length gets 413, a longer chunked body is cut.
@@ -42,6 +46,7 @@ impl Default for Limits {
         Limits {
             max_request_line: 8 * 1024,
             max_header_bytes: 64 * 1024,
+            response_buffer: 64 * 1024,
             max_headers: 100,
             max_body: 1 << 30,
             header_timeout: None,
@@ -63,6 +68,7 @@ impl Default for Limits {
 pub struct LimitsFile {
     pub max_request_line: Option<Located<StrOrInt>>,
     pub max_header_bytes: Option<Located<StrOrInt>>,
+    pub response_buffer: Option<Located<StrOrInt>>,
     pub max_headers: Option<Located<u64>>,
     pub max_body: Option<Located<StrOrInt>>,
     pub header_timeout: Option<Located<Dur>>,
@@ -202,6 +208,15 @@ pub(crate) fn limits(file: Option<&Located<LimitsFile>>, issues: &mut Issues) ->
         issues,
     ) {
         l.max_header_bytes = v as usize;
+    }
+    if let Some(v) = size(
+        &f.response_buffer,
+        16 * 1024,
+        64 << 20,
+        "response_buffer",
+        issues,
+    ) {
+        l.response_buffer = v as usize;
     }
     if let Some(v) = count(&f.max_headers, 1, 10_000, "max_headers", issues) {
         l.max_headers = v as usize;

@@ -99,6 +99,8 @@ pub struct Plan<'a> {
     pub progress: Option<super::grpc::Progress>,
     /// A gRPC-Web text call: its body is base64.
     pub web_text: bool,
+    /// The listener's `limits.response_buffer`.
+    pub response_buffer: usize,
 }
 
 /// Send `req` to `pool`, retrying on other backends while it is safe.
@@ -207,6 +209,7 @@ pub async fn forward(
                 limits.response,
                 t.idle,
                 plan.interim,
+                plan.response_buffer,
             )
             .await;
         let (class, request, error) = match sent {

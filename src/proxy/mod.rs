@@ -237,6 +237,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         grpc: call,
         progress: None,
         web_text: web.as_ref().is_some_and(|w| w.1 == grpc_web::Mode::Text),
+        response_buffer: ctx.limits.response_buffer,
     };
     let mut log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
     if let Some(call) = call {

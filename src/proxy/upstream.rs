@@ -248,6 +248,7 @@ impl ConnPool {
         response_timeout: Duration,
         max_idle: Duration,
         interim: Option<&Slot>,
+        response_buffer: usize,
     ) -> Result<Sent, Failed> {
         let up = self.upstream.load_full();
         let own_client = own_client_enabled()
@@ -258,7 +259,9 @@ impl ConnPool {
             && !req.headers().contains_key(CONNECTION);
         if own_client {
             let t = (connect_timeout, response_timeout, max_idle);
-            return self.send_raw(req, &up, keep_copy, t, interim).await;
+            return self
+                .send_raw(req, &up, keep_copy, t, interim, response_buffer)
+                .await;
         }
         let copy = keep_copy.then(|| copy_request(&req));
         let mut req = req;
@@ -304,6 +307,7 @@ impl ConnPool {
         keep_copy: bool,
         (connect_timeout, response_timeout, max_idle): (Duration, Duration, Duration),
         interim: Option<&Slot>,
+        response_buffer: usize,
     ) -> Result<Sent, Failed> {
         let addr = self.addr;
         connect::prepare(&mut req, false, up, addr);
@@ -334,6 +338,7 @@ impl ConnPool {
                     }
                 },
             };
+            conn.limit_reads(response_buffer);
             conn.encode(&req);
             match conn.exchange(head_request, response_timeout, interim).await {
                 Ok(resp) => {

@@ -32,6 +32,8 @@ const MAX_HEADERS: usize = 100;
 const SPARE_FIELDS: usize = 8;
 /// The first read of a response; later reads grow when a read fills what it had.
 pub(super) const READ_SIZE: usize = 8 * 1024;
+/// The largest read when no listener set one (health probes).
+const DEFAULT_MAX_READ: usize = 32 * 1024;
 
 /// Why a raw exchange gave no usable response head.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +84,12 @@ pub struct RawConn {
     /// later is one compare-and-swap, where a new timer takes the timer wheel twice.
     timer: Option<Pin<Box<Sleep>>>,
     pub(super) generation: u64,
-    /// The size of the next read (grows while reads fill it, for large bodies).
+    /// The size of the next read (grows while reads fill it, for large bodies) ...
     pub(super) read_size: usize,
+    /// ... up to this: half the client listener's `limits.response_buffer`, set for each
+    /// exchange. A chunk pins its whole allocation until the client has taken all of it, so
+    /// a slow reader holds about two reads (the one it is taking, the one being filled).
+    pub(super) max_read: usize,
 }
 
 impl std::fmt::Debug for RawConn {
@@ -103,6 +109,7 @@ impl RawConn {
             timer: None,
             generation,
             read_size: READ_SIZE,
+            max_read: DEFAULT_MAX_READ,
         }
     }
 
@@ -124,6 +131,12 @@ impl RawConn {
         self.stream.poll_read_ready(&mut cx).is_ready()
     }
 
+    /// Reads of at most half of `response_buffer` (never less than the first read).
+    pub(super) fn limit_reads(&mut self, response_buffer: usize) {
+        self.max_read = (response_buffer / 2).max(READ_SIZE);
+        self.read_size = self.read_size.min(self.max_read);
+    }
+
     /// Read more of the response into the buffer; `Ok(0)` at the end of the stream.
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
@@ -133,8 +146,8 @@ impl RawConn {
             std::task::ready!(self.stream.poll_read_ready(cx))?;
             match self.stream.try_read_buf(&mut self.buf) {
                 Ok(n) => {
-                    if n >= self.read_size && self.read_size < 256 * 1024 {
-                        self.read_size *= 2;
+                    if n >= self.read_size && self.read_size < self.max_read {
+                        self.read_size = (self.read_size * 2).min(self.max_read);
                     }
                     return Poll::Ready(Ok(n));
                 }
