@@ -19,13 +19,13 @@ const ROUTES: usize = 10_000;
 /// (declared after `t5000.wild.example`'s exact route, which must win), and `extra` pools.
 fn yaml(addrs: [SocketAddr; 4], offset: usize, extra_pool: &str) -> String {
     let [first, mid, last, fallback] = addrs;
-    let mut y = format!(
+    let mut y = String::from(
         "threads: 2
-admin: {{ listen: \"127.0.0.1:0\" }}
+admin: { listen: \"127.0.0.1:0\" }
 listeners:
-  - {{ name: web, listen: \"127.0.0.1:0\", protocol: http, pool: fallback }}
+  - { name: web, listen: \"127.0.0.1:0\", protocol: http, pool: fallback }
 routes:
-"
+",
     );
     for i in 0..ROUTES {
         let pool = match i {
@@ -80,14 +80,34 @@ async fn backend_for(addr: SocketAddr, host: &str, path: &str) -> String {
 async fn check_routes(web: SocketAddr, offset: usize) {
     let last = ROUTES - 1 + offset;
     let cases = [
-        (format!("t{offset}.example"), format!("/api/{offset}/x"), "first"),
-        (format!("t{}.example", offset + 7), format!("/api/{}/", offset + 7), "mid"),
+        (
+            format!("t{offset}.example"),
+            format!("/api/{offset}/x"),
+            "first",
+        ),
+        (
+            format!("t{}.example", offset + 7),
+            format!("/api/{}/", offset + 7),
+            "mid",
+        ),
         (format!("t{last}.example"), format!("/api/{last}/x"), "last"),
         (format!("T{last}.Example"), format!("/api/{last}/x"), "last"),
         // The host of a route but not its path, and a host of none: the listener's pool.
-        (format!("t{last}.example"), format!("/api/{}/x", last + 1), "fallback"),
-        ("other.example".to_owned(), "/api/0/x".to_owned(), "fallback"),
-        ("t5000.wild.example".to_owned(), "/api/x".to_owned(), "first"),
+        (
+            format!("t{last}.example"),
+            format!("/api/{}/x", last + 1),
+            "fallback",
+        ),
+        (
+            "other.example".to_owned(),
+            "/api/0/x".to_owned(),
+            "fallback",
+        ),
+        (
+            "t5000.wild.example".to_owned(),
+            "/api/x".to_owned(),
+            "first",
+        ),
         ("a.b.wild.example".to_owned(), "/api/x".to_owned(), "last"),
         ("wild.example".to_owned(), "/api/x".to_owned(), "fallback"),
     ];

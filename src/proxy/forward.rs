@@ -19,7 +19,7 @@ use super::body::{
 use super::headers;
 use super::local;
 use super::retry::{classify, Budget, Class, Next, Policy};
-use super::upstream::{Sent, UpstreamError};
+use super::upstream::{AttemptLimits, Sent, UpstreamError};
 use super::websocket;
 use crate::affinity::Resolved;
 use crate::balance::PickContext;
@@ -205,11 +205,13 @@ pub async fn forward(
             .send(
                 req,
                 resendable && more,
-                limits.connect,
-                limits.response,
-                t.idle,
+                AttemptLimits {
+                    connect: limits.connect,
+                    response: limits.response,
+                    max_idle: t.idle,
+                    response_buffer: plan.response_buffer,
+                },
                 plan.interim,
-                plan.response_buffer,
             )
             .await;
         let (class, request, error) = match sent {

@@ -41,6 +41,19 @@ pub use sender::Sender;
 /// Idle connections kept per worker and backend.
 const MAX_IDLE_PER_WORKER: usize = 1024;
 
+/// What one attempt may wait for and hold.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLimits {
+    /// Connecting to the backend.
+    pub connect: Duration,
+    /// The response head, from when the request was sent.
+    pub response: Duration,
+    /// How long an idle connection may have waited to be reused.
+    pub max_idle: Duration,
+    /// The client listener's `limits.response_buffer` (reads of at most half of it).
+    pub response_buffer: usize,
+}
+
 /// Why a backend gave no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -235,7 +248,7 @@ impl ConnPool {
         })
     }
 
-    /// Send `req` and wait up to `response_timeout` for the response head. Returns the
+    /// Send `req` and wait up to `limits.response` for the response head. Returns the
     /// response, the hyper connection to check in once the response body is complete (the
     /// own client's connection comes back with its body), and, with `keep_copy`, the request
     /// again for a retry. A failure returns the request when it may be sent again: when none
@@ -244,12 +257,15 @@ impl ConnPool {
         &self,
         req: Request<RequestBody>,
         keep_copy: bool,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-        max_idle: Duration,
+        limits: AttemptLimits,
         interim: Option<&Slot>,
-        response_buffer: usize,
     ) -> Result<Sent, Failed> {
+        let AttemptLimits {
+            connect: connect_timeout,
+            response: response_timeout,
+            max_idle,
+            response_buffer,
+        } = limits;
         let up = self.upstream.load_full();
         let own_client = own_client_enabled()
             && up.protocol == UpstreamProtocol::H1
