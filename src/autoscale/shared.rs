@@ -132,6 +132,16 @@ pub fn fleet_signals(nodes: &[NodeSignals]) -> Signals {
         }
     };
     let ready = count(|n| n.ready);
+    // Shared members: every node sees the same instances, some later than others. The
+    // fleet has as many as the most up-to-date view (the largest ready + starting), of
+    // which `ready` are ready; taking the largest of each apart would count an instance
+    // twice while one node still sees it starting and another already ready.
+    let starting = if once {
+        let seen = nodes.iter().map(|n| n.ready + n.starting).max().unwrap_or(0);
+        seen.saturating_sub(ready)
+    } else {
+        nodes.iter().map(|n| n.starting).sum()
+    };
     let per = f64::from(ready.max(1));
     let mut acc = vec![0u64; BUCKETS];
     for n in nodes {
@@ -163,7 +173,7 @@ pub fn fleet_signals(nodes: &[NodeSignals]) -> Signals {
     };
     Signals {
         ready,
-        starting: count(|n| n.starting),
+        starting,
         inflight_per_instance: nodes.iter().map(|n| n.inflight).sum::<u64>() as f64 / per,
         rps_per_instance: nodes.iter().map(|n| n.rps).sum::<f64>() / per,
         p95_latency_ms: p95,
@@ -477,6 +487,23 @@ mod tests {
         // 95 of 100 samples are in bucket 10: the p95 is its upper edge.
         assert_eq!(s.p95_latency_ms, Some(bucket_upper_us(10) as f64 / 1000.0));
         assert_eq!(fleet_signals(&[]).p95_latency_ms, None);
+    }
+
+    #[test]
+    fn shared_members_are_counted_once_however_late_a_node_sees_them() {
+        let node = |name: &str, ready, starting| NodeSignals {
+            node: name.into(),
+            ready,
+            starting,
+            members_shared: true,
+            ..NodeSignals::default()
+        };
+        // The leader sees 4 ready; a node behind it still sees 2 of them starting.
+        let s = fleet_signals(&[node("a", 4, 0), node("b", 2, 2)]);
+        assert_eq!((s.ready, s.starting), (4, 0));
+        // A scale-up under way: the leader sees 2 more starting, the other not yet.
+        let s = fleet_signals(&[node("a", 4, 2), node("b", 4, 0)]);
+        assert_eq!((s.ready, s.starting), (4, 2));
     }
 
     #[test]
