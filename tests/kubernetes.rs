@@ -161,13 +161,45 @@ fn configmap_config() -> String {
         .to_string()
 }
 
+/// `autolb check` on the ConfigMap's config, laid out as the pod has it: the scripts
+/// ConfigMap mounted (executable) where the config names it, and the admin token set from
+/// its Secret. Without them check refuses it, as `run` would.
 #[test]
 fn the_configmap_config_passes_autolb_check() {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().expect("tempdir");
+    let scripts = tmp.path().join("scripts");
+    std::fs::create_dir(&scripts).expect("mkdir");
+    let script = object("ConfigMap", "autolb-scripts")["data"]["scale.sh"]
+        .as_str()
+        .expect("scale.sh")
+        .to_string();
+    let scale = scripts.join("scale.sh");
+    std::fs::write(&scale, script).expect("write");
+    std::fs::set_permissions(&scale, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = configmap_config();
+    assert!(config.contains("/opt/autolb/scripts/scale.sh"), "{config}");
     let path = tmp.path().join("autolb.yaml");
-    std::fs::write(&path, configmap_config()).expect("write");
-    let (code, out, err) = common::check(&path);
-    assert_eq!(code, 0, "{out}{err}");
+    let mounted = config.replace("/opt/autolb/scripts", &scripts.display().to_string());
+    std::fs::write(&path, &mounted).expect("write");
+    let check = |token: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autolb"));
+        c.args(["check", "-c"]).arg(&path).env_remove("AUTOLB_ADMIN_TOKEN");
+        if let Some(t) = token {
+            c.env("AUTOLB_ADMIN_TOKEN", t);
+        }
+        let out = c.output().expect("autolb check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(Some("from-the-secret"));
+    assert_eq!(code, Some(0), "{err}");
+    // Without the Secret's variable, check says what run would refuse.
+    let (code, err) = check(None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("AUTOLB_ADMIN_TOKEN"), "{err}");
 }
 
 /// Run scale.sh with a stand-in `kubectl` whose Deployment has resourceVersion 41 and the
