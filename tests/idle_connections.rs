@@ -246,9 +246,13 @@ async fn idle_connections_cost_a_few_kib_and_memory_comes_back_after_they_close(
         .await;
         println!("cycle {cycle}: {per_conn} KiB per idle connection");
         drop(conns);
-        let back = common::wait_until(30, "RSS back within 20% of its start", || async {
+        // Back near the start: the release build's figure (bench/run --only idle, 5,000
+        // connections) is 103-105%; this debug build, whose allocations are larger and more
+        // fragmented, measured 102-117% over repeated cycles on this machine, so the bound
+        // here is 35% (without trimming, RSS stayed at its peak: about 250% of the start).
+        let back = common::wait_until(30, "RSS back within 35% of its start", || async {
             let now = rss(&lb);
-            (now * 100 <= start_kib * 120).then_some(now)
+            (now * 100 <= start_kib * 135).then_some(now)
         })
         .await;
         println!("cycle {cycle}: RSS {start_kib} KiB at start, {back} KiB after closing");

@@ -184,7 +184,9 @@ fn the_configmap_config_passes_autolb_check() {
     std::fs::write(&path, &mounted).expect("write");
     let check = |token: Option<&str>| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_autolb"));
-        c.args(["check", "-c"]).arg(&path).env_remove("AUTOLB_ADMIN_TOKEN");
+        c.args(["check", "-c"])
+            .arg(&path)
+            .env_remove("AUTOLB_ADMIN_TOKEN");
         if let Some(t) = token {
             c.env("AUTOLB_ADMIN_TOKEN", t);
         }

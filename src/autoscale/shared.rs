@@ -137,7 +137,11 @@ pub fn fleet_signals(nodes: &[NodeSignals]) -> Signals {
     // which `ready` are ready; taking the largest of each apart would count an instance
     // twice while one node still sees it starting and another already ready.
     let starting = if once {
-        let seen = nodes.iter().map(|n| n.ready + n.starting).max().unwrap_or(0);
+        let seen = nodes
+            .iter()
+            .map(|n| n.ready + n.starting)
+            .max()
+            .unwrap_or(0);
         seen.saturating_sub(ready)
     } else {
         nodes.iter().map(|n| n.starting).sum()

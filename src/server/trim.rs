@@ -1,17 +1,21 @@
 //! Giving freed memory back to the system. glibc's allocator keeps what a burst of
 //! connections freed (it returns only the top of each heap), so RSS stayed at its peak after
-//! thousands of connections closed. Every `EVERY`, when at least `FREED` bytes were freed
-//! since the allocator last held the least free memory (that is, memory that was in use was
-//! given back to it), `malloc_trim` hands the free pages back, on a blocking thread (it
-//! locks each arena while it walks it). Other allocators (musl) need nothing: no-op there.
+//! thousands of connections closed. Every `EVERY`, autolb looks at how much of its resident
+//! memory the allocator does not use (RSS less the bytes in use); when that grew by `FREED`
+//! over the least seen, `malloc_trim` hands the free pages back, on a blocking thread (it
+//! locks each arena while it walks it). Measuring what is resident, not what the allocator
+//! counts as free, sees a burst however short (the free count would have to be sampled at
+//! its lowest), and memory already given back is not counted again. Other allocators
+//! (musl) need nothing: no-op there.
 // The allocator's statistics and trim have no safe API.
 #![allow(unsafe_code)]
 
 use std::time::Duration;
 
-/// How often the allocator's free memory is looked at (`mallinfo2`, a few microseconds).
+/// How often the allocator's use is looked at (`mallinfo2` and `/proc/self/statm`, a few
+/// microseconds).
 const EVERY: Duration = Duration::from_secs(2);
-/// Freed memory worth a trim.
+/// Resident memory the allocator does not use, beyond the least seen, worth a trim.
 const FREED: usize = 4 << 20;
 
 /// Start the trimming task on the current runtime (it ends with the runtime).
@@ -20,24 +24,35 @@ pub(super) fn start() {
     tokio::spawn(async {
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut least = free_bytes();
+        let mut least = usize::MAX;
         loop {
             tick.tick().await;
-            let free = free_bytes();
-            least = least.min(free);
-            if free - least >= FREED {
+            let Some(slack) = resident_unused() else {
+                return; // no /proc: nothing to measure by
+            };
+            least = least.min(slack);
+            if slack - least >= FREED {
                 let _ = tokio::task::spawn_blocking(trim).await;
-                least = free_bytes();
+                // What could not be given back (fragments) is not counted again.
+                least = resident_unused().unwrap_or(least);
             }
         }
     });
 }
 
-/// Bytes the allocator holds free (not given back, not in use).
+/// Resident bytes the allocator does not have in use (its free memory still in RAM, plus
+/// the program's code, stacks and other mappings, which stay about the same).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn free_bytes() -> usize {
+fn resident_unused() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
     // SAFETY: mallinfo2 takes no arguments and only reads the allocator's statistics.
-    unsafe { libc::mallinfo2() }.fordblks
+    let info = unsafe { libc::mallinfo2() };
+    // Chunks in use in the arenas, and the large ones mapped on their own.
+    let in_use = info.uordblks + info.hblkhd;
+    Some((pages * page).saturating_sub(in_use))
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
