@@ -9,9 +9,8 @@
 //! Skipped (with the reason printed) when python3 is missing, or when redis-server is missing
 //! (bench/seed exits 77); `.ci/run` installs redis-server, so CI runs it for real.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 /// The run itself takes about 15 s; the first one also builds the two examples.
@@ -19,49 +18,11 @@ const LIMIT: Duration = Duration::from_secs(600);
 
 #[test]
 fn bench_seed_smoke_holds_the_fleet_together() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    if Command::new("python3").arg("--version").output().is_err() {
-        println!("skipped: python3 is not installed (bench/seed is a python3 script)");
+    let Some(cmd) = common::script::python("bench/seed", &["--smoke"]) else {
         return;
-    }
-    let mut cmd = Command::new("python3");
-    cmd.arg(format!("{root}/bench/seed"))
-        .arg("--smoke")
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: prctl is async-signal-safe; bench/seed (and, through its own PDEATHSIG, its
-    // children) dies with this test even if the test process is killed.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start bench/seed");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if started.elapsed() > LIMIT {
-            // SIGTERM first: bench/seed stops its nodes, instances and Redis on the way out.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
     };
-    let out = reader.join().unwrap_or_default();
+    let started = Instant::now();
+    let (status, out) = common::script::run_bounded(cmd, LIMIT);
     let text: String = out
         .lines()
         .filter(|l| !l.starts_with("RESULT "))

@@ -6,9 +6,8 @@
 //! h2load are missing and cannot be installed (bench/run exits 77: not root, or no apt-get).
 //! `.ci/run` installs them, so CI runs it for real.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 /// Generous: the first run also builds the debug binaries and the criterion bench.
@@ -16,49 +15,11 @@ const LIMIT: Duration = Duration::from_secs(1200);
 
 #[test]
 fn bench_run_smoke_runs_end_to_end() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    if Command::new("python3").arg("--version").output().is_err() {
-        println!("skipped: python3 is not installed (bench/run is a python3 script)");
+    let Some(cmd) = common::script::python("bench/run", &["--smoke"]) else {
         return;
-    }
-    let mut cmd = Command::new("python3");
-    cmd.arg(format!("{root}/bench/run"))
-        .arg("--smoke")
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: prctl is async-signal-safe; bench/run (and, through its own PDEATHSIG, its
-    // children) dies with this test even if the test process is killed.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start bench/run");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if started.elapsed() > LIMIT {
-            // SIGTERM first: bench/run stops its proxies and backends on the way out.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
     };
-    let out = reader.join().unwrap_or_default();
+    let started = Instant::now();
+    let (status, out) = common::script::run_bounded(cmd, LIMIT);
     let tail: String = {
         let lines: Vec<&str> = out.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")

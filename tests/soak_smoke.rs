@@ -7,67 +7,33 @@
 //!
 //! Skipped (with the reason printed) only when python3 is missing.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(300);
 
 #[test]
 fn soak_smoke_loses_no_request() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        println!("skipped: python3 is not installed (bench/soak is a python3 script)");
-        return;
-    }
-    let root = env!("CARGO_MANIFEST_DIR");
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_autolb"))
         .parent()
         .expect("bin dir")
-        .to_path_buf();
+        .display()
+        .to_string();
     // Ports of its own: bench/run's smoke uses 4300-4340.
-    let mut cmd = Command::new("python3");
-    cmd.arg(format!("{root}/bench/soak"))
-        .args([
-            "--smoke",
-            "--duration",
-            "10",
-            "--port-base",
-            "4900",
-            "--bin-dir",
-        ])
-        .arg(&bin_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: prctl is async-signal-safe; bench/soak (and through its own PDEATHSIG its
-    // children) dies with this test even if the test process is killed.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start bench/soak");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let args = [
+        "--smoke",
+        "--duration",
+        "10",
+        "--port-base",
+        "4900",
+        "--bin-dir",
+        &bin_dir,
+    ];
+    let Some(cmd) = common::script::python("bench/soak", &args) else {
+        return;
     };
-    let out = reader.join().unwrap_or_default();
+    let (status, out) = common::script::run_bounded(cmd, LIMIT);
     println!("{out}");
     let status = status.unwrap_or_else(|| panic!("bench/soak did not finish in {LIMIT:?}:\n{out}"));
     assert!(

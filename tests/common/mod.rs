@@ -6,6 +6,7 @@ pub mod cdp;
 pub mod prom;
 pub mod redis;
 pub mod relay;
+pub mod script;
 pub mod shared;
 pub mod tls;
 
