@@ -304,43 +304,15 @@ pub fn host_port(text: &str) -> Option<(String, u16)> {
 }
 
 fn tls(file: &RedisTlsFile, issues: &mut Issues) -> RedisTls {
-    let mut path = |field: &Option<Located<String>>, what: &str| -> Option<PathBuf> {
-        let f = field.as_ref()?;
-        let p = f.value.trim();
-        if p.is_empty() {
-            issues.push(f.pos, format!("{what} path must not be empty"));
-            return None;
-        }
-        Some(PathBuf::from(p))
-    };
-    let ca = path(&file.ca, "ca");
-    let client_cert = path(&file.client_cert, "client_cert");
-    let client_key = path(&file.client_key, "client_key");
-    match (&file.client_cert, &file.client_key) {
-        (Some(c), None) => issues.push(c.pos, "client_cert needs client_key"),
-        (None, Some(k)) => issues.push(k.pos, "client_key needs client_cert"),
-        _ => {}
-    }
-    let sni = file.sni.as_ref().and_then(|s| {
-        let name = s.value.trim();
-        match rustls_pki_types::ServerName::try_from(name) {
-            Ok(_) => Some(name.to_ascii_lowercase()),
-            Err(_) => {
-                issues.push(
-                    s.pos,
-                    format!(
-                        "invalid sni \"{}\" (expected a DNS name or an IP address)",
-                        s.value
-                    ),
-                );
-                None
-            }
-        }
-    });
+    let c = super::tls::client_tls(
+        [&file.ca, &file.client_cert, &file.client_key],
+        &file.sni,
+        issues,
+    );
     RedisTls {
-        ca,
-        client_cert,
-        client_key,
-        sni,
+        ca: c.ca,
+        client_cert: c.client_cert,
+        client_key: c.client_key,
+        sni: c.sni,
     }
 }

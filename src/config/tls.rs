@@ -156,6 +156,36 @@ pub(crate) fn pool_upstream(
 }
 
 fn upstream_tls(file: &UpstreamTlsFile, issues: &mut Issues) -> UpstreamTls {
+    let c = client_tls(
+        [&file.ca, &file.client_cert, &file.client_key],
+        &file.sni,
+        issues,
+    );
+    UpstreamTls {
+        sni: c.sni,
+        ca: c.ca,
+        verify: file.verify.unwrap_or(true),
+        client_cert: c.client_cert,
+        client_key: c.client_key,
+    }
+}
+
+/// The TLS settings of a client connection (to a backend, to Redis), validated.
+pub(crate) struct ClientTls {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Lower case.
+    pub sni: Option<String>,
+}
+
+/// Validates `ca`, `client_cert`, `client_key` (non-empty paths; a certificate needs its
+/// key and the other way round) and `sni` (a DNS name or an IP address).
+pub(crate) fn client_tls(
+    [ca, client_cert, client_key]: [&Option<Located<String>>; 3],
+    sni: &Option<Located<String>>,
+    issues: &mut Issues,
+) -> ClientTls {
     let mut path = |field: &Option<Located<String>>, what: &str| -> Option<PathBuf> {
         let f = field.as_ref()?;
         let p = f.value.trim();
@@ -165,15 +195,15 @@ fn upstream_tls(file: &UpstreamTlsFile, issues: &mut Issues) -> UpstreamTls {
         }
         Some(PathBuf::from(p))
     };
-    let ca = path(&file.ca, "ca");
-    let client_cert = path(&file.client_cert, "client_cert");
-    let client_key = path(&file.client_key, "client_key");
-    match (&file.client_cert, &file.client_key) {
+    let ca_path = path(ca, "ca");
+    let cert_path = path(client_cert, "client_cert");
+    let key_path = path(client_key, "client_key");
+    match (client_cert, client_key) {
         (Some(c), None) => issues.push(c.pos, "client_cert needs client_key"),
         (None, Some(k)) => issues.push(k.pos, "client_key needs client_cert"),
         _ => {}
     }
-    let sni = file.sni.as_ref().and_then(|s| {
+    let sni = sni.as_ref().and_then(|s| {
         let name = s.value.trim();
         match rustls_pki_types::ServerName::try_from(name) {
             Ok(_) => Some(name.to_ascii_lowercase()),
@@ -189,12 +219,11 @@ fn upstream_tls(file: &UpstreamTlsFile, issues: &mut Issues) -> UpstreamTls {
             }
         }
     });
-    UpstreamTls {
+    ClientTls {
+        ca: ca_path,
+        client_cert: cert_path,
+        client_key: key_path,
         sni,
-        ca,
-        verify: file.verify.unwrap_or(true),
-        client_cert,
-        client_key,
     }
 }
 
