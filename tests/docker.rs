@@ -590,13 +590,6 @@ fn sections(file: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_builds_and_its_command_serves_on_its_own() {
     let image = image();
@@ -647,7 +640,7 @@ async fn the_image_builds_and_its_command_serves_on_its_own() {
 
     // The image's command, its paths mapped: the binaries, the built-in config (its ports
     // moved to free loopback ones), tini when it is installed (.ci/run installs it).
-    let (web, admin) = (free_port(), free_port());
+    let (web, admin) = (common::redis::free_port(), common::redis::free_port());
     let base = 27_000 + (std::process::id() % 100) as u16 * 10;
     let (src, _) = image
         .copies

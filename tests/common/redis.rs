@@ -9,10 +9,20 @@ use std::time::{Duration, Instant};
 
 use super::Proc;
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and one this test binary has not handed out
+/// before: the kernel may give the same port to two binds in a row once the first socket is
+/// closed, and two servers of one test told the same port fail to start.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `redis-cli -p PORT ARGS...`: its stdout, or "" when it cannot run.
