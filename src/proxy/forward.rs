@@ -84,6 +84,8 @@ pub struct Plan<'a> {
     pub panic: bool,
     /// A WebSocket upgrade: the client side, taken over after a 101.
     pub upgrade: Option<OnUpgrade>,
+    /// The upgrade is an HTTP/2 extended CONNECT (RFC 8441): the client gets a 200.
+    pub h2_websocket: bool,
     /// `learn_cookie`: learn the session the answering backend sets.
     pub learned: Option<crate::state::learned::Session>,
     /// Time the request waited for the pool (a first instance, a `limits:` slot).
@@ -411,7 +413,11 @@ fn respond(
         );
         let timing = exchange.timing;
         exchange.finish(End::Complete);
-        websocket::mark_upgrade(&mut head.headers);
+        if plan.h2_websocket {
+            websocket::h2_accepted(&mut head);
+        } else {
+            websocket::mark_upgrade(&mut head.headers);
+        }
         // Who answered, for the access log (a normal response tells it by its body).
         head.extensions.insert(crate::observe::Served {
             backend: backend.clone(),

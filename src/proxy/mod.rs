@@ -163,6 +163,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     }
 
     let upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let h2_websocket = upgrade.is_some() && websocket::is_h2(&req);
     // Interim (1xx) responses go to HTTP/1.1 clients only.
     let interim = (req.version() == http::Version::HTTP_11).then_some(&ctx.interim);
     let (mut parts, body) = req.into_parts();
@@ -188,6 +189,9 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         );
     if te_trailers {
         parts.extensions.insert(headers::TeTrailers);
+    }
+    if h2_websocket {
+        websocket::h1_handshake(&mut parts);
     }
     if upgrade.is_some() {
         websocket::mark_upgrade(&mut parts.headers);
@@ -230,6 +234,7 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
         https,
         panic,
         upgrade,
+        h2_websocket,
         learned,
         queued,
         budget,

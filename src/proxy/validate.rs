@@ -234,14 +234,15 @@ pub fn check_target<B>(req: &Request<B>, limits: &Limits) -> Option<Response<Pro
 }
 
 /// Methods autolb answers itself and never forwards: CONNECT asks for a tunnel (autolb is a
-/// reverse proxy, not a forward one; forwarded, it would reach a backend rewritten), TRACE
+/// reverse proxy, not a forward one; forwarded, it would reach a backend rewritten; only
+/// HTTP/2's extended CONNECT for a WebSocket, RFC 8441, is proxied), TRACE
 /// echoes a request back, forwarded headers included (cross-site tracing). Answered 405 as
 /// nginx answers both (HAProxy forwards them; Envoy refuses CONNECT unless configured).
 /// The answer (405) is checked first, before the target is normalized; an HTTP/1 connection
 /// is closed after it (what follows a CONNECT may be another protocol).
 pub fn check_method<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
     let method = req.method();
-    if method != Method::CONNECT && method != Method::TRACE {
+    if method != Method::CONNECT && method != Method::TRACE || super::websocket::is_h2(req) {
         return None;
     }
     tracing::info!(%method, "method not proxied: 405");

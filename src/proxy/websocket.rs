@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONNECTION, UPGRADE};
+use base64::Engine as _;
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -52,13 +56,52 @@ fn has_token(headers: &HeaderMap, header: HeaderName, token: &str) -> bool {
     })
 }
 
-/// An HTTP/1.1 `GET` asking to upgrade to WebSocket (other upgrades are not proxied: their
-/// Upgrade header is stripped and the request served as plain HTTP).
+/// A request to open a WebSocket: an HTTP/1.1 `GET` asking to upgrade to it (other
+/// upgrades are not proxied: their Upgrade header is stripped and the request served as
+/// plain HTTP), or an HTTP/2 extended CONNECT for it (`is_h2`).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.method() == Method::GET
-        && has_token(req.headers(), CONNECTION, "upgrade")
-        && has_token(req.headers(), UPGRADE, "websocket")
+    is_h2(req)
+        || (req.version() == Version::HTTP_11
+            && req.method() == Method::GET
+            && has_token(req.headers(), CONNECTION, "upgrade")
+            && has_token(req.headers(), UPGRADE, "websocket"))
+}
+
+/// RFC 8441: a WebSocket over an HTTP/2 stream, asked for with an extended CONNECT whose
+/// `:protocol` is `websocket` (the listener's SETTINGS_ENABLE_CONNECT_PROTOCOL allows it).
+/// Backends get the HTTP/1.1 handshake (`h1_handshake`) and the client a 200 (`h2_accepted`).
+pub fn is_h2<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_2
+        && req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// An RFC 8441 request made the HTTP/1.1 handshake backends speak: `GET` with `Upgrade:
+/// websocket`, a fresh `Sec-WebSocket-Key` (the client's stream has none: HTTP/2 needs no
+/// key) and version 13; `Sec-WebSocket-Protocol` and `-Extensions` pass as the client sent
+/// them. The caller sets `Connection: upgrade` (`mark_upgrade`) after its header rewrite.
+pub fn h1_handshake(parts: &mut http::request::Parts) {
+    parts.method = Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    let h = &mut parts.headers;
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        h.insert(SEC_WEBSOCKET_KEY, key);
+    }
+    h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+}
+
+/// A backend's 101 as an RFC 8441 client reads it: 200 on the stream, without the
+/// HTTP/1.1 handshake's connection-level headers (HTTP/2 forbids them).
+pub fn h2_accepted(head: &mut http::response::Parts) {
+    head.status = http::StatusCode::OK;
+    for name in [CONNECTION, UPGRADE, SEC_WEBSOCKET_ACCEPT, CONTENT_LENGTH] {
+        head.headers.remove(name);
+    }
 }
 
 /// The hop-by-hop header an upgrade needs again after the headers were rewritten.

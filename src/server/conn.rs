@@ -59,6 +59,8 @@ macro_rules! h2_settings {
             .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT)
+            // RFC 8441: WebSockets over HTTP/2 (extended CONNECT, `:protocol websocket`).
+            .enable_connect_protocol()
     };
 }
 
