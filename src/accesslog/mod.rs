@@ -22,6 +22,17 @@ use http::{HeaderValue, Method, Uri, Version};
 
 use crate::runtime::{Backend, Runtime, Snapshot};
 
+/// Where a proxied request's time went before its response head, for the access log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// Waiting for the pool: a first instance (scale from zero), a `limits:` slot.
+    pub queued: std::time::Duration,
+    /// Opening the answering attempt's connection (`None`: a reused connection).
+    pub connect: Option<std::time::Duration>,
+    /// From the start of the answering attempt (connect included) to its response head.
+    pub ttfb: std::time::Duration,
+}
+
 /// One finished request, as the writer formats it.
 #[derive(Debug)]
 pub struct Entry {
@@ -57,7 +68,7 @@ pub struct Entry {
     /// `gzip` or `br` when autolb compressed the response.
     pub encoding: Option<&'static str>,
     /// Where the time went before the response head (a response from a backend).
-    pub timing: Option<crate::observe::Timing>,
+    pub timing: Option<Timing>,
     /// Request body bytes received from the client.
     pub request_bytes: u64,
     /// Why the response did not go out whole: `client_closed`, `backend_closed`,

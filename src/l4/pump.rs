@@ -40,7 +40,7 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        crate::server::cpu_share::note_work();
+        crate::sched::cpu_share::note_work();
         let ms = self.base.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use serde_json::{json, Value};
 
 use crate::config::Protocol;
+use crate::prom::label;
 use crate::runtime::Snapshot;
 
 /// One tcp listener.
@@ -86,12 +87,6 @@ fn tcp_uses(snap: &Snapshot) -> (Vec<&str>, BTreeSet<&str>) {
         pools.extend(l.sni_routes.iter().map(|r| r.pool.as_str()));
     }
     (listeners, pools)
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The `autolb_tcp_*` metrics of the tcp listeners and pools of `snap`.

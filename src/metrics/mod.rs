@@ -11,6 +11,8 @@ mod autoscale;
 pub mod pools;
 pub mod process;
 
+pub(crate) use crate::prom::{header, label};
+
 use crate::autoscale::Autoscaler;
 use crate::runtime::Runtime;
 use crate::server::ListenerStats;
@@ -24,18 +26,6 @@ pub const GIT_COMMIT: &str = match option_env!("AUTOLB_BUILD_GIT") {
 
 /// Status-class labels, in the order of `BackendStats::responses`.
 pub const CODE_LABELS: [&str; 6] = ["failed", "1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Escape a label value (backslash, quote, newline).
-pub(crate) fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP autolb_{name} {help}");
-    let _ = writeln!(out, "# TYPE autolb_{name} {kind}");
-}
 
 /// Render every metric in the Prometheus text format (version 0.0.4).
 pub fn render(

@@ -37,7 +37,7 @@ pub struct Exchange {
     /// Response body bytes forwarded so far.
     pub bytes: u64,
     /// Where the request's time went before the response head (access logs).
-    pub timing: crate::observe::Timing,
+    pub timing: crate::accesslog::Timing,
 }
 
 /// How a response ended.
@@ -404,17 +404,17 @@ impl Body for RequestBody {
 pub enum ProxyBody {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
-    /// Compressed and/or access-logged (`crate::observe`).
-    Observed(Box<crate::observe::ObservedBody>),
+    /// Compressed and/or access-logged (`crate::proxy::observe`).
+    Observed(Box<crate::proxy::observe::ObservedBody>),
     /// A gRPC call's answer to a gRPC-Web client (`grpc_web`).
     GrpcWeb(Box<super::grpc_web::WebBody>),
 }
 
 impl ProxyBody {
     /// The backend that answered and after how many attempts, for a body streamed from one.
-    pub fn served(&self) -> Option<crate::observe::Served> {
+    pub fn served(&self) -> Option<crate::proxy::observe::Served> {
         match self {
-            ProxyBody::Upstream(b) => b.exchange.as_ref().map(|ex| crate::observe::Served {
+            ProxyBody::Upstream(b) => b.exchange.as_ref().map(|ex| crate::proxy::observe::Served {
                 backend: ex.backend.clone(),
                 tries: ex.tries,
                 timing: ex.timing,

@@ -281,7 +281,7 @@ pub async fn forward(
                             conn,
                             tries: attempt + 1,
                             bytes: 0,
-                            timing: crate::observe::Timing {
+                            timing: crate::accesslog::Timing {
                                 queued: plan.queued,
                                 connect,
                                 ttfb,
@@ -419,7 +419,7 @@ fn respond(
             websocket::mark_upgrade(&mut head.headers);
         }
         // Who answered, for the access log (a normal response tells it by its body).
-        head.extensions.insert(crate::observe::Served {
+        head.extensions.insert(crate::proxy::observe::Served {
             backend: backend.clone(),
             tries,
             timing,

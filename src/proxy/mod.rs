@@ -16,6 +16,7 @@ pub mod headers;
 pub mod interim;
 pub mod local;
 pub mod normalize;
+pub mod observe;
 pub mod queue;
 pub mod retry;
 pub mod tunnel;
@@ -64,7 +65,7 @@ pub async fn handle(
     req: Request<Incoming>,
     ctx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    crate::server::cpu_share::note_work();
+    crate::sched::cpu_share::note_work();
     // Before anything looks at the Host or the path: their normal forms, or a 400 (which
     // the access log still records).
     let mut req = req;
@@ -76,7 +77,7 @@ pub async fn handle(
     }
     let ctx = &*ctx;
     let is_grpc = grpc::is_grpc(req.headers());
-    Ok(crate::observe::around(req, ctx, |req| async move {
+    Ok(crate::proxy::observe::around(req, ctx, |req| async move {
         let resp = match refused {
             Some(resp) => resp,
             None => proxy(req, ctx).await,
@@ -118,8 +119,17 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     if let Some(refused) = limited {
         return refused;
     }
-    if let Some(refused) = crate::state::ratelimit::check(&ctx.runtime, &snapshot, pool_idx) {
-        return refused;
+    if let Some(retry_after) = crate::state::ratelimit::check(&ctx.runtime, &snapshot, pool_idx) {
+        let mut resp = local::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limit exceeded",
+            Some(&snapshot.pools[pool_idx].name),
+        );
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(retry_after),
+        );
+        return resp;
     }
     let mut pool = &snapshot.pools[pool_idx];
     // gRPC-Web (`grpc_web`): CORS preflights answered here; a call becomes gRPC.

@@ -105,7 +105,7 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
             let _ = writeln!(
                 out,
                 "autolb_requests_normalized_total{{listener=\"{}\",result=\"{result}\"}} {}",
-                crate::metrics::label(&l.name),
+                crate::prom::label(&l.name),
                 n.load(Ordering::Relaxed)
             );
         }

@@ -191,7 +191,7 @@ impl Half {
                     return Poll::Ready(Ok(()));
                 }
                 *active = true;
-                crate::server::cpu_share::note_work();
+                crate::sched::cpu_share::note_work();
                 self.bytes += data.len() as u64;
                 let forward = match self.mode {
                     Mode::Forward => {

@@ -31,7 +31,7 @@ use super::body::{RequestBody, UpstreamIncoming};
 use super::grpc::{within, Progress};
 use super::interim::{Interim, Slot};
 use crate::config::{self, UpstreamProtocol};
-use crate::server::worker_id;
+use crate::sched::worker_id;
 use connect::Upstream;
 pub use raw::{parse_response_head, RawConn, RawError};
 pub use raw_body::{decode_chunked_body, Framing, RawBody};

@@ -216,7 +216,7 @@ pub fn render_metrics(out: &mut String, snap: &super::Snapshot) {
     let limited: Vec<_> = snap
         .pools
         .iter()
-        .filter_map(|p| Some((crate::metrics::label(&p.name), p.queue.as_ref()?)))
+        .filter_map(|p| Some((crate::prom::label(&p.name), p.queue.as_ref()?)))
         .collect();
     if limited.is_empty() {
         return;

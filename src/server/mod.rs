@@ -4,7 +4,6 @@
 mod admission;
 mod apply;
 mod conn;
-pub(crate) mod cpu_share;
 mod exclusive;
 pub mod framed;
 pub mod framing;
@@ -16,7 +15,7 @@ pub mod upgrade;
 mod worker;
 
 pub use listener::{bind_reuseport, ListenerStats};
-pub use worker::{worker_id, WorkerModel, Workers};
+pub use worker::{WorkerModel, Workers};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -2,23 +2,10 @@
 //! runtime per thread, each accepting on its own SO_REUSEPORT socket, so a request never
 //! changes thread. `shared`: one multi-threaded runtime with work stealing.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-thread_local! {
-    static WORKER_ID: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The index of the worker running on this thread (0 outside workers).
-#[inline]
-pub fn worker_id() -> usize {
-    WORKER_ID.with(|w| w.get())
-}
-
-pub(crate) fn set_worker_id(id: usize) {
-    WORKER_ID.with(|w| w.set(id));
-}
+use crate::sched::{cpu_share, set_worker_id};
 
 /// How data-plane threads are organised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +44,13 @@ impl Workers {
         };
         match model {
             WorkerModel::PerCore => {
-                let share_cpu = super::cpu_share::enabled_from_env();
+                let share_cpu = cpu_share::enabled_from_env();
                 for id in 0..count {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
                     if share_cpu {
-                        rt.spawn(super::cpu_share::run());
+                        rt.spawn(cpu_share::run());
                     }
                     workers.run_on_thread(rt, format!("autolb-worker-{id}"), Some(id))?;
                 }

@@ -21,12 +21,10 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Response, StatusCode};
 
 use super::fleet::Fleet;
 use super::{bounded, now_ms, SharedState};
 use crate::config::{RateLimit, RateLimitScope};
-use crate::proxy::body::ProxyBody;
 use crate::runtime::{Runtime, Snapshot};
 
 /// Before a window starts, lease its first batch this long ahead.
@@ -134,12 +132,9 @@ impl Limiters {
     }
 }
 
-/// Admit the request or answer 429: the one call of the request path.
-pub fn check(
-    runtime: &Arc<Runtime>,
-    snapshot: &Snapshot,
-    pool: usize,
-) -> Option<Response<ProxyBody>> {
+/// Admit the request (`None`) or refuse it: `Some(retry_after)` in seconds, which the proxy
+/// answers with 429 and `Retry-After`. The one call of the request path.
+pub fn check(runtime: &Arc<Runtime>, snapshot: &Snapshot, pool: usize) -> Option<u64> {
     let pool_config = snapshot.config.pools.get(pool)?;
     let config = pool_config.rate_limit.as_ref()?;
     let key = Arc::as_ptr(runtime) as usize;
@@ -150,15 +145,7 @@ pub fn check(
         .and_then(|(_, w)| w.upgrade())?;
     let limiter = limiters.get(&pool_config.name, config);
     let local = !limiters.backend.connected();
-    let retry_after = limiter.admit(local, limiters.fleet.node_count())?;
-    let mut resp = crate::proxy::local::error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate limit exceeded",
-        Some(&pool_config.name),
-    );
-    resp.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-    Some(resp)
+    limiter.admit(local, limiters.fleet.node_count())
 }
 
 /// The cluster window geometry of a rate: (window length in ms, limit per window, batch).

@@ -6,6 +6,8 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::prom::{header, label};
+
 /// Why a client handshake failed (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -114,17 +116,6 @@ impl TlsStats {
     pub fn failures(&self, why: Failure) -> u64 {
         self.failures[why.index()].load(Ordering::Relaxed)
     }
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP autolb_{name} {help}");
-    let _ = writeln!(out, "# TYPE autolb_{name} {kind}");
 }
 
 /// Append the TLS metrics of `listeners` (name, stats) in the Prometheus text format.

@@ -21,6 +21,8 @@ use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+pub use crate::accesslog::Timing;
+
 use crate::accesslog::Entry;
 use crate::compress::{self, encoder::Encoder};
 use crate::config::{Compress, Config, Encoding};
@@ -35,17 +37,6 @@ pub struct Served {
     pub backend: Arc<Backend>,
     pub tries: u32,
     pub timing: Timing,
-}
-
-/// Where a proxied request's time went before its response head, for the access log.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timing {
-    /// Waiting for the pool: a first instance (scale from zero), a `limits:` slot.
-    pub queued: std::time::Duration,
-    /// Opening the answering attempt's connection (`None`: a reused connection).
-    pub connect: Option<std::time::Duration>,
-    /// From the start of the answering attempt (connect included) to its response head.
-    pub ttfb: std::time::Duration,
 }
 
 thread_local! {
