@@ -229,15 +229,24 @@ pub async fn server(name: &'static str) -> Server {
 /// Start a `test.Echo` server on a free port, over TLS with `identity` (certificate chain
 /// and key, PEM) when given.
 pub async fn server_with(name: &'static str, identity: Option<(&str, &str)>) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    serve(listener, name, identity)
+}
+
+/// Serve `test.Echo` (and health) on `listener` (what `examples/grpc_echo.rs` runs).
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    name: &'static str,
+    identity: Option<(&str, &str)>,
+) -> Server {
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = identity {
         let tls = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(cert, key));
         builder = builder.tls_config(tls).expect("server TLS config");
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let calls = Arc::new(AtomicUsize::new(0));
     let echo = EchoServer {
