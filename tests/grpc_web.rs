@@ -148,3 +148,76 @@ async fn grpc_web_calls_reach_a_grpc_server() {
     // Preflights never reach the backend; the three calls did.
     assert_eq!(server.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_can_be_set_on_one_route_of_a_grpc_pool() {
+    let server = grpc_support::server("s1").await;
+    let list = backend_list(&[server.addr], "");
+    // gRPC-Web on the host browsers use; the pool itself (and its other route) plain gRPC.
+    let lb = Autolb::start(&common::config(
+        2,
+        "",
+        &format!(
+            "routes:\n  - {{ host: web.test, pool: grpc, grpc_web: true, \
+             grpc_web_origins: [\"https://app.test\"] }}\n  - {{ host: grpc.test, pool: grpc }}\n\
+             pools:\n  grpc:\n    protocol: h2\n    backends:\n{list}  web:\n    backends:\n{list}"
+        ),
+    ));
+    let mut c = Client::connect(lb.addr("web")).await;
+    let mut req = web_request(
+        "/test.Echo/Unary",
+        "application/grpc-web+proto",
+        frame(&msg("route")),
+        Some("https://app.test"),
+    );
+    req.headers_mut()
+        .insert("host", http::HeaderValue::from_static("web.test"));
+    let r = c.request(req).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.headers["content-type"], "application/grpc-web+proto");
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.test");
+    let (messages, trailers) = web_frames(r.body.clone());
+    assert_eq!(messages, vec![msg("echo:route")]);
+    assert!(trailers.expect("trailers").contains("grpc-status: 0"));
+
+    // The other route of the same pool does not translate: a gRPC-Web request reaches the
+    // gRPC server as it is, and the server does not take its content type.
+    let r = c
+        .request(web_request(
+            "/test.Echo/Unary",
+            "application/grpc-web+proto",
+            frame(&msg("plain")),
+            Some("https://app.test"),
+        ))
+        .await;
+    assert_ne!(r.headers["content-type"], "application/grpc-web+proto");
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+
+    // A preflight on the gRPC-Web route is answered by autolb.
+    let preflight = http::Request::options("/test.Echo/Unary")
+        .header("host", "web.test")
+        .header("origin", "https://app.test")
+        .header("access-control-request-method", "POST")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(c.request(preflight).await.status, 204);
+}
+
+#[test]
+fn grpc_web_on_a_route_needs_an_h2_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autolb.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - { name: web, listen: \"127.0.0.1:0\", protocol: http, pool: web }\n\
+         routes:\n  - { path_prefix: /api, pool: web, grpc_web: true }\n\
+         pools:\n  web:\n    backends: [ { address: \"127.0.0.1:1\" } ]\n",
+    )
+    .expect("write");
+    let (code, _out, err) = common::check(&path);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("autolb.yaml:4:47: grpc_web needs protocol: h2"),
+        "{err}"
+    );
+}

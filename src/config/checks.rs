@@ -147,6 +147,12 @@ pub(crate) fn cross_checks(g: &Gathered, issues: &mut Issues) {
         }
     }
     for r in &g.routes {
+        let pool = g.pools.iter().find(|p| p.pool.name == r.route.pool);
+        if let (Some(pos), Some(p)) = (r.grpc_web_pos, pool) {
+            if p.pool.protocol != super::model::UpstreamProtocol::H2 {
+                issues.push(pos, super::pool::GRPC_WEB_NEEDS_H2);
+            }
+        }
         if !g.pool_names.contains(&r.route.pool) {
             issues.push(
                 r.pool_pos,

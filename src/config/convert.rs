@@ -34,6 +34,8 @@ pub(crate) struct ListenerItem {
 pub(crate) struct RouteItem {
     pub route: Route,
     pub pool_pos: Pos,
+    /// Where `grpc_web: true` is (its pool must speak h2).
+    pub grpc_web_pos: Option<Pos>,
 }
 
 /// `IP:PORT`, `[v6]:PORT`, `:PORT` or `*:PORT` (the last two: every IPv4 address).
@@ -160,6 +162,12 @@ impl TryFrom<RouteFile> for RouteItem {
         if let Some(p) = &file.path_prefix {
             super::normalize::path_prefix(p, &mut issues);
         }
+        let grpc_web = super::pool::grpc_web_settings(
+            file.grpc_web.as_ref(),
+            file.grpc_web_origins.as_ref(),
+            &mut issues,
+        );
+        let grpc_web_pos = grpc_web.as_ref().map(|(_, pos)| *pos);
         let route = Route {
             host,
             path_prefix: file.path_prefix.map(|p| p.value),
@@ -169,10 +177,12 @@ impl TryFrom<RouteFile> for RouteItem {
                 .as_ref()
                 .and_then(|c| super::compress::compress(c, &mut issues)),
             rate_limit: super::limits::ip_rate_limit(file.rate_limit.as_ref(), &mut issues),
+            grpc_web: grpc_web.map(|(web, _)| web),
         };
         issues.result(RouteItem {
             route,
             pool_pos: file.pool.pos,
+            grpc_web_pos,
         })
     }
 }

@@ -169,6 +169,10 @@ pub struct RouteFile {
     pub pool: Located<String>,
     pub compress: Option<super::compress::CompressFile>,
     pub rate_limit: Option<Located<super::limits::IpRateLimitFile>>,
+    /// `grpc_web: true`: this route's gRPC-Web requests translated to gRPC (its pool needs
+    /// `protocol: h2`), whatever its pool says.
+    pub grpc_web: Option<Located<bool>>,
+    pub grpc_web_origins: Option<Located<Vec<Located<String>>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -150,6 +150,8 @@ pub struct Route {
     /// `rate_limit: {per_ip, burst}`: a token bucket per client IP for this route (after
     /// the listener's).
     pub rate_limit: Option<super::IpRateLimit>,
+    /// `grpc_web: true` on the route (instead of its pool's setting).
+    pub grpc_web: Option<GrpcWeb>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

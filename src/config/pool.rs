@@ -376,27 +376,41 @@ fn grpc_web(
     protocol: UpstreamProtocol,
     issues: &mut Issues,
 ) -> Option<super::model::GrpcWeb> {
-    let on = file.grpc_web.as_ref().filter(|g| g.value);
-    let listed = file
-        .grpc_web_origins
-        .as_ref()
-        .filter(|o| !o.value.is_empty());
+    let (web, pos) = grpc_web_settings(
+        file.grpc_web.as_ref(),
+        file.grpc_web_origins.as_ref(),
+        issues,
+    )?;
+    if protocol != UpstreamProtocol::H2 {
+        issues.push(pos, GRPC_WEB_NEEDS_H2);
+    }
+    Some(web)
+}
+
+pub(crate) const GRPC_WEB_NEEDS_H2: &str = "grpc_web needs protocol: h2 (gRPC backends)";
+
+/// `grpc_web` and `grpc_web_origins` of a pool or a route, and where `grpc_web: true` is
+/// (the caller checks that the pool speaks h2).
+pub(crate) fn grpc_web_settings(
+    on: Option<&Located<bool>>,
+    origins: Option<&Located<Vec<Located<String>>>>,
+    issues: &mut Issues,
+) -> Option<(super::model::GrpcWeb, super::error::Pos)> {
+    let on = on.filter(|g| g.value);
+    let listed = origins.filter(|o| !o.value.is_empty());
     if let (Some(o), None) = (listed, on) {
         issues.push(o.pos, "grpc_web_origins needs grpc_web: true");
     }
     let on = on?;
-    if protocol != UpstreamProtocol::H2 {
-        issues.push(on.pos, "grpc_web needs protocol: h2 (gRPC backends)");
-    }
-    let mut origins = Vec::new();
-    for o in file.grpc_web_origins.iter().flat_map(|o| &o.value) {
+    let mut origins_ok = Vec::new();
+    for o in origins.iter().flat_map(|o| &o.value) {
         let v = o.value.trim().trim_end_matches('/');
         let ok = v == "*"
             || ((v.starts_with("http://") || v.starts_with("https://"))
                 && http::HeaderValue::from_str(v).is_ok()
                 && !v[v.find("//").map_or(0, |i| i + 2)..].contains('/'));
         if ok {
-            origins.push(v.to_ascii_lowercase());
+            origins_ok.push(v.to_ascii_lowercase());
         } else {
             issues.push(
                 o.pos,
@@ -404,5 +418,10 @@ fn grpc_web(
             );
         }
     }
-    Some(super::model::GrpcWeb { origins })
+    Some((
+        super::model::GrpcWeb {
+            origins: origins_ok,
+        },
+        on.pos,
+    ))
 }

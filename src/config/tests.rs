@@ -268,6 +268,7 @@ fn full_config_parses_into_the_model() {
                 pool: "api".into(),
                 compress: None,
                 rate_limit: None,
+                grpc_web: None,
             },
             Route {
                 host: None,
@@ -275,6 +276,7 @@ fn full_config_parses_into_the_model() {
                 pool: "web".into(),
                 compress: None,
                 rate_limit: None,
+                grpc_web: None,
             },
         ],
         pools: vec![

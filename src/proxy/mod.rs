@@ -134,7 +134,8 @@ async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyB
     let mut pool = &snapshot.pools[pool_idx];
     // gRPC-Web (`grpc_web`): CORS preflights answered here; a call becomes gRPC.
     let mut web = None;
-    if let Some(cfg) = &pool.grpc_web {
+    let grpc_web = route.and_then(|r| r.grpc_web.as_ref());
+    if let Some(cfg) = grpc_web.or(pool.grpc_web.as_ref()) {
         if let Some(resp) = grpc_web::preflight(cfg, req.method(), req.headers()) {
             return resp;
         }

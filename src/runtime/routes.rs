@@ -29,6 +29,8 @@ pub struct Route {
     /// The route's per-client-IP rate limit, shared by every connection and worker and kept
     /// across reloads while the route and its setting stay the same.
     pub rate_limit: Option<Arc<IpLimiter>>,
+    /// The route's own `grpc_web` (it takes precedence over its pool's).
+    pub grpc_web: Option<crate::config::GrpcWeb>,
 }
 
 impl Route {
@@ -41,6 +43,7 @@ impl Route {
                 .rate_limit
                 .as_ref()
                 .map(|r| IpLimiter::shared(&Route::limiter_key(route), r)),
+            grpc_web: route.grpc_web.clone(),
         }
     }
 
@@ -245,6 +248,7 @@ mod tests {
             path_prefix: prefix.map(str::to_owned),
             pool,
             rate_limit: None,
+            grpc_web: None,
         }
     }
 
