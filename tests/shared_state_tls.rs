@@ -239,7 +239,8 @@ async fn redis_cluster_over_tls() {
         assert!(log.trim().is_empty(), "node {i} ACL LOG: {log}");
     }
     for lb in [&a, &b] {
-        assert_eq!(status(lb).await["errors_total"], 0);
+        let s = status(lb).await;
+        assert_eq!(s["errors_total"], 0, "{s:#}");
     }
     // `sni` cannot apply to a cluster: refused, with the reason.
     let with_sni = format!("{tls}, sni: redis.test");
