@@ -84,11 +84,15 @@ pub fn start(runtime: Arc<Runtime>) {
 
 /// Queue `alert` for the sender, or drop it: never waits.
 pub fn emit(alert: Alert) {
-    let Some(tx) = SENDER.get() else {
-        return;
-    };
+    if let Some(tx) = SENDER.get() {
+        offer(tx, &DROPPED, alert);
+    }
+}
+
+/// `try_send` into `tx`; a refused alert is counted in `dropped`.
+fn offer(tx: &mpsc::Sender<Alert>, dropped: &AtomicU64, alert: Alert) {
     if let Err(e) = tx.try_send(alert) {
-        let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // Say so on the first drop and then every 100, not once per alert.
         if n == 1 || n.is_multiple_of(100) {
             let why = match e {
@@ -156,8 +160,34 @@ mod tests {
 
     #[test]
     fn emitting_before_start_or_with_a_full_queue_never_blocks() {
-        // Not started in unit tests: a no-op.
+        // Not started in unit tests (nothing calls `start`): dropped silently, not counted.
+        assert!(SENDER.get().is_none());
         reload_failed("admin", &["x".into()]);
         scaling("web", 1, 2, "test");
+        assert_eq!(dropped(), 0);
+        // A queue of 2 nobody reads: two alerts queue, the rest are dropped and counted,
+        // and no call waits for room (this thread is the only one: a wait would hang).
+        let (tx, mut rx) = mpsc::channel(2);
+        let count = AtomicU64::new(0);
+        for i in 0..5 {
+            offer(
+                &tx,
+                &count,
+                Alert::new(AlertKind::Scaling, "info", format!("alert {i}"), json!({})),
+            );
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 3);
+        let first = rx.try_recv().expect("the first alert was queued");
+        assert_eq!(first.summary, "alert 0");
+        assert_eq!(rx.try_recv().expect("and the second").summary, "alert 1");
+        assert!(rx.try_recv().is_err(), "the others were dropped");
+        // A stopped sender (receiver gone) refuses without waiting too.
+        drop(rx);
+        offer(
+            &tx,
+            &count,
+            Alert::new(AlertKind::Scaling, "info", "late".into(), json!({})),
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 4);
     }
 }

@@ -1,13 +1,15 @@
 //! The `process` provider: start an instance from the pool's command (with `{port}` and
 //! `{instance}` substituted, `PORT` set, output sent to the log), and stop it: SIGTERM to
 //! its process group, then SIGKILL after a grace period.
-// pre_exec (setsid/prctl in the child) and kill(2) of a process group have no safe API.
+// pre_exec (the parent-death signal set in the child, between fork and exec) has no safe
+// API; the process group and its signals go through tokio and rustix.
 #![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -53,17 +55,19 @@ pub fn spawn(cfg: &Autoscale, pool: &str, instance: &str, port: u16) -> std::io:
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Its own process group: `signal_group` reaches whatever the instance started.
+        .process_group(0);
     if let Some(dir) = &cfg.cwd {
         cmd.current_dir(dir);
     }
     // Read here, in autolb: the child compares its parent against it. (Comparing against
     // 1 would kill every instance of an autolb that is itself PID 1, as in a container.)
     let autolb = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec,
+    // nothing allocated or locked.
     unsafe {
         cmd.pre_exec(move || {
-            libc::setpgid(0, 0);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             // autolb may have died before prctl (the child was re-parented): do not
             // outlive it.
@@ -116,11 +120,10 @@ async fn forward_lines<R: AsyncRead + Unpin>(
     }
 }
 
-/// Send `signal` to the child's process group.
-pub fn signal_group(pid: u32, signal: i32) {
-    // SAFETY: kill(2) with a negative pid targets the process group; no memory involved.
-    unsafe {
-        libc::kill(-(pid as i32), signal);
+/// Send `signal` to the child's process group (gone already: nothing to do).
+pub fn signal_group(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pid, signal);
     }
 }
 
@@ -129,12 +132,12 @@ pub async fn stop(child: &mut Child, grace: Duration) -> String {
     let Some(pid) = child.id() else {
         return "already exited".into();
     };
-    signal_group(pid, libc::SIGTERM);
+    signal_group(pid, Signal::TERM);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => format!("exited after SIGTERM ({status})"),
         Ok(Err(e)) => format!("wait failed: {e}"),
         Err(_) => {
-            signal_group(pid, libc::SIGKILL);
+            signal_group(pid, Signal::KILL);
             let _ = child.wait().await;
             format!("killed after {grace:?} grace")
         }
@@ -173,5 +176,60 @@ mod tests {
             PathBuf::from("definitely-not-here-xyz")
         );
         assert_eq!(resolve_program("/bin/sh"), PathBuf::from("/bin/sh"));
+    }
+
+    /// Whether process `pid` still runs (a zombie waiting for its parent does not).
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn stop_ends_the_instance_and_what_it_started() {
+        let yaml = concat!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    pool: web\n",
+            "pools:\n  web:\n    autoscale:\n",
+            "      command: [sh, -c, 'sleep 300 & wait']\n",
+            "      ports: 3100-3199\n      target: { cpu_percent: 70 }\n",
+        );
+        let config =
+            crate::config::load_str(yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = config.pools[0].autoscale.clone().expect("autoscale");
+        let mut child = spawn(&cfg, "web", "web-1", 3100).expect("spawn sh");
+        // The shell's background child, from the kernel's list of its children.
+        let shell = child.id().expect("running") as i32;
+        let sleeper = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let children =
+                    std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+                        .unwrap_or_default();
+                if let Some(pid) = children.split_whitespace().next() {
+                    return pid.parse::<i32>().expect("a pid");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the shell starts its child");
+        assert!(running(sleeper));
+        // Bounded: without the group, SIGTERM would miss the shell and `stop` would wait on.
+        let how = tokio::time::timeout(
+            Duration::from_secs(60),
+            stop(&mut child, Duration::from_secs(5)),
+        )
+        .await
+        .expect("stop returns");
+        assert!(how.starts_with("exited after SIGTERM"), "{how}");
+        // The sleeper got SIGTERM with its group (sh does not pass it on): it is gone once
+        // reaped by init (bounded wait: reaping is asynchronous).
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while running(sleeper) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the instance's own child was stopped with it");
     }
 }

@@ -1,7 +1,5 @@
 //! CPU time and resident memory of process trees, read from /proc (one scan for all
 //! instances per policy tick).
-// sysconf(3) for the clock tick and page size has no safe API.
-#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 
@@ -34,23 +32,14 @@ fn parse_stat(text: &str) -> Option<Stat> {
 
 /// Clock ticks per second (for turning ticks into CPU%).
 pub fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100,
+        t => t,
     }
 }
 
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
-    }
+    rustix::param::page_size() as u64
 }
 
 /// Usage of each root's process tree, from one scan of /proc.

@@ -7,7 +7,7 @@
 //! counts as free, sees a burst however short (the free count would have to be sampled at
 //! its lowest), and memory already given back is not counted again. Other allocators
 //! (musl) need nothing: no-op there.
-// The allocator's statistics and trim have no safe API.
+// glibc's mallinfo2 and malloc_trim have no safe API.
 #![allow(unsafe_code)]
 
 use std::time::Duration;
@@ -46,8 +46,7 @@ pub(super) fn start() {
 fn resident_unused() -> Option<usize> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    let page = rustix::param::page_size();
     // SAFETY: mallinfo2 takes no arguments and only reads the allocator's statistics.
     let info = unsafe { libc::mallinfo2() };
     // Chunks in use in the arenas, and the large ones mapped on their own.

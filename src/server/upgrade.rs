@@ -4,19 +4,22 @@
 //! connection is refused: the new process accepts on them, says READY once its pools can
 //! serve, and the old one stops accepting and drains.
 //!
-//! This module holds the crate's only descriptor-passing `unsafe` code: `sendmsg` and
-//! `recvmsg` with a control buffer, checked for truncation.
-// SCM_RIGHTS descriptor passing: sendmsg/recvmsg and the CMSG macros have no safe API.
-#![allow(unsafe_code)]
+//! The descriptors travel in `sendmsg`/`recvmsg` control messages (rustix's safe API),
+//! checked for truncation.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
 use serde::{Deserialize, Serialize};
 
 /// At most this many descriptors in one hand-over (the kernel's SCM_MAX_FD is 253).
@@ -66,42 +69,19 @@ pub fn socket_path(config: &Path) -> PathBuf {
         .join(format!("autolb-{:08x}.sock", hash as u32))
 }
 
-fn send_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer is CMSG_SPACE(fd_bytes) long, enough for one header
-        // and the descriptors; CMSG_FIRSTHDR is non-null for a non-empty buffer.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr(),
-                libc::CMSG_DATA(cmsg) as *mut RawFd,
-                fds.len(),
-            );
-        }
+fn send_fds(stream: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("control buffer too small"));
     }
-    // SAFETY: msg points at valid buffers for the duration of the call.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if n as usize != data.len() {
+    let n = sendmsg(
+        stream,
+        &[IoSlice::new(data)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    if n != data.len() {
         return Err(std::io::Error::other("short sendmsg"));
     }
     Ok(())
@@ -109,44 +89,26 @@ fn send_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> std::io::Result<
 
 fn recv_fds(stream: &UnixStream, max_fds: usize) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut data = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space =
-        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: plain data, pointers valid for the call below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: msg points at valid buffers; MSG_CMSG_CLOEXEC keeps the fds from leaking
-    // into instances autolb starts.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // MSG_CMSG_CLOEXEC keeps the descriptors from leaking into instances autolb starts.
+    let msg = recvmsg(
+        stream,
+        &mut [IoSliceMut::new(&mut data)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if msg
+        .flags
+        .intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC)
+    {
         return Err(std::io::Error::other("hand-over message truncated"));
     }
-    data.truncate(n as usize);
+    data.truncate(msg.bytes);
     let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote into our buffer.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let count = payload / std::mem::size_of::<RawFd>();
-                let ptr = libc::CMSG_DATA(cmsg) as *const RawFd;
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(ptr.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
         }
     }
     Ok((data, fds))
@@ -195,13 +157,13 @@ fn serve_successor(
     for (name, list) in &sockets.listeners {
         if let Some(addr) = list.first().and_then(|l| l.local_addr().ok()) {
             entries.push((name.clone(), addr, list.len()));
-            fds.extend(list.iter().map(|l| l.as_raw_fd()));
+            fds.extend(list.iter().map(|l| l.as_fd()));
         }
     }
     if let Some(admin) = &sockets.admin {
         if let Ok(addr) = admin.local_addr() {
             entries.push((ADMIN.to_string(), addr, 1));
-            fds.push(admin.as_raw_fd());
+            fds.push(admin.as_fd());
         }
     }
     if fds.len() > MAX_FDS {
