@@ -223,16 +223,16 @@ pub fn signals(st: &mut ScalerState, runtime: &Runtime, now: Instant) -> Signals
     let inflight = inflight + pool.map_or(0, |p| p.queued());
     let members = st.members.len() as u32;
     let pending = st.requested.map_or(0, |r| r.saturating_sub(members));
-    let signals = Signals {
+    let mut signals = Signals {
         ready: ready.len() as u32,
         starting: members - ready.len() as u32 + pending,
         inflight_per_instance: inflight as f64 / n,
         rps_per_instance: rps / n,
         p95_latency_ms: p95,
-        cpu_percent: None,
-        memory_mb: None,
         cold_waiters,
+        ..Signals::default()
     };
+    st.external.apply(&mut signals);
     st.node_signals = super::shared::NodeSignals {
         node: st.node_id.clone(),
         ready: signals.ready,

@@ -87,6 +87,8 @@ pub struct ScalerState {
     pub requested: Option<u32>,
     /// Provider `command`: a `scale` run is under way.
     pub scaling: bool,
+    /// `target.prometheus` / `target.redis_list`: their last readings.
+    pub external: super::external::Readings,
 }
 
 impl ScalerState {
@@ -148,6 +150,7 @@ impl PoolScaler {
                 members: Vec::new(),
                 requested: None,
                 scaling: false,
+                external: Default::default(),
             }),
             wake: Notify::new(),
             refresh: Notify::new(),
@@ -348,7 +351,7 @@ impl PoolScaler {
             cold_waiters,
             members_shared: false,
         };
-        Signals {
+        let mut signals = Signals {
             ready: ready.len() as u32,
             starting: (active.len() - ready.len()) as u32,
             inflight_per_instance: inflight as f64 / n,
@@ -357,7 +360,10 @@ impl PoolScaler {
             cpu_percent: cpu,
             memory_mb: rss,
             cold_waiters,
-        }
+            ..Signals::default()
+        };
+        st.external.apply(&mut signals);
+        signals
     }
 
     /// Whether no instance of the pool can start: every one (running or waiting to
@@ -542,5 +548,7 @@ pub fn signals_json(s: &Signals) -> Value {
         "cpu_percent": s.cpu_percent.map(r),
         "memory_mb": s.memory_mb.map(r),
         "cold_waiters": s.cold_waiters,
+        "prometheus": s.prometheus.map(r),
+        "redis_list": s.redis_list.map(r),
     })
 }

@@ -6,12 +6,14 @@
 pub mod command;
 pub mod controller;
 pub mod discovery;
+pub mod external;
 pub mod instance;
 pub mod policy;
 pub mod predict;
 pub mod predict_store;
 pub mod process;
 pub mod procstat;
+pub mod prometheus;
 pub mod provider;
 pub mod schedule;
 pub mod shared;
@@ -108,6 +110,8 @@ impl Autoscaler {
                 None => {
                     let provider = provider::of(cfg.provider);
                     let scaler = PoolScaler::new(&p.name, cfg);
+                    let backend = self.state.as_ref().map(|(b, _)| b.clone());
+                    tokio::spawn(external::watch(scaler.clone(), backend));
                     if let Some((backend, id)) = &self.state {
                         scaler.lock().node_id.clone_from(id);
                         tokio::spawn(shared::run(scaler.clone(), backend.clone(), id.clone()));
@@ -216,6 +220,7 @@ impl Autoscaler {
                     "max": bounds.max,
                     "schedule": schedule::status_json(&st.cfg, wall),
                     "signals": signals_json(&st.last_signals),
+                    "external": st.external.to_json(&st.cfg, now),
                     "last_decision": st.last.as_ref().map(|d| json!({"desired": d.desired, "reason": d.reason, "panic": d.panic})),
                     "prediction": st.cfg.predictive.map(|p| json!({
                         "lookahead_seconds": p.lookahead.as_secs(),

@@ -30,6 +30,11 @@ pub struct Signals {
     pub memory_mb: Option<f64>,
     /// Requests waiting for a first instance.
     pub cold_waiters: u64,
+    /// `target.prometheus`: the query's value (for the pool, not per instance); `None`
+    /// when unconfigured or unavailable.
+    pub prometheus: Option<f64>,
+    /// `target.redis_list`: the list's length.
+    pub redis_list: Option<f64>,
 }
 
 /// A decision and why.
@@ -98,28 +103,52 @@ struct Recommendation {
     panic: bool,
 }
 
-/// Each configured target with its observed value (`None` without data).
-fn candidates(limits: &Limits, s: &Signals) -> [(&'static str, Option<f64>, Option<u32>); 5] {
+/// Each configured target with its observed value per ready instance (`None` without
+/// data).
+fn candidates(limits: &Limits, s: &Signals) -> [(&'static str, Option<f64>, Option<f64>); 7] {
     let t = &limits.target;
+    let f = |v: Option<u32>| v.map(f64::from);
+    let per_ready = |v: Option<f64>| v.map(|v| v / f64::from(s.ready.max(1)));
     [
         (
             "inflight_per_instance",
             Some(s.inflight_per_instance),
-            t.inflight_per_instance,
+            f(t.inflight_per_instance),
         ),
         (
             "rps_per_instance",
             Some(s.rps_per_instance),
-            t.rps_per_instance,
+            f(t.rps_per_instance),
         ),
         (
             "p95_latency_ms",
             s.p95_latency_ms.or(Some(0.0)),
-            t.p95_latency_ms,
+            f(t.p95_latency_ms),
         ),
-        ("cpu_percent", s.cpu_percent, t.cpu_percent),
-        ("memory_mb", s.memory_mb, t.memory_mb),
+        ("cpu_percent", s.cpu_percent, f(t.cpu_percent)),
+        ("memory_mb", s.memory_mb, f(t.memory_mb)),
+        ("prometheus", per_ready(s.prometheus), t.prometheus),
+        ("redis_list", per_ready(s.redis_list), t.redis_list),
     ]
+}
+
+/// External sources that are configured but have no value now (unreachable, failing).
+fn missing(limits: &Limits, s: &Signals) -> Vec<&'static str> {
+    let t = &limits.target;
+    [
+        ("prometheus", t.prometheus.is_some() && s.prometheus.is_none()),
+        ("redis_list", t.redis_list.is_some() && s.redis_list.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(name, gone)| gone.then_some(name))
+    .collect()
+}
+
+/// Work an external source reports while no instance runs (a queue with items).
+fn external_demand(s: &Signals) -> Option<(&'static str, f64)> {
+    [("prometheus", s.prometheus), ("redis_list", s.redis_list)]
+        .into_iter()
+        .find_map(|(name, v)| v.filter(|v| *v > 0.0).map(|v| (name, v)))
 }
 
 /// The instances the demand needs, fractional and without tolerance: the largest
@@ -128,7 +157,7 @@ pub fn need(limits: &Limits, s: &Signals) -> f64 {
     candidates(limits, s)
         .into_iter()
         .filter_map(|(_, observed, target)| {
-            Some(f64::from(s.ready) * observed? / f64::from(target?.max(1)))
+            Some(f64::from(s.ready) * observed? / target?.max(f64::MIN_POSITIVE))
         })
         .fold(0.0, f64::max)
 }
@@ -141,21 +170,31 @@ fn recommend(limits: &Limits, s: &Signals) -> Recommendation {
         let (Some(observed), Some(target)) = (observed, target) else {
             continue;
         };
-        let ratio = observed / f64::from(target.max(1));
+        let ratio = observed / target.max(f64::MIN_POSITIVE);
         if limits.panic_ratio.is_some_and(|p| ratio >= p) && panic.is_none_or(|(r, _)| ratio > r) {
             panic = Some((ratio, name));
         }
         let (rec, how) = if (ratio - 1.0).abs() <= TOLERANCE {
             (s.ready, "within 10% of the target, keeps")
         } else {
-            ((f64::from(s.ready) * ratio).ceil() as u32, "wants")
+            ((f64::from(s.ready) * ratio - 1e-9).ceil() as u32, "wants")
         };
         if best.as_ref().is_none_or(|(b, _)| rec > *b) {
             let why = format!("{name} {observed:.1}/{target} ({ratio:.2}x) {how} {rec}");
             best = Some((rec, why));
         }
     }
-    let (desired, mut why) = best.unwrap_or((s.ready, "no target has data, keeps".into()));
+    let (mut desired, mut why) = best.unwrap_or((s.ready, "no target has data, keeps".into()));
+    let gone = missing(limits, s);
+    if !gone.is_empty() && desired < s.ready {
+        // Never scale in on missing data: the source may say the opposite once it is back.
+        desired = s.ready;
+        why.push_str(&format!(
+            "; {} has no data: holds {}",
+            gone.join(" and "),
+            s.ready
+        ));
+    }
     if let Some((ratio, name)) = panic {
         let at = limits.panic_ratio.unwrap_or(PANIC_RATIO);
         why.push_str(&format!(", panic ({name} {ratio:.2}x >= {at}x)"));
@@ -217,6 +256,8 @@ impl Policy {
                     capacity,
                     format!("no instance ready yet, {capacity} starting"),
                 )
+            } else if let (false, Some((name, v))) = (demand, external_demand(s)) {
+                (1, format!("scale from zero: {name} is {v}"))
             } else if demand {
                 (
                     1,

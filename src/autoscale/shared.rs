@@ -184,6 +184,7 @@ pub fn fleet_signals(nodes: &[NodeSignals]) -> Signals {
         cpu_percent: weighted(|n| n.cpu_percent),
         memory_mb: weighted(|n| n.memory_mb),
         cold_waiters: nodes.iter().map(|n| n.cold_waiters).sum(),
+        ..Signals::default()
     }
 }
 
@@ -369,7 +370,9 @@ async fn lead(scaler: &PoolScaler, backend: &dyn SharedState, me: &str, pool: &s
     let (decision, token) = {
         let mut st = scaler.lock();
         let now = Instant::now();
-        let fleet = fleet_signals(&st.coord.nodes);
+        let mut fleet = fleet_signals(&st.coord.nodes);
+        // External sources say the fleet's demand already: the leader's readings.
+        st.external.apply(&mut fleet);
         let limits = super::schedule::limits_now(&st.cfg);
         let d = super::controller::predicted(&mut st, &limits, &fleet, now);
         let mut nodes: Vec<String> = st.coord.nodes.iter().map(|n| n.node.clone()).collect();

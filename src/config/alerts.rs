@@ -131,7 +131,12 @@ pub struct AlertsFile {
 
 /// `http://HOST[:PORT][/path]` or `https://...`.
 pub(crate) fn parse_webhook(s: &str) -> Result<WebhookUrl, String> {
-    let bad = |why: &str| format!("invalid webhook \"{s}\": {why}");
+    parse_http_url(s, "webhook")
+}
+
+/// `http://HOST[:PORT][/path]` or `https://...`, for the setting `what`.
+pub(crate) fn parse_http_url(s: &str, what: &str) -> Result<WebhookUrl, String> {
+    let bad = |why: &str| format!("invalid {what} \"{s}\": {why}");
     let uri: http::Uri = s.trim().parse().map_err(|_| bad("not a URL"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,

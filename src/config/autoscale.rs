@@ -106,6 +106,8 @@ fn target(
         p95_latency_ms: positive(&t.p95_latency_ms, "p95_latency_ms", u32::MAX),
         cpu_percent: positive(&t.cpu_percent, "cpu_percent", 1000),
         memory_mb: positive(&t.memory_mb, "memory_mb", u32::MAX),
+        prometheus: t.prometheus.as_ref().map(|p| p.value.per_instance.value),
+        redis_list: t.redis_list.as_ref().map(|r| r.value.per_instance.value),
     };
     if target == ScaleTarget::default() {
         issues.push(*pos, "autoscale needs at least one target");
@@ -201,6 +203,17 @@ pub(crate) fn autoscale(
         );
     }
     let target = target(file.target.as_ref(), pos, issues);
+    let t = file.target.as_ref().map(|t| &t.value);
+    let external = super::ExternalTargets {
+        prometheus: super::autoscale_external::prometheus(
+            t.and_then(|t| t.prometheus.as_ref()),
+            issues,
+        ),
+        redis_list: super::autoscale_external::redis_list(
+            t.and_then(|t| t.redis_list.as_ref()),
+            issues,
+        ),
+    };
     let secs = Duration::from_secs;
     let up_step = file.scale_up.as_ref().and_then(|s| s.max_step.clone());
     let down = file.scale_down.as_ref();
@@ -216,6 +229,7 @@ pub(crate) fn autoscale(
         max,
         interval: nonzero_dur(&file.interval, secs(5), "autoscale interval", issues),
         target,
+        external,
         scale_up_max_step: nonzero(&up_step, 4, "autoscale scale_up.max_step", issues),
         scale_down_stabilization: stabilization.map_or(secs(300), |s| s.value.0),
         scale_down_max_step: nonzero(&down_step, 1, "autoscale scale_down.max_step", issues),

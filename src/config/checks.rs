@@ -164,6 +164,15 @@ pub(crate) fn cross_checks(g: &Gathered, issues: &mut Issues) {
             );
         }
     }
+    let redis = matches!(g.state, Some(super::state::State::Redis(_)));
+    for at in g.pools.iter().filter_map(|p| p.redis_list_pos) {
+        if !redis {
+            issues.push(
+                at,
+                "target.redis_list reads the shared-state Redis: it needs state.backend: redis",
+            );
+        }
+    }
     port_range_checks(g, issues);
 }
 

@@ -418,7 +418,7 @@ impl<'de> Deserialize<'de> for EnvFile {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a target mapping (inflight_per_instance, rps_per_instance, p95_latency_ms, cpu_percent, memory_mb)"
+    expecting = "a target mapping (inflight_per_instance, rps_per_instance, p95_latency_ms, cpu_percent, memory_mb, prometheus, redis_list)"
 )]
 pub struct TargetFile {
     pub inflight_per_instance: Option<Located<u32>>,
@@ -426,6 +426,8 @@ pub struct TargetFile {
     pub p95_latency_ms: Option<Located<u32>>,
     pub cpu_percent: Option<Located<u32>>,
     pub memory_mb: Option<Located<u32>>,
+    pub prometheus: Option<Located<super::autoscale_external::PrometheusFile>>,
+    pub redis_list: Option<Located<super::autoscale_external::RedisListFile>>,
 }
 
 #[derive(Debug, Deserialize)]

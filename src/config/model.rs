@@ -465,6 +465,8 @@ pub struct Autoscale {
     /// How often the policy runs (default 5s).
     pub interval: Duration,
     pub target: ScaleTarget,
+    /// Where `target.prometheus` and `target.redis_list` read their values.
+    pub external: super::ExternalTargets,
     /// Most instances added by one decision (default 4).
     pub scale_up_max_step: u32,
     /// Highest recommendation over this window wins before scaling down (default 300s).
@@ -526,4 +528,8 @@ pub struct ScaleTarget {
     pub cpu_percent: Option<u32>,
     /// RSS per instance, in MiB.
     pub memory_mb: Option<u32>,
+    /// `prometheus.per_instance`: the query's value per ready instance.
+    pub prometheus: Option<f64>,
+    /// `redis_list.per_instance`: list items per ready instance.
+    pub redis_list: Option<f64>,
 }

@@ -24,6 +24,8 @@ pub(crate) struct PoolItem {
     pub pool: Pool,
     /// Position of `autoscale.ports` (or of `autoscale`).
     pub ports_pos: Option<Pos>,
+    /// Position of `autoscale.target.redis_list` (it needs the shared-state Redis).
+    pub redis_list_pos: Option<Pos>,
 }
 
 /// Value of an optional located field, or a default.
@@ -162,7 +164,17 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
             .and_then(|l| super::pool_limits::pool_limits(l, &mut issues)),
         grpc_web: grpc_web(&file, protocol, &mut issues),
     };
-    issues.result(PoolItem { pool, ports_pos })
+    let redis_list_pos = file
+        .autoscale
+        .as_ref()
+        .and_then(|a| a.value.target.as_ref())
+        .and_then(|t| t.value.redis_list.as_ref())
+        .map(|r| r.pos);
+    issues.result(PoolItem {
+        pool,
+        ports_pos,
+        redis_list_pos,
+    })
 }
 
 /// Deserializes and checks each backend separately; `None` if any failed.

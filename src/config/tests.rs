@@ -378,7 +378,9 @@ fn full_config_parses_into_the_model() {
                         p95_latency_ms: Some(200),
                         cpu_percent: Some(70),
                         memory_mb: Some(512),
+                        ..ScaleTarget::default()
                     },
+                    external: Default::default(),
                     scale_up_max_step: 2,
                     scale_down_stabilization: Duration::from_secs(120),
                     scale_down_max_step: 3,

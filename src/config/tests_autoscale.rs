@@ -42,6 +42,7 @@ fn defaults() {
             cpu_percent: Some(70),
             ..ScaleTarget::default()
         },
+        external: Default::default(),
         scale_up_max_step: 4,
         scale_down_stabilization: secs(300),
         scale_down_max_step: 1,

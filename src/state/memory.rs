@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{BackendStatus, Lease, SharedState, StateFuture};
+use super::{BackendStatus, Lease, SharedState, StateError, StateFuture};
 
 #[derive(Default)]
 struct Inner {
@@ -173,6 +173,15 @@ impl SharedState for MemoryState {
                 .map(|(v, _)| v.clone())
         });
         Box::pin(async move { Ok(value) })
+    }
+
+    fn list_len(&self, _key: &str) -> StateFuture<'_, u64> {
+        // No lists in process: `target.redis_list` is refused without state.backend: redis.
+        Box::pin(async move {
+            Err(StateError::Backend(
+                "lists need state.backend: redis".into(),
+            ))
+        })
     }
 
     fn status(&self) -> BackendStatus {

@@ -102,6 +102,9 @@ pub trait SharedState: Send + Sync {
     fn put_kv(&self, key: &str, value: String, ttl: Duration) -> StateFuture<'_, ()>;
     /// The live value under `key` (`put_kv`).
     fn get_kv(&self, key: &str) -> StateFuture<'_, Option<String>>;
+    /// The length of the user's list `key` (not one of autolb's keys: a worker queue an
+    /// autoscaler reads, `target.redis_list`); 0 when it does not exist.
+    fn list_len(&self, key: &str) -> StateFuture<'_, u64>;
     /// Health and connection facts.
     fn status(&self) -> BackendStatus;
 }

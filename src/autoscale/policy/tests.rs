@@ -345,3 +345,52 @@ async fn a_forecast_raises_but_never_lowers() {
     let d = p.decide_with(&l, &load(6, 0, 10.0), Some(&low), Instant::now());
     assert_eq!(d.desired, 6, "{}", d.reason);
 }
+
+fn queue_limits() -> Limits {
+    Limits {
+        min: 0,
+        target: ScaleTarget {
+            redis_list: Some(5.0),
+            inflight_per_instance: Some(50),
+            ..Default::default()
+        },
+        stabilization: Duration::ZERO,
+        ..limits()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn external_values_are_held_per_instance_and_missing_data_holds() {
+    let mut p = Policy::default();
+    let now = Instant::now();
+    let queue = |ready: u32, len: Option<f64>| Signals {
+        ready,
+        redis_list: len,
+        ..Default::default()
+    };
+    // No instance, a queue with work: one starts.
+    let d = p.decide(&queue_limits(), &queue(0, Some(12.0)), now);
+    assert_eq!(d.desired, 1);
+    says(&d, &["scale from zero: redis_list is 12"], &[]);
+    // 12 items at 5 per instance: ceil(12 / 5) = 3, whatever the instances now.
+    let d = p.decide(&queue_limits(), &queue(1, Some(12.0)), now);
+    assert_eq!(d.desired, 3, "{}", d.reason);
+    says(&d, &["redis_list 12.0/5 (2.40x) wants 3"], &[]);
+    // 15 items on 3 instances: right at the target.
+    let d = p.decide(&queue_limits(), &queue(3, Some(15.0)), now);
+    assert_eq!(d.desired, 3, "{}", d.reason);
+    // The source is gone: the other target alone would scale in to 1; the size holds.
+    let d = p.decide(&queue_limits(), &queue(3, None), now);
+    assert_eq!(d.desired, 3, "{}", d.reason);
+    says(&d, &["redis_list has no data: holds 3"], &[]);
+    // ... but a rise of another target still scales up.
+    let busy = Signals {
+        inflight_per_instance: 100.0,
+        ..queue(3, None)
+    };
+    assert_eq!(p.decide(&queue_limits(), &busy, now).desired, 6);
+    // Back with an empty queue: scale in (step 1, no stabilization here).
+    let later = now + Duration::from_secs(1);
+    let d = p.decide(&queue_limits(), &queue(3, Some(0.0)), later);
+    assert_eq!(d.desired, 2, "{}", d.reason);
+}

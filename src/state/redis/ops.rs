@@ -217,6 +217,15 @@ impl SharedState for RedisState {
         })
     }
 
+    fn list_len(&self, key: &str) -> StateFuture<'_, u64> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let mut llen = ::redis::cmd("LLEN");
+            llen.arg(&key);
+            self.query(llen).await
+        })
+    }
+
     fn status(&self) -> BackendStatus {
         self.backend_status()
     }
