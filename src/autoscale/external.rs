@@ -117,8 +117,20 @@ pub async fn watch(scaler: Arc<PoolScaler>, state: Option<Arc<dyn SharedState>>)
         {
             let mut st = scaler.lock();
             let r = &mut st.external;
-            merge(&mut r.prometheus, prometheus, now, &scaler.pool, "prometheus");
-            merge(&mut r.redis_list, redis_list, now, &scaler.pool, "redis_list");
+            merge(
+                &mut r.prometheus,
+                prometheus,
+                now,
+                &scaler.pool,
+                "prometheus",
+            );
+            merge(
+                &mut r.redis_list,
+                redis_list,
+                now,
+                &scaler.pool,
+                "redis_list",
+            );
         }
         tokio::time::sleep(cfg.interval).await;
     }

@@ -136,8 +136,14 @@ fn candidates(limits: &Limits, s: &Signals) -> [(&'static str, Option<f64>, Opti
 fn missing(limits: &Limits, s: &Signals) -> Vec<&'static str> {
     let t = &limits.target;
     [
-        ("prometheus", t.prometheus.is_some() && s.prometheus.is_none()),
-        ("redis_list", t.redis_list.is_some() && s.redis_list.is_none()),
+        (
+            "prometheus",
+            t.prometheus.is_some() && s.prometheus.is_none(),
+        ),
+        (
+            "redis_list",
+            t.redis_list.is_some() && s.redis_list.is_none(),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, gone)| gone.then_some(name))
@@ -186,14 +192,14 @@ fn recommend(limits: &Limits, s: &Signals) -> Recommendation {
     }
     let (mut desired, mut why) = best.unwrap_or((s.ready, "no target has data, keeps".into()));
     let gone = missing(limits, s);
-    if !gone.is_empty() && desired < s.ready {
+    if !gone.is_empty() && desired <= s.ready {
         // Never scale in on missing data: the source may say the opposite once it is back.
         desired = s.ready;
-        why.push_str(&format!(
-            "; {} has no data: holds {}",
+        why = format!(
+            "{} has no data: holds {}; {why}",
             gone.join(" and "),
             s.ready
-        ));
+        );
     }
     if let Some((ratio, name)) = panic {
         let at = limits.panic_ratio.unwrap_or(PANIC_RATIO);

@@ -25,7 +25,10 @@ pub struct PrometheusFile {
 
 /// `target.redis_list` in the file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a redis_list mapping (key, per_instance)")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a redis_list mapping (key, per_instance)"
+)]
 pub struct RedisListFile {
     pub key: Located<String>,
     pub per_instance: Located<f64>,
