@@ -115,6 +115,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
         );
         let http = super::tls::listener_http(&file, protocol, &mut issues);
         let l4 = super::l4::listener_l4(&file, protocol, &mut issues);
+        let http3 = super::quic::listener_http3(&file, protocol, &mut issues);
         let limits = super::limits::limits(file.limits.as_ref(), &mut issues);
         let rate_limit = super::limits::ip_rate_limit(file.rate_limit.as_ref(), &mut issues);
         let normalize = super::normalize::listener_normalize(&file, protocol, &mut issues);
@@ -138,6 +139,7 @@ impl TryFrom<Located<ListenerFile>> for ListenerItem {
             rate_limit,
             normalize,
             reuse_port: file.reuse_port.as_ref().is_some_and(|r| r.value),
+            http3,
         };
         issues.result(ListenerItem {
             listener,

@@ -132,6 +132,7 @@ fn listeners(old: &[Listener], new: &[Listener], out: &mut Vec<String>) {
                     || o.idle_timeout != l.idle_timeout
                     || o.h2c != l.h2c
                     || o.reuse_port != l.reuse_port
+                    || o.http3 != l.http3
                     || o.redirect_https != l.redirect_https
                     || o.hsts != l.hsts
                     || o.normalize != l.normalize

@@ -124,6 +124,10 @@ pub struct ListenerFile {
     pub normalize: Option<Located<super::normalize::NormalizeFile>>,
     /// Let other processes listen on the same address (SO_REUSEPORT across processes).
     pub reuse_port: Option<Located<bool>>,
+    /// `https` listeners: also serve HTTP/3 over QUIC on the same port (UDP).
+    pub http3: Option<Located<bool>>,
+    /// Its QUIC limits (see `quic.rs`).
+    pub quic: Option<Located<super::quic::QuicFile>>,
 }
 
 /// `listeners[].hsts:`

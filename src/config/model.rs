@@ -95,6 +95,9 @@ pub struct Listener {
     /// listens on is refused at start and at reload (`autolb run --upgrade` takes the
     /// sockets over instead).
     pub reuse_port: bool,
+    /// `http3: true` (https listeners): HTTP/3 over QUIC on the same port, UDP, with these
+    /// limits (`quic:`).
+    pub http3: Option<super::Http3>,
 }
 
 /// `hsts: {max_age, include_subdomains, preload}`.

@@ -206,6 +206,7 @@ fn full_config_parses_into_the_model() {
                 rate_limit: None,
                 normalize: Default::default(),
                 reuse_port: false,
+                http3: None,
             },
             Listener {
                 name: "secure".into(),
@@ -241,6 +242,7 @@ fn full_config_parses_into_the_model() {
                 rate_limit: None,
                 normalize: Default::default(),
                 reuse_port: false,
+                http3: None,
             },
             Listener {
                 name: "db".into(),
@@ -259,6 +261,7 @@ fn full_config_parses_into_the_model() {
                 rate_limit: None,
                 normalize: Default::default(),
                 reuse_port: false,
+                http3: None,
             },
         ],
         routes: vec![

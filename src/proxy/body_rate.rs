@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::client_fault::{ClientFault, FaultWatch, TooLarge};
@@ -33,6 +32,9 @@ pub enum ClientBodyError {
     /// Reading it from the client failed (reset, bad chunk, ...).
     #[error(transparent)]
     Client(#[from] hyper::Error),
+    /// Reading it from an HTTP/3 client failed (stream reset, connection lost, ...).
+    #[error(transparent)]
+    Http3(#[from] h3::error::StreamError),
     /// The client sent it too slowly.
     #[error(transparent)]
     TooSlow(#[from] TooSlow),
@@ -60,7 +62,7 @@ pub struct TooSlow {
 /// The client's request body, failed with `TooSlow` when the client is too slow and with
 /// `TooLarge` past `max_body`.
 #[derive(Debug)]
-pub struct ClientBody<B = Incoming> {
+pub struct ClientBody<B = super::downstream::Downstream> {
     inner: B,
     /// `None`: nothing to watch (no body, or `min_body_rate: 0`).
     pace: Option<Pace>,

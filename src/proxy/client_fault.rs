@@ -41,7 +41,9 @@ impl ClientFault {
             ClientBodyError::TooSlow(_) => ClientFault::TooSlow,
             ClientBodyError::TooLarge(_) => ClientFault::TooLarge,
             ClientBodyError::Client(reading) if over_max_body(reading) => ClientFault::TooLarge,
-            ClientBodyError::Client(_) | ClientBodyError::BadText(_) => ClientFault::Aborted,
+            ClientBodyError::Client(_)
+            | ClientBodyError::Http3(_)
+            | ClientBodyError::BadText(_) => ClientFault::Aborted,
         }
     }
 }

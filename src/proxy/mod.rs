@@ -7,6 +7,7 @@ pub mod body;
 pub mod body_rate;
 pub mod client_fault;
 pub mod cold;
+pub mod downstream;
 pub mod forward;
 pub mod frames;
 pub mod grpc;
@@ -30,12 +31,12 @@ use std::sync::Arc;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 
 use crate::affinity::{self, Resolved};
 use crate::config::Algorithm;
 use crate::runtime::Runtime;
 use body::ProxyBody;
+use downstream::Downstream;
 use headers::ClientInfo;
 
 /// Per-connection facts the proxy needs for each request.
@@ -62,7 +63,7 @@ pub struct ConnContext {
 
 /// hyper service entry point for one request.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<Downstream>,
     ctx: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     crate::sched::cpu_share::note_work();
@@ -91,7 +92,7 @@ pub async fn handle(
 }
 
 /// The request's authority: the URI's (absolute-form) or the Host header.
-pub(crate) fn authority(req: &Request<Incoming>) -> Option<HeaderValue> {
+pub(crate) fn authority(req: &Request<Downstream>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(HOST).cloned(),
@@ -103,7 +104,7 @@ pub(crate) fn host_name(authority: &HeaderValue) -> &str {
     crate::uri::host::without_port(authority.to_str().unwrap_or(""))
 }
 
-async fn proxy(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<ProxyBody> {
     let arrived = tokio::time::Instant::now();
     if let Some(refused) = validate::check(&req, ctx) {
         return refused;

@@ -71,6 +71,16 @@ impl Server {
                 "listener {name} now serves {protocol:?} on {listen}"
             ));
         }
+        // `http3` switched on or off, or its `quic:` settings changed, on a listener that
+        // kept its address and protocol.
+        for l in &snapshot.config.listeners {
+            self.running.sync_quic(
+                &l.name,
+                &self.workers.handles,
+                &self.runtime,
+                &self.shutdown_rx,
+            );
+        }
         for name in self.running.names() {
             if !snapshot.config.listeners.iter().any(|l| l.name == name) {
                 self.running.stop(&name);

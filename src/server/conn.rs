@@ -3,7 +3,7 @@
 //! listeners) on hyper, served until the client leaves, the idle timeout passes, or a
 //! graceful shutdown asks it to finish its requests.
 
-mod front;
+pub(super) mod front;
 mod gated;
 pub(super) mod idle;
 
@@ -102,6 +102,7 @@ macro_rules! tracked_service {
             }
             let (ctx, front) = (ctx.clone(), front.clone());
             async move {
+                let req = req.map(crate::proxy::downstream::Downstream::Hyper);
                 let mut resp = front::respond(req, ctx, front).await;
                 if h1 && active.draining() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
                 {
@@ -151,40 +152,18 @@ pub(crate) async fn serve(
         return;
     };
     let peer = accepted.addrs.src;
-    let snapshot = runtime.snapshot();
-    let Some(listener) = snapshot.listener(&listener_name) else {
+    // The port the client reached: where `http3: true` serves QUIC too (Alt-Svc).
+    let port = stream.local_addr().map_or(0, |a| a.port());
+    let addrs = accepted.tag_requests.then_some(accepted.addrs);
+    let Some(setup) = setup(runtime, &listener_name, peer, tls.is_some(), addrs, port) else {
         return;
     };
-    let info = &snapshot.listeners[listener];
-    let idle = info.idle_timeout;
-    let trusted = info.trusts(peer.ip());
-    let normalize = info.normalize.clone();
-    let config = snapshot
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.name == listener_name);
-    let h2c = config.is_some_and(|l| l.h2c);
-    let front = Front::of(config, tls.is_some());
-    let limits = config.map(|l| l.limits.clone()).unwrap_or_default();
-    let rate_limit = config
-        .and_then(|l| l.rate_limit.as_ref())
-        .map(|r| crate::proxy::validate::IpLimiter::shared(&listener_name, r));
-    drop(snapshot);
-    let proto = if tls.is_some() { "https" } else { "http" };
+    let limits = setup.ctx.limits.clone();
+    let idle = setup.idle;
+    let h2c = setup.h2c;
     let serving = Serving {
-        ctx: Arc::new(ConnContext {
-            runtime,
-            listener,
-            client: ClientInfo::new(peer.ip(), proto, trusted),
-            addrs: accepted.tag_requests.then_some(accepted.addrs),
-            tls: Default::default(),
-            limits: limits.clone(),
-            rate_limit,
-            normalize,
-            interim: Default::default(),
-        }),
-        front,
+        ctx: setup.ctx,
+        front: setup.front,
         idle,
         peer,
         shutdown: shutdown.clone(),
@@ -207,6 +186,63 @@ pub(crate) async fn serve(
     };
     let wait = head_wait();
     Box::pin(serve_tls(stream, tls, serving, limits, wait)).await
+}
+
+/// What a connection of a listener is served with.
+pub(crate) struct Setup {
+    pub ctx: Arc<ConnContext>,
+    pub front: Option<Arc<Front>>,
+    /// The listener's `idle_timeout`.
+    pub idle: Duration,
+    pub h2c: bool,
+}
+
+/// The proxy's context and the listener's front for a connection from `peer` to listener
+/// `listener_name` (over TLS or QUIC when `https`) on `port`; `None` if the listener is gone.
+pub(crate) fn setup(
+    runtime: Arc<Runtime>,
+    listener_name: &str,
+    peer: SocketAddr,
+    https: bool,
+    addrs: Option<crate::l4::ProxyAddrs>,
+    port: u16,
+) -> Option<Setup> {
+    let snapshot = runtime.snapshot();
+    let listener = snapshot.listener(listener_name)?;
+    let info = &snapshot.listeners[listener];
+    let idle = info.idle_timeout;
+    let trusted = info.trusts(peer.ip());
+    let normalize = info.normalize.clone();
+    let config = snapshot
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener_name);
+    let h2c = config.is_some_and(|l| l.h2c);
+    let front = Front::of(config, https, port);
+    let limits = config.map(|l| l.limits.clone()).unwrap_or_default();
+    let rate_limit = config
+        .and_then(|l| l.rate_limit.as_ref())
+        .map(|r| crate::proxy::validate::IpLimiter::shared(listener_name, r));
+    drop(snapshot);
+    let proto = if https { "https" } else { "http" };
+    let ctx = Arc::new(ConnContext {
+        runtime,
+        listener,
+        client: ClientInfo::new(peer.ip(), proto, trusted),
+        addrs,
+        tls: Default::default(),
+        limits,
+        rate_limit,
+        normalize,
+        interim: Default::default(),
+    });
+    Some(Setup {
+        ctx,
+        front,
+        idle,
+        h2c,
+    })
 }
 
 /// An https connection: the TLS handshake, then HTTP/2 (ALPN h2) or HTTP/1.1.

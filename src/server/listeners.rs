@@ -24,6 +24,8 @@ struct Running {
     sockets: Vec<std::net::TcpListener>,
     /// Its accept loops (each owns one socket and closes it when it ends).
     loops: Vec<JoinHandle<()>>,
+    /// `http3: true`: its QUIC endpoint on the same port (UDP).
+    quic: Option<super::quic::Quic>,
 }
 
 /// Every listener this process serves, by name.
@@ -120,6 +122,9 @@ impl Listeners {
             let mut map = self.write();
             for r in map.values_mut() {
                 let _ = r.stop.send(true);
+                if let Some(q) = &r.quic {
+                    q.stop();
+                }
                 r.sockets.clear();
                 loops.append(&mut r.loops);
             }
@@ -149,6 +154,12 @@ impl Listeners {
             .get(name)
             .map(|r| r.stats.clone())
             .unwrap_or_default();
+        // A QUIC endpoint on the same address goes on serving (its settings follow below).
+        let quic = self
+            .write()
+            .get_mut(name)
+            .and_then(|r| r.quic.take())
+            .filter(|q| q.addr == addr);
         let (stop, stop_rx) = watch::channel(false);
         let dups = sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
         tracing::info!(listener = %name, addr = %addr, "listening");
@@ -177,10 +188,68 @@ impl Listeners {
                 stop,
                 sockets: dups,
                 loops,
+                quic,
             },
         );
         if let Some(old) = previous {
             let _ = old.stop.send(true);
+            if let Some(q) = &old.quic {
+                q.stop();
+            }
+        }
+        self.sync_quic(name, handles, runtime, shutdown);
+    }
+
+    /// Start, update or stop listener `name`'s QUIC endpoint as the config's `http3` says
+    /// (at start and on every reload).
+    pub fn sync_quic(
+        &self,
+        name: &str,
+        handles: &[tokio::runtime::Handle],
+        runtime: &Arc<Runtime>,
+        shutdown: &watch::Receiver<super::Drain>,
+    ) {
+        let want = runtime
+            .snapshot()
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == name && l.protocol == Protocol::Https)
+            .and_then(|l| l.http3.clone());
+        let mut map = self.write();
+        let Some(r) = map.get_mut(name) else {
+            return;
+        };
+        match (r.quic.as_mut(), want) {
+            (None, None) => {}
+            (Some(q), None) => {
+                tracing::info!(listener = %name, "HTTP/3 stopped");
+                q.stop();
+                r.quic = None;
+            }
+            (Some(q), Some(want)) => {
+                if let Err(e) = q.update(name, &want) {
+                    tracing::error!(error = %e, "HTTP/3 settings not applied");
+                }
+            }
+            (None, Some(want)) => {
+                let Some(handle) = handles.first() else {
+                    return;
+                };
+                let started = super::quic::Quic::start(
+                    name,
+                    r.addr,
+                    &want,
+                    runtime,
+                    r.stats.clone(),
+                    shutdown,
+                    handle,
+                );
+                match started {
+                    Ok(q) => r.quic = Some(q),
+                    Err(e) => tracing::error!(error = %e, "not serving HTTP/3"),
+                }
+            }
         }
     }
 
@@ -189,6 +258,9 @@ impl Listeners {
         if let Some(old) = self.write().remove(name) {
             tracing::info!(listener = %name, addr = %old.addr, "listener stopped");
             let _ = old.stop.send(true);
+            if let Some(q) = &old.quic {
+                q.stop();
+            }
         }
     }
 }

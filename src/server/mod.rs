@@ -9,6 +9,7 @@ pub mod framed;
 pub mod framing;
 mod listener;
 pub mod listeners;
+mod quic;
 pub mod reload;
 mod trim;
 pub mod upgrade;

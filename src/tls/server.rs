@@ -261,6 +261,39 @@ impl TlsListener {
         }
     }
 
+    /// The TLS side of the listener's QUIC endpoint (`http3: true`): TLS 1.3 (QUIC has no
+    /// other), ALPN h3, the same SNI resolver (a certificate swap applies to both), session
+    /// cache and ticket keys as TCP. 0-RTT only with `early_data` (then resumption by the
+    /// session cache alone).
+    pub fn quic_config(
+        &self,
+        early_data: bool,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let err = |source| TlsError::Rustls {
+            listener: self.name.clone(),
+            source,
+        };
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(err)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        cfg.alpn_protocols = vec![b"h3".to_vec()];
+        cfg.session_storage = self.sessions.clone();
+        if early_data {
+            // rustls takes early data only on stateful resumption: a session is taken out
+            // of the cache by the first ClientHello that uses it, so a replayed one finds
+            // none and its early data is refused. QUIC takes u32::MAX (sized by the
+            // transport).
+            cfg.max_early_data_size = u32::MAX;
+        } else {
+            cfg.ticketer = self.ticketer.clone();
+        }
+        quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| {
+            err(rustls::Error::General(format!("QUIC: {e}")))
+        })
+    }
+
     /// TLS handshake with `stream`, bounded by `timeout`.
     pub async fn accept(&self, stream: TcpStream, timeout: Duration) -> Result<Accepted, Failure> {
         let acceptor = TlsAcceptor::from(self.config.load_full());

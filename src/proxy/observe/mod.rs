@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 use http::header::{ACCEPT_ENCODING, REFERER, USER_AGENT};
 use http::{Request, Response};
 use http_body::Body as _;
-use hyper::body::Incoming;
+use crate::proxy::downstream::Downstream;
 
 pub use crate::accesslog::Timing;
 
@@ -103,12 +103,12 @@ struct Head {
 
 /// Run `next` (the proxy) on `req`, with the request id, compression and access log.
 pub async fn around<F, Fut>(
-    mut req: Request<Incoming>,
+    mut req: Request<Downstream>,
     ctx: &ConnContext,
     next: F,
 ) -> Response<ProxyBody>
 where
-    F: FnOnce(Request<Incoming>) -> Fut,
+    F: FnOnce(Request<Downstream>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>>,
 {
     let started = Instant::now();

@@ -1,15 +1,15 @@
 //! What a listener does around the proxy: `redirect_https` (a 308 to the https URL; ACME
-//! HTTP-01 challenges excepted), `hsts` (Strict-Transport-Security on https responses), and
-//! HTTP/2 requests' `cookie` fields joined into one header for HTTP/1.1 backends (RFC 9113
-//! 8.2.3).
+//! HTTP-01 challenges excepted), `hsts` (Strict-Transport-Security on https responses),
+//! `Alt-Svc` for `http3: true`, and HTTP/2 and HTTP/3 requests' `cookie` fields joined into
+//! one header for HTTP/1.1 backends (RFC 9113 8.2.3, RFC 9114 4.2.1).
 
 use std::sync::Arc;
 
 use http::header::{
-    HeaderValue, CONTENT_LENGTH, COOKIE, HOST, LOCATION, STRICT_TRANSPORT_SECURITY,
+    HeaderValue, ALT_SVC, CONTENT_LENGTH, COOKIE, HOST, LOCATION, STRICT_TRANSPORT_SECURITY,
 };
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use crate::proxy::downstream::Downstream;
 
 use crate::config::Listener;
 use crate::proxy::body::ProxyBody;
@@ -21,11 +21,13 @@ pub(crate) struct Front {
     redirect: Option<u16>,
     /// `hsts`: the header value, on https connections.
     hsts: Option<HeaderValue>,
+    /// `http3: true`: `Alt-Svc: h3=":PORT"; ma=86400` on responses over TCP.
+    alt_svc: Option<HeaderValue>,
 }
 
 impl Front {
-    /// What `listener` asks for on a connection that is `https` or not.
-    pub fn of(listener: Option<&Listener>, https: bool) -> Option<Arc<Front>> {
+    /// What `listener` asks for on a connection that is `https` or not, made to `port`.
+    pub fn of(listener: Option<&Listener>, https: bool, port: u16) -> Option<Arc<Front>> {
         let l = listener?;
         let hsts = l
             .hsts
@@ -33,13 +35,25 @@ impl Front {
             .filter(|_| https)
             .and_then(|h| HeaderValue::from_str(&h.header_value()).ok());
         let redirect = l.redirect_https.filter(|_| !https);
-        (hsts.is_some() || redirect.is_some()).then(|| Arc::new(Front { redirect, hsts }))
+        // Over TCP: an HTTP/3 request arrives with version HTTP/3 and gets none (`respond`).
+        let alt_svc = l
+            .http3
+            .as_ref()
+            .filter(|_| https && port != 0)
+            .and_then(|_| HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok());
+        (hsts.is_some() || redirect.is_some() || alt_svc.is_some()).then(|| {
+            Arc::new(Front {
+                redirect,
+                hsts,
+                alt_svc,
+            })
+        })
     }
 }
 
 /// Serve one request: the redirect, or the proxy (with h2 cookies joined, HSTS added).
 pub(crate) async fn respond(
-    mut req: Request<Incoming>,
+    mut req: Request<Downstream>,
     ctx: Arc<ConnContext>,
     front: Option<Arc<Front>>,
 ) -> Response<ProxyBody> {
@@ -51,7 +65,8 @@ pub(crate) async fn respond(
             return redirect(&req, port);
         }
     }
-    if req.version() == Version::HTTP_2 {
+    let h3 = req.version() == Version::HTTP_3;
+    if req.version() >= Version::HTTP_2 {
         join_cookies(req.headers_mut());
     }
     let mut resp = match proxy::handle(req, ctx).await {
@@ -62,12 +77,15 @@ pub(crate) async fn respond(
         resp.headers_mut()
             .insert(STRICT_TRANSPORT_SECURITY, h.clone());
     }
+    if let Some(a) = front.as_ref().and_then(|f| f.alt_svc.as_ref()).filter(|_| !h3) {
+        resp.headers_mut().insert(ALT_SVC, a.clone());
+    }
     resp
 }
 
 /// ACME HTTP-01 challenges (`/.well-known/acme-challenge/...`) must be answered over plain
 /// http: they are proxied, not redirected, when a route or the listener's pool takes them.
-fn acme_challenge(req: &Request<Incoming>, ctx: &ConnContext) -> bool {
+fn acme_challenge(req: &Request<Downstream>, ctx: &ConnContext) -> bool {
     const PREFIX: &str = "/.well-known/acme-challenge/";
     let path = req.uri().path();
     // Only a path in normal form: `/.well-known/acme-challenge/../../x` is redirected.
@@ -116,7 +134,7 @@ fn strip_port(authority: &str) -> &str {
 }
 
 /// 308 to the same host, path and query over https (`port` left out when 443).
-fn redirect(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+fn redirect(req: &Request<Downstream>, port: u16) -> Response<ProxyBody> {
     let authority = match req.uri().authority() {
         Some(a) => Some(a.as_str().to_string()),
         None => req
@@ -153,7 +171,7 @@ fn redirect(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
     resp
 }
 
-/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one, joined with "; ".
+/// HTTP/2 and HTTP/3 may split `cookie` into several fields; HTTP/1.1 wants one, joined with "; ".
 fn join_cookies(headers: &mut http::HeaderMap) {
     let mut values = headers.get_all(COOKIE).iter();
     if values.next().is_none() || values.next().is_none() {

@@ -1,0 +1,267 @@
+//! One QUIC connection: its handshake (0-RTT only with `early_data`), then HTTP/3 (h3):
+//! each request stream becomes a `Request<Downstream>` for the listener's front and the
+//! proxy (the same path as HTTP/1.1 and HTTP/2), and the response is written back to the
+//! stream. A drain or a stopped listener sends GOAWAY: requests already taken finish, then
+//! the connection closes.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::{Response, StatusCode};
+use http_body::Body;
+use tokio::sync::watch;
+
+use super::{Handshaking, Shared};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::downstream::{Downstream, H3Body, StartError};
+use crate::proxy::{local, ConnContext};
+use crate::server::conn::front::{self, Front};
+
+/// The longest a client may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After GOAWAY and the last response: how long the client may take to close the
+/// connection itself (it then has every byte of its responses) before autolb closes it.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// HTTP/3's "no error" application close code (RFC 9114 8.1).
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
+type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// What every request of a connection needs.
+struct PerConnection {
+    ctx: Arc<ConnContext>,
+    front: Option<Arc<Front>>,
+    /// The longest wait for the start of a request body of unknown length.
+    body_wait: Duration,
+    /// With 0-RTT: true once the handshake completed (unsafe methods wait for it).
+    handshake: Option<watch::Receiver<bool>>,
+}
+
+/// Serve one admitted connection attempt until it ends.
+pub(super) async fn connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    handshaking: Handshaking,
+) {
+    let peer = incoming.remote_address();
+    let Ok(connecting) = incoming.accept() else {
+        return;
+    };
+    let tls = crate::tls::listener(&shared.name);
+    let (conn, handshake) = if shared.settings.early_data {
+        match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let (done, handshake) = watch::channel(false);
+                tokio::spawn(async move {
+                    let _ = accepted.await;
+                    drop(handshaking);
+                    let _ = done.send(true);
+                });
+                (conn, Some(handshake))
+            }
+            Err(connecting) => match handshake(connecting, handshaking).await {
+                Some(conn) => (conn, None),
+                None => return,
+            },
+        }
+    } else {
+        match handshake(connecting, handshaking).await {
+            Some(conn) => (conn, None),
+            None => return,
+        }
+    };
+    if let Some(tls) = &tls {
+        tls.stats.handshake(Some(rustls::ProtocolVersion::TLSv1_3));
+    }
+    let local = SocketAddr::new(conn.local_ip().unwrap_or(shared.local.ip()), shared.local.port());
+    let addrs = tag_requests(&shared).then_some(crate::l4::ProxyAddrs {
+        src: peer,
+        dst: local,
+    });
+    let Some(setup) =
+        crate::server::conn::setup(shared.runtime.clone(), &shared.name, peer, true, addrs, 0)
+    else {
+        conn.close(H3_NO_ERROR, b"");
+        return;
+    };
+    let _ = setup.ctx.tls.set("TLSv1.3");
+    let limits = &setup.ctx.limits;
+    let body_wait = limits.header_timeout.map_or(setup.idle, |t| t.min(setup.idle));
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(limits.max_header_bytes as u64);
+    let per = Arc::new(PerConnection {
+        ctx: setup.ctx,
+        front: setup.front,
+        body_wait,
+        handshake,
+    });
+    let h3conn = builder
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .await;
+    let mut h3conn = match h3conn {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+    };
+    let mut goaway = shared.goaway.subscribe();
+    let mut draining = false;
+    // The connection's requests: after GOAWAY, it closes once they all finished.
+    let mut requests = tokio::task::JoinSet::new();
+    loop {
+        if !draining && *goaway.borrow_and_update() {
+            draining = true;
+            // GOAWAY: requests already taken finish, later streams are refused
+            // (H3_REQUEST_REJECTED) by `accept`.
+            if h3conn.shutdown(0).await.is_err() {
+                break;
+            }
+        }
+        if draining && requests.is_empty() {
+            break;
+        }
+        tokio::select! {
+            accepted = h3conn.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    requests.spawn(request(resolver, per.clone()));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        tracing::debug!(client = %peer, error = %e, "HTTP/3 connection ended");
+                    }
+                    break;
+                }
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            _ = goaway.changed(), if !draining => {}
+        }
+    }
+    // The client left or the connection failed: what it still asked for is dropped; after
+    // a GOAWAY all was answered.
+    requests.abort_all();
+    drop(h3conn);
+    // The client closes once it has its responses; else autolb does, shortly.
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.closed()).await;
+    conn.close(H3_NO_ERROR, b"");
+}
+
+/// Whether some pool sends PROXY headers (requests then carry the connection's addresses).
+fn tag_requests(shared: &Shared) -> bool {
+    shared
+        .runtime
+        .snapshot()
+        .config
+        .pools
+        .iter()
+        .any(|p| p.send_proxy.is_some())
+}
+
+/// The handshake, bounded by `HANDSHAKE_TIMEOUT`.
+async fn handshake(
+    connecting: quinn::Connecting,
+    handshaking: Handshaking,
+) -> Option<quinn::Connection> {
+    let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await;
+    drop(handshaking);
+    match result {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "QUIC handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// One request stream: its head, its body, the proxy's answer written back.
+async fn request(resolver: Resolver, per: Arc<PerConnection>) {
+    let Ok((req, stream)) = resolver.resolve_request().await else {
+        return;
+    };
+    let (mut send, recv) = stream.split();
+    if let Some(handshake) = per.handshake.as_ref().filter(|_| !req.method().is_safe()) {
+        // 0-RTT data can be replayed: an unsafe request is acted on only once the handshake
+        // proved the client live.
+        if handshake.clone().wait_for(|done| *done).await.is_err() {
+            return;
+        }
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match H3Body::start(recv, declared, per.body_wait).await {
+        Ok(body) => body,
+        Err(StartError::Timeout) => {
+            let resp = local::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+                None,
+            );
+            return respond(&mut send, resp).await;
+        }
+        Err(StartError::Stream(_)) => return,
+    };
+    let req = req.map(|()| Downstream::H3(Box::new(body)));
+    let resp = front::respond(req, per.ctx.clone(), per.front.clone()).await;
+    respond(&mut send, resp).await
+}
+
+/// Write `resp` to the stream: its head (without HTTP/1 connection headers, which HTTP/3
+/// forbids), its body as it comes, its trailers.
+async fn respond(send: &mut SendStream, resp: Response<ProxyBody>) {
+    let (mut parts, body) = resp.into_parts();
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove("keep-alive");
+    parts.headers.remove("proxy-connection");
+    parts.version = http::Version::HTTP_3;
+    if send
+        .send_response(Response::from_parts(parts, ()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut body = Box::pin(body);
+    loop {
+        let frame = poll_fn(|cx| Pin::as_mut(&mut body).poll_frame(cx)).await;
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed: HTTP/3 stream reset");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                if !data.is_empty() && send.send_data(data).await.is_err() {
+                    return;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    if send.send_trailers(trailers).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    let _ = send.finish().await;
+}

@@ -1,0 +1,415 @@
+//! HTTP/3 (`http3: true` on an https listener) through the real `autolb` with a real HTTP/3
+//! client (h3 over quinn): requests and bodies through the proxy, 100 concurrent streams on
+//! one connection, a large response, Alt-Svc on the TCP side, a certificate swap seen by the
+//! next QUIC handshake, GOAWAY on drain, and 0-RTT off by default.
+
+mod common;
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use common::tls::{self as t, eventually, https_config, metric, TestCa};
+use common::{echo, Autolb};
+use rustls::pki_types::CertificateDer;
+
+type Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// Every wait for the network is bounded by this.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A QUIC client endpoint trusting `ca`, ALPN h3, TLS session resumption with 0-RTT offered
+/// (`early`).
+fn client(ca: &TestCa, early: bool) -> quinn::Endpoint {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = early;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// An HTTP/3 connection: the QUIC connection, its request sender, and its driver's task
+/// (which ends, with the close reason, when the connection closes).
+struct H3 {
+    conn: quinn::Connection,
+    send: Send,
+    driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
+}
+
+async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, sni: &str) -> H3 {
+    let connecting = endpoint.connect(addr, sni).expect("connect");
+    let conn = tokio::time::timeout(LIMIT, connecting)
+        .await
+        .expect("QUIC handshake in time")
+        .expect("QUIC handshake");
+    h3_over(conn).await
+}
+
+async fn h3_over(conn: quinn::Connection) -> H3 {
+    let (mut driver, send) = tokio::time::timeout(LIMIT, h3::client::new(h3_quinn::Connection::new(conn.clone())))
+        .await
+        .expect("h3 setup in time")
+        .expect("h3 setup");
+    let driver = tokio::spawn(async move { poll_fn(|cx| driver.poll_close(cx)).await });
+    H3 { conn, send, driver }
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// One request with `body` (none when empty), its whole answer.
+async fn request(send: &mut Send, method: &str, url: &str, body: &[u8]) -> Result<Answer, String> {
+    let mut req = http::Request::builder().method(method).uri(url);
+    if !body.is_empty() {
+        req = req.header("content-length", body.len());
+    }
+    let req = req.body(()).expect("request");
+    let exchange = async {
+        let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if !body.is_empty() {
+            // In pieces, as a client streams a large upload.
+            for piece in body.chunks(16 * 1024) {
+                stream
+                    .send_data(Bytes::copy_from_slice(piece))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+            while chunk.has_remaining() {
+                let c = chunk.chunk();
+                body.extend_from_slice(c);
+                let n = c.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(Answer {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body,
+        })
+    };
+    tokio::time::timeout(LIMIT, exchange)
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+}
+
+/// An https listener `secure` with `http3: true` (and `extra` under it) in front of `e`,
+/// with a certificate for a.test.
+struct Setup {
+    lb: Autolb,
+    ca: TestCa,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start(backends: &[SocketAddr], extra: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("test CA");
+    let (cert, key) = ca.issue(&["a.test"]).write(dir.path(), "a");
+    let listener = format!("    http3: true\n{extra}");
+    let yaml = https_config(&[(cert.clone(), key.clone())], "", &listener, "", backends);
+    let lb = Autolb::start(&format!("{yaml}access_log: {{ path: stderr }}\n"));
+    Setup {
+        lb,
+        ca,
+        cert,
+        key,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn get_and_post_with_bodies_go_through_the_proxy_over_http3() {
+    let e = echo("e");
+    let s = start(&[e.addr], "");
+    let addr = s.lb.addr("secure");
+    let endpoint = client(&s.ca, false);
+    let mut c = connect(&endpoint, addr, "a.test").await;
+
+    let get = request(&mut c.send, "GET", "https://a.test/echo?x=1", b"")
+        .await
+        .expect("GET");
+    assert_eq!(get.status, 200, "{}", String::from_utf8_lossy(&get.body));
+    let doc = get.json();
+    assert_eq!(doc["method"], "GET");
+    assert_eq!(doc["path"], "/echo?x=1");
+    assert_eq!(doc["body_length"], 0);
+    // Forwarded as a request without a body (not chunked), with the client's scheme.
+    assert!(doc["headers"].get("transfer-encoding").is_none(), "{doc}");
+    assert_eq!(doc["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(doc["headers"]["host"], "a.test");
+    assert!(get.headers.contains_key("x-backend"));
+    // The TCP side's Alt-Svc is not repeated over HTTP/3.
+    assert!(!get.headers.contains_key("alt-svc"));
+
+    let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let post = request(&mut c.send, "POST", "https://a.test/echo", &upload)
+        .await
+        .expect("POST");
+    assert_eq!(post.status, 200);
+    assert_eq!(post.json()["method"], "POST");
+    assert_eq!(post.json()["body_length"], upload.len());
+
+    // No route for this path: the proxy's own 404, as over TCP.
+    let missing = request(&mut c.send, "GET", "https://a.test/nothing-here", b"")
+        .await
+        .expect("GET");
+    assert_eq!(missing.status, 404);
+
+    // The access log says HTTP/3; the downstream gauge counts the QUIC connection; the
+    // handshake is counted as TLS 1.3.
+    assert!(
+        s.lb.proc.log_shows("\"protocol\":\"HTTP/3.0\"", LIMIT),
+        "log:\n{}",
+        s.lb.proc.log()
+    );
+    assert_eq!(
+        metric(&s.lb, "autolb_downstream_connections{listener=\"secure\"}").await,
+        1
+    );
+    c.conn.close(0u32.into(), b"");
+    let gone = eventually(30, || async {
+        metric(&s.lb, "autolb_downstream_connections{listener=\"secure\"}").await == 0
+    })
+    .await;
+    assert!(gone, "QUIC connection still counted after it closed");
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_streams_share_one_connection() {
+    let e = echo("e");
+    let s = start(&[e.addr], "");
+    let endpoint = client(&s.ca, false);
+    let c = connect(&endpoint, s.lb.addr("secure"), "a.test").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let mut send = c.send.clone();
+        tasks.spawn(async move {
+            // Each waits at the backend, so that all are open at once.
+            request(&mut send, "GET", &format!("https://a.test/delay/200?i={i}"), b"").await
+        });
+    }
+    let mut ok = 0;
+    while let Some(done) = tasks.join_next().await {
+        let answer = done.expect("task").expect("answer");
+        assert_eq!(answer.status, 200);
+        ok += 1;
+    }
+    assert_eq!(ok, 100);
+    assert!(!c.driver.is_finished(), "the connection closed under the load");
+}
+
+#[tokio::test]
+async fn a_large_response_arrives_whole() {
+    let e = echo("e");
+    let s = start(&[e.addr], "");
+    let endpoint = client(&s.ca, false);
+    let mut c = connect(&endpoint, s.lb.addr("secure"), "a.test").await;
+    let size = 32 * 1024 * 1024;
+    let answer = request(&mut c.send, "GET", &format!("https://a.test/bytes/{size}"), b"")
+        .await
+        .expect("answer");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), size);
+    // `/bytes/N`: byte k is k % 256.
+    assert!(answer.body.iter().enumerate().all(|(k, b)| *b == k as u8));
+}
+
+#[tokio::test]
+async fn responses_over_tcp_advertise_http3_on_the_same_port() {
+    let e = echo("e");
+    let s = start(&[e.addr], "");
+    let addr = s.lb.addr("secure");
+    let mut h1 = t::h1(
+        t::connect(addr, "a.test", &t::connector(&s.ca, &[], false))
+            .await
+            .expect("tls"),
+    )
+    .await;
+    let reply = t::get1(&mut h1, "a.test", "/").await;
+    assert_eq!(reply.status, 200);
+    let alt = reply.headers.get("alt-svc").expect("Alt-Svc over TCP");
+    assert_eq!(alt, &format!("h3=\":{}\"; ma=86400", addr.port()));
+
+    // Without http3, none.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = s.ca.issue(&["a.test"]).write(dir.path(), "b");
+    let plain = Autolb::start(&https_config(&[(cert, key)], "", "", "", &[e.addr]));
+    let mut h1 = t::h1(
+        t::connect(plain.addr("secure"), "a.test", &t::connector(&s.ca, &[], false))
+            .await
+            .expect("tls"),
+    )
+    .await;
+    let reply = t::get1(&mut h1, "a.test", "/").await;
+    assert!(reply.headers.get("alt-svc").is_none());
+}
+
+/// The certificate the server presented on `conn`.
+fn presented(conn: &quinn::Connection) -> CertificateDer<'static> {
+    let identity = conn.peer_identity().expect("peer identity");
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .expect("certificate chain");
+    chain[0].clone()
+}
+
+#[tokio::test]
+async fn a_certificate_swapped_on_disk_is_seen_by_the_next_quic_handshake() {
+    let e = echo("e");
+    let s = start(&[e.addr], "");
+    let addr = s.lb.addr("secure");
+    let endpoint = client(&s.ca, false);
+    let mut open = connect(&endpoint, addr, "a.test").await;
+    let first = presented(&open.conn);
+
+    let two = s.ca.issue(&["a.test"]);
+    t::replace_file(&s.key, two.key_pem.as_bytes());
+    t::replace_file(&s.cert, two.cert_pem.as_bytes());
+    let swapped = eventually(30, || async {
+        let c = connect(&endpoint, addr, "a.test").await;
+        let now = presented(&c.conn);
+        c.conn.close(0u32.into(), b"");
+        now == two.der
+    })
+    .await;
+    assert!(swapped, "new certificate not served over QUIC; log:\n{}", s.lb.proc.log());
+    assert_ne!(first, two.der);
+    // The connection made before the swap goes on.
+    let answer = request(&mut open.send, "GET", "https://a.test/", b"")
+        .await
+        .expect("answer");
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
+async fn a_drain_sends_goaway_and_lets_the_request_in_flight_finish() {
+    let e = echo("e");
+    let s = start(&[e.addr], "");
+    let endpoint = client(&s.ca, false);
+    let mut c = connect(&endpoint, s.lb.addr("secure"), "a.test").await;
+    // A request the backend answers in 1.5 s, in flight when the drain starts.
+    let mut send = c.send.clone();
+    let slow = tokio::spawn(async move {
+        request(&mut send, "GET", "https://a.test/delay/1500", b"").await
+    });
+    // It reached the backend: the access log has nothing yet, the gauge counts the
+    // connection; give the request a moment to be on its way (waited for through the
+    // downstream gauge, then a short margin that only makes the test stricter if short).
+    let counted = eventually(30, || async {
+        metric(&s.lb, "autolb_downstream_connections{listener=\"secure\"}").await == 1
+    })
+    .await;
+    assert!(counted);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = s.lb.proc.pid();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let answer = slow.await.expect("task").expect("the request in flight is answered");
+    assert_eq!(answer.status, 200);
+    // GOAWAY: a new request on the connection is refused, and the connection closes
+    // without an error.
+    let closed = tokio::time::timeout(LIMIT, &mut c.driver)
+        .await
+        .expect("connection closed after GOAWAY")
+        .expect("driver");
+    assert!(closed.is_h3_no_error(), "closed with {closed:?}");
+    assert!(request(&mut c.send, "GET", "https://a.test/", b"").await.is_err());
+}
+
+#[tokio::test]
+async fn zero_rtt_is_off_by_default_and_on_with_early_data() {
+    let e = echo("e");
+    for (extra, expect) in [("", false), ("    quic: { early_data: true }\n", true)] {
+        let s = start(&[e.addr], extra);
+        let addr = s.lb.addr("secure");
+        let endpoint = client(&s.ca, true);
+        // A first connection leaves a session ticket with the client.
+        let mut first = connect(&endpoint, addr, "a.test").await;
+        assert_eq!(
+            request(&mut first.send, "GET", "https://a.test/", b"")
+                .await
+                .expect("answer")
+                .status,
+            200
+        );
+        first.conn.close(0u32.into(), b"");
+        // The next ones offer 0-RTT (each with a ticket from the one before): accepted
+        // only with early_data: true.
+        let mut accepted = false;
+        for _ in 0..3 {
+            let connecting = endpoint.connect(addr, "a.test").expect("connect");
+            match connecting.into_0rtt() {
+                Ok((conn, zero_rtt)) => {
+                    accepted |= tokio::time::timeout(LIMIT, zero_rtt).await.unwrap_or(false);
+                    conn.close(0u32.into(), b"");
+                }
+                Err(connecting) => {
+                    let conn = tokio::time::timeout(LIMIT, connecting)
+                        .await
+                        .expect("handshake in time")
+                        .expect("handshake");
+                    conn.close(0u32.into(), b"");
+                }
+            }
+            if accepted {
+                break;
+            }
+        }
+        assert_eq!(accepted, expect, "0-RTT with {extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn with_early_data_a_post_sent_in_0rtt_is_answered() {
+    let e = echo("e");
+    let s = start(&[e.addr], "    quic: { early_data: true }\n");
+    let addr = s.lb.addr("secure");
+    let endpoint = client(&s.ca, true);
+    let mut first = connect(&endpoint, addr, "a.test").await;
+    assert_eq!(
+        request(&mut first.send, "GET", "https://a.test/", b"").await.expect("answer").status,
+        200
+    );
+    first.conn.close(0u32.into(), b"");
+    let mut sent = false;
+    for _ in 0..20 {
+        let connecting = endpoint.connect(addr, "a.test").expect("connect");
+        let Ok((conn, accepted)) = connecting.into_0rtt() else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut c = h3_over(conn).await;
+        let post = request(&mut c.send, "POST", "https://a.test/echo", b"pay").await;
+        assert!(tokio::time::timeout(LIMIT, accepted).await.unwrap_or(false));
+        assert_eq!(post.expect("answer").json()["body_length"], 3);
+        sent = true;
+        break;
+    }
+    assert!(sent, "no 0-RTT connection; log:\n{}", s.lb.proc.log());
+}
