@@ -56,10 +56,13 @@ async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, sni: &str) -> H3 
 }
 
 async fn h3_over(conn: quinn::Connection) -> H3 {
-    let (mut driver, send) = tokio::time::timeout(LIMIT, h3::client::new(h3_quinn::Connection::new(conn.clone())))
-        .await
-        .expect("h3 setup in time")
-        .expect("h3 setup");
+    let (mut driver, send) = tokio::time::timeout(
+        LIMIT,
+        h3::client::new(h3_quinn::Connection::new(conn.clone())),
+    )
+    .await
+    .expect("h3 setup in time")
+    .expect("h3 setup");
     let driver = tokio::spawn(async move { poll_fn(|cx| driver.poll_close(cx)).await });
     H3 { conn, send, driver }
 }
@@ -210,7 +213,13 @@ async fn a_hundred_concurrent_streams_share_one_connection() {
         let mut send = c.send.clone();
         tasks.spawn(async move {
             // Each waits at the backend, so that all are open at once.
-            request(&mut send, "GET", &format!("https://a.test/delay/200?i={i}"), b"").await
+            request(
+                &mut send,
+                "GET",
+                &format!("https://a.test/delay/200?i={i}"),
+                b"",
+            )
+            .await
         });
     }
     let mut ok = 0;
@@ -220,7 +229,10 @@ async fn a_hundred_concurrent_streams_share_one_connection() {
         ok += 1;
     }
     assert_eq!(ok, 100);
-    assert!(!c.driver.is_finished(), "the connection closed under the load");
+    assert!(
+        !c.driver.is_finished(),
+        "the connection closed under the load"
+    );
 }
 
 #[tokio::test]
@@ -230,9 +242,14 @@ async fn a_large_response_arrives_whole() {
     let endpoint = client(&s.ca, false);
     let mut c = connect(&endpoint, s.lb.addr("secure"), "a.test").await;
     let size = 32 * 1024 * 1024;
-    let answer = request(&mut c.send, "GET", &format!("https://a.test/bytes/{size}"), b"")
-        .await
-        .expect("answer");
+    let answer = request(
+        &mut c.send,
+        "GET",
+        &format!("https://a.test/bytes/{size}"),
+        b"",
+    )
+    .await
+    .expect("answer");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body.len(), size);
     // `/bytes/N`: byte k is k % 256.
@@ -260,9 +277,13 @@ async fn responses_over_tcp_advertise_http3_on_the_same_port() {
     let (cert, key) = s.ca.issue(&["a.test"]).write(dir.path(), "b");
     let plain = Autolb::start(&https_config(&[(cert, key)], "", "", "", &[e.addr]));
     let mut h1 = t::h1(
-        t::connect(plain.addr("secure"), "a.test", &t::connector(&s.ca, &[], false))
-            .await
-            .expect("tls"),
+        t::connect(
+            plain.addr("secure"),
+            "a.test",
+            &t::connector(&s.ca, &[], false),
+        )
+        .await
+        .expect("tls"),
     )
     .await;
     let reply = t::get1(&mut h1, "a.test", "/").await;
@@ -297,7 +318,11 @@ async fn a_certificate_swapped_on_disk_is_seen_by_the_next_quic_handshake() {
         now == two.der
     })
     .await;
-    assert!(swapped, "new certificate not served over QUIC; log:\n{}", s.lb.proc.log());
+    assert!(
+        swapped,
+        "new certificate not served over QUIC; log:\n{}",
+        s.lb.proc.log()
+    );
     assert_ne!(first, two.der);
     // The connection made before the swap goes on.
     let answer = request(&mut open.send, "GET", "https://a.test/", b"")
@@ -314,9 +339,10 @@ async fn a_drain_sends_goaway_and_lets_the_request_in_flight_finish() {
     let mut c = connect(&endpoint, s.lb.addr("secure"), "a.test").await;
     // A request the backend answers in 1.5 s, in flight when the drain starts.
     let mut send = c.send.clone();
-    let slow = tokio::spawn(async move {
-        request(&mut send, "GET", "https://a.test/delay/1500", b"").await
-    });
+    let slow =
+        tokio::spawn(
+            async move { request(&mut send, "GET", "https://a.test/delay/1500", b"").await },
+        );
     // It reached the backend: the access log has nothing yet, the gauge counts the
     // connection; give the request a moment to be on its way (waited for through the
     // downstream gauge, then a short margin that only makes the test stricter if short).
@@ -330,7 +356,10 @@ async fn a_drain_sends_goaway_and_lets_the_request_in_flight_finish() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    let answer = slow.await.expect("task").expect("the request in flight is answered");
+    let answer = slow
+        .await
+        .expect("task")
+        .expect("the request in flight is answered");
     assert_eq!(answer.status, 200);
     // GOAWAY: a new request on the connection is refused, and the connection closes
     // without an error.
@@ -339,7 +368,9 @@ async fn a_drain_sends_goaway_and_lets_the_request_in_flight_finish() {
         .expect("connection closed after GOAWAY")
         .expect("driver");
     assert!(closed.is_h3_no_error(), "closed with {closed:?}");
-    assert!(request(&mut c.send, "GET", "https://a.test/", b"").await.is_err());
+    assert!(request(&mut c.send, "GET", "https://a.test/", b"")
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -393,7 +424,10 @@ async fn with_early_data_a_post_sent_in_0rtt_is_answered() {
     let endpoint = client(&s.ca, true);
     let mut first = connect(&endpoint, addr, "a.test").await;
     assert_eq!(
-        request(&mut first.send, "GET", "https://a.test/", b"").await.expect("answer").status,
+        request(&mut first.send, "GET", "https://a.test/", b"")
+            .await
+            .expect("answer")
+            .status,
         200
     );
     first.conn.close(0u32.into(), b"");

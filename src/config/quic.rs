@@ -128,7 +128,10 @@ pub(crate) fn listener_http3(
         } else {
             issues.push(
                 n.pos,
-                format!("max_handshakes must be between 2 and 1000000, got {}", n.value),
+                format!(
+                    "max_handshakes must be between 2 and 1000000, got {}",
+                    n.value
+                ),
             );
         }
     }
@@ -139,4 +142,66 @@ pub(crate) fn listener_http3(
         h.early_data = e.value;
     }
     Some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_error, load};
+    use super::*;
+
+    fn https(extra: &str) -> String {
+        format!(
+            "listeners:\n  - name: s\n    listen: 0.0.0.0:8443\n    protocol: https\n    \
+             pool: p\n    tls:\n      certificates: [{{ cert: a.crt, key: a.key }}]\n{extra}\
+             pools:\n  p:\n    backends: [{{ address: 127.0.0.1:9000 }}]\n"
+        )
+    }
+
+    #[test]
+    fn http3_defaults_and_settings() {
+        let c = load(&https("")).expect("valid");
+        assert_eq!(c.listeners[0].http3, None);
+        let c = load(&https("    http3: true\n")).expect("valid");
+        assert_eq!(c.listeners[0].http3, Some(Http3::default()));
+        assert!(!Http3::default().early_data);
+        let c = load(&https(
+            "    http3: true\n    quic: { max_streams: 50, idle_timeout: 10s, max_udp_payload: 1350, \
+             max_handshakes: 64, retry: always, early_data: true }\n",
+        ))
+        .expect("valid");
+        let h = c.listeners[0].http3.clone().expect("http3");
+        assert_eq!(h.max_streams, 50);
+        assert_eq!(h.idle_timeout, Duration::from_secs(10));
+        assert_eq!(h.max_udp_payload, 1350);
+        assert_eq!(h.max_handshakes, 64);
+        assert_eq!(h.retry, RetryMode::Always);
+        assert!(h.early_data);
+    }
+
+    #[test]
+    fn http3_errors_point_at_their_value() {
+        let yaml = "listeners:\n  - { name: w, listen: 0.0.0.0:80, protocol: http, pool: p, http3: true }\n\
+                    pools:\n  p:\n    backends: [{ address: 127.0.0.1:9000 }]\n";
+        assert_error(yaml, "true", "http3 is only allowed on https listeners");
+        let yaml = https("    quic: { max_streams: 5 }\n");
+        assert_error(&yaml, "{ max_streams", "quic needs http3: true");
+        let yaml = https("    http3: true\n    quic: { max_streams: 0 }\n");
+        assert_error(
+            &yaml,
+            "0 }",
+            "max_streams must be between 1 and 10000, got 0",
+        );
+        let yaml = https("    http3: true\n    quic: { max_udp_payload: 1000 }\n");
+        assert_error(
+            &yaml,
+            "1000",
+            "max_udp_payload must be between 1200 and 65527 bytes",
+        );
+        let yaml = https("    http3: true\n    quic: { idle_timeout: 1ms }\n");
+        assert_error(&yaml, "1ms", "idle_timeout must be between 100ms and 24h");
+        let yaml = https("    http3: true\n    quic: { retry: sometimes }\n");
+        assert_error(&yaml, "sometimes", "unknown value \"sometimes\"");
+        let yaml = https("    http3: true\n    quic: { max_stream: 5 }\n");
+        assert_error(&yaml, "max_stream:", "unknown field \"max_stream\"");
+    }
 }

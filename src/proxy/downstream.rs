@@ -54,7 +54,7 @@ impl Body for Downstream {
     fn size_hint(&self) -> SizeHint {
         match self {
             Downstream::Hyper(b) => b.size_hint(),
-            Downstream::H3(b) => b.size.clone(),
+            Downstream::H3(b) => b.size,
         }
     }
 }
@@ -78,7 +78,9 @@ pub struct H3Body {
 
 impl std::fmt::Debug for H3Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H3Body").field("state", &self.state).finish()
+        f.debug_struct("H3Body")
+            .field("state", &self.state)
+            .finish()
     }
 }
 
@@ -145,7 +147,10 @@ impl H3Body {
         self.first.is_none() && self.state == State::Done
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }

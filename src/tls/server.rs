@@ -289,9 +289,8 @@ impl TlsListener {
         } else {
             cfg.ticketer = self.ticketer.clone();
         }
-        quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| {
-            err(rustls::Error::General(format!("QUIC: {e}")))
-        })
+        quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+            .map_err(|e| err(rustls::Error::General(format!("QUIC: {e}"))))
     }
 
     /// TLS handshake with `stream`, bounded by `timeout`.

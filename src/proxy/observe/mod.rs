@@ -16,10 +16,10 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
+use crate::proxy::downstream::Downstream;
 use http::header::{ACCEPT_ENCODING, REFERER, USER_AGENT};
 use http::{Request, Response};
 use http_body::Body as _;
-use crate::proxy::downstream::Downstream;
 
 pub use crate::accesslog::Timing;
 

@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
+use crate::proxy::downstream::Downstream;
 use http::header::{
     HeaderValue, ALT_SVC, CONTENT_LENGTH, COOKIE, HOST, LOCATION, STRICT_TRANSPORT_SECURITY,
 };
 use http::{Request, Response, StatusCode, Version};
-use crate::proxy::downstream::Downstream;
 
 use crate::config::Listener;
 use crate::proxy::body::ProxyBody;
@@ -77,7 +77,11 @@ pub(crate) async fn respond(
         resp.headers_mut()
             .insert(STRICT_TRANSPORT_SECURITY, h.clone());
     }
-    if let Some(a) = front.as_ref().and_then(|f| f.alt_svc.as_ref()).filter(|_| !h3) {
+    if let Some(a) = front
+        .as_ref()
+        .and_then(|f| f.alt_svc.as_ref())
+        .filter(|_| !h3)
+    {
         resp.headers_mut().insert(ALT_SVC, a.clone());
     }
     resp

@@ -81,7 +81,10 @@ pub(super) async fn connection(
     if let Some(tls) = &tls {
         tls.stats.handshake(Some(rustls::ProtocolVersion::TLSv1_3));
     }
-    let local = SocketAddr::new(conn.local_ip().unwrap_or(shared.local.ip()), shared.local.port());
+    let local = SocketAddr::new(
+        conn.local_ip().unwrap_or(shared.local.ip()),
+        shared.local.port(),
+    );
     let addrs = tag_requests(&shared).then_some(crate::l4::ProxyAddrs {
         src: peer,
         dst: local,
@@ -94,7 +97,9 @@ pub(super) async fn connection(
     };
     let _ = setup.ctx.tls.set("TLSv1.3");
     let limits = &setup.ctx.limits;
-    let body_wait = limits.header_timeout.map_or(setup.idle, |t| t.min(setup.idle));
+    let body_wait = limits
+        .header_timeout
+        .map_or(setup.idle, |t| t.min(setup.idle));
     let mut builder = h3::server::builder();
     builder.max_field_section_size(limits.max_header_bytes as u64);
     let per = Arc::new(PerConnection {
