@@ -447,3 +447,72 @@ async fn with_early_data_a_post_sent_in_0rtt_is_answered() {
     }
     assert!(sent, "no 0-RTT connection; log:\n{}", s.lb.proc.log());
 }
+
+/// `POST /config/reload` on the admin port.
+async fn reload(lb: &Autolb) -> common::Reply {
+    let req = http::Request::post("/config/reload")
+        .header("content-type", "application/json")
+        .header("host", "admin")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("request");
+    common::Client::connect(lb.admin).await.request(req).await
+}
+
+/// A QUIC handshake with `addr`, bounded (quinn's own idle timeout otherwise).
+async fn handshake_ok(endpoint: &quinn::Endpoint, addr: SocketAddr) -> bool {
+    let Ok(connecting) = endpoint.connect(addr, "a.test") else {
+        return false;
+    };
+    match tokio::time::timeout(Duration::from_secs(3), connecting).await {
+        Ok(Ok(conn)) => {
+            conn.close(0u32.into(), b"");
+            true
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn a_reload_turns_http3_on_and_off() {
+    let e = echo("e");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("test CA");
+    let pair = ca.issue(&["a.test"]).write(dir.path(), "a");
+    let without = https_config(std::slice::from_ref(&pair), "", "", "", &[e.addr]);
+    let lb = Autolb::start(&without);
+    let addr = lb.addr("secure");
+    let endpoint = client(&ca, false);
+    assert!(
+        !handshake_ok(&endpoint, addr).await,
+        "QUIC served without http3"
+    );
+
+    let with = https_config(
+        std::slice::from_ref(&pair),
+        "",
+        "    http3: true\n    quic: { retry: always }\n",
+        "",
+        &[e.addr],
+    );
+    std::fs::write(&lb.config, &with).expect("write config");
+    let r = reload(&lb).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Every new client proves its address first (a Retry round trip), then is served.
+    let mut c = connect(&endpoint, addr, "a.test").await;
+    let answer = request(&mut c.send, "GET", "https://a.test/", b"")
+        .await
+        .expect("answer");
+    assert_eq!(answer.status, 200);
+
+    std::fs::write(&lb.config, &without).expect("write config");
+    let r = reload(&lb).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The open connection got GOAWAY and closes; new handshakes are refused.
+    let closed = tokio::time::timeout(LIMIT, &mut c.driver)
+        .await
+        .expect("connection closed after http3 was turned off")
+        .expect("driver");
+    assert!(closed.is_h3_no_error(), "closed with {closed:?}");
+    let off = eventually(30, || async { !handshake_ok(&endpoint, addr).await }).await;
+    assert!(off, "QUIC still served after http3 was turned off");
+}
