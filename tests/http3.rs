@@ -516,3 +516,59 @@ async fn a_reload_turns_http3_on_and_off() {
     let off = eventually(30, || async { !handshake_ok(&endpoint, addr).await }).await;
     assert!(off, "QUIC still served after http3 was turned off");
 }
+
+#[tokio::test]
+async fn after_an_upgrade_the_new_process_serves_http3_and_the_old_one_drains_its_connections() {
+    let e = echo("e");
+    let mut s = start(&[e.addr], "");
+    assert!(
+        s.lb.proc
+            .log_shows("a successor can take over", Duration::from_secs(10)),
+        "{}",
+        s.lb.proc.log()
+    );
+    let addr = s.lb.addr("secure");
+    let endpoint = client(&s.ca, false);
+    let mut old = connect(&endpoint, addr, "a.test").await;
+    let answer = request(&mut old.send, "GET", "https://a.test/", b"")
+        .await
+        .expect("answer");
+    assert_eq!(answer.status, 200);
+
+    let mut child = common::command(common::AUTOLB)
+        .args(["run", "--upgrade", "-c"])
+        .arg(&s.lb.config)
+        .env("AUTOLB_LOG", "info")
+        .env("TMPDIR", s.lb.config.parent().expect("config dir"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the new autolb");
+    let log = common::collect(child.stderr.take().expect("stderr"));
+    let new = common::Proc { child, log };
+    assert!(
+        new.log_shows("listening for HTTP/3", LIMIT),
+        "new process:\n{}\nold process:\n{}",
+        new.log(),
+        s.lb.proc.log()
+    );
+    // The old process says GOAWAY on its connection, which closes cleanly.
+    let closed = tokio::time::timeout(LIMIT, &mut old.driver)
+        .await
+        .expect("old connection closed after the upgrade")
+        .expect("driver");
+    assert!(closed.is_h3_no_error(), "closed with {closed:?}");
+    let exited = eventually(30, || {
+        let done = s.lb.proc.child.try_wait().expect("wait").is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "old process still running:\n{}", s.lb.proc.log());
+    // New connections are served by the new process.
+    let mut c = connect(&endpoint, addr, "a.test").await;
+    let answer = request(&mut c.send, "GET", "https://a.test/", b"")
+        .await
+        .expect("answer from the new process");
+    assert_eq!(answer.status, 200);
+    drop(new);
+}
