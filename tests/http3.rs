@@ -222,6 +222,13 @@ async fn a_hundred_concurrent_streams_share_one_connection() {
             .await
         });
     }
+    // All 100 are at the backend at the same time: one connection carries them at once.
+    let all_open = eventually(30, || async { active(&s.lb).await == 100 }).await;
+    assert!(
+        all_open,
+        "never 100 requests in flight; log:\n{}",
+        s.lb.proc.log()
+    );
     let mut ok = 0;
     while let Some(done) = tasks.join_next().await {
         let answer = done.expect("task").expect("answer");
@@ -290,6 +297,15 @@ async fn responses_over_tcp_advertise_http3_on_the_same_port() {
     assert!(reply.headers.get("alt-svc").is_none());
 }
 
+/// Requests in flight to backends (`autolb_backend_active_requests`, summed).
+async fn active(lb: &Autolb) -> u64 {
+    let text = common::get(lb.admin, "/metrics").await.text();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("autolb_backend_active_requests{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The certificate the server presented on `conn`.
 fn presented(conn: &quinn::Connection) -> CertificateDer<'static> {
     let identity = conn.peer_identity().expect("peer identity");
@@ -343,15 +359,9 @@ async fn a_drain_sends_goaway_and_lets_the_request_in_flight_finish() {
         tokio::spawn(
             async move { request(&mut send, "GET", "https://a.test/delay/1500", b"").await },
         );
-    // It reached the backend: the access log has nothing yet, the gauge counts the
-    // connection; give the request a moment to be on its way (waited for through the
-    // downstream gauge, then a short margin that only makes the test stricter if short).
-    let counted = eventually(30, || async {
-        metric(&s.lb, "autolb_downstream_connections{listener=\"secure\"}").await == 1
-    })
-    .await;
-    assert!(counted);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The drain starts once the request is at the backend.
+    let at_backend = eventually(30, || async { active(&s.lb).await == 1 }).await;
+    assert!(at_backend, "the request never reached the backend");
     let pid = s.lb.proc.pid();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
