@@ -1,0 +1,67 @@
+//! The proxy's per-connection context and the listener's front for a new client
+//! connection (TCP or QUIC).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::front::Front;
+use crate::proxy::{headers::ClientInfo, ConnContext};
+use crate::runtime::Runtime;
+
+/// What a connection of a listener is served with.
+pub(crate) struct Setup {
+    pub ctx: Arc<ConnContext>,
+    pub front: Option<Arc<Front>>,
+    /// The listener's `idle_timeout`.
+    pub idle: Duration,
+    pub h2c: bool,
+}
+
+/// The proxy's context and the listener's front for a connection from `peer` to listener
+/// `listener_name` (over TLS or QUIC when `https`) on `port`; `None` if the listener is gone.
+pub(crate) fn setup(
+    runtime: Arc<Runtime>,
+    listener_name: &str,
+    peer: SocketAddr,
+    https: bool,
+    addrs: Option<crate::l4::ProxyAddrs>,
+    port: u16,
+) -> Option<Setup> {
+    let snapshot = runtime.snapshot();
+    let listener = snapshot.listener(listener_name)?;
+    let info = &snapshot.listeners[listener];
+    let idle = info.idle_timeout;
+    let trusted = info.trusts(peer.ip());
+    let normalize = info.normalize.clone();
+    let config = snapshot
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener_name);
+    let h2c = config.is_some_and(|l| l.h2c);
+    let front = Front::of(config, https, port);
+    let limits = config.map(|l| l.limits.clone()).unwrap_or_default();
+    let rate_limit = config
+        .and_then(|l| l.rate_limit.as_ref())
+        .map(|r| crate::proxy::validate::IpLimiter::shared(listener_name, r));
+    drop(snapshot);
+    let proto = if https { "https" } else { "http" };
+    let ctx = Arc::new(ConnContext {
+        runtime,
+        listener,
+        client: ClientInfo::new(peer.ip(), proto, trusted),
+        addrs,
+        tls: Default::default(),
+        limits,
+        rate_limit,
+        normalize,
+        interim: Default::default(),
+    });
+    Some(Setup {
+        ctx,
+        front,
+        idle,
+        h2c,
+    })
+}
