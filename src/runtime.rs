@@ -3,6 +3,7 @@
 
 mod backend;
 pub mod limit;
+pub mod load_hook;
 pub mod log_throttle;
 pub mod overrides;
 mod pool;

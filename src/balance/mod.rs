@@ -1,6 +1,7 @@
 //! Selection algorithms over a pool's usable backends; lock-free: atomics and tables built
 //! once per snapshot.
 
+mod least_conn;
 pub mod ring;
 mod wrr;
 
@@ -52,6 +53,8 @@ pub struct Balancer {
     ring: Ring,
     /// random: cumulative weights.
     cumulative: Box<[u64]>,
+    /// least_conn: the backends ordered by load.
+    tree: Option<Arc<least_conn::LoadTree>>,
 }
 
 impl Balancer {
@@ -81,12 +84,22 @@ impl Balancer {
                 .collect(),
             _ => Box::default(),
         };
+        let tree = match algorithm {
+            Algorithm::LeastConn => Some(least_conn::LoadTree::new(backends)),
+            _ => {
+                for b in backends {
+                    b.stats.load_hook.clear();
+                }
+                None
+            }
+        };
         Balancer {
             algorithm,
             cursor: AtomicUsize::new(0),
             sequence,
             ring,
             cumulative,
+            tree,
         }
     }
 
@@ -147,9 +160,18 @@ impl Balancer {
             })
     }
 
+    /// Fewest in-flight requests and WebSockets per unit of weight; ties take turns. From
+    /// the tree (O(log n)); a scan when the tree cannot answer (see `least_conn`).
+    fn least_conn(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
+        if let Some(i) = self.tree.as_ref().and_then(|t| t.pick(ctx)) {
+            return Some(i);
+        }
+        self.least_conn_scan(backends, ctx)
+    }
+
     /// Fewest in-flight requests and WebSockets per unit of weight; ties go to the first in a
     /// rotating order.
-    fn least_conn(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
+    fn least_conn_scan(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
         let n = backends.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, u64, u64)> = None;

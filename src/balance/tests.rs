@@ -32,7 +32,11 @@ fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
 fn counts(b: &Balancer, bs: &[Arc<Backend>], n: usize, ctx: PickContext) -> Vec<usize> {
     let mut c = vec![0; bs.len()];
     for _ in 0..n {
-        c[b.pick(bs, &ctx).expect("a backend")] += 1;
+        let i = b.pick(bs, &ctx).expect("a backend");
+        c[i] += 1;
+        // A request starts and ends there (what least_conn's tree hears of).
+        bs[i].stats.begin();
+        bs[i].stats.end();
     }
     c
 }
@@ -76,7 +80,9 @@ fn least_conn_prefers_fewest_in_flight_per_weight() {
     let bs = backends(&[1, 1, 2]);
     let b = Balancer::new(Algorithm::LeastConn, &bs);
     bs[0].stats.active.store(5, Ordering::Relaxed);
+    bs[0].stats.load_hook.notify();
     bs[1].stats.active.store(2, Ordering::Relaxed);
+    bs[1].stats.load_hook.notify();
     bs[2].stats.active.store(4, Ordering::Relaxed); // (4+1)/2 = 2.5 < 3
     assert_eq!(b.pick(&bs, &PickContext::default()), Some(2));
     // Ties rotate instead of always hitting the first backend.
@@ -93,6 +99,7 @@ fn p2c_with_two_backends_always_takes_the_idle_one() {
     let bs = backends(&[1, 1]);
     let b = Balancer::new(Algorithm::P2c, &bs);
     bs[0].stats.active.store(10, Ordering::Relaxed);
+    bs[0].stats.load_hook.notify();
     assert_eq!(counts(&b, &bs, 200, PickContext::default()), vec![0, 200]);
 }
 
@@ -114,6 +121,7 @@ async fn peak_ewma_avoids_the_slow_backend() {
     assert_eq!(counts(&b, &bs, 100, PickContext::default()), vec![0, 100]);
     // In-flight load counts too: a fast backend with many requests loses to a slow idle one.
     bs[1].stats.active.store(500, Ordering::Relaxed);
+    bs[1].stats.load_hook.notify();
     assert_eq!(b.pick(&bs, &PickContext::default()), Some(0));
 }
 
@@ -203,10 +211,11 @@ async fn slow_start_ramps_the_share_of_a_recovered_backend() {
                 if i == 1 {
                     n += 1;
                 }
-                bs[i].stats.active.fetch_add(1, Ordering::Relaxed);
+                bs[i].stats.begin();
             }
             for x in bs.iter() {
                 x.stats.active.store(0, Ordering::Relaxed);
+                x.stats.load_hook.notify();
             }
             n as f64 / 4000.0
         };
@@ -234,7 +243,9 @@ async fn slow_start_ramps_the_share_of_a_recovered_backend() {
 fn least_conn_and_p2c_count_websockets_as_load() {
     let bs = backends(&[1, 1]);
     bs[0].stats.websockets.store(3, Ordering::Relaxed);
+    bs[0].stats.load_hook.notify();
     bs[1].stats.active.store(1, Ordering::Relaxed);
+    bs[1].stats.load_hook.notify();
     for alg in [Algorithm::LeastConn, Algorithm::P2c] {
         let b = Balancer::new(alg, &bs);
         assert_eq!(

@@ -204,9 +204,9 @@ impl Lease {
     /// Take a slot on `pool.backends[idx]` unless it is at `max`.
     fn take(pool: &Arc<Pool>, idx: usize, max: Option<u32>) -> Option<Lease> {
         let backend = pool.backends.get(idx)?.clone();
-        let prev = backend.stats.active.fetch_add(1, Ordering::Relaxed);
+        let prev = backend.stats.begin();
         if max.is_some_and(|m| prev >= u64::from(m)) {
-            backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+            backend.stats.end();
             return None;
         }
         pool.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +222,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.backend.stats.end();
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
     }

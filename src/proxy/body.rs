@@ -87,7 +87,7 @@ impl Exchange {
                 outlier::observe(pool, backend, outcome, &self.events);
             }
         }
-        backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+        backend.stats.end();
         pool.stats.active.fetch_sub(1, Ordering::Relaxed);
         if self.bytes > 0 {
             pool.stats

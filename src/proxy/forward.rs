@@ -196,7 +196,7 @@ pub async fn forward(
         if let Some(why) = last.as_ref().and_then(Failure::reason) {
             pool.stats.retries[why].fetch_add(1, Ordering::Relaxed);
         }
-        backend.stats.active.fetch_add(1, Ordering::Relaxed);
+        backend.stats.begin();
         if pinned == Some(idx) {
             backend.stats.pinned.fetch_add(1, Ordering::Relaxed);
         }
@@ -255,7 +255,7 @@ pub async fn forward(
                             next = request;
                             route = Next::AnyBackend;
                             failed_idx = Some(idx);
-                            backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+                            backend.stats.end();
                             tracing::info!(pool = %pool.name, backend = %backend.address, grpc_status = code, attempt = attempt + 1, "retrying on gRPC status");
                             last = Some(Failure::Status(status));
                             continue;
@@ -267,7 +267,7 @@ pub async fn forward(
                             next = request;
                             route = Next::AnyBackend;
                             failed_idx = Some(idx);
-                            backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+                            backend.stats.end();
                             tracing::info!(pool = %pool.name, backend = %backend.address, status, attempt = attempt + 1, "retrying on status");
                             last = Some(Failure::Status(status));
                             continue;
@@ -305,7 +305,7 @@ pub async fn forward(
                 (class, request, AttemptError::Upstream(failed.error))
             }
         };
-        backend.stats.active.fetch_sub(1, Ordering::Relaxed);
+        backend.stats.end();
         if let Class::Client(_) = class {
             // The client's fault: the backend's record stays as it was.
             last = Some(Failure::Attempt(class, error));

@@ -114,7 +114,7 @@ struct Open(Arc<Backend>);
 
 impl Open {
     fn new(backend: Arc<Backend>) -> Open {
-        backend.stats.websockets.fetch_add(1, Ordering::Relaxed);
+        backend.stats.websocket(true);
         OPEN.fetch_add(1, Ordering::Relaxed);
         Open(backend)
     }
@@ -122,7 +122,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.stats.websockets.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.websocket(false);
         OPEN.fetch_sub(1, Ordering::Relaxed);
     }
 }

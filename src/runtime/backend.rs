@@ -156,9 +156,40 @@ pub struct BackendStats {
     pub last_check: Mutex<Option<CheckReport>>,
     /// Its WARN lines about failed requests, at most one a second.
     pub log: super::log_throttle::LogThrottle,
+    /// A balancer ordered by load (`least_conn`) to tell of changes of `active` and
+    /// `websockets`.
+    pub load_hook: super::load_hook::LoadHookSlot,
     ewma_bits: AtomicU64,
     ewma_stamp_ns: AtomicU64,
     epoch: Instant,
+}
+
+impl BackendStats {
+    /// One more request (or TCP connection) in flight here.
+    #[inline]
+    pub fn begin(&self) -> u64 {
+        let prev = self.active.fetch_add(1, Ordering::Relaxed);
+        self.load_hook.notify();
+        prev
+    }
+
+    /// One request (or TCP connection) less in flight here.
+    #[inline]
+    pub fn end(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.load_hook.notify();
+    }
+
+    /// A WebSocket opened (`1`) or closed (`-1`) here.
+    #[inline]
+    pub fn websocket(&self, opened: bool) {
+        if opened {
+            self.websockets.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.websockets.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.load_hook.notify();
+    }
 }
 
 impl Default for BackendStats {
@@ -187,6 +218,7 @@ impl Default for BackendStats {
             ramp_start_ns: AtomicU64::new(0),
             last_check: Mutex::new(None),
             log: Default::default(),
+            load_hook: Default::default(),
             ewma_bits: AtomicU64::new(DEFAULT_RTT_NS.to_bits()),
             ewma_stamp_ns: AtomicU64::new(0),
             epoch: Instant::now(),
