@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod autoscale;
 pub mod balance;
 pub mod build;
+pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod health;

@@ -124,7 +124,14 @@ impl Snapshot {
             config
                 .routes
                 .iter()
-                .filter_map(|r| Some(Route::from_config(r, *pool_index.get(r.pool.as_str())?)))
+                .filter_map(|r| {
+                    let prev = previous.and_then(|s| s.route_like(r));
+                    Some(Route::from_config(
+                        r,
+                        *pool_index.get(r.pool.as_str())?,
+                        prev,
+                    ))
+                })
                 .collect(),
         );
         let listeners = config
@@ -158,6 +165,33 @@ impl Snapshot {
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// Every HTTP cache of this snapshot (pools' and routes'), with its pool's name.
+    pub fn caches(&self) -> impl Iterator<Item = (&str, &Arc<crate::cache::Cache>)> {
+        let pools = self
+            .pools
+            .iter()
+            .filter_map(|p| Some((p.name.as_str(), p.cache.as_ref()?)));
+        let routes = self.routes.iter().filter_map(|r| {
+            let pool = self.pools.get(r.pool)?;
+            Some((pool.name.as_str(), r.cache.as_ref()?))
+        });
+        pools.chain(routes)
+    }
+
+    /// This snapshot's route matching what `route` matches and going to its pool.
+    fn route_like(&self, route: &crate::config::Route) -> Option<&Route> {
+        let key = Route::limiter_key(route);
+        let i = self
+            .config
+            .routes
+            .iter()
+            .position(|r| Route::limiter_key(r) == key)?;
+        // Runtime routes are the config's, in order (all of them, as validated).
+        (self.routes.len() == self.config.routes.len())
+            .then(|| self.routes.get(i))
+            .flatten()
     }
 
     pub fn listener(&self, name: &str) -> Option<usize> {

@@ -85,6 +85,7 @@ struct JsonLine<'a> {
     request_bytes: u64,
     grpc_status: Option<u8>,
     abort: Option<&'static str>,
+    cache: Option<&'static str>,
 }
 
 /// One JSON object (no newline).
@@ -118,6 +119,7 @@ pub fn json(e: &Entry) -> String {
         request_bytes: e.request_bytes,
         grpc_status: e.grpc_status,
         abort: e.abort,
+        cache: e.cache,
     };
     serde_json::to_string(&line).unwrap_or_default()
 }
@@ -239,7 +241,12 @@ pub fn combined(e: &Entry) -> String {
         }
         None => out.push_str(" grpc=-"),
     }
-    let _ = write!(out, " abort={}", e.abort.unwrap_or("-"));
+    let _ = write!(
+        out,
+        " abort={} cache={}",
+        e.abort.unwrap_or("-"),
+        e.cache.unwrap_or("-")
+    );
     out
 }
 

@@ -77,6 +77,8 @@ pub struct Entry {
     /// A gRPC call's `grpc-status` (from the trailers, or the headers of a Trailers-Only
     /// answer).
     pub grpc_status: Option<u8>,
+    /// How the HTTP cache answered (`hit`, `miss`, `stale`, `bypass`; `None`: no cache).
+    pub cache: Option<&'static str>,
 }
 
 enum Msg {

@@ -6,6 +6,7 @@
 
 mod auth;
 mod backends;
+mod cache;
 mod config_view;
 mod cross_site;
 mod dashboard;
@@ -132,6 +133,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("/scaling/manual", "POST"),
     ("/config/reload", "POST"),
     ("/backends/state", "POST"),
+    ("/cache/purge", "POST"),
     ("/redis/status", "GET"),
 ];
 
@@ -203,6 +205,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
         "/redis/status" => json(StatusCode::OK, &state.shared.redis_status()),
         "/scaling/manual" => scaling::manual(req, state).await,
         "/backends/state" => backends::set_state(req, state).await,
+        "/cache/purge" => cache::purge(req, state).await,
         "/config/reload" => match state.reload.reload(Trigger::Admin).await {
             Some(o) => json(o.status(), &o.to_json()),
             None => error(StatusCode::SERVICE_UNAVAILABLE, "autolb is shutting down"),

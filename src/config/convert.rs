@@ -178,6 +178,10 @@ impl TryFrom<RouteFile> for RouteItem {
                 .compress
                 .as_ref()
                 .and_then(|c| super::compress::compress(c, &mut issues)),
+            cache: file
+                .cache
+                .as_ref()
+                .and_then(|c| super::cache::cache(&c.value, &mut issues)),
             rate_limit: super::limits::ip_rate_limit(file.rate_limit.as_ref(), &mut issues),
             grpc_web: grpc_web.map(|(web, _)| web),
         };

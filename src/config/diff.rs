@@ -197,10 +197,11 @@ fn pool(o: &Pool, p: &Pool, out: &mut Vec<String>) {
             ));
         }
     }
-    let parts: [(&str, bool); 10] = [
+    let parts: [(&str, bool); 11] = [
         ("hash_key", o.hash_key != p.hash_key),
         ("limits", o.limits != p.limits),
         ("compress", o.compress != p.compress),
+        ("cache", o.cache != p.cache),
         ("sticky", o.sticky != p.sticky),
         ("health_check", o.health_check != p.health_check),
         ("outlier", o.outlier != p.outlier),

@@ -172,6 +172,7 @@ pub struct RouteFile {
     pub path_prefix: Option<Located<String>>,
     pub pool: Located<String>,
     pub compress: Option<super::compress::CompressFile>,
+    pub cache: Option<Located<super::cache::CacheFile>>,
     pub rate_limit: Option<Located<super::limits::IpRateLimitFile>>,
     /// `grpc_web: true`: this route's gRPC-Web requests translated to gRPC (its pool needs
     /// `protocol: h2`), whatever its pool says.
@@ -218,6 +219,7 @@ pub struct PoolFile {
     pub send_proxy: Option<Located<super::l4::ProxyVersion>>,
     pub tls: Option<Located<UpstreamTlsFile>>,
     pub compress: Option<super::compress::CompressFile>,
+    pub cache: Option<Located<super::cache::CacheFile>>,
     pub rate_limit: Option<Located<super::rate_limit::RateLimitFile>>,
     pub limits: Option<Located<super::pool_limits::PoolLimitsFile>>,
     /// `grpc_web: true`: gRPC-Web requests translated to gRPC.

@@ -118,7 +118,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-fn size(
+pub(super) fn size(
     field: &Option<Located<StrOrInt>>,
     min: u64,
     max: u64,

@@ -150,6 +150,8 @@ pub struct Route {
     pub pool: String,
     /// Responses of this route are compressed so (instead of by its pool's `compress`).
     pub compress: Option<super::Compress>,
+    /// `cache:` the HTTP cache for this route (instead of its pool's `cache`).
+    pub cache: Option<super::Cache>,
     /// `rate_limit: {per_ip, burst}`: a token bucket per client IP for this route (after
     /// the listener's).
     pub rate_limit: Option<super::IpRateLimit>,
@@ -207,6 +209,8 @@ pub struct Pool {
     pub tls: Option<UpstreamTls>,
     /// `compress:` gzip/brotli of responses (a route's `compress` wins over it).
     pub compress: Option<super::Compress>,
+    /// `cache:` the HTTP cache in front of the pool (a route's `cache` wins over it).
+    pub cache: Option<super::Cache>,
     /// `rate_limit:` per node or for the whole fleet (`scope: cluster`).
     pub rate_limit: Option<super::RateLimit>,
     /// `limits:` concurrency limit and bounded queue (None: no limit).

@@ -154,6 +154,10 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
             .compress
             .as_ref()
             .and_then(|c| super::compress::compress(c, &mut issues)),
+        cache: file
+            .cache
+            .as_ref()
+            .and_then(|c| super::cache::cache(&c.value, &mut issues)),
         rate_limit: file
             .rate_limit
             .as_ref()

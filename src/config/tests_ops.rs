@@ -1,5 +1,5 @@
 //! Unit tests of the operations keys: `alerts`, `access_log` (and per pool or route
-//! `compress`): defaults, values, and errors at their LINE:COL.
+//! `compress` and `cache`): defaults, values, and errors at their LINE:COL.
 
 use std::time::Duration;
 
@@ -251,4 +251,48 @@ fn email_alerts_defaults_values_and_errors() {
     let yaml =
         format!("{BASE}alerts: {{ email: {{ smtp: x, from: a@b.c, to: [a@b.c], port: 25 }} }}\n");
     assert_error(&yaml, "port", "unknown field");
+}
+
+#[test]
+fn cache_on_pools_and_routes() {
+    let yaml = BASE.replace(
+        "  web:\n",
+        "  web:\n    cache: { max_size: 64MiB, max_object: 512KiB, default_ttl: 30s, stale_while_revalidate: 0s, stale_if_error: 5m, x_cache: false }\n",
+    );
+    let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let z = c.pools[0].cache.as_ref().expect("cache");
+    assert_eq!((z.max_size, z.max_object), (64 << 20, 512 << 10));
+    assert_eq!(z.default_ttl, Duration::from_secs(30));
+    assert_eq!(z.stale_while_revalidate, Duration::ZERO);
+    assert_eq!(z.stale_if_error, Duration::from_secs(300));
+    assert!(!z.x_cache);
+    let yaml = format!("{BASE}routes:\n  - {{ path_prefix: /api, pool: web, cache: {{}} }}\n");
+    let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.routes[0].cache, Some(super::Cache::default()));
+    assert!(c.pools[0].cache.is_none());
+}
+
+#[test]
+fn cache_errors_point_at_the_value() {
+    let with = |c: &str| BASE.replace("  web:\n", &format!("  web:\n    cache: {c}\n"));
+    assert_error(
+        &with("{ max_size: lots }"),
+        "lots",
+        "cache max_size must be a size between 65536 and 1099511627776 bytes",
+    );
+    assert_error(
+        &with("{ max_size: 1MiB, max_object: 2MiB }"),
+        "2MiB",
+        "cache max_object (2097152 bytes) must not exceed max_size (1048576 bytes)",
+    );
+    assert_error(
+        &with("{ default_ttl: 2y }"),
+        "2y",
+        "cache default_ttl must be at most 365 days",
+    );
+    assert_error(
+        &with("{ ttl: 1s }"),
+        "ttl: 1s",
+        "unknown field \"ttl\", expected one of: max_size, max_object, default_ttl",
+    );
 }

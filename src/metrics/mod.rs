@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 mod autoscale;
+mod cache;
 pub mod pools;
 pub mod process;
 
@@ -49,6 +50,7 @@ pub fn render(
         label(GIT_COMMIT)
     );
     pools::render(&mut out, &snap);
+    cache::render(&mut out, &snap);
 
     header(
         &mut out,

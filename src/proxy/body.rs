@@ -408,6 +408,8 @@ pub enum ProxyBody {
     Observed(Box<crate::proxy::observe::ObservedBody>),
     /// A gRPC call's answer to a gRPC-Web client (`grpc_web`).
     GrpcWeb(Box<super::grpc_web::WebBody>),
+    /// A backend's answer being stored by the HTTP cache (`crate::cache`).
+    Cached(Box<crate::cache::Tee<ProxyBody>>),
 }
 
 impl ProxyBody {
@@ -420,6 +422,7 @@ impl ProxyBody {
                 timing: ex.timing,
             }),
             ProxyBody::GrpcWeb(b) => b.inner.served(),
+            ProxyBody::Cached(b) => b.inner().served(),
             _ => None,
         }
     }
@@ -435,8 +438,10 @@ impl ProxyBody {
     /// Keep the pool's `limits:` slot until a backend's body is forwarded or aborted (a body
     /// autolb wrote, or the empty one of a 101, gives it back at once).
     pub fn hold(&mut self, slot: crate::runtime::limit::Slot) {
-        if let ProxyBody::Upstream(b) = self {
-            b.slot = Some(slot);
+        match self {
+            ProxyBody::Upstream(b) => b.slot = Some(slot),
+            ProxyBody::Cached(b) => b.inner_mut().hold(slot),
+            _ => {}
         }
     }
 }
@@ -454,6 +459,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Observed(b) => Pin::new(b.as_mut()).poll_frame(cx),
             ProxyBody::GrpcWeb(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            ProxyBody::Cached(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -463,6 +469,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(d) => d.is_none(),
             ProxyBody::Observed(b) => b.is_end_stream(),
             ProxyBody::GrpcWeb(b) => b.is_end_stream(),
+            ProxyBody::Cached(b) => b.is_end_stream(),
         }
     }
 
@@ -472,6 +479,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Observed(b) => b.size_hint(),
             ProxyBody::GrpcWeb(b) => b.size_hint(),
+            ProxyBody::Cached(b) => b.size_hint(),
         }
     }
 }

@@ -105,6 +105,28 @@ pub struct Plan<'a> {
     pub response_buffer: usize,
 }
 
+impl Plan<'_> {
+    /// The plan of a request nobody waits for (a cache refresh in the background): no
+    /// client to send 1xx responses to.
+    pub fn detached(self) -> Plan<'static> {
+        Plan {
+            hash: self.hash,
+            affinity: self.affinity,
+            https: self.https,
+            panic: self.panic,
+            upgrade: self.upgrade,
+            learned: self.learned,
+            queued: self.queued,
+            budget: self.budget,
+            interim: None,
+            grpc: self.grpc,
+            progress: self.progress,
+            web_text: self.web_text,
+            response_buffer: self.response_buffer,
+        }
+    }
+}
+
 /// Send `req` to `pool`, retrying on other backends while it is safe.
 pub async fn forward(
     parts: Parts,

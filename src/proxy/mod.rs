@@ -5,6 +5,7 @@
 pub mod arena;
 pub mod body;
 pub mod body_rate;
+pub mod cached;
 pub mod client_fault;
 pub mod cold;
 pub mod downstream;
@@ -104,6 +105,17 @@ pub(crate) fn host_name(authority: &HeaderValue) -> &str {
     crate::uri::host::without_port(authority.to_str().unwrap_or(""))
 }
 
+/// The client sees https: X-Forwarded-Proto is a trusted proxy's, else the listener's.
+pub(crate) fn client_https(fields: &http::HeaderMap, ctx: &ConnContext) -> bool {
+    if ctx.client.trusted {
+        fields
+            .get(headers::X_FORWARDED_PROTO_NAME)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+    } else {
+        ctx.client.proto == "https"
+    }
+}
+
 async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<ProxyBody> {
     let arrived = tokio::time::Instant::now();
     if let Some(refused) = validate::check(&req, ctx) {
@@ -133,6 +145,14 @@ async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<Prox
         return resp;
     }
     let mut pool = &snapshot.pools[pool_idx];
+    // `cache:` the route's, else the pool's: a hit is answered here.
+    let mut through = None;
+    if let Some(cache) = route.and_then(|r| r.cache.as_ref()).or(pool.cache.as_ref()) {
+        match cached::begin(cache, &req, ctx, authority.as_ref(), pool).await {
+            Ok(answer) => return answer,
+            Err(t) => through = Some(t),
+        }
+    }
     // gRPC-Web (`grpc_web`): CORS preflights answered here; a call becomes gRPC.
     let mut web = None;
     let grpc_web = route.and_then(|r| r.grpc_web.as_ref());
@@ -208,15 +228,7 @@ async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<Prox
     if upgrade.is_some() {
         websocket::mark_upgrade(&mut parts.headers);
     }
-    // As the client sees it: X-Forwarded-Proto is a trusted proxy's, else ours.
-    let https = if ctx.client.trusted {
-        parts
-            .headers
-            .get(headers::X_FORWARDED_PROTO_NAME)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
-    } else {
-        ctx.client.proto == "https"
-    };
+    let https = client_https(&parts.headers, ctx);
     if ctx.normalize.policy.forward_original {
         // Routed on the normal form; the backend gets the path as the client wrote it.
         if let Some(normalize::Original(original)) = parts.extensions.remove() {
@@ -271,7 +283,11 @@ async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<Prox
         // A client stream may pause: `timeouts.idle` bounds a call's silence instead.
         body = body.unpaced();
     }
-    let mut resp = forward::forward(parts, body, pool, plan, &ctx.runtime.events).await;
+    let events = &ctx.runtime.events;
+    let mut resp = match through {
+        Some(t) => cached::forward(t, parts, body, pool, plan, events).await,
+        None => forward::forward(parts, body, pool, plan, events).await,
+    };
     admitted.hold(&mut resp);
     match web {
         // autolb's own answer as a gRPC status first, then all of it as gRPC-Web.

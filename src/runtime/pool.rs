@@ -69,6 +69,8 @@ pub struct Pool {
     pub queue: Option<super::limit::Queue>,
     /// `grpc_web`: gRPC-Web requests translated (`crate::proxy::grpc_web`).
     pub grpc_web: Option<config::GrpcWeb>,
+    /// `cache:` the pool's HTTP cache (kept over reloads while its settings stay the same).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 /// Scale-from-zero queue of an autoscaled pool.
@@ -199,6 +201,10 @@ impl Pool {
             balancer,
             stats: previous.map_or_else(Default::default, |p| p.stats.clone()),
             grpc_web: cfg.grpc_web.clone(),
+            cache: crate::cache::Cache::reuse(
+                cfg.cache.as_ref(),
+                previous.and_then(|p| p.cache.as_ref()),
+            ),
             queue: super::limit::Queue::build(
                 cfg.limits.as_ref(),
                 previous.and_then(|p| p.queue.as_ref()),

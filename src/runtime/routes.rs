@@ -31,11 +31,19 @@ pub struct Route {
     pub rate_limit: Option<Arc<IpLimiter>>,
     /// The route's own `grpc_web` (it takes precedence over its pool's).
     pub grpc_web: Option<crate::config::GrpcWeb>,
+    /// `cache:` the route's own HTTP cache (instead of its pool's).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Route {
-    pub(super) fn from_config(route: &RouteConfig, pool: usize) -> Self {
+    /// `previous`: the last snapshot's route with the same match and pool (its cache is
+    /// kept while its settings stay the same).
+    pub(super) fn from_config(route: &RouteConfig, pool: usize, previous: Option<&Route>) -> Self {
         Route {
+            cache: crate::cache::Cache::reuse(
+                route.cache.as_ref(),
+                previous.and_then(|p| p.cache.as_ref()),
+            ),
             host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
             path_prefix: route.path_prefix.clone(),
             pool,
@@ -49,7 +57,7 @@ impl Route {
 
     /// What identifies a route's limiter across reloads: what it matches and where it goes
     /// (not its position, so adding a route before it keeps its buckets).
-    fn limiter_key(route: &RouteConfig) -> String {
+    pub(super) fn limiter_key(route: &RouteConfig) -> String {
         format!(
             "\0route {}|{}|{}",
             route.host.as_deref().unwrap_or("*"),
@@ -249,6 +257,7 @@ mod tests {
             pool,
             rate_limit: None,
             grpc_web: None,
+            cache: None,
         }
     }
 

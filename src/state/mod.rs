@@ -9,6 +9,7 @@
 pub mod fleet;
 pub mod learned;
 pub mod memory;
+pub mod purge;
 pub mod ratelimit;
 pub mod redis;
 
@@ -123,6 +124,8 @@ pub struct Shared {
     pub limits: Arc<ratelimit::Limiters>,
     /// Learned sticky sessions (`sticky.learn_cookie`).
     pub learned: Arc<learned::Learned>,
+    /// Cache purges across the fleet.
+    pub purges: Arc<purge::Purges>,
 }
 
 /// Short bound on every backend call.
@@ -147,11 +150,13 @@ pub fn start(
     let fleet = fleet::Fleet::start(runtime, backend.clone(), admin);
     let limits = ratelimit::Limiters::start(runtime, backend.clone(), fleet.clone());
     let learned = learned::Learned::start(runtime, backend.clone());
+    let purges = purge::Purges::start(runtime, backend.clone(), fleet.id());
     Arc::new(Shared {
         backend,
         fleet,
         limits,
         learned,
+        purges,
     })
 }
 

@@ -173,6 +173,7 @@ where
             request_bytes: 0,
             abort: None,
             grpc_status: None,
+            cache: None,
         },
         request_bytes: (!req.body().is_end_stream()).then(RequestBytes::default),
     });
@@ -206,6 +207,10 @@ where
         h.entry.status = resp.status().as_u16();
         h.entry.grpc_status = crate::proxy::grpc::status_in(resp.headers());
         h.entry.encoding = encoder.as_ref().map(|(e, _)| e.token());
+        h.entry.cache = resp
+            .extensions()
+            .get::<crate::cache::Outcome>()
+            .map(|o| o.label());
         if let Some(s) = served {
             h.entry.tries = s.tries;
             h.entry.backend = Some(s.backend);
