@@ -12,7 +12,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["build", "prom", "sched", "uri"],
     &["config"],
-    &["tls", "compress"],
+    &["tls", "compress", "cache"],
     &["runtime"],
     &["balance", "affinity", "health", "state"],
     &["accesslog"],

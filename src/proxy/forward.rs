@@ -123,6 +123,7 @@ impl Plan<'_> {
             progress: self.progress,
             web_text: self.web_text,
             response_buffer: self.response_buffer,
+            h2_websocket: self.h2_websocket,
         }
     }
 }
