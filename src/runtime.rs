@@ -29,6 +29,7 @@ use crate::config::{Config, Protocol};
 use crate::health::events::EventLog;
 use crate::health::HealthChecks;
 use crate::proxy::normalize::Normalizer;
+use crate::proxy::validate::IpLimiter;
 
 /// What the data plane needs to know about a listener per request.
 #[derive(Debug)]
@@ -41,6 +42,9 @@ pub struct ListenerInfo {
     pub idle_timeout: Duration,
     /// `normalize:` and its counters (carried over reloads by listener name).
     pub normalize: Normalizer,
+    /// The per-client-IP `rate_limit:`, shared by the listener's connections and carried
+    /// over reloads by listener name while its setting stays the same.
+    pub rate_limit: Option<Arc<IpLimiter>>,
 }
 
 impl ListenerInfo {
@@ -137,19 +141,25 @@ impl Snapshot {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| ListenerInfo {
-                name: l.name.clone(),
-                protocol: l.protocol,
-                pool: l.pool.as_deref().and_then(|p| pool_index.get(p).copied()),
-                trusted_proxies: l.trusted_proxies.clone(),
-                idle_timeout: l.idle_timeout,
-                normalize: Normalizer {
-                    policy: l.normalize,
-                    counters: previous
-                        .and_then(|s| s.listeners.iter().find(|p| p.name == l.name))
-                        .map(|p| p.normalize.counters.clone())
-                        .unwrap_or_default(),
-                },
+            .map(|l| {
+                let before = previous.and_then(|s| s.listeners.iter().find(|p| p.name == l.name));
+                ListenerInfo {
+                    name: l.name.clone(),
+                    protocol: l.protocol,
+                    pool: l.pool.as_deref().and_then(|p| pool_index.get(p).copied()),
+                    trusted_proxies: l.trusted_proxies.clone(),
+                    idle_timeout: l.idle_timeout,
+                    normalize: Normalizer {
+                        policy: l.normalize,
+                        counters: before
+                            .map(|p| p.normalize.counters.clone())
+                            .unwrap_or_default(),
+                    },
+                    rate_limit: l
+                        .rate_limit
+                        .as_ref()
+                        .map(|r| IpLimiter::carried(before.and_then(|p| p.rate_limit.as_ref()), r)),
+                }
             })
             .collect();
         Snapshot {

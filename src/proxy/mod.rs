@@ -43,6 +43,8 @@ use headers::ClientInfo;
 /// Per-connection facts the proxy needs for each request.
 pub struct ConnContext {
     pub runtime: Arc<Runtime>,
+    /// This autolb's shared-state services: cluster rate limits, learned sessions.
+    pub shared: Arc<crate::state::Shared>,
     /// Index of the listener in the snapshot.
     pub listener: usize,
     pub client: ClientInfo,
@@ -132,7 +134,7 @@ async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<Prox
     if let Some(refused) = limited {
         return refused;
     }
-    if let Some(retry_after) = crate::state::ratelimit::check(&ctx.runtime, &snapshot, pool_idx) {
+    if let Some(retry_after) = ctx.shared.limits.check(&snapshot, pool_idx) {
         let mut resp = local::error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate limit exceeded",
@@ -209,9 +211,14 @@ async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<Prox
         a.resolve(&mut parts.headers, ctx.client.ip, &pool.backends, panic)
     });
     // `learn_cookie`: the application's session, bound to its backend in the shared state.
-    let learned =
-        crate::state::learned::resolve(&ctx.runtime, pool, &parts.headers, &mut resolved, panic)
-            .await;
+    let learned = crate::state::learned::resolve(
+        &ctx.shared.learned,
+        pool,
+        &parts.headers,
+        &mut resolved,
+        panic,
+    )
+    .await;
     let te_trailers = web.is_some()
         | headers::rewrite_request(
             &mut parts.headers,

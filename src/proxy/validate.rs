@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
@@ -309,22 +309,13 @@ impl IpLimiter {
         }
     }
 
-    /// The limiter named `name` (a listener's name, or a route's key) with `config`, shared
-    /// by every connection and worker (a reload with another setting starts fresh buckets).
-    pub fn shared(name: &str, config: &IpRateLimit) -> Arc<IpLimiter> {
-        type Registry = Mutex<HashMap<String, Arc<IpLimiter>>>;
-        static REGISTRY: OnceLock<Registry> = OnceLock::new();
-        let mut map = match REGISTRY.get_or_init(Default::default).lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let entry = map
-            .entry(name.to_string())
-            .or_insert_with(|| Arc::new(IpLimiter::new(config.clone())));
-        if entry.config != *config {
-            *entry = Arc::new(IpLimiter::new(config.clone()));
+    /// `previous` (the same listener's or route's limiter in the snapshot before a reload)
+    /// when it has this `config`, else a new limiter with fresh buckets.
+    pub fn carried(previous: Option<&Arc<IpLimiter>>, config: &IpRateLimit) -> Arc<IpLimiter> {
+        match previous {
+            Some(limiter) if limiter.config == *config => limiter.clone(),
+            _ => Arc::new(IpLimiter::new(config.clone())),
         }
-        entry.clone()
     }
 
     /// Take a token for `ip`, or the whole seconds until one is available.

@@ -36,8 +36,8 @@ pub struct Route {
 }
 
 impl Route {
-    /// `previous`: the last snapshot's route with the same match and pool (its cache is
-    /// kept while its settings stay the same).
+    /// `previous`: the last snapshot's route with the same match and pool (its cache and
+    /// its rate limiter are kept while their settings stay the same).
     pub(super) fn from_config(route: &RouteConfig, pool: usize, previous: Option<&Route>) -> Self {
         Route {
             cache: crate::cache::Cache::reuse(
@@ -50,7 +50,7 @@ impl Route {
             rate_limit: route
                 .rate_limit
                 .as_ref()
-                .map(|r| IpLimiter::shared(&Route::limiter_key(route), r)),
+                .map(|r| IpLimiter::carried(previous.and_then(|p| p.rate_limit.as_ref()), r)),
             grpc_web: route.grpc_web.clone(),
         }
     }

@@ -64,7 +64,7 @@ impl Server {
                 protocol,
                 sockets,
                 &self.workers.handles,
-                &self.runtime,
+                &self.services(),
                 &self.shutdown_rx,
             );
             notes.push(format!(
@@ -73,13 +73,10 @@ impl Server {
         }
         // `http3` switched on or off, or its `quic:` settings changed, on a listener that
         // kept its address and protocol.
+        let services = self.services();
         for l in &snapshot.config.listeners {
-            self.running.sync_quic(
-                &l.name,
-                &self.workers.handles,
-                &self.runtime,
-                &self.shutdown_rx,
-            );
+            self.running
+                .sync_quic(&l.name, &self.workers.handles, &services, &self.shutdown_rx);
         }
         for name in self.running.names() {
             if !snapshot.config.listeners.iter().any(|l| l.name == name) {

@@ -25,7 +25,6 @@ use super::framed::{Framed, Socket};
 use super::listener::ConnectionGuard;
 use super::Drain;
 use crate::proxy::ConnContext;
-use crate::runtime::Runtime;
 use crate::tls::TlsListener;
 use front::Front;
 use idle::{Activity, Tracked};
@@ -134,7 +133,7 @@ struct Serving {
 pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
-    runtime: Arc<Runtime>,
+    services: super::Services,
     listener_name: String,
     shutdown: watch::Receiver<Drain>,
     _guard: ConnectionGuard,
@@ -145,7 +144,7 @@ pub(crate) async fn serve(
     // Boxed, as the waits below: the connection's task keeps room for the largest future
     // it awaits, for as long as the connection lives (idle ones included).
     let accepting = Box::pin(crate::l4::accept(
-        &runtime,
+        &services.runtime,
         &listener_name,
         &mut stream,
         peer,
@@ -157,7 +156,7 @@ pub(crate) async fn serve(
     // The port the client reached: where `http3: true` serves QUIC too (Alt-Svc).
     let port = stream.local_addr().map_or(0, |a| a.port());
     let addrs = accepted.tag_requests.then_some(accepted.addrs);
-    let Some(setup) = setup(runtime, &listener_name, peer, tls.is_some(), addrs, port) else {
+    let Some(setup) = setup(services, &listener_name, peer, tls.is_some(), addrs, port) else {
         return;
     };
     let limits = setup.ctx.limits.clone();

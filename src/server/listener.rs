@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use super::conn;
 use crate::config::Protocol as ListenerProtocol;
-use crate::runtime::Runtime;
 
 /// Live counters of one listener.
 #[derive(Debug, Default)]
@@ -57,7 +56,7 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net
 /// Everything an accept loop needs.
 pub(crate) struct AcceptContext {
     pub name: String,
-    pub runtime: Arc<Runtime>,
+    pub services: super::Services,
     pub stats: Arc<ListenerStats>,
     pub shutdown: watch::Receiver<super::Drain>,
     /// This listener alone is stopped (removed or moved by a reload).
@@ -75,6 +74,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
     };
     // https listeners take their TLS state (certificates, ALPN) from the registry.
     let https = ctx
+        .services
         .runtime
         .snapshot()
         .listeners
@@ -82,6 +82,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
         .any(|l| l.name == ctx.name && l.protocol == ListenerProtocol::Https);
     // tcp listeners proxy raw TCP (L4); the protocol changing restarts the listener.
     let tcp = ctx
+        .services
         .runtime
         .snapshot()
         .listeners
@@ -146,14 +147,15 @@ fn serve_accepted(
         tokio::spawn(crate::l4::serve(
             stream,
             peer,
-            ctx.runtime.clone(),
+            ctx.services.runtime.clone(),
             ctx.name.clone(),
             guard,
         ));
         return;
     }
     // limits.max_connections / max_connections_per_ip: past them, closed.
-    let Some(admitted) = super::admission::admit(&ctx.name, peer.ip(), &ctx.runtime) else {
+    let Some(admitted) = super::admission::admit(&ctx.name, peer.ip(), &ctx.services.runtime)
+    else {
         return;
     };
     // Boxed: the connection's future is several KB (hyper's connection state), and
@@ -161,7 +163,7 @@ fn serve_accepted(
     let serving = Box::pin(conn::serve(
         stream,
         peer,
-        ctx.runtime.clone(),
+        ctx.services.clone(),
         ctx.name.clone(),
         ctx.shutdown.clone(),
         guard,

@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 use super::listener::{self, ListenerStats};
 use super::upgrade::Sockets;
 use crate::config::Protocol;
-use crate::runtime::Runtime;
 
 struct Running {
     addr: SocketAddr,
@@ -137,13 +136,13 @@ impl Listeners {
 
     /// Serve `sockets` as listener `name`: one accept loop per socket, spread over the
     /// workers. Replaces (and stops) a listener of the same name.
-    pub fn start(
+    pub(crate) fn start(
         &self,
         name: &str,
         protocol: Protocol,
         sockets: Vec<std::net::TcpListener>,
         handles: &[tokio::runtime::Handle],
-        runtime: &Arc<Runtime>,
+        services: &super::Services,
         shutdown: &watch::Receiver<super::Drain>,
     ) {
         let Some(addr) = sockets.first().and_then(|s| s.local_addr().ok()) else {
@@ -172,7 +171,7 @@ impl Listeners {
                 socket,
                 listener::AcceptContext {
                     name: name.to_string(),
-                    runtime: runtime.clone(),
+                    services: services.clone(),
                     stats: stats.clone(),
                     shutdown: shutdown.clone(),
                     stop: stop_rx.clone(),
@@ -197,19 +196,20 @@ impl Listeners {
                 q.stop();
             }
         }
-        self.sync_quic(name, handles, runtime, shutdown);
+        self.sync_quic(name, handles, services, shutdown);
     }
 
     /// Start, update or stop listener `name`'s QUIC endpoint as the config's `http3` says
     /// (at start and on every reload).
-    pub fn sync_quic(
+    pub(crate) fn sync_quic(
         &self,
         name: &str,
         handles: &[tokio::runtime::Handle],
-        runtime: &Arc<Runtime>,
+        services: &super::Services,
         shutdown: &watch::Receiver<super::Drain>,
     ) {
-        let want = runtime
+        let want = services
+            .runtime
             .snapshot()
             .config
             .listeners
@@ -240,7 +240,7 @@ impl Listeners {
                     name,
                     r.addr,
                     &want,
-                    runtime,
+                    services,
                     r.stats.clone(),
                     shutdown,
                     handle,

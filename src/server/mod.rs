@@ -144,6 +144,8 @@ fn admin_tokens(admin: &crate::config::Admin) -> Result<crate::admin::Tokens, Se
 /// A started autolb: owns the workers and knows where everything listens.
 pub struct Server {
     pub runtime: Arc<Runtime>,
+    /// The shared-state services (rate limits, learned sessions), handed to connections.
+    shared_state: Arc<crate::state::Shared>,
     /// Listener name -> bound address at start (the real port when the config said 0).
     pub listeners: BTreeMap<String, SocketAddr>,
     /// The listeners serving now (reload adds, moves and removes them).
@@ -165,7 +167,23 @@ pub struct Server {
     admin_stop: watch::Sender<bool>,
 }
 
+/// What every connection of one server is handed: built once at start-up (two servers in
+/// one process share nothing).
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub runtime: Arc<Runtime>,
+    pub shared: Arc<crate::state::Shared>,
+}
+
 impl Server {
+    /// The services its connections are handed.
+    pub(crate) fn services(&self) -> Services {
+        Services {
+            runtime: self.runtime.clone(),
+            shared: self.shared_state.clone(),
+        }
+    }
+
     /// Bind every listener and the admin port, start the workers. Must run inside a tokio
     /// runtime: the admin API is served on it.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
@@ -240,6 +258,12 @@ impl Server {
             })?;
 
         let workers = Workers::start(model, threads).map_err(ServerError::Workers)?;
+        // Before the first connection: every connection is handed these services.
+        let shared = crate::state::start(&runtime, admin_addr, backend);
+        let services = Services {
+            runtime: runtime.clone(),
+            shared: shared.clone(),
+        };
         let running = Arc::new(listeners::Listeners::default());
         running.set_admin(admin_dup);
         for (name, sockets) in bound {
@@ -254,7 +278,7 @@ impl Server {
                 protocol,
                 sockets,
                 &workers.handles,
-                &runtime,
+                &services,
                 &shutdown_rx,
             );
         }
@@ -262,7 +286,6 @@ impl Server {
         trim::start();
         crate::alerts::start(runtime.clone());
         crate::accesslog::start(runtime.clone());
-        let shared = crate::state::start(&runtime, admin_addr, backend);
         let autoscaler = Autoscaler::start_with_state(
             runtime.clone(),
             Some((shared.backend.clone(), shared.fleet.id().to_string())),
@@ -287,7 +310,7 @@ impl Server {
                 tokens,
                 reload: reload_handle.clone(),
                 reload_state: reload_state.clone(),
-                shared,
+                shared: shared.clone(),
                 draining: shutdown_rx,
             },
             admin_stop_rx,
@@ -301,6 +324,7 @@ impl Server {
         let listeners = running.addrs();
         Ok(Server {
             runtime,
+            shared_state: shared,
             listeners,
             admin_addr,
             running,

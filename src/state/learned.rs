@@ -9,16 +9,14 @@
 //! node honours what it knows, and a Redis that lost a session gets it back from the caches.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use arc_swap::ArcSwap;
 
 use http::HeaderMap;
 
 use super::{bounded, SharedState};
 use crate::affinity::Resolved;
-use crate::runtime::{Pool, Runtime};
+use crate::runtime::Pool;
 
 /// A cached session is confirmed with the shared state after this long.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -42,24 +40,6 @@ pub struct Learned {
     cache: Mutex<HashMap<String, Entry>>,
 }
 
-type Registry = ArcSwap<Vec<(usize, Weak<Learned>)>>;
-
-/// By runtime (several autolb may run in one process, e.g. in tests).
-fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| ArcSwap::from_pointee(Vec::new()))
-}
-
-/// The learned sessions of `runtime`, once the shared state started.
-pub fn of(runtime: &Arc<Runtime>) -> Option<Arc<Learned>> {
-    let key = Arc::as_ptr(runtime) as usize;
-    registry()
-        .load()
-        .iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, w)| w.upgrade())
-}
-
 /// The shared-state key of a session of `pool` (hashed: any cookie value is a short key).
 fn key(pool: &str, value: &str) -> String {
     let h = xxhash_rust::xxh3::xxh3_128(value.as_bytes());
@@ -67,25 +47,14 @@ fn key(pool: &str, value: &str) -> String {
 }
 
 impl Learned {
-    /// Creates the store of `runtime` and registers it for `of` (must run in tokio).
-    pub fn start(runtime: &Arc<Runtime>, backend: Arc<dyn SharedState>) -> Arc<Learned> {
-        let learned = Arc::new(Learned {
+    /// Creates the store of one autolb (must run in tokio); the server hands it to every
+    /// connection (`ConnContext::shared`).
+    pub fn start(backend: Arc<dyn SharedState>) -> Arc<Learned> {
+        Arc::new(Learned {
             backend,
             handle: tokio::runtime::Handle::current(),
             cache: Mutex::new(HashMap::new()),
-        });
-        let key = Arc::as_ptr(runtime) as usize;
-        let weak = Arc::downgrade(&learned);
-        registry().rcu(|list| {
-            let mut list: Vec<_> = list
-                .iter()
-                .filter(|(k, w)| *k != key && w.strong_count() > 0)
-                .cloned()
-                .collect();
-            list.push((key, weak.clone()));
-            list
-        });
-        learned
+        })
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -200,7 +169,7 @@ pub struct Session {
 /// pinned traffic (it overrides the other affinity keys); `None` when the pool learns no
 /// cookie. Waits for the shared state at most `CALL_TIMEOUT`, only on a cache miss.
 pub async fn resolve(
-    runtime: &Arc<Runtime>,
+    store: &Arc<Learned>,
     pool: &Pool,
     headers: &HeaderMap,
     resolved: &mut Resolved,
@@ -208,7 +177,6 @@ pub async fn resolve(
 ) -> Option<Session> {
     let affinity = pool.affinity.as_ref()?;
     let (_, ttl) = affinity.learn_cookie()?;
-    let store = of(runtime)?;
     let mut rebind = None;
     if let Some(value) = affinity.learned_value(headers) {
         if let Some(address) = store.lookup(&pool.name, &value, ttl).await {
@@ -217,7 +185,10 @@ pub async fn resolve(
             }
         }
     }
-    Some(Session { store, rebind })
+    Some(Session {
+        store: store.clone(),
+        rebind,
+    })
 }
 
 impl Session {

@@ -148,8 +148,8 @@ pub fn start(
     backend: Arc<dyn SharedState>,
 ) -> Arc<Shared> {
     let fleet = fleet::Fleet::start(runtime, backend.clone(), admin);
-    let limits = ratelimit::Limiters::start(runtime, backend.clone(), fleet.clone());
-    let learned = learned::Learned::start(runtime, backend.clone());
+    let limits = ratelimit::Limiters::start(backend.clone(), fleet.clone());
+    let learned = learned::Learned::start(backend.clone());
     let purges = purge::Purges::start(runtime, backend.clone(), fleet.id());
     Arc::new(Shared {
         backend,

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use super::fleet::Fleet;
 use super::{bounded, now_ms, SharedState};
 use crate::config::{RateLimit, RateLimitScope};
-use crate::runtime::{Runtime, Snapshot};
+use crate::runtime::Snapshot;
 
 /// Before a window starts, lease its first batch this long ahead.
 const PREFETCH_MS: u64 = 200;
@@ -41,40 +41,27 @@ pub struct Limiters {
     create: Mutex<()>,
 }
 
-type Registry = ArcSwap<Vec<(usize, Weak<Limiters>)>>;
-
-/// Limiters by runtime (several autolb may run in one process, e.g. in tests).
-fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| ArcSwap::from_pointee(Vec::new()))
-}
-
 impl Limiters {
-    /// Creates the limiters of `runtime` and registers them for `check` (must run in tokio).
-    pub fn start(
-        runtime: &Arc<Runtime>,
-        backend: Arc<dyn SharedState>,
-        fleet: Arc<Fleet>,
-    ) -> Arc<Limiters> {
-        let limiters = Arc::new(Limiters {
+    /// Creates the limiters of one autolb (must run in tokio); the server hands them to
+    /// every connection (`ConnContext::shared`).
+    pub fn start(backend: Arc<dyn SharedState>, fleet: Arc<Fleet>) -> Arc<Limiters> {
+        Arc::new(Limiters {
             backend,
             fleet,
             handle: tokio::runtime::Handle::current(),
             map: ArcSwap::from_pointee(HashMap::new()),
             create: Mutex::new(()),
-        });
-        let key = Arc::as_ptr(runtime) as usize;
-        let weak = Arc::downgrade(&limiters);
-        registry().rcu(|list| {
-            let mut list: Vec<_> = list
-                .iter()
-                .filter(|(k, w)| *k != key && w.strong_count() > 0)
-                .cloned()
-                .collect();
-            list.push((key, weak.clone()));
-            list
-        });
-        limiters
+        })
+    }
+
+    /// Admit the request (`None`) or refuse it: `Some(retry_after)` in seconds, which the
+    /// proxy answers with 429 and `Retry-After`. The one call of the request path.
+    pub fn check(&self, snapshot: &Snapshot, pool: usize) -> Option<u64> {
+        let pool_config = snapshot.config.pools.get(pool)?;
+        let config = pool_config.rate_limit.as_ref()?;
+        let limiter = self.get(&pool_config.name, config);
+        let local = !self.backend.connected();
+        limiter.admit(local, self.fleet.node_count())
     }
 
     /// The limiter of `pool` for `config`, made anew when the config changed (reload).
@@ -130,22 +117,6 @@ impl Limiters {
         }
         out
     }
-}
-
-/// Admit the request (`None`) or refuse it: `Some(retry_after)` in seconds, which the proxy
-/// answers with 429 and `Retry-After`. The one call of the request path.
-pub fn check(runtime: &Arc<Runtime>, snapshot: &Snapshot, pool: usize) -> Option<u64> {
-    let pool_config = snapshot.config.pools.get(pool)?;
-    let config = pool_config.rate_limit.as_ref()?;
-    let key = Arc::as_ptr(runtime) as usize;
-    let limiters = registry()
-        .load()
-        .iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, w)| w.upgrade())?;
-    let limiter = limiters.get(&pool_config.name, config);
-    let local = !limiters.backend.connected();
-    limiter.admit(local, limiters.fleet.node_count())
 }
 
 /// The cluster window geometry of a rate: (window length in ms, limit per window, batch).

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::front::Front;
 use crate::proxy::{headers::ClientInfo, ConnContext};
-use crate::runtime::Runtime;
 
 /// What a connection of a listener is served with.
 pub(crate) struct Setup {
@@ -21,13 +20,14 @@ pub(crate) struct Setup {
 /// The proxy's context and the listener's front for a connection from `peer` to listener
 /// `listener_name` (over TLS or QUIC when `https`) on `port`; `None` if the listener is gone.
 pub(crate) fn setup(
-    runtime: Arc<Runtime>,
+    services: crate::server::Services,
     listener_name: &str,
     peer: SocketAddr,
     https: bool,
     addrs: Option<crate::l4::ProxyAddrs>,
     port: u16,
 ) -> Option<Setup> {
+    let crate::server::Services { runtime, shared } = services;
     let snapshot = runtime.snapshot();
     let listener = snapshot.listener(listener_name)?;
     let info = &snapshot.listeners[listener];
@@ -42,13 +42,12 @@ pub(crate) fn setup(
     let h2c = config.is_some_and(|l| l.h2c);
     let front = Front::of(config, https, port);
     let limits = config.map(|l| l.limits.clone()).unwrap_or_default();
-    let rate_limit = config
-        .and_then(|l| l.rate_limit.as_ref())
-        .map(|r| crate::proxy::validate::IpLimiter::shared(listener_name, r));
+    let rate_limit = info.rate_limit.clone();
     drop(snapshot);
     let proto = if https { "https" } else { "http" };
     let ctx = Arc::new(ConnContext {
         runtime,
+        shared,
         listener,
         client: ClientInfo::new(peer.ip(), proto, trusted),
         addrs,

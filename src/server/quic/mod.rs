@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use super::listener::{ConnectionGuard, ListenerStats};
 use super::Drain;
 use crate::config::{Http3, RetryMode};
-use crate::runtime::Runtime;
 
 /// UDP socket buffers asked of the kernel (it caps them at `net.core.{r,w}mem_max`):
 /// bursts of datagrams are queued rather than dropped.
@@ -49,7 +48,7 @@ struct Shared {
     name: String,
     /// The endpoint's address.
     local: SocketAddr,
-    runtime: Arc<Runtime>,
+    services: super::Services,
     stats: Arc<ListenerStats>,
     settings: Http3,
     /// Handshakes in progress (`max_handshakes`).
@@ -106,7 +105,7 @@ impl Quic {
         name: &str,
         addr: SocketAddr,
         settings: &Http3,
-        runtime: &Arc<Runtime>,
+        services: &super::Services,
         stats: Arc<ListenerStats>,
         shutdown: &watch::Receiver<Drain>,
         handle: &tokio::runtime::Handle,
@@ -150,7 +149,7 @@ impl Quic {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             local: addr,
-            runtime: runtime.clone(),
+            services: services.clone(),
             stats,
             settings: settings.clone(),
             handshaking: AtomicUsize::new(0),
@@ -242,7 +241,8 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) {
         return;
     }
     let peer = incoming.remote_address();
-    let Some(admitted) = super::admission::admit(&shared.name, peer.ip(), &shared.runtime) else {
+    let Some(admitted) = super::admission::admit(&shared.name, peer.ip(), &shared.services.runtime)
+    else {
         incoming.refuse();
         return;
     };

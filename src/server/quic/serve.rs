@@ -90,7 +90,7 @@ pub(super) async fn connection(
         dst: local,
     });
     let Some(setup) =
-        crate::server::conn::setup(shared.runtime.clone(), &shared.name, peer, true, addrs, 0)
+        crate::server::conn::setup(shared.services.clone(), &shared.name, peer, true, addrs, 0)
     else {
         conn.close(H3_NO_ERROR, b"");
         return;
@@ -163,6 +163,7 @@ pub(super) async fn connection(
 /// Whether some pool sends PROXY headers (requests then carry the connection's addresses).
 fn tag_requests(shared: &Shared) -> bool {
     shared
+        .services
         .runtime
         .snapshot()
         .config

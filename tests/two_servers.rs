@@ -1,0 +1,71 @@
+//! Two autolb servers in one process share no state: each builds its services at start-up
+//! (per-IP rate limits of listeners and routes, the shared-state services) instead of
+//! looking them up in process-wide registries by name. Before, a listener `web` of the
+//! second server took its tokens from the first one's buckets.
+//!
+//! In-process on purpose (the only way to have two servers in one process); the backend is
+//! a hyper server in this test.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use autolb::server::Server;
+
+/// A server whose listener `web` has `listener_extra`, with `routes` (YAML list items).
+async fn server(backend: SocketAddr, listener_extra: &str, routes: &str) -> Server {
+    let yaml = common::config(
+        1,
+        listener_extra,
+        &format!(
+            "routes:\n{routes}pools:\n  web:\n    backends:\n{}",
+            common::backend_list(&[backend], "")
+        ),
+    );
+    let config = autolb::config::load_str(&yaml, Path::new("two_servers.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    Server::start(config).await.expect("server starts")
+}
+
+async fn backend() -> SocketAddr {
+    common::hyper_backend(|_req| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+    })
+    .await
+}
+
+/// The first request passes and the second is refused (burst 1 per client IP), on `a`,
+/// then again on `b`: `b` must not spend `a`'s tokens.
+async fn each_limits_for_itself(a: SocketAddr, b: SocketAddr, path: &str) {
+    assert_eq!(common::get(a, path).await.status, 200);
+    assert_eq!(common::get(a, path).await.status, 429);
+    assert_eq!(
+        common::get(b, path).await.status,
+        200,
+        "the second server must not spend the first one's tokens"
+    );
+    assert_eq!(common::get(b, path).await.status, 429);
+}
+
+const LIMIT: &str = "rate_limit: { per_ip: 1/m, burst: 1 }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_keep_their_own_listener_rate_limits() {
+    let backend = backend().await;
+    let extra = format!(", {LIMIT}");
+    let a = server(backend, &extra, "").await;
+    let b = server(backend, &extra, "").await;
+    each_limits_for_itself(a.listeners["web"], b.listeners["web"], "/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_keep_their_own_route_rate_limits() {
+    let backend = backend().await;
+    let routes = format!("  - {{ path_prefix: /limited, pool: web, {LIMIT} }}\n");
+    let a = server(backend, "", &routes).await;
+    let b = server(backend, "", &routes).await;
+    each_limits_for_itself(a.listeners["web"], b.listeners["web"], "/limited").await;
+    // Other paths are not limited.
+    assert_eq!(common::get(a.listeners["web"], "/free").await.status, 200);
+}
