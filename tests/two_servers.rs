@@ -1,7 +1,8 @@
 //! Two autolb servers in one process share no state: each builds its services at start-up
-//! (per-IP rate limits of listeners and routes, the shared-state services) instead of
-//! looking them up in process-wide registries by name. Before, a listener `web` of the
-//! second server took its tokens from the first one's buckets.
+//! (per-IP rate limits of listeners and routes, connection counts, the shared-state
+//! services) instead of looking them up in process-wide registries by name. Before, a
+//! listener `web` of the second server took its tokens from the first one's buckets and
+//! counted the first one's connections.
 //!
 //! In-process on purpose (the only way to have two servers in one process); the backend is
 //! a hyper server in this test.
@@ -68,4 +69,23 @@ async fn two_servers_in_one_process_keep_their_own_route_rate_limits() {
     each_limits_for_itself(a.listeners["web"], b.listeners["web"], "/limited").await;
     // Other paths are not limited.
     assert_eq!(common::get(a.listeners["web"], "/free").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_count_their_own_connections() {
+    let backend = backend().await;
+    let extra = ", limits: { max_connections: 1 }";
+    let a = server(backend, extra, "").await;
+    let b = server(backend, extra, "").await;
+    // One connection open on a's `web` (answered, so admitted and counted)...
+    let mut held = common::Client::connect(a.listeners["web"]).await;
+    assert_eq!(held.get("/").await.status, 200);
+    // ...leaves b's `web` free.
+    let mut other = common::Client::connect(b.listeners["web"]).await;
+    let r = other
+        .try_get("/")
+        .await
+        .expect("the second server admits its first connection");
+    assert_eq!(r.status, 200);
+    assert_eq!(held.get("/").await.status, 200);
 }

@@ -1,11 +1,13 @@
 //! Connection admission: `limits.max_connections` per listener (over every worker) and
 //! `limits.max_connections_per_ip`. A connection past either is closed at once, before a
-//! byte is read; an `Admitted` guard gives its place back when the connection ends.
+//! byte is read; an `Admitted` guard gives its place back when the connection ends. The
+//! counts of a listener belong to its entry in the server's `Listeners` (kept when a
+//! reload restarts the listener under the same name).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::runtime::Runtime;
 
@@ -13,9 +15,18 @@ const SHARDS: usize = 32;
 
 /// Open connections of one listener.
 #[derive(Debug)]
-struct Counts {
+pub(crate) struct Counts {
     total: AtomicUsize,
     per_ip: Vec<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            total: AtomicUsize::new(0),
+            per_ip: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -34,20 +45,6 @@ fn shard(ip: IpAddr) -> usize {
         }
     };
     (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS
-}
-
-/// The counts of listener `name` (kept by name across reloads).
-fn counts(name: &str) -> Arc<Counts> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, Arc<Counts>>>> = OnceLock::new();
-    lock(REGISTRY.get_or_init(Default::default))
-        .entry(name.to_string())
-        .or_insert_with(|| {
-            Arc::new(Counts {
-                total: AtomicUsize::new(0),
-                per_ip: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            })
-        })
-        .clone()
 }
 
 /// A place taken by one open connection.
@@ -72,8 +69,14 @@ impl Drop for Admitted {
     }
 }
 
-/// Admit a connection from `ip` on listener `name`, or `None` (close it) past its limits.
-pub(crate) fn admit(name: &str, ip: IpAddr, runtime: &Runtime) -> Option<Admitted> {
+/// Admit a connection from `ip` on listener `name` (its open connections: `counts`), or
+/// `None` (close it) past its limits.
+pub(crate) fn admit(
+    name: &str,
+    ip: IpAddr,
+    runtime: &Runtime,
+    counts: &Arc<Counts>,
+) -> Option<Admitted> {
     let snapshot = runtime.snapshot();
     let limits = snapshot
         .config
@@ -83,7 +86,7 @@ pub(crate) fn admit(name: &str, ip: IpAddr, runtime: &Runtime) -> Option<Admitte
         .map(|l| l.limits.clone())
         .unwrap_or_default();
     drop(snapshot);
-    let counts = counts(name);
+    let counts = counts.clone();
     let before = counts.total.fetch_add(1, Ordering::AcqRel);
     let mut admitted = Admitted { counts, ip: None };
     if before >= limits.max_connections {

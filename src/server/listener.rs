@@ -58,6 +58,8 @@ pub(crate) struct AcceptContext {
     pub name: String,
     pub services: super::Services,
     pub stats: Arc<ListenerStats>,
+    /// The listener's open connections (`limits.max_connections*`).
+    pub admission: Arc<super::admission::Counts>,
     pub shutdown: watch::Receiver<super::Drain>,
     /// This listener alone is stopped (removed or moved by a reload).
     pub stop: watch::Receiver<bool>,
@@ -154,7 +156,8 @@ fn serve_accepted(
         return;
     }
     // limits.max_connections / max_connections_per_ip: past them, closed.
-    let Some(admitted) = super::admission::admit(&ctx.name, peer.ip(), &ctx.services.runtime)
+    let Some(admitted) =
+        super::admission::admit(&ctx.name, peer.ip(), &ctx.services.runtime, &ctx.admission)
     else {
         return;
     };

@@ -17,6 +17,8 @@ struct Running {
     addr: SocketAddr,
     protocol: Protocol,
     stats: Arc<ListenerStats>,
+    /// Its open connections, for `limits.max_connections*`.
+    admission: Arc<super::admission::Counts>,
     /// Stops this listener's accept loops (its open connections go on).
     stop: watch::Sender<bool>,
     /// Duplicates of its sockets, for a zero-downtime restart (empty once closed).
@@ -148,10 +150,11 @@ impl Listeners {
         let Some(addr) = sockets.first().and_then(|s| s.local_addr().ok()) else {
             return;
         };
-        let stats = self
+        // A restarted listener keeps its statistics and its open connections' count.
+        let (stats, admission) = self
             .read()
             .get(name)
-            .map(|r| r.stats.clone())
+            .map(|r| (r.stats.clone(), r.admission.clone()))
             .unwrap_or_default();
         // A QUIC endpoint on the same address goes on serving (its settings follow below).
         let quic = self
@@ -173,6 +176,7 @@ impl Listeners {
                     name: name.to_string(),
                     services: services.clone(),
                     stats: stats.clone(),
+                    admission: admission.clone(),
                     shutdown: shutdown.clone(),
                     stop: stop_rx.clone(),
                 },
@@ -184,6 +188,7 @@ impl Listeners {
                 addr,
                 protocol,
                 stats,
+                admission,
                 stop,
                 sockets: dups,
                 loops,
