@@ -246,7 +246,7 @@ impl Listeners {
                     r.addr,
                     &want,
                     services,
-                    r.stats.clone(),
+                    (r.stats.clone(), r.admission.clone()),
                     shutdown,
                     handle,
                 );

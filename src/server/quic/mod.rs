@@ -50,6 +50,8 @@ struct Shared {
     local: SocketAddr,
     services: super::Services,
     stats: Arc<ListenerStats>,
+    /// The listener's open connections (`limits.max_connections*`), TCP and QUIC together.
+    admission: Arc<super::admission::Counts>,
     settings: Http3,
     /// Handshakes in progress (`max_handshakes`).
     handshaking: AtomicUsize,
@@ -100,13 +102,13 @@ fn server_config(name: &str, settings: &Http3) -> Result<quinn::ServerConfig, Qu
 
 impl Quic {
     /// Serve HTTP/3 for listener `name` on UDP `addr` (the TCP listener's address), on the
-    /// runtime of `handle`.
+    /// runtime of `handle`, counting into the listener's statistics and connection counts.
     pub fn start(
         name: &str,
         addr: SocketAddr,
         settings: &Http3,
         services: &super::Services,
-        stats: Arc<ListenerStats>,
+        (stats, admission): (Arc<ListenerStats>, Arc<super::admission::Counts>),
         shutdown: &watch::Receiver<Drain>,
         handle: &tokio::runtime::Handle,
     ) -> Result<Quic, QuicError> {
@@ -151,6 +153,7 @@ impl Quic {
             local: addr,
             services: services.clone(),
             stats,
+            admission,
             settings: settings.clone(),
             handshaking: AtomicUsize::new(0),
             goaway: watch::channel(false).0,
@@ -241,8 +244,12 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) {
         return;
     }
     let peer = incoming.remote_address();
-    let Some(admitted) = super::admission::admit(&shared.name, peer.ip(), &shared.services.runtime)
-    else {
+    let Some(admitted) = super::admission::admit(
+        &shared.name,
+        peer.ip(),
+        &shared.services.runtime,
+        &shared.admission,
+    ) else {
         incoming.refuse();
         return;
     };
