@@ -7,6 +7,7 @@
 //! Bodiless requests to plain HTTP/1.1 backends go through autolb's own client (`raw`).
 
 mod connect;
+mod h2_open;
 mod idle;
 mod raw;
 mod raw_body;
@@ -116,6 +117,8 @@ pub struct ConnPool {
     /// Idle connections of autolb's own HTTP/1.1 client, per worker.
     raw_idle: Box<[idle::IdleStack<RawConn>]>,
     upstream: ArcSwap<Upstream>,
+    /// `protocol: h2`: who is opening a connection now (the others wait and share it).
+    h2_opening: h2_open::H2Opening,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -137,6 +140,7 @@ impl ConnPool {
                 .map(|_| idle::IdleStack::new(MAX_IDLE_PER_WORKER))
                 .collect(),
             upstream: ArcSwap::from_pointee(Upstream::plain()),
+            h2_opening: Default::default(),
         }
     }
 
@@ -410,10 +414,18 @@ impl ConnPool {
         let client = req.extensions().get::<crate::l4::ProxyAddrs>().copied();
         // A gRPC call without a deadline: the wait restarts while its stream flows.
         let progress = req.extensions().get::<Progress>().cloned();
-        let idle = match private {
+        let mut idle = match private {
             true => None,
             false => self.take_idle(max_idle, up.generation).await,
         };
+        let mut opener = None;
+        if idle.is_none() && !private && up.protocol == UpstreamProtocol::H2 {
+            // One opens, the others share what it opened (`h2_open`).
+            opener = self.h2_opening.enter(connect_timeout).await;
+            if opener.is_none() {
+                idle = self.take_idle(max_idle, up.generation).await;
+            }
+        }
         if let Some(mut tx) = idle {
             connect::prepare(&mut req, tx.is_h2(), up, addr);
             match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
@@ -442,6 +454,8 @@ impl ConnPool {
                 since: Instant::now(),
             });
         }
+        // The shared handle is in the queue: the requests waiting for it take it.
+        drop(opener);
         connect::prepare(&mut req, tx.is_h2(), up, addr);
         match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
             Err(_) => Err(Failed::sent(timed_out())),
