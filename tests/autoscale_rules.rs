@@ -76,13 +76,6 @@ async fn manual(lb: &Autolb, n: u32) -> Value {
     r.json()
 }
 
-async fn instances(lb: &Autolb) -> Vec<Value> {
-    common::get(lb.admin, "/cluster/status").await.json()["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn reason(e: &Value) -> &str {
     e["reason"].as_str().unwrap_or("")
 }
@@ -98,7 +91,7 @@ async fn scale_in_drains_the_instance_without_sessions_first_and_says_why() {
     // A long request on one instance (Y)...
     let slow = tokio::spawn(async move { common::get(web, "/delay/10000").await });
     let y = common::wait_until(10, "the slow request in flight", || async {
-        instances(&lb)
+        common::instances(&lb)
             .await
             .iter()
             .find(|i| i["in_flight"].as_u64() >= Some(1))
@@ -119,7 +112,7 @@ async fn scale_in_drains_the_instance_without_sessions_first_and_says_why() {
         let r = c.get_with("/", &[("cookie", &cookie)]).await;
         assert_eq!(r.text(), s, "pinned");
     }
-    let all: Vec<String> = instances(&lb)
+    let all: Vec<String> = common::instances(&lb)
         .await
         .iter()
         .map(|i| i["id"].as_str().unwrap_or("").to_string())

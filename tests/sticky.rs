@@ -11,7 +11,6 @@ use common::{
     backend_list, config, echo, set_cookie, ws_connect, ws_next, ws_text, Autolb, Client, Echo,
 };
 use futures_util::SinkExt;
-use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -280,26 +279,6 @@ async fn source_ip_and_header_affinity_agree_across_nodes() {
 
 const TOKEN: &str = "sticky-admin-token";
 
-async fn scale_to(lb: &Autolb, n: u32) {
-    let mut c = Client::connect(lb.admin).await;
-    let body = format!(r#"{{"pool":"web","instances":{n},"reason":"test"}}"#);
-    let req = http::Request::post("/scaling/manual")
-        .header("content-type", "application/json")
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("request");
-    let r = c.request(req).await;
-    assert_eq!(r.status, 202, "{}", r.text());
-}
-
-async fn instances(lb: &Autolb) -> Vec<Value> {
-    common::get(lb.admin, "/cluster/status").await.json()["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn draining_keeps_pinned_sessions_then_closes_websockets_with_1001() {
     let base = 20_000 + (std::process::id() % 100) as u16 * 50;
@@ -334,9 +313,9 @@ pools:
         ],
     );
     let addr = lb.addr("web");
-    scale_to(&lb, 2).await;
+    common::scale_to(&lb, TOKEN, 2).await;
     common::wait_until(30, "two ready instances", || async {
-        let ready = instances(&lb)
+        let ready = common::instances(&lb)
             .await
             .iter()
             .filter(|i| i["state"] == "ready")
@@ -361,9 +340,9 @@ pools:
         sockets.insert(name.clone(), ws);
     }
 
-    scale_to(&lb, 1).await;
+    common::scale_to(&lb, TOKEN, 1).await;
     let drained = common::wait_until(10, "an instance to drain", || async {
-        instances(&lb)
+        common::instances(&lb)
             .await
             .into_iter()
             .find(|i| i["state"] == "draining")

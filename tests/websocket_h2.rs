@@ -240,26 +240,6 @@ async fn other_connects_are_refused_and_never_reach_a_backend() {
 const TOKEN: &str = "h2-websocket-admin-token";
 const SID: &str = "AUTOLB_SID";
 
-async fn scale_to(lb: &Autolb, n: u32) {
-    let mut c = Client::connect(lb.admin).await;
-    let body = format!(r#"{{"pool":"web","instances":{n},"reason":"test"}}"#);
-    let req = http::Request::post("/scaling/manual")
-        .header("content-type", "application/json")
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let r = c.request(req).await;
-    assert_eq!(r.status, 202, "{}", r.text());
-}
-
-async fn instances(lb: &Autolb) -> Vec<Value> {
-    common::get(lb.admin, "/cluster/status").await.json()["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn sticky_h2_websockets_stay_pinned_and_close_with_1001_on_drain() {
     let base = 22_000 + (std::process::id() % 100) as u16 * 50;
@@ -294,9 +274,9 @@ pools:
         ],
     );
     let addr = lb.addr("web");
-    scale_to(&lb, 2).await;
+    common::scale_to(&lb, TOKEN, 2).await;
     common::wait_until(30, "two ready instances", || async {
-        let ready = instances(&lb)
+        let ready = common::instances(&lb)
             .await
             .iter()
             .filter(|i| i["state"] == "ready")
@@ -344,9 +324,9 @@ pools:
         "the 200's cookie names the WebSocket's backend"
     );
 
-    scale_to(&lb, 1).await;
+    common::scale_to(&lb, TOKEN, 1).await;
     let drained = common::wait_until(10, "an instance to drain", || async {
-        instances(&lb)
+        common::instances(&lb)
             .await
             .into_iter()
             .find(|i| i["state"] == "draining")

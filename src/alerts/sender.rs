@@ -214,13 +214,7 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let default_port = if w.https { 443 } else { 80 };
-    let host = match (w.host.contains(':'), w.port == default_port) {
-        (true, true) => format!("[{}]", w.host),
-        (true, false) => format!("[{}]:{}", w.host, w.port),
-        (false, true) => w.host.clone(),
-        (false, false) => format!("{}:{}", w.host, w.port),
-    };
+    let host = w.host_header();
     let mut req = Request::post(w.path.as_str())
         .header(HOST, host)
         .header(CONTENT_TYPE, "application/json")

@@ -71,13 +71,7 @@ where
     });
     let base = u.path.trim_end_matches('/');
     let path = format!("{base}/api/v1/query?query={}", encode(&p.query));
-    let default_port = if u.https { 443 } else { 80 };
-    let host = match (u.host.contains(':'), u.port == default_port) {
-        (true, true) => format!("[{}]", u.host),
-        (true, false) => format!("[{}]:{}", u.host, u.port),
-        (false, true) => u.host.clone(),
-        (false, false) => format!("{}:{}", u.host, u.port),
-    };
+    let host = u.host_header();
     let req = Request::get(path)
         .header(HOST, host)
         .header(ACCEPT, "application/json")

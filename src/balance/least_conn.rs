@@ -161,32 +161,9 @@ impl LoadWatcher for LoadTree {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-    use std::time::Duration;
 
     use super::*;
-    use crate::proxy::upstream::ConnPool;
-    use crate::runtime::BackendStats;
-
-    fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let addr = format!("127.0.0.1:{}", 3000 + i).parse().expect("addr");
-                Arc::new(Backend {
-                    address: format!("127.0.0.1:{}", 3000 + i),
-                    addr,
-                    weight: w,
-                    config_weight: w,
-                    disabled: false,
-                    mode: Default::default(),
-                    slow_start: Some(Duration::from_secs(10)),
-                    stats: Arc::new(BackendStats::default()),
-                    conns: Arc::new(ConnPool::new(addr, 1)),
-                })
-            })
-            .collect()
-    }
+    use crate::balance::tests::backends;
 
     /// The lowest load per weight among usable backends (what a scan finds).
     fn best_load(bs: &[Arc<Backend>]) -> Option<u64> {

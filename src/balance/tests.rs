@@ -8,7 +8,7 @@ use super::*;
 use crate::proxy::upstream::ConnPool;
 use crate::runtime::BackendStats;
 
-fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
+pub(super) fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
     weights
         .iter()
         .enumerate()

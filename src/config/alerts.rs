@@ -75,6 +75,17 @@ pub struct WebhookUrl {
 }
 
 impl WebhookUrl {
+    /// The `Host` field for a request to it (the port only when not the scheme's default).
+    pub fn host_header(&self) -> String {
+        let default_port = if self.https { 443 } else { 80 };
+        match (self.host.contains(':'), self.port == default_port) {
+            (true, true) => format!("[{}]", self.host),
+            (true, false) => format!("[{}]:{}", self.host, self.port),
+            (false, true) => self.host.clone(),
+            (false, false) => format!("{}:{}", self.host, self.port),
+        }
+    }
+
     /// `scheme://host:port/path`, without the query.
     pub fn redacted(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };

@@ -3,6 +3,7 @@
 //! that starts or ends a request, a WebSocket or a TCP connection reports the change
 //! (`BackendStats::load_changed`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
@@ -23,23 +24,32 @@ pub struct LoadHook {
 /// The hook slot of one backend (kept across reloads with its stats; each new snapshot's
 /// balancer installs itself, or clears it when its algorithm keeps no order).
 #[derive(Debug, Default)]
-pub struct LoadHookSlot(ArcSwapOption<LoadHook>);
+pub struct LoadHookSlot {
+    hook: ArcSwapOption<LoadHook>,
+    /// Whether `hook` is set: the one relaxed load a backend of a pool without a watcher
+    /// pays per change.
+    watched: AtomicBool,
+}
 
 impl LoadHookSlot {
     pub fn install(&self, watcher: Weak<dyn LoadWatcher>, index: usize) {
-        self.0.store(Some(Arc::new(LoadHook { watcher, index })));
+        self.hook.store(Some(Arc::new(LoadHook { watcher, index })));
+        self.watched.store(true, Ordering::Release);
     }
 
     pub fn clear(&self) {
-        if self.0.load().is_some() {
-            self.0.store(None);
+        if self.watched.swap(false, Ordering::AcqRel) {
+            self.hook.store(None);
         }
     }
 
     /// Tell the watcher, if any (one atomic load when there is none).
     #[inline]
     pub fn notify(&self) {
-        let hook = self.0.load();
+        if !self.watched.load(Ordering::Relaxed) {
+            return;
+        }
+        let hook = self.hook.load();
         if let Some(h) = hook.as_ref() {
             if let Some(w) = h.watcher.upgrade() {
                 w.load_changed(h.index);

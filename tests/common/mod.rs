@@ -590,3 +590,18 @@ pub async fn admin_post(
         .expect("request");
     Client::connect(admin).await.request(req).await
 }
+
+/// `POST /scaling/manual` for pool `web` with `token`: `n` instances (202 expected).
+pub async fn scale_to(lb: &Autolb, token: &str, n: u32) {
+    let body = format!(r#"{{"pool":"web","instances":{n},"reason":"test"}}"#);
+    let r = admin_post(lb.admin, "/scaling/manual", Some(token), &[], &body).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+/// The instances `/cluster/status` lists.
+pub async fn instances(lb: &Autolb) -> Vec<serde_json::Value> {
+    get(lb.admin, "/cluster/status").await.json()["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
