@@ -124,12 +124,13 @@ impl Snapshot {
             })
             .collect();
         // Config validation guarantees every named pool exists; a miss is skipped, not a panic.
+        let previous_routes = previous.map(Snapshot::routes_by_key).unwrap_or_default();
         let routes = Routes::new(
             config
                 .routes
                 .iter()
                 .filter_map(|r| {
-                    let prev = previous.and_then(|s| s.route_like(r));
+                    let prev = previous_routes.get(&Route::limiter_key(r)).copied();
                     Some(Route::from_config(
                         r,
                         *pool_index.get(r.pool.as_str())?,
@@ -191,17 +192,18 @@ impl Snapshot {
     }
 
     /// This snapshot's route matching what `route` matches and going to its pool.
-    fn route_like(&self, route: &crate::config::Route) -> Option<&Route> {
-        let key = Route::limiter_key(route);
-        let i = self
-            .config
-            .routes
-            .iter()
-            .position(|r| Route::limiter_key(r) == key)?;
+    /// This snapshot's routes by what identifies them across reloads (the first of equal
+    /// ones), so a reload to N routes finds each one's predecessor in O(1), not O(N).
+    fn routes_by_key(&self) -> HashMap<String, &Route> {
         // Runtime routes are the config's, in order (all of them, as validated).
-        (self.routes.len() == self.config.routes.len())
-            .then(|| self.routes.get(i))
-            .flatten()
+        if self.routes.len() != self.config.routes.len() {
+            return HashMap::new();
+        }
+        let mut by_key = HashMap::with_capacity(self.routes.len());
+        for (config, route) in self.config.routes.iter().zip(self.routes.iter()) {
+            by_key.entry(Route::limiter_key(config)).or_insert(route);
+        }
+        by_key
     }
 
     pub fn listener(&self, name: &str) -> Option<usize> {

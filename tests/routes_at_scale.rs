@@ -132,9 +132,12 @@ async fn ten_thousand_routes_route_like_a_scan_and_reload_under_traffic() {
         let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
         clients.push(tokio::spawn(async move {
             let mut c = Client::connect(web).await;
-            // Bounded: at most 20,000 requests per client.
-            for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) {
+            // Bounded: until told to stop, at most 120 s and 1,000,000 requests per client
+            // (a count small enough to run out before a slow reload ends would stall the
+            // wait for requests after it).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            for _ in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
                     break;
                 }
                 let r = c.get_with("/", &[("host", "other.example")]).await;
@@ -150,8 +153,13 @@ async fn ten_thousand_routes_route_like_a_scan_and_reload_under_traffic() {
     })
     .await;
     std::fs::write(&lb.config, yaml(addrs, ROUTES, &big_pool(5_000))).expect("write");
+    let started = std::time::Instant::now();
     let reply = admin_post(lb.admin, "/config/reload", None, &[], "").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
+    eprintln!(
+        "reload to 10,000 other routes and 5,004 backends: {:?}",
+        started.elapsed()
+    );
     let before = sent.load(Ordering::Relaxed);
     wait_until(30, "requests after the reload", || async {
         (sent.load(Ordering::Relaxed) > before + 100).then_some(())
