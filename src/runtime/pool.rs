@@ -1,6 +1,7 @@
 //! A pool as the snapshot holds it: settings, backends, the balancer built over them, and
 //! pool-wide statistics that survive a reload.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -124,12 +125,22 @@ impl Pool {
                 .copied()
                 .unwrap_or_default()
         };
+        // The previous backends by address (the first of equal ones), so a reload to N
+        // backends finds each one's state in O(1), not by a scan.
+        let previous_backends: HashMap<&str, &Arc<Backend>> = previous
+            .map(|p| {
+                let mut by_address = HashMap::with_capacity(p.backends.len());
+                for old in &p.backends {
+                    by_address.entry(old.address.as_str()).or_insert(old);
+                }
+                by_address
+            })
+            .unwrap_or_default();
         let mut backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
             .map(|b| {
-                let prev =
-                    previous.and_then(|p| p.backends.iter().find(|old| old.address == b.address));
+                let prev = previous_backends.get(b.address.as_str());
                 let (stats, conns) = match prev {
                     Some(old) if old.addr == b.addr => (old.stats.clone(), old.conns.clone()),
                     _ => {
