@@ -200,6 +200,29 @@ pub fn object(
 }
 
 impl Purge {
+    /// The admin API's form of this purge (what `from_json` reads back).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Purge::Url {
+                host,
+                path_and_query,
+            } => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                serde_json::json!({ "url": format!("http://{host}{path_and_query}") })
+            }
+            Purge::Prefix { host, path_prefix } if path_prefix.is_empty() => {
+                serde_json::json!({ "host": host })
+            }
+            Purge::Prefix { host, path_prefix } => {
+                serde_json::json!({ "host": host, "path_prefix": path_prefix })
+            }
+        }
+    }
+
     /// A purge as the admin API takes it: `{"url"}` (absolute: scheme and host) or
     /// `{"host", "path_prefix"}` (at least one of them).
     pub fn from_json(v: &serde_json::Value) -> Result<Purge, String> {

@@ -184,6 +184,12 @@ impl SharedState for MemoryState {
         })
     }
 
+    fn publish(&self, _channel: &str, _message: String) -> StateFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn subscribe(&self, _channel: &str, _to: tokio::sync::mpsc::UnboundedSender<String>) {}
+
     fn status(&self) -> BackendStatus {
         BackendStatus {
             kind: "memory",

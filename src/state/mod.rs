@@ -60,6 +60,8 @@ pub struct BackendStatus {
     /// The last failover followed: `{from, to, how, at_ms, seconds_ago}`.
     pub last_failover: Option<Value>,
     pub failovers_total: u64,
+    /// Channels with a live subscription (`subscribe`).
+    pub subscribed: Vec<String>,
 }
 
 /// The primitives every shared feature is built from. A single node needs no Redis:
@@ -103,6 +105,13 @@ pub trait SharedState: Send + Sync {
     fn put_kv(&self, key: &str, value: String, ttl: Duration) -> StateFuture<'_, ()>;
     /// The live value under `key` (`put_kv`).
     fn get_kv(&self, key: &str) -> StateFuture<'_, Option<String>>;
+    /// Send `message` to every node subscribed to `channel` now (Redis `PUBLISH`; at most
+    /// once, and only to whoever listens at that moment). `memory`: nobody else to tell.
+    fn publish(&self, channel: &str, message: String) -> StateFuture<'_, ()>;
+    /// Deliver every message published on `channel` to `to` for as long as the backend lives
+    /// and `to` has a receiver, subscribing again after a lost connection or a failover.
+    /// `memory`: nothing is ever published by another node.
+    fn subscribe(&self, channel: &str, to: tokio::sync::mpsc::UnboundedSender<String>);
     /// The length of the user's list `key` (not one of autolb's keys: a worker queue an
     /// autoscaler reads, `target.redis_list`); 0 when it does not exist.
     fn list_len(&self, key: &str) -> StateFuture<'_, u64>;
@@ -180,6 +189,7 @@ impl Shared {
             "topology": s.topology,
             "last_failover": s.last_failover,
             "failovers_total": s.failovers_total,
+            "subscribed": s.subscribed,
         })
     }
 

@@ -42,6 +42,7 @@ pub const AUTOLB_ACL: &[&str] = &[
     "~autolb:*",
     "~{autolb:*",
     "resetchannels",
+    "&autolb:*",
     "-@all",
     "+ping",
     "+info",
@@ -61,6 +62,8 @@ pub const AUTOLB_ACL: &[&str] = &[
     "+incr",
     "+incrby",
     "+pexpire",
+    "+publish",
+    "+subscribe",
 ];
 
 /// Create (or reset) the user `name` with `password` and exactly `AUTOLB_ACL` on the

@@ -190,7 +190,26 @@ impl Access {
         addr: &Addr,
         push: Option<tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>>,
     ) -> Result<MultiplexedConnection, StateError> {
-        let client = self.info(addr, true)?;
+        self.push_capable(addr, true, push).await
+    }
+
+    /// A connection to the data node at `addr` (credentials and TLS as configured) that
+    /// carries the pushes of a subscription to `push` (RESP3).
+    pub async fn subscriber(
+        &self,
+        addr: &Addr,
+        push: tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>,
+    ) -> Result<MultiplexedConnection, StateError> {
+        self.push_capable(addr, false, Some(push)).await
+    }
+
+    async fn push_capable(
+        &self,
+        addr: &Addr,
+        sentinel: bool,
+        push: Option<tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>>,
+    ) -> Result<MultiplexedConnection, StateError> {
+        let client = self.info(addr, sentinel)?;
         let mut config = self.config(addr);
         let client = if let Some(tx) = push {
             config = config.set_push_sender(tx);

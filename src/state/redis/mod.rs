@@ -10,6 +10,7 @@
 
 mod link;
 mod ops;
+mod pubsub;
 mod sentinel;
 mod supervise;
 mod topology;
@@ -111,6 +112,10 @@ pub struct RedisState {
     switch_seen: AtomicBool,
     /// Wakes the supervisor (a lost connection, a `+switch-master`).
     wake: Arc<Notify>,
+    /// Channels with a live subscription (`pubsub`).
+    listening: Mutex<Vec<String>>,
+    /// This backend, for the tasks it starts later (subscriptions).
+    me: std::sync::Weak<RedisState>,
 }
 
 impl RedisState {
@@ -131,7 +136,7 @@ impl RedisState {
         } else {
             Mode::Standalone
         };
-        let state = Arc::new(RedisState {
+        let state = Arc::new_cyclic(|me| RedisState {
             access,
             sentinel: settings.sentinel.clone(),
             url: settings.urls.first().map(|u| redact(u)),
@@ -150,6 +155,8 @@ impl RedisState {
             sentinels: Mutex::new(sentinels),
             switch_seen: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
+            listening: Mutex::new(Vec::new()),
+            me: me.clone(),
         });
         tokio::spawn(supervise::run(Arc::downgrade(&state), state.wake.clone()));
         if let Some(s) = &settings.sentinel {
@@ -332,6 +339,7 @@ impl RedisState {
             topology,
             last_failover,
             failovers_total: self.failovers.load(Ordering::Relaxed),
+            subscribed: self.listening(),
         }
     }
 }

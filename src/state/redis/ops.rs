@@ -226,6 +226,22 @@ impl SharedState for RedisState {
         })
     }
 
+    fn publish(&self, channel: &str, message: String) -> StateFuture<'_, ()> {
+        let channel = channel.to_string();
+        Box::pin(async move {
+            let mut publish = ::redis::cmd("PUBLISH");
+            publish.arg(&channel).arg(message);
+            let _: i64 = self.query(publish).await?;
+            Ok(())
+        })
+    }
+
+    fn subscribe(&self, channel: &str, to: tokio::sync::mpsc::UnboundedSender<String>) {
+        if let Some(me) = self.me.upgrade() {
+            super::pubsub::spawn(&me, channel, to);
+        }
+    }
+
     fn status(&self) -> BackendStatus {
         self.backend_status()
     }
