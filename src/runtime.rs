@@ -53,6 +53,14 @@ impl ListenerInfo {
     }
 }
 
+/// Where a request went: its pool and the route that chose it (`None`: the listener's
+/// pool), as positions in one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chosen {
+    pub pool: usize,
+    pub route: Option<usize>,
+}
+
 /// Everything the data plane reads, built whole from one `Config`.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -64,6 +72,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// Instance sets the autoscaler published (counted apart from the config).
     pub autoscaler_updates: u64,
+    /// Whether any pool or route has `compress` (else requests skip the negotiation).
+    pub any_compress: bool,
     /// Backend states and weights set through the admin API.
     pub backend_state_changes: u64,
 }
@@ -105,7 +115,7 @@ impl Snapshot {
             .enumerate()
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
-        let pools = config
+        let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
             .map(|pc| {
@@ -163,7 +173,10 @@ impl Snapshot {
                 }
             })
             .collect();
+        let any_compress = pools.iter().any(|p: &Arc<Pool>| p.compress.is_some())
+            || routes.iter().any(|r| r.compress.is_some());
         Snapshot {
+            any_compress,
             config,
             routes,
             pools,
@@ -191,7 +204,6 @@ impl Snapshot {
         pools.chain(routes)
     }
 
-    /// This snapshot's route matching what `route` matches and going to its pool.
     /// This snapshot's routes by what identifies them across reloads (the first of equal
     /// ones), so a reload to N routes finds each one's predecessor in O(1), not O(N).
     fn routes_by_key(&self) -> HashMap<String, &Route> {
@@ -222,14 +234,32 @@ impl Snapshot {
         host: &str,
         path: &str,
     ) -> Option<(usize, Option<&Route>)> {
-        match self
-            .routes
-            .first_match(host, path)
-            .and_then(|i| self.routes.get(i))
-        {
-            Some(r) => Some((r.pool, Some(r))),
-            None => self.listeners.get(listener)?.pool.map(|p| (p, None)),
+        let chosen = self.choose(listener, host, path)?;
+        Some((chosen.pool, chosen.route.and_then(|i| self.routes.get(i))))
+    }
+
+    /// Like `select`, by position: what a request's later steps (compression, the access
+    /// log) read without matching the routes again.
+    pub fn choose(&self, listener: usize, host: &str, path: &str) -> Option<Chosen> {
+        match self.routes.first_match(host, path) {
+            Some(i) => Some(Chosen {
+                pool: self.routes.get(i)?.pool,
+                route: Some(i),
+            }),
+            None => Some(Chosen {
+                pool: self.listeners.get(listener)?.pool?,
+                route: None,
+            }),
         }
+    }
+
+    /// The `compress` settings of a request routed as `chosen`: its route's, else its
+    /// pool's.
+    pub fn compress(&self, chosen: Chosen) -> Option<&crate::config::Compress> {
+        let route = chosen.route.and_then(|i| self.routes.get(i));
+        route
+            .and_then(|r| r.compress.as_ref())
+            .or_else(|| self.pools.get(chosen.pool)?.compress.as_ref())
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::body::ProxyBody;
 use super::retry::{AttemptTimeouts, Budget};
-use crate::runtime::{PoolStats, Runtime};
+use crate::runtime::{PoolStats, Snapshot};
 
 /// `grpc-status` codes autolb answers with.
 pub mod code {
@@ -209,11 +209,10 @@ pub fn count(stats: &PoolStats, headers: &HeaderMap) {
 
 /// autolb's own answer to a gRPC call as a gRPC status (`as_status`), counted for the pool
 /// it names. A backend's answer, or a success, is left as it is.
-pub fn local_answer(resp: Response<ProxyBody>, runtime: &Runtime) -> Response<ProxyBody> {
+pub fn local_answer(resp: Response<ProxyBody>, snapshot: &Snapshot) -> Response<ProxyBody> {
     let (resp, counted) = as_status(resp);
     if let Some((code, pool)) = counted {
-        let snapshot = runtime.snapshot();
-        if let Some(p) = snapshot.pools.iter().find(|p| p.name == pool) {
+        if let Some(p) = snapshot.pool(&pool) {
             p.stats.grpc_statuses[usize::from(code)].fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -35,7 +35,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 
 use crate::affinity::{self, Resolved};
 use crate::config::Algorithm;
-use crate::runtime::Runtime;
+use crate::runtime::{Chosen, Runtime, Snapshot};
 use body::ProxyBody;
 use downstream::Downstream;
 use headers::ClientInfo;
@@ -81,17 +81,27 @@ pub async fn handle(
     }
     let ctx = &*ctx;
     let is_grpc = grpc::is_grpc(req.headers());
-    Ok(crate::proxy::observe::around(req, ctx, |req| async move {
-        let resp = match refused {
-            Some(resp) => resp,
-            None => proxy(req, ctx).await,
-        };
-        match is_grpc {
-            true => grpc::local_answer(resp, &ctx.runtime),
-            false => resp,
-        }
-    })
-    .await)
+    // The request's one look at the live config: a reload while it is served does not
+    // change where it goes, how it is compressed or what its log line says.
+    let snapshot = ctx.runtime.snapshot();
+    let snap = &snapshot;
+    Ok(
+        crate::proxy::observe::around(req, ctx, snap, |req| async move {
+            let (resp, chosen) = match refused {
+                Some(resp) => (resp, None),
+                None => {
+                    let mut chosen = None;
+                    (proxy(req, ctx, snap, &mut chosen).await, chosen)
+                }
+            };
+            let resp = match is_grpc {
+                true => grpc::local_answer(resp, snap),
+                false => resp,
+            };
+            (resp, chosen)
+        })
+        .await,
+    )
 }
 
 /// The request's authority: the URI's (absolute-form) or the Host header.
@@ -118,23 +128,33 @@ pub(crate) fn client_https(fields: &http::HeaderMap, ctx: &ConnContext) -> bool 
     }
 }
 
-async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<ProxyBody> {
+/// Proxy one request with `snapshot`; `chosen` says where it was routed (once it is).
+async fn proxy(
+    mut req: Request<Downstream>,
+    ctx: &ConnContext,
+    snapshot: &Arc<Snapshot>,
+    chosen: &mut Option<Chosen>,
+) -> Response<ProxyBody> {
     let arrived = tokio::time::Instant::now();
+    let authority = authority(&req);
+    let host = authority.as_ref().map_or("", host_name);
+    let choice = snapshot.choose(ctx.listener, host, req.uri().path());
+    // Routed first: a request refused here is still logged with its pool.
+    *chosen = choice;
     if let Some(refused) = validate::check(&req, ctx) {
         return refused;
     }
-    let snapshot = ctx.runtime.snapshot();
-    let authority = authority(&req);
-    let host = authority.as_ref().map_or("", host_name);
-    let Some((pool_idx, route)) = snapshot.select(ctx.listener, host, req.uri().path()) else {
+    let Some(choice) = choice else {
         tracing::info!(host, path = req.uri().path(), "no route matches");
         return local::error(StatusCode::NOT_FOUND, "no route for this request", None);
     };
+    let pool_idx = choice.pool;
+    let route = choice.route.and_then(|i| snapshot.routes.get(i));
     let limited = route.and_then(|r| validate::check_route(r, &snapshot.pools[pool_idx].name, ctx));
     if let Some(refused) = limited {
         return refused;
     }
-    if let Some(retry_after) = ctx.shared.limits.check(&snapshot, pool_idx) {
+    if let Some(retry_after) = ctx.shared.limits.check(snapshot, pool_idx) {
         let mut resp = local::error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate limit exceeded",
@@ -299,7 +319,7 @@ async fn proxy(mut req: Request<Downstream>, ctx: &ConnContext) -> Response<Prox
     match web {
         // autolb's own answer as a gRPC status first, then all of it as gRPC-Web.
         Some((cfg, mode, headers)) => {
-            let resp = grpc::local_answer(resp, &ctx.runtime);
+            let resp = grpc::local_answer(resp, snapshot);
             grpc_web::response(resp, mode, &cfg, &headers)
         }
         None => resp,

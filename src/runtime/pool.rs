@@ -72,6 +72,8 @@ pub struct Pool {
     pub grpc_web: Option<config::GrpcWeb>,
     /// `cache:` the pool's HTTP cache (kept over reloads while its settings stay the same).
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// `compress`: responses compressed for clients that accept it.
+    pub compress: Option<config::Compress>,
 }
 
 /// Scale-from-zero queue of an autoscaled pool.
@@ -212,6 +214,7 @@ impl Pool {
             balancer,
             stats: previous.map_or_else(Default::default, |p| p.stats.clone()),
             grpc_web: cfg.grpc_web.clone(),
+            compress: cfg.compress.clone(),
             cache: crate::cache::Cache::reuse(
                 cfg.cache.as_ref(),
                 previous.and_then(|p| p.cache.as_ref()),

@@ -33,6 +33,8 @@ pub struct Route {
     pub grpc_web: Option<crate::config::GrpcWeb>,
     /// `cache:` the route's own HTTP cache (instead of its pool's).
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// The route's own `compress` (it takes precedence over its pool's).
+    pub compress: Option<crate::config::Compress>,
 }
 
 impl Route {
@@ -52,6 +54,7 @@ impl Route {
                 .as_ref()
                 .map(|r| IpLimiter::carried(previous.and_then(|p| p.rate_limit.as_ref()), r)),
             grpc_web: route.grpc_web.clone(),
+            compress: route.compress.clone(),
         }
     }
 
@@ -258,6 +261,7 @@ mod tests {
             rate_limit: None,
             grpc_web: None,
             cache: None,
+            compress: None,
         }
     }
 
