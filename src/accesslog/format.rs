@@ -18,7 +18,7 @@ fn protocol(v: Version) -> &'static str {
         Version::HTTP_09 => "HTTP/0.9",
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_2 => "HTTP/2.0",
-        Version::HTTP_3 => "HTTP/3.0",
+        Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
 }

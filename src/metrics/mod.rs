@@ -128,6 +128,29 @@ pub fn render(
             st.connections.load(Ordering::Relaxed)
         );
     }
+    if listeners
+        .values()
+        .any(|st| st.quic.shown.load(Ordering::Relaxed))
+    {
+        header(
+            &mut out,
+            "quic_handshakes_total",
+            "counter",
+            "QUIC connection attempts on http3 listeners by QUIC version and result (completed, failed, retry, refused).",
+        );
+        for (name, st) in listeners {
+            if !st.quic.shown.load(Ordering::Relaxed) {
+                continue;
+            }
+            for (result, n) in st.quic.counts() {
+                let _ = writeln!(
+                    out,
+                    "autolb_quic_handshakes_total{{listener=\"{}\",version=\"1\",result=\"{result}\"}} {n}",
+                    label(name),
+                );
+            }
+        }
+    }
     crate::proxy::normalize::render_metrics(&mut out, &snap);
     crate::tls::render_metrics(&mut out);
     crate::l4::render_metrics(&mut out, &snap);

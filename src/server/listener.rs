@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,36 @@ pub struct ListenerStats {
     /// Open client connections (`autolb_downstream_connections`).
     pub connections: AtomicI64,
     pub accepted: AtomicU64,
+    /// QUIC connection attempts by outcome (`http3: true`).
+    pub quic: QuicHandshakes,
+}
+
+/// QUIC connection attempts of a listener by outcome (`autolb_quic_handshakes_total`). The
+/// endpoint speaks QUIC version 1 only (RFC 9000), so every attempt counted is of version 1.
+#[derive(Debug, Default)]
+pub struct QuicHandshakes {
+    /// The listener has served HTTP/3 (its counts are shown).
+    pub shown: AtomicBool,
+    /// Completed handshakes.
+    pub completed: AtomicU64,
+    /// Handshakes that failed or timed out.
+    pub failed: AtomicU64,
+    /// Attempts answered with a Retry (address validation under a flood, or `retry: always`).
+    pub retry: AtomicU64,
+    /// Attempts refused (`max_handshakes` in progress, or the listener's connection limits).
+    pub refused: AtomicU64,
+}
+
+impl QuicHandshakes {
+    /// `(result, count)` for the metric.
+    pub fn counts(&self) -> [(&'static str, u64); 4] {
+        [
+            ("completed", self.completed.load(Ordering::Relaxed)),
+            ("failed", self.failed.load(Ordering::Relaxed)),
+            ("retry", self.retry.load(Ordering::Relaxed)),
+            ("refused", self.refused.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 /// Decrements the listener's connection gauge when the connection ends.

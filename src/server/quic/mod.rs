@@ -27,6 +27,9 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// decoder); a few more for grease and extensions.
 const MAX_UNI_STREAMS: u32 = 16;
 
+/// QUIC version 1 (RFC 9000), the only one served.
+const QUIC_V1: u32 = 0x0000_0001;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QuicError {
     #[error("listener {name:?}: cannot bind UDP {addr} for HTTP/3: {reason}")]
@@ -128,6 +131,9 @@ impl Quic {
             .map(|s| (s.max_gso_segments(), s.gro_segments()))
             .map_err(bind_err)?;
         let mut endpoint_config = quinn::EndpointConfig::default();
+        // QUIC version 1 only (quinn would also take drafts 29 to 32): a client offering
+        // another version is answered with Version Negotiation.
+        endpoint_config.supported_versions(vec![QUIC_V1]);
         endpoint_config
             .max_udp_payload_size(settings.max_udp_payload)
             .map_err(|e| settings_err(e.to_string()))?;
@@ -148,6 +154,7 @@ impl Quic {
             "listening for HTTP/3 (QUIC over UDP)"
         );
         let (stop, stop_rx) = watch::channel(false);
+        stats.quic.shown.store(true, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             local: addr,
@@ -232,6 +239,7 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) {
     let in_progress = shared.handshaking.load(Ordering::Relaxed);
     if in_progress >= s.max_handshakes {
         tracing::debug!(listener = %shared.name, client = %incoming.remote_address(), "QUIC handshake refused: max_handshakes in progress");
+        shared.stats.quic.refused.fetch_add(1, Ordering::Relaxed);
         incoming.refuse();
         return;
     }
@@ -240,7 +248,9 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) {
         && (s.retry == RetryMode::Always || flood)
         && incoming.may_retry()
     {
-        let _ = incoming.retry();
+        if incoming.retry().is_ok() {
+            shared.stats.quic.retry.fetch_add(1, Ordering::Relaxed);
+        }
         return;
     }
     let peer = incoming.remote_address();
@@ -250,6 +260,7 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) {
         &shared.services.runtime,
         &shared.admission,
     ) else {
+        shared.stats.quic.refused.fetch_add(1, Ordering::Relaxed);
         incoming.refuse();
         return;
     };

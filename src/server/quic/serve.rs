@@ -7,6 +7,7 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ pub(super) async fn connection(
 ) {
     let peer = incoming.remote_address();
     let Ok(connecting) = incoming.accept() else {
+        shared.stats.quic.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let tls = crate::tls::listener(&shared.name);
@@ -60,20 +62,29 @@ pub(super) async fn connection(
         match connecting.into_0rtt() {
             Ok((conn, accepted)) => {
                 let (done, handshake) = watch::channel(false);
+                let stats = shared.stats.clone();
+                let watched = conn.clone();
                 tokio::spawn(async move {
+                    // Resolves once the handshake is over; a failed one closed the
+                    // connection.
                     let _ = accepted.await;
+                    if watched.close_reason().is_some() {
+                        stats.quic.failed.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.quic.completed.fetch_add(1, Ordering::Relaxed);
+                    }
                     drop(handshaking);
                     let _ = done.send(true);
                 });
                 (conn, Some(handshake))
             }
-            Err(connecting) => match handshake(connecting, handshaking).await {
+            Err(connecting) => match handshake(connecting, handshaking, &shared).await {
                 Some(conn) => (conn, None),
                 None => return,
             },
         }
     } else {
-        match handshake(connecting, handshaking).await {
+        match handshake(connecting, handshaking, &shared).await {
             Some(conn) => (conn, None),
             None => return,
         }
@@ -176,16 +187,25 @@ fn tag_requests(shared: &Shared) -> bool {
 async fn handshake(
     connecting: quinn::Connecting,
     handshaking: Handshaking,
+    shared: &Shared,
 ) -> Option<quinn::Connection> {
     let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await;
     drop(handshaking);
+    let counts = &shared.stats.quic;
     match result {
-        Ok(Ok(conn)) => Some(conn),
+        Ok(Ok(conn)) => {
+            counts.completed.fetch_add(1, Ordering::Relaxed);
+            Some(conn)
+        }
         Ok(Err(e)) => {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "QUIC handshake failed");
             None
         }
-        Err(_) => None,
+        Err(_) => {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
