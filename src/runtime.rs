@@ -45,6 +45,12 @@ pub struct ListenerInfo {
     /// The per-client-IP `rate_limit:`, shared by the listener's connections and carried
     /// over reloads by listener name while its setting stays the same.
     pub rate_limit: Option<Arc<IpLimiter>>,
+    /// `limits:`, shared by the listener's connections.
+    pub limits: Arc<crate::config::Limits>,
+    /// `h2c: true`: HTTP/2 with prior knowledge on a plain http listener.
+    pub h2c: bool,
+    /// `accept_proxy: true`: connections start with a PROXY protocol header.
+    pub accept_proxy: bool,
 }
 
 impl ListenerInfo {
@@ -74,6 +80,13 @@ pub struct Snapshot {
     pub autoscaler_updates: u64,
     /// Whether any pool or route has `compress` (else requests skip the negotiation).
     pub any_compress: bool,
+    /// Whether any pool sends PROXY headers (`send_proxy`): connections then keep their
+    /// addresses for their requests.
+    pub any_send_proxy: bool,
+    /// Listener positions by name (a connection finds its listener without a scan).
+    listener_index: HashMap<String, usize>,
+    /// Pool positions by name (in `pools`, and in `config.pools`: the same order).
+    pool_index: HashMap<String, usize>,
     /// Backend states and weights set through the admin API.
     pub backend_state_changes: u64,
 }
@@ -149,11 +162,13 @@ impl Snapshot {
                 })
                 .collect(),
         );
-        let listeners = config
+        let listeners: Vec<ListenerInfo> = config
             .listeners
             .iter()
             .map(|l| {
-                let before = previous.and_then(|s| s.listeners.iter().find(|p| p.name == l.name));
+                let before = previous
+                    .and_then(|s| s.listener(&l.name))
+                    .and_then(|i| previous?.listeners.get(i));
                 ListenerInfo {
                     name: l.name.clone(),
                     protocol: l.protocol,
@@ -170,13 +185,29 @@ impl Snapshot {
                         .rate_limit
                         .as_ref()
                         .map(|r| IpLimiter::carried(before.and_then(|p| p.rate_limit.as_ref()), r)),
+                    limits: Arc::new(l.limits.clone()),
+                    h2c: l.h2c,
+                    accept_proxy: l.accept_proxy,
                 }
             })
             .collect();
         let any_compress = pools.iter().any(|p: &Arc<Pool>| p.compress.is_some())
             || routes.iter().any(|r| r.compress.is_some());
+        let listener_index = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l): (usize, &ListenerInfo)| (l.name.clone(), i))
+            .collect();
+        let pools_by_name = pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
         Snapshot {
+            pool_index: pools_by_name,
             any_compress,
+            any_send_proxy: config.pools.iter().any(|p| p.send_proxy.is_some()),
+            listener_index,
             config,
             routes,
             pools,
@@ -188,7 +219,12 @@ impl Snapshot {
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.name == name)
+        self.pools.get(self.pool_position(name)?)
+    }
+
+    /// Where the pool `name` is in `pools` (and in `config.pools`).
+    pub fn pool_position(&self, name: &str) -> Option<usize> {
+        self.pool_index.get(name).copied()
     }
 
     /// Every HTTP cache of this snapshot (pools' and routes'), with its pool's name.
@@ -219,7 +255,7 @@ impl Snapshot {
     }
 
     pub fn listener(&self, name: &str) -> Option<usize> {
-        self.listeners.iter().position(|l| l.name == name)
+        self.listener_index.get(name).copied()
     }
 
     /// The pool for a request: the first matching route, else the listener's pool.

@@ -75,12 +75,10 @@ pub async fn accept(
     let (accept_proxy, tag_requests) = {
         let snap = runtime.snapshot();
         let accept_proxy = snap
-            .config
-            .listeners
-            .iter()
-            .any(|l| l.name == listener && l.accept_proxy);
-        let tag = snap.config.pools.iter().any(|p| p.send_proxy.is_some());
-        (accept_proxy, tag)
+            .listener(listener)
+            .and_then(|i| snap.listeners.get(i))
+            .is_some_and(|l| l.accept_proxy);
+        (accept_proxy, snap.any_send_proxy)
     };
     let addrs = client_addrs(accept_proxy, tag_requests, listener, stream, peer).await?;
     Some(Accepted {
@@ -112,7 +110,9 @@ pub async fn serve<G: Send + 'static>(
 ) {
     let _ = stream.set_nodelay(true);
     let snap = runtime.snapshot();
-    let Some(cfg) = snap.config.listeners.iter().find(|l| l.name == listener) else {
+    // Runtime listeners are the config's, in order.
+    let position = snap.listener(&listener);
+    let Some(cfg) = position.and_then(|i| snap.config.listeners.get(i)) else {
         return;
     };
     let counters = stats::listener(&listener);
@@ -143,12 +143,14 @@ pub async fn serve<G: Send + 'static>(
             }
         }
     };
-    let Some(pool) = pool_name.and_then(|n| snap.pool(n)).cloned() else {
+    let position = pool_name.and_then(|n| snap.pool_position(n));
+    let Some(pool) = position.and_then(|i| snap.pools.get(i)).cloned() else {
         tracing::info!(listener = %listener, client = %addrs.src, "no pool for this connection (unknown or missing SNI, no default pool): closed");
         counters.reject("no_pool");
         return;
     };
-    let Some(pool_cfg) = snap.config.pools.iter().find(|p| p.name == pool.name) else {
+    // Runtime pools are the config's, in order.
+    let Some(pool_cfg) = position.and_then(|i| snap.config.pools.get(i)) else {
         return;
     };
     let Some((backend, lease)) = connect(&runtime, &pool, pool_cfg, addrs, &listener).await else {

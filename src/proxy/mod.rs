@@ -54,7 +54,7 @@ pub struct ConnContext {
     /// The TLS version of an https connection, once its handshake is done (access logs).
     pub tls: std::sync::OnceLock<&'static str>,
     /// The listener's `limits:` (hardening).
-    pub limits: crate::config::Limits,
+    pub limits: Arc<crate::config::Limits>,
     /// The listener's per-client-IP rate limit, shared by its connections.
     pub rate_limit: Option<Arc<validate::IpLimiter>>,
     /// The listener's `normalize:` policy and counters.

@@ -194,7 +194,7 @@ async fn serve_tls(
     stream: TcpStream,
     tls: Arc<TlsListener>,
     serving: Serving,
-    limits: crate::config::Limits,
+    limits: Arc<crate::config::Limits>,
     head_wait: super::framed::HeadWait,
 ) {
     // Not cut short by a drain: the client connected before it and gets its answer.

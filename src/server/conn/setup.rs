@@ -34,14 +34,10 @@ pub(crate) fn setup(
     let idle = info.idle_timeout;
     let trusted = info.trusts(peer.ip());
     let normalize = info.normalize.clone();
-    let config = snapshot
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.name == listener_name);
-    let h2c = config.is_some_and(|l| l.h2c);
-    let front = Front::of(config, https, port);
-    let limits = config.map(|l| l.limits.clone()).unwrap_or_default();
+    let h2c = info.h2c;
+    // Runtime listeners are the config's, in order.
+    let front = Front::of(snapshot.config.listeners.get(listener), https, port);
+    let limits = info.limits.clone();
     let rate_limit = info.rate_limit.clone();
     drop(snapshot);
     let proto = if https { "https" } else { "http" };
