@@ -1,5 +1,6 @@
 //! The live dashboard (`GET /` on the admin port): served as one self-contained page, and
-//! driven in a real headless Chromium that must show live data and a backend going down.
+//! driven in a real headless Chromium that must show live data, a backend going down, and
+//! a pool's HTTP cache (hit ratio, objects, bytes, requests by result).
 
 mod common;
 
@@ -118,6 +119,12 @@ async fn a_backend_going_down_appears_down_in_a_real_browser() {
         "the autoscaled instance ready and charted",
     )
     .await;
+    // No cache configured: no cache panel.
+    let hidden = page
+        .eval("document.querySelector('#cache-panel').hidden")
+        .await
+        .expect("eval");
+    assert_eq!(hidden, true);
     let listener = page
         .eval("document.querySelector('#listeners tr[data-listener=\"web\"]').textContent")
         .await
@@ -188,6 +195,107 @@ async fn a_backend_going_down_appears_down_in_a_real_browser() {
     drop(page);
     drop(browser);
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn the_cache_panel_shows_a_pools_cache_in_a_real_browser() {
+    let Some(chromium) = find_chromium() else {
+        skip_or_fail("no chromium binary (apt-get install chromium, or set AUTOLB_CHROMIUM)");
+        return;
+    };
+    let browser = match Browser::launch(&chromium, 1400, 1200) {
+        Ok(b) => b,
+        Err(e) => {
+            skip_or_fail(&format!("{} cannot run: {e}", chromium.display()));
+            return;
+        }
+    };
+    let a = echo("a");
+    let yaml = config(
+        1,
+        "",
+        &format!(
+            "pools:
+  web:
+    cache: {{ default_ttl: 60s }}
+    backends:
+{}",
+            backend_list(&[a.addr], "")
+        ),
+    );
+    let lb = Autolb::start(&yaml);
+    // One miss stored, three hits, one POST bypassing the cache.
+    let mut client = common::Client::connect(lb.addr("web")).await;
+    for _ in 0..4 {
+        assert_eq!(client.get("/bytes/5000").await.status, 200);
+    }
+    let post = http::Request::post("/echo")
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+        .expect("request");
+    assert_eq!(client.request(post).await.status, 200);
+    let status = common::get(lb.admin, "/loadbalancer/status").await.json();
+    let cache = &status["pools"][0]["cache"];
+    assert_eq!(cache["requests"]["hit"], 3, "{cache}");
+    assert_eq!(cache["objects"], 1, "{cache}");
+    let stored = cache["bytes"].as_u64().expect("bytes");
+    assert!(stored > 5000, "{cache}");
+
+    let mut page = Page::open(&browser).await.expect("open a page");
+    page.navigate(&format!("http://{}/", lb.admin))
+        .await
+        .expect("navigate");
+    let cell = |field: &str| {
+        format!(
+            "(() => {{ const c = document.querySelector('#cache tr[data-pool=\"web\"] [data-field=\"{field}\"]'); return c ? c.textContent : null; }})()"
+        )
+    };
+    page.wait_for(
+        &format!("{} === '3'", cell("hit")),
+        20,
+        "the cache row of pool web with its hits",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('#cache-panel').hidden")
+            .await
+            .expect("eval"),
+        false
+    );
+    for (field, want) in [
+        ("miss", "1"),
+        ("stale", "0"),
+        ("bypass", "1"),
+        ("objects", "1"),
+    ] {
+        assert_eq!(
+            page.eval(&cell(field)).await.expect("eval"),
+            want,
+            "{field}"
+        );
+    }
+    // 3 hits of 4 answered: 75%.
+    let ratio = page.eval(&cell("hit_ratio")).await.expect("eval");
+    assert!(
+        ratio
+            .as_str()
+            .is_some_and(|r| r.starts_with("75") && r.ends_with('%')),
+        "{ratio}"
+    );
+    // Bytes stored (KiB: the 5000-byte body and its fields) of the 256 MiB default.
+    let shown = page.eval(&cell("bytes")).await.expect("eval");
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|b| b.contains("KiB / 256") && b.ends_with("MiB")),
+        "{shown}"
+    );
+    // Later traffic shows up at the next poll.
+    assert_eq!(client.get("/bytes/5000").await.status, 200);
+    page.wait_for(&format!("{} === '4'", cell("hit")), 20, "a fourth hit")
+        .await;
+    let exceptions = page.exceptions();
+    assert!(exceptions.is_empty(), "the page threw: {exceptions:?}");
 }
 
 /// Without a usable browser the test cannot say anything: it skips, saying why, except in

@@ -1,6 +1,22 @@
-// autolb's live dashboard, part 2: events, the config view (listeners -> routes -> pools,
+// autolb's live dashboard, part 2: the HTTP cache, events, the config view (listeners -> routes -> pools,
 // hash and generation, reload history), limits and rate limits, the fleet and its shared
 // state, listeners and certificates, and the polling loop.
+
+// ---- the HTTP cache --------------------------------------------------------------------------
+// Shown only when a pool (or one of its routes) has a cache.
+function renderCache(lb) {
+  const pools = (lb.pools || []).filter((p) => p.cache);
+  $("cache-panel").hidden = pools.length === 0;
+  const rows = pools.map((p) => {
+    const c = p.cache, r = c.requests;
+    const field = (name, v) => h("td", { class: "num", data: { field: name } }, v);
+    return h("tr", { data: { pool: p.name } },
+      td(p.name), field("hit_ratio", pct(c.hit_ratio)), field("objects", fmt(c.objects)),
+      field("bytes", `${bytes(c.bytes)} / ${bytes(c.max_size)}`),
+      field("hit", fmt(r.hit)), field("miss", fmt(r.miss)), field("stale", fmt(r.stale)), field("bypass", fmt(r.bypass)));
+  });
+  $("cache").replaceChildren(...rows);
+}
 
 // ---- events --------------------------------------------------------------------------------
 const HEALTH_CLASS = { down: "down", up: "up", ejected: "ejected", ejection_lifted: "info" };
@@ -198,6 +214,7 @@ async function tick() {
     renderHeader(health);
     renderOverview(perf, lb, now);
     renderPools(lb, perf, now);
+    renderCache(lb);
     renderScaling(scaling, cluster, now);
     renderConfig(lb);
     renderLimits(lb);

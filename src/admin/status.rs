@@ -261,7 +261,18 @@ fn pool_status(p: &Pool) -> Value {
 /// `GET /loadbalancer/status`: every pool and backend.
 pub fn loadbalancer(rt: &Runtime, listeners: &BTreeMap<String, Arc<ListenerStats>>) -> Value {
     let snap = rt.snapshot();
-    let mut pools: Vec<Value> = snap.pools.iter().map(|p| pool_status(p)).collect();
+    let caches = crate::metrics::cache::by_pool(&snap);
+    let mut pools: Vec<Value> = snap
+        .pools
+        .iter()
+        .map(|p| {
+            let mut v = pool_status(p);
+            v["cache"] = caches
+                .get(p.name.as_str())
+                .map_or(Value::Null, |c| c.json());
+            v
+        })
+        .collect();
     let mut listeners: Vec<Value> = snap
         .config
         .listeners

@@ -8,18 +8,56 @@ use super::{header, label};
 use crate::cache::Outcome;
 use crate::runtime::Snapshot;
 
-pub fn render(out: &mut String, snap: &Snapshot) {
-    // Per pool: requests by outcome, bytes, objects.
-    let mut pools: BTreeMap<&str, ([u64; 4], u64, u64)> = BTreeMap::new();
+/// One pool's caches (its own and its routes'), summed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PoolCache {
+    /// Requests by outcome, in the order of `Outcome::ALL`.
+    pub requests: [u64; 4],
+    pub bytes: u64,
+    pub objects: u64,
+    /// The sum of the caches' `max_size`.
+    pub max_size: u64,
+}
+
+impl PoolCache {
+    /// `GET /loadbalancer/status`'s `cache` of a pool: requests by result, the hit ratio
+    /// ((hit + stale) / (hit + stale + miss); null before any), objects and bytes.
+    pub fn json(&self) -> serde_json::Value {
+        let mut requests = serde_json::Map::new();
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            requests.insert(o.label().to_string(), self.requests[i].into());
+        }
+        let [hit, miss, stale, _] = self.requests;
+        let answered = hit + stale + miss;
+        let ratio = (answered > 0).then(|| (hit + stale) as f64 / answered as f64);
+        serde_json::json!({
+            "requests": requests,
+            "hit_ratio": ratio,
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "max_size": self.max_size,
+        })
+    }
+}
+
+/// Every pool with a cache (on the pool or one of its routes), summed per pool.
+pub fn by_pool(snap: &Snapshot) -> BTreeMap<&str, PoolCache> {
+    let mut pools: BTreeMap<&str, PoolCache> = BTreeMap::new();
     for (pool, cache) in snap.caches() {
         let e = pools.entry(pool).or_default();
         for (i, o) in Outcome::ALL.iter().enumerate() {
-            e.0[i] += cache.requests(*o);
+            e.requests[i] += cache.requests(*o);
         }
         let (bytes, objects) = cache.store.usage();
-        e.1 += bytes;
-        e.2 += objects;
+        e.bytes += bytes;
+        e.objects += objects;
+        e.max_size += cache.settings.max_size;
     }
+    pools
+}
+
+pub fn render(out: &mut String, snap: &Snapshot) {
+    let pools = by_pool(snap);
     if pools.is_empty() {
         return;
     }
@@ -29,14 +67,14 @@ pub fn render(out: &mut String, snap: &Snapshot) {
         "counter",
         "Requests through a pool's HTTP cache by result (hit, miss, stale, bypass).",
     );
-    for (pool, (requests, _, _)) in &pools {
+    for (pool, c) in &pools {
         let p = label(pool);
         for (i, o) in Outcome::ALL.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "autolb_cache_requests_total{{pool=\"{p}\",result=\"{}\"}} {}",
                 o.label(),
-                requests[i]
+                c.requests[i]
             );
         }
     }
@@ -46,11 +84,12 @@ pub fn render(out: &mut String, snap: &Snapshot) {
         "gauge",
         "Bytes held by a pool's HTTP cache (bodies, fields and keys).",
     );
-    for (pool, (_, bytes, _)) in &pools {
+    for (pool, c) in &pools {
         let _ = writeln!(
             out,
-            "autolb_cache_bytes{{pool=\"{}\"}} {bytes}",
-            label(pool)
+            "autolb_cache_bytes{{pool=\"{}\"}} {}",
+            label(pool),
+            c.bytes
         );
     }
     header(
@@ -59,11 +98,12 @@ pub fn render(out: &mut String, snap: &Snapshot) {
         "gauge",
         "Resources stored in a pool's HTTP cache (each with its Vary variants).",
     );
-    for (pool, (_, _, objects)) in &pools {
+    for (pool, c) in &pools {
         let _ = writeln!(
             out,
-            "autolb_cache_objects{{pool=\"{}\"}} {objects}",
-            label(pool)
+            "autolb_cache_objects{{pool=\"{}\"}} {}",
+            label(pool),
+            c.objects
         );
     }
 }

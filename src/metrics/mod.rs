@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 mod autoscale;
-mod cache;
+pub mod cache;
 pub mod pools;
 pub mod process;
 
