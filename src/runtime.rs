@@ -9,6 +9,7 @@ pub mod overrides;
 mod pool;
 mod routes;
 pub mod stats;
+pub mod tcp_stats;
 
 pub use backend::{Backend, BackendStats, CheckReport};
 pub use overrides::{BackendMode, OverrideError, Overrides};
@@ -51,6 +52,8 @@ pub struct ListenerInfo {
     pub h2c: bool,
     /// `accept_proxy: true`: connections start with a PROXY protocol header.
     pub accept_proxy: bool,
+    /// A tcp listener's counters (carried over reloads by listener name).
+    pub tcp: Arc<tcp_stats::TcpListenerCounters>,
 }
 
 impl ListenerInfo {
@@ -188,6 +191,7 @@ impl Snapshot {
                     limits: Arc::new(l.limits.clone()),
                     h2c: l.h2c,
                     accept_proxy: l.accept_proxy,
+                    tcp: before.map(|p| p.tcp.clone()).unwrap_or_default(),
                 }
             })
             .collect();

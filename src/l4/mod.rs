@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use crate::balance::{ring::hash_bytes, PickContext};
 use crate::config::{self, Algorithm, SniRoute};
 use crate::health::outlier::{self, Outcome};
+use crate::runtime::tcp_stats::TcpListenerCounters;
 use crate::runtime::{Backend, Pool, Runtime};
-use stats::BackendCounters;
 
 /// The longest a client may take to send its PROXY header or its ClientHello.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,7 @@ async fn client_addrs(
     accept_proxy: bool,
     need_dst: bool,
     listener: &str,
+    counters: &TcpListenerCounters,
     stream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Option<ProxyAddrs> {
@@ -59,7 +60,7 @@ async fn client_addrs(
         Ok(addrs) => Some(addrs.unwrap_or(own)),
         Err(e) => {
             tracing::warn!(listener = %listener, client = %peer, error = %e, "PROXY protocol header refused: connection closed");
-            stats::listener(listener).reject("bad_proxy_header");
+            counters.reject("bad_proxy_header");
             None
         }
     }
@@ -72,15 +73,22 @@ pub async fn accept(
     stream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Option<Accepted> {
-    let (accept_proxy, tag_requests) = {
+    let (accept_proxy, tag_requests, counters) = {
         let snap = runtime.snapshot();
-        let accept_proxy = snap
+        let info = snap
             .listener(listener)
-            .and_then(|i| snap.listeners.get(i))
-            .is_some_and(|l| l.accept_proxy);
-        (accept_proxy, snap.any_send_proxy)
+            .and_then(|i| snap.listeners.get(i))?;
+        (info.accept_proxy, snap.any_send_proxy, info.tcp.clone())
     };
-    let addrs = client_addrs(accept_proxy, tag_requests, listener, stream, peer).await?;
+    let addrs = client_addrs(
+        accept_proxy,
+        tag_requests,
+        listener,
+        &counters,
+        stream,
+        peer,
+    )
+    .await?;
     Some(Accepted {
         addrs,
         tag_requests,
@@ -115,8 +123,18 @@ pub async fn serve<G: Send + 'static>(
     let Some(cfg) = position.and_then(|i| snap.config.listeners.get(i)) else {
         return;
     };
-    let counters = stats::listener(&listener);
-    let Some(addrs) = client_addrs(cfg.accept_proxy, true, &listener, &mut stream, peer).await
+    let Some(counters) = position.and_then(|i| Some(snap.listeners.get(i)?.tcp.clone())) else {
+        return;
+    };
+    let Some(addrs) = client_addrs(
+        cfg.accept_proxy,
+        true,
+        &listener,
+        &counters,
+        &mut stream,
+        peer,
+    )
+    .await
     else {
         return;
     };
@@ -165,21 +183,31 @@ pub async fn serve<G: Send + 'static>(
         let header = proxy_proto::encode(version, Some(addrs));
         let write = tokio::io::AsyncWriteExt::write_all(&mut backend_stream, &header);
         if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
-            lease.counters.errors.fetch_add(1, Ordering::Relaxed);
+            lease
+                .backend
+                .stats
+                .tcp
+                .errors
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(listener = %listener, backend = %lease.backend.address, "cannot write the PROXY header: connection closed");
             return;
         }
     }
     let started = Instant::now();
     let meters = pump::Meters {
-        upstream: &[&counters.bytes_in, &lease.counters.bytes_in],
-        downstream: &[&counters.bytes_out, &lease.counters.bytes_out],
+        upstream: &[&counters.bytes_in, &lease.backend.stats.tcp.bytes_in],
+        downstream: &[&counters.bytes_out, &lease.backend.stats.tcp.bytes_out],
     };
     let result = pump::pump(stream, backend_stream, idle, meters).await;
     match &result {
         Ok(()) => {}
         Err(e @ pump::PumpError::Backend(_)) => {
-            lease.counters.errors.fetch_add(1, Ordering::Relaxed);
+            lease
+                .backend
+                .stats
+                .tcp
+                .errors
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(listener = %listener, pool = %pool.name, backend = %lease.backend.address, error = %e, "tcp connection broken by the backend");
         }
         Err(e) => {
@@ -199,7 +227,6 @@ pub async fn serve<G: Send + 'static>(
 struct Lease {
     backend: Arc<Backend>,
     pool: Arc<Pool>,
-    counters: Arc<BackendCounters>,
 }
 
 impl Lease {
@@ -212,12 +239,10 @@ impl Lease {
             return None;
         }
         pool.stats.active.fetch_add(1, Ordering::Relaxed);
-        let counters = stats::backend(&pool.name, &backend.address);
-        counters.open.fetch_add(1, Ordering::Relaxed);
+        backend.stats.tcp.open.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             backend,
             pool: pool.clone(),
-            counters,
         })
     }
 }
@@ -226,7 +251,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.backend.stats.end();
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+        self.backend.stats.tcp.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -309,7 +334,12 @@ async fn connect(
         let error = match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                lease.counters.total.fetch_add(1, Ordering::Relaxed);
+                lease
+                    .backend
+                    .stats
+                    .tcp
+                    .total
+                    .fetch_add(1, Ordering::Relaxed);
                 outlier::observe(pool, &backend, Outcome::Success, &runtime.events);
                 return Some((stream, lease));
             }
@@ -323,7 +353,12 @@ async fn connect(
             }
         };
         backend.stats.record_failure();
-        lease.counters.errors.fetch_add(1, Ordering::Relaxed);
+        lease
+            .backend
+            .stats
+            .tcp
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(listener = %listener, pool = %pool.name, backend = %backend.address, attempt = attempt + 1, error = %error, "tcp connect failed");
     }
     None

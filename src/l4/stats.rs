@@ -1,88 +1,31 @@
-//! TCP counters: bytes per listener and direction, and per pool backend the open and total
-//! connections, bytes and errors; rendered into `/metrics` and `/loadbalancer/status`.
-//! Kept by name in a registry, so they survive reloads like the backends' own state.
+//! TCP counters rendered into `/metrics` and `/loadbalancer/status`: bytes per listener and
+//! direction, and per pool backend the open and total connections, bytes and errors. The
+//! counters themselves live in the snapshot (`runtime::tcp_stats`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
 
 use serde_json::{json, Value};
 
 use crate::config::Protocol;
 use crate::prom::label;
+use crate::runtime::tcp_stats::{TcpBackendCounters, TcpListenerCounters};
 use crate::runtime::Snapshot;
 
-/// One tcp listener.
-#[derive(Debug, Default)]
-pub struct ListenerCounters {
-    /// Bytes from clients (to backends).
-    pub bytes_in: AtomicU64,
-    /// Bytes to clients (from backends).
-    pub bytes_out: AtomicU64,
-    /// Connections closed before reaching a backend, by reason.
-    pub rejected: RwLock<BTreeMap<&'static str, u64>>,
-}
-
-impl ListenerCounters {
-    pub fn reject(&self, reason: &'static str) {
-        if let Ok(mut m) = self.rejected.write() {
-            *m.entry(reason).or_default() += 1;
-        }
-    }
-}
-
-/// One backend of a pool, as TCP connections use it.
-#[derive(Debug, Default)]
-pub struct BackendCounters {
-    pub open: AtomicU64,
-    pub total: AtomicU64,
-    /// Client -> backend.
-    pub bytes_in: AtomicU64,
-    /// Backend -> client.
-    pub bytes_out: AtomicU64,
-    /// Connect failures and connections the backend broke.
-    pub errors: AtomicU64,
-}
-
-type Registry<K, V> = LazyLock<RwLock<BTreeMap<K, Arc<V>>>>;
-
-static LISTENERS: Registry<String, ListenerCounters> = LazyLock::new(Default::default);
-static BACKENDS: Registry<(String, String), BackendCounters> = LazyLock::new(Default::default);
-
-fn get_or_insert<K: Ord + Clone, V: Default>(reg: &RwLock<BTreeMap<K, Arc<V>>>, key: &K) -> Arc<V> {
-    if let Some(v) = reg.read().ok().and_then(|m| m.get(key).cloned()) {
-        return v;
-    }
-    match reg.write() {
-        Ok(mut m) => m.entry(key.clone()).or_default().clone(),
-        Err(_) => Arc::default(),
-    }
-}
-
-fn lookup<K: Ord, V>(reg: &RwLock<BTreeMap<K, Arc<V>>>, key: &K) -> Option<Arc<V>> {
-    reg.read().ok().and_then(|m| m.get(key).cloned())
-}
-
-pub fn listener(name: &str) -> Arc<ListenerCounters> {
-    get_or_insert(&LISTENERS, &name.to_string())
-}
-
-pub fn backend(pool: &str, address: &str) -> Arc<BackendCounters> {
-    get_or_insert(&BACKENDS, &(pool.to_string(), address.to_string()))
-}
-
-/// The tcp listeners' names and the pools they send to.
-fn tcp_uses(snap: &Snapshot) -> (Vec<&str>, BTreeSet<&str>) {
+/// The tcp listeners (name, counters) and the pools they send to.
+fn tcp_uses(snap: &Snapshot) -> (Vec<(&str, &TcpListenerCounters)>, BTreeSet<&str>) {
     let mut listeners = Vec::new();
     let mut pools = BTreeSet::new();
-    for l in snap
+    // Runtime listeners are the config's, in order.
+    for (l, info) in snap
         .config
         .listeners
         .iter()
-        .filter(|l| l.protocol == Protocol::Tcp)
+        .zip(&snap.listeners)
+        .filter(|(l, _)| l.protocol == Protocol::Tcp)
     {
-        listeners.push(l.name.as_str());
+        listeners.push((l.name.as_str(), &*info.tcp));
         pools.extend(l.pool.as_deref());
         pools.extend(l.sni_routes.iter().map(|r| r.pool.as_str()));
     }
@@ -93,8 +36,7 @@ fn tcp_uses(snap: &Snapshot) -> (Vec<&str>, BTreeSet<&str>) {
 pub fn render_metrics(out: &mut String, snap: &Snapshot) {
     let (listeners, pools) = tcp_uses(snap);
     let _ = writeln!(out, "# HELP autolb_tcp_bytes_total Bytes proxied by tcp listeners (in: from clients, out: to clients).\n# TYPE autolb_tcp_bytes_total counter");
-    for name in &listeners {
-        let c = lookup(&LISTENERS, &name.to_string()).unwrap_or_default();
+    for (name, c) in &listeners {
         for (dir, v) in [("in", &c.bytes_in), ("out", &c.bytes_out)] {
             let _ = writeln!(
                 out,
@@ -105,12 +47,8 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
         }
     }
     let _ = writeln!(out, "# HELP autolb_tcp_rejected_total Connections of tcp listeners closed before reaching a backend, by reason.\n# TYPE autolb_tcp_rejected_total counter");
-    for name in &listeners {
-        let Some(c) = lookup(&LISTENERS, &name.to_string()) else {
-            continue;
-        };
-        let reasons = c.rejected.read().map(|m| m.clone()).unwrap_or_default();
-        for (reason, n) in reasons {
+    for (name, c) in &listeners {
+        for (reason, n) in c.rejections() {
             let _ = writeln!(
                 out,
                 "autolb_tcp_rejected_total{{listener=\"{}\",reason=\"{reason}\"}} {n}",
@@ -118,19 +56,17 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
             );
         }
     }
-    let rows: Vec<(String, String, Arc<BackendCounters>)> = snap
+    let rows: Vec<(String, String, &TcpBackendCounters)> = snap
         .pools
         .iter()
         .filter(|p| pools.contains(p.name.as_str()))
         .flat_map(|p| {
-            p.backends.iter().map(|b| {
-                let key = (p.name.clone(), b.address.clone());
-                let c = lookup(&BACKENDS, &key).unwrap_or_default();
-                (label(&p.name), label(&b.address), c)
-            })
+            p.backends
+                .iter()
+                .map(|b| (label(&p.name), label(&b.address), &b.stats.tcp))
         })
         .collect();
-    type Pick = fn(&BackendCounters) -> &AtomicU64;
+    type Pick = fn(&TcpBackendCounters) -> &AtomicU64;
     let series: [(&str, &str, &str, Pick); 3] = [
         (
             "tcp_connections",
@@ -184,31 +120,33 @@ pub fn annotate_status(snap: &Snapshot, pools: &mut [Value], listeners: &mut [Va
         let Some(name) = l["name"].as_str().map(str::to_string) else {
             continue;
         };
-        if !tcp_listeners.contains(&name.as_str()) {
+        let Some((_, c)) = tcp_listeners.iter().find(|(n, _)| *n == name) else {
             continue;
-        }
-        let c = lookup(&LISTENERS, &name).unwrap_or_default();
-        let rejected = c.rejected.read().map(|m| m.clone()).unwrap_or_default();
+        };
         l["tcp"] = json!({
             "bytes_in": c.bytes_in.load(Ordering::Relaxed),
             "bytes_out": c.bytes_out.load(Ordering::Relaxed),
-            "rejected": rejected,
+            "rejected": c.rejections(),
         });
     }
     for p in pools.iter_mut() {
-        let Some(pool) = p["name"].as_str().map(str::to_string) else {
+        let Some(pool) = p["name"].as_str().and_then(|name| snap.pool(name)) else {
             continue;
         };
-        if !tcp_pools.contains(pool.as_str()) {
+        if !tcp_pools.contains(pool.name.as_str()) {
             continue;
         }
         let mut sum = [0u64; 5];
+        let by_address: HashMap<&str, &TcpBackendCounters> = pool
+            .backends
+            .iter()
+            .map(|b| (b.address.as_str(), &b.stats.tcp))
+            .collect();
         if let Some(backends) = p["backends"].as_array_mut() {
             for b in backends {
-                let Some(addr) = b["address"].as_str().map(str::to_string) else {
+                let Some(c) = b["address"].as_str().and_then(|a| by_address.get(a)) else {
                     continue;
                 };
-                let c = lookup(&BACKENDS, &(pool.clone(), addr)).unwrap_or_default();
                 let v = [&c.open, &c.total, &c.bytes_in, &c.bytes_out, &c.errors]
                     .map(|a| a.load(Ordering::Relaxed));
                 for (s, x) in sum.iter_mut().zip(v) {

@@ -144,6 +144,8 @@ pub struct BackendStats {
     pub draining: AtomicBool,
     /// Open WebSocket (upgraded) connections through this backend.
     pub websockets: AtomicU64,
+    /// TCP (`protocol: tcp` listeners) connections and bytes through this backend.
+    pub tcp: super::tcp_stats::TcpBackendCounters,
     /// Requests sent here because a sticky session pinned them (scale-in spares backends
     /// with recent sessions).
     pub pinned: AtomicU64,
@@ -213,6 +215,7 @@ impl Default for BackendStats {
             awaiting_first_check: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             websockets: AtomicU64::new(0),
+            tcp: Default::default(),
             pinned: AtomicU64::new(0),
             close_websockets: tokio::sync::Notify::new(),
             ramp_start_ns: AtomicU64::new(0),
