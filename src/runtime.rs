@@ -10,6 +10,7 @@ mod pool;
 mod routes;
 pub mod stats;
 pub mod tcp_stats;
+pub mod tunnels;
 
 pub use backend::{Backend, BackendStats, CheckReport};
 pub use overrides::{BackendMode, OverrideError, Overrides};
@@ -318,6 +319,8 @@ pub struct Runtime {
     pub health: HealthChecks,
     /// Peak requests per second since start (read by the admin API).
     pub peaks: stats::Peaks,
+    /// The server's WebSocket tunnels (counted, and closed at shutdown).
+    pub tunnels: Arc<tunnels::Tunnels>,
 }
 
 impl Runtime {
@@ -334,6 +337,7 @@ impl Runtime {
             events: Arc::default(),
             health: HealthChecks::default(),
             peaks: stats::Peaks::default(),
+            tunnels: Arc::default(),
         })
     }
 

@@ -1,6 +1,6 @@
 //! Two autolb servers in one process share no state: each builds its services at start-up
-//! (per-IP rate limits of listeners and routes, connection counts, the shared-state
-//! services) instead of looking them up in process-wide registries by name. Before, a
+//! (per-IP rate limits of listeners and routes, connection counts, WebSocket tunnels, the
+//! shared-state services) instead of looking them up in process-wide registries by name. Before, a
 //! listener `web` of the second server took its tokens from the first one's buckets and
 //! counted the first one's connections.
 //!
@@ -88,4 +88,24 @@ async fn two_servers_in_one_process_count_their_own_connections() {
         .expect("the second server admits its first connection");
     assert_eq!(r.status, 200);
     assert_eq!(held.get("/").await.status, 200);
+}
+
+/// A WebSocket through `a` outlives `b`'s shutdown: before, the tunnels were one
+/// process-wide set, and stopping `b` closed `a`'s WebSocket with 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_one_server_leaves_the_other_ones_websockets_open() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let echo = common::echo("e1");
+    let a = server(echo.addr, "", "").await;
+    let b = server(echo.addr, "", "").await;
+    let (mut ws, _) = common::ws_connect(a.listeners["web"], "/ws", &[]).await;
+    assert_eq!(common::ws_text(&mut ws).await, "e1");
+    b.shutdown(
+        autolb::server::Drain::Stop,
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    ws.send(Message::text("still here")).await.expect("send");
+    assert_eq!(common::ws_text(&mut ws).await, "still here");
 }

@@ -10,7 +10,6 @@ use http::header::{CONTENT_LENGTH, RETRY_AFTER, SET_COOKIE, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::body::{
@@ -83,7 +82,7 @@ pub struct Plan<'a> {
     /// The pool is in panic mode (health ignored).
     pub panic: bool,
     /// A WebSocket upgrade: the client side, taken over after a 101.
-    pub upgrade: Option<OnUpgrade>,
+    pub upgrade: Option<websocket::Upgrade>,
     /// The upgrade is an HTTP/2 extended CONNECT (RFC 8441): the client gets a 200.
     pub h2_websocket: bool,
     /// `learn_cookie`: learn the session the answering backend sets.

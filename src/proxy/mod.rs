@@ -216,7 +216,10 @@ async fn proxy(
         pool = &requeued;
     }
 
-    let upgrade = websocket::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = websocket::is_upgrade(&req).then(|| websocket::Upgrade {
+        client: hyper::upgrade::on(&mut req),
+        tunnels: ctx.runtime.tunnels.clone(),
+    });
     let h2_websocket = upgrade.is_some() && websocket::is_h2(&req);
     // Interim (1xx) responses go to HTTP/1.1 clients only.
     let interim = (req.version() == http::Version::HTTP_11).then_some(&ctx.interim);

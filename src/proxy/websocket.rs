@@ -7,7 +7,6 @@
 //! `timeouts.websocket_idle`, or when autolb shuts down.
 
 use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,33 +18,19 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::sync::Notify;
 
 use super::tunnel::{CloseReason, End, Tunnel};
+use crate::runtime::tunnels::Tunnels;
 use crate::runtime::Backend;
 
 /// How long the two upgraded connections may take to be handed over after the 101.
 const HANDOVER: Duration = Duration::from_secs(30);
 
-/// Woken when autolb shuts down: every tunnel of the process closes with 1001.
-static SHUTDOWN: Notify = Notify::const_new();
-
-/// Set (for good) once the process shuts down: tunnels handed over later close at once.
-static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
-
-/// Open WebSockets of this process.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// Close every WebSocket of this process with 1001 "going away" (graceful shutdown); each
-/// then has `tunnel::CLOSE_GRACE` to finish. Process-wide: one autolb per process.
-pub fn close_all() {
-    SHUTTING_DOWN.store(true, Ordering::SeqCst);
-    SHUTDOWN.notify_waiters();
-}
-
-/// WebSockets open in this process (a graceful shutdown waits for them).
-pub fn open() -> usize {
-    OPEN.load(Ordering::Relaxed)
+/// A WebSocket upgrade asked for: the client's side (taken over after the backend's 101)
+/// and the server's tunnels it joins.
+pub struct Upgrade {
+    pub client: OnUpgrade,
+    pub tunnels: Arc<Tunnels>,
 }
 
 /// Is `header` a comma-separated list holding `token` (case-insensitive)?
@@ -109,38 +94,39 @@ pub fn mark_upgrade(headers: &mut HeaderMap) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// Counts one WebSocket in its backend from the 101 until the tunnel ends.
-struct Open(Arc<Backend>);
+/// Counts one WebSocket in its backend and its server from the 101 until the tunnel ends.
+struct Open(Arc<Backend>, Arc<Tunnels>);
 
 impl Open {
-    fn new(backend: Arc<Backend>) -> Open {
+    fn new(backend: Arc<Backend>, tunnels: Arc<Tunnels>) -> Open {
         backend.stats.websocket(true);
-        OPEN.fetch_add(1, Ordering::Relaxed);
-        Open(backend)
+        tunnels.opened();
+        Open(backend, tunnels)
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.stats.websocket(false);
-        OPEN.fetch_sub(1, Ordering::Relaxed);
+        self.1.closed_one();
     }
 }
 
 /// After a 101: count the WebSocket and run its tunnel on this worker.
 pub(crate) fn spawn(
-    client: OnUpgrade,
+    upgrade: Upgrade,
     backend_side: OnUpgrade,
     backend: Arc<Backend>,
     pool: String,
     idle: Duration,
 ) {
-    let open = Open::new(backend);
-    tokio::spawn(run(client, backend_side, open, pool, idle));
+    let open = Open::new(backend, upgrade.tunnels);
+    tokio::spawn(run(upgrade.client, backend_side, open, pool, idle));
 }
 
 async fn run(client: OnUpgrade, backend_side: OnUpgrade, open: Open, pool: String, idle: Duration) {
     let backend = &open.0;
+    let tunnels = &open.1;
     let (client, upstream) = match tokio::time::timeout(
         HANDOVER,
         futures_util::future::join(client, backend_side),
@@ -167,11 +153,11 @@ async fn run(client: OnUpgrade, backend_side: OnUpgrade, open: Open, pool: Strin
     // Registered before the first poll: a notify_waiters() from now on reaches this tunnel.
     let stats = backend.stats.clone();
     let drained = stats.close_websockets.notified();
-    let shutdown = SHUTDOWN.notified();
+    let shutdown = tunnels.closed();
     tokio::pin!(drained, shutdown);
     drained.as_mut().enable();
     shutdown.as_mut().enable();
-    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+    if tunnels.shutting_down() {
         tunnel.close(CloseReason::Shutdown);
     }
     tracing::debug!(pool = %pool, backend = %backend.address, "WebSocket open");

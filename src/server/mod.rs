@@ -400,7 +400,7 @@ impl Server {
         // Every listening socket closes now: a new connection is refused at once, so that
         // clients and upstream balancers go elsewhere.
         self.running.close_all().await;
-        crate::proxy::websocket::close_all();
+        self.runtime.tunnels.close_all();
         self.runtime.health.stop();
         tracing::info!(
             connections = self.open_connections(),
@@ -408,7 +408,7 @@ impl Server {
             "draining: no longer accepting"
         );
         let deadline = tokio::time::Instant::now() + grace;
-        while (self.open_connections() > 0 || crate::proxy::websocket::open() > 0)
+        while (self.open_connections() > 0 || self.runtime.tunnels.open() > 0)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
