@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
 pub mod affinity;
 pub mod alerts;

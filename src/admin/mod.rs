@@ -48,6 +48,8 @@ pub struct AdminState {
     pub reload_state: Arc<std::sync::Mutex<crate::server::reload::ReloadState>>,
     /// Shared state (memory or Redis), the fleet registry and rate limits.
     pub shared: Arc<crate::state::Shared>,
+    /// `autolb_acme_*` metrics, when a listener uses ACME.
+    pub acme: Option<Arc<crate::acme::Acme>>,
     /// Anything but `Serving` from the moment a drain begins (`/health/ready` answers 503).
     pub draining: watch::Receiver<crate::server::Drain>,
 }
@@ -214,6 +216,9 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             let mut text =
                 crate::metrics::render(rt, &state.listeners.stats(), Some(&state.autoscaler));
             text.push_str(&state.shared.metrics());
+            if let Some(acme) = &state.acme {
+                acme.render_metrics(&mut text);
+            }
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

@@ -30,10 +30,12 @@ pub enum AlertKind {
     ReloadFailed,
     /// A served certificate expires within `certificate_days` (or has expired).
     CertificateExpiry,
+    /// An ACME order failed (the old certificate, if any, keeps serving).
+    AcmeFailed,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::BackendDown,
         AlertKind::BackendUp,
         AlertKind::BackendEjected,
@@ -42,6 +44,7 @@ impl AlertKind {
         AlertKind::Scaling,
         AlertKind::ReloadFailed,
         AlertKind::CertificateExpiry,
+        AlertKind::AcmeFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +57,7 @@ impl AlertKind {
             AlertKind::Scaling => "scaling",
             AlertKind::ReloadFailed => "reload_failed",
             AlertKind::CertificateExpiry => "certificate_expiry",
+            AlertKind::AcmeFailed => "acme_failed",
         }
     }
 

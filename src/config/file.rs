@@ -152,6 +152,8 @@ pub struct TlsFile {
     pub certificates: Option<Located<Vec<CertFile>>>,
     pub alpn: Option<Vec<Located<String>>>,
     pub strict_sni: Option<bool>,
+    /// Certificates obtained by ACME (see `acme.rs`).
+    pub acme: Option<Located<super::acme::AcmeFile>>,
 }
 
 #[derive(Debug, Deserialize)]

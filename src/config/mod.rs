@@ -3,6 +3,7 @@
 //! as FILE:LINE:COL.
 
 mod access_log;
+mod acme;
 mod alerts;
 mod alerts_email;
 mod autoscale;
@@ -47,6 +48,7 @@ mod tls;
 pub mod watch;
 
 pub mod model;
+pub use acme::{Acme, Challenge as AcmeChallenge, ACME_TLS_ALPN};
 pub use access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
 pub use alerts::{AlertKind, Alerts, WebhookUrl};
 pub use alerts_email::{Email, StartTls};

@@ -130,6 +130,8 @@ pub struct ListenerTls {
     pub alpn: Vec<String>,
     /// Refuse handshakes whose SNI matches no certificate (and those without SNI).
     pub strict_sni: bool,
+    /// `acme:`: a certificate obtained and renewed by ACME, served beside `certificates`.
+    pub acme: Option<super::acme::Acme>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

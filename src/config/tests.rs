@@ -228,6 +228,7 @@ fn full_config_parses_into_the_model() {
                     ],
                     alpn: vec!["http/1.1".into()],
                     strict_sni: true,
+                    acme: None,
                 }),
                 h2c: false,
                 redirect_https: None,

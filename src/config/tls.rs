@@ -20,9 +20,11 @@ const PRELOAD_MIN_AGE: Duration = Duration::from_secs(31_536_000);
 /// A listener's `tls:` block.
 pub(crate) fn listener_tls(tls: &Located<TlsFile>, issues: &mut Issues) -> ListenerTls {
     let mut certificates = Vec::new();
+    let acme = tls.value.acme.as_ref().map(|a| super::acme::acme(a, issues));
     match &tls.value.certificates {
         Some(c) if c.value.is_empty() => issues.push(c.pos, "tls needs at least one certificate"),
-        None => issues.push(tls.pos, "tls needs at least one certificate"),
+        None if acme.is_some() => {}
+        None => issues.push(tls.pos, "tls needs at least one certificate (or acme)"),
         Some(c) => {
             for pair in &c.value {
                 for path in [&pair.cert, &pair.key] {
@@ -37,7 +39,7 @@ pub(crate) fn listener_tls(tls: &Located<TlsFile>, issues: &mut Issues) -> Liste
             }
         }
     }
-    let alpn = match &tls.value.alpn {
+    let alpn: Vec<String> = match &tls.value.alpn {
         None => ALPN.iter().map(|s| s.to_string()).collect(),
         Some(list) => {
             for p in list.iter().filter(|p| !ALPN.contains(&p.value.as_str())) {
@@ -56,10 +58,20 @@ pub(crate) fn listener_tls(tls: &Located<TlsFile>, issues: &mut Issues) -> Liste
             list.iter().map(|p| p.value.clone()).collect()
         }
     };
+    let mut alpn = alpn;
+    if acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == super::acme::Challenge::TlsAlpn01)
+    {
+        // RFC 8737: the validation handshake offers only this protocol; the resolver
+        // answers it with the challenge certificate, and nothing else is served over it.
+        alpn.push(super::acme::ACME_TLS_ALPN.to_string());
+    }
     ListenerTls {
         certificates,
         alpn,
         strict_sni: tls.value.strict_sni.unwrap_or(false),
+        acme,
     }
 }
 
@@ -233,6 +245,11 @@ pub(crate) fn rebase_paths(config: &mut Config, base: &Path) {
         for pair in &mut tls.certificates {
             pair.cert = base.join(&pair.cert);
             pair.key = base.join(&pair.key);
+        }
+        if let Some(acme) = tls.acme.as_mut() {
+            for path in std::iter::once(&mut acme.storage).chain(acme.ca.as_mut()) {
+                *path = base.join(&*path);
+            }
         }
     }
     for tls in config.pools.iter_mut().filter_map(|p| p.tls.as_mut()) {

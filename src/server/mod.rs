@@ -53,6 +53,8 @@ pub enum ServerError {
     MissingToken { key: &'static str, var: String },
     #[error(transparent)]
     State(#[from] crate::state::redis::StartError),
+    #[error("acme: {0}")]
+    Acme(#[from] crate::acme::AcmeError),
 }
 
 /// How a stopping autolb treats the connections it still has (the value of the shutdown
@@ -146,6 +148,8 @@ pub struct Server {
     pub runtime: Arc<Runtime>,
     /// The shared-state services (rate limits, learned sessions), handed to connections.
     shared_state: Arc<crate::state::Shared>,
+    /// Certificates by ACME (`tls.acme`), when a listener has them.
+    acme: Option<Arc<crate::acme::Acme>>,
     /// Listener name -> bound address at start (the real port when the config said 0).
     pub listeners: BTreeMap<String, SocketAddr>,
     /// The listeners serving now (reload adds, moves and removes them).
@@ -173,6 +177,8 @@ pub struct Server {
 pub(crate) struct Services {
     pub runtime: Arc<Runtime>,
     pub shared: Arc<crate::state::Shared>,
+    /// Answers http-01 challenges on the http listeners.
+    pub acme: Option<Arc<crate::acme::Acme>>,
 }
 
 impl Server {
@@ -181,6 +187,7 @@ impl Server {
         Services {
             runtime: self.runtime.clone(),
             shared: self.shared_state.clone(),
+            acme: self.acme.clone(),
         }
     }
 
@@ -260,9 +267,11 @@ impl Server {
         let workers = Workers::start(model, threads).map_err(ServerError::Workers)?;
         // Before the first connection: every connection is handed these services.
         let shared = crate::state::start(&runtime, admin_addr, backend);
+        let acme = crate::acme::Acme::start(&snapshot.config, &shared.backend, shared.fleet.id())?;
         let services = Services {
             runtime: runtime.clone(),
             shared: shared.clone(),
+            acme: acme.clone(),
         };
         let running = Arc::new(listeners::Listeners::default());
         running.set_admin(admin_dup);
@@ -311,6 +320,7 @@ impl Server {
                 reload: reload_handle.clone(),
                 reload_state: reload_state.clone(),
                 shared: shared.clone(),
+                acme: acme.clone(),
                 draining: shutdown_rx,
             },
             admin_stop_rx,
@@ -325,6 +335,7 @@ impl Server {
         Ok(Server {
             runtime,
             shared_state: shared,
+            acme,
             listeners,
             admin_addr,
             running,

@@ -93,9 +93,21 @@ impl CertStore {
     }
 }
 
+/// Certificates that do not come from the listener's files (ACME): asked before the store
+/// for the exact name, and when the store has nothing for the client.
+pub trait CertSource: Send + Sync {
+    /// The certificate for `sni` (`exact`: only one naming it; else the default), or the
+    /// validation certificate of a pending tls-alpn-01 challenge when `acme_tls` (the client
+    /// offered ALPN `acme-tls/1`).
+    fn resolve(&self, sni: Option<&str>, exact: bool, acme_tls: bool)
+        -> Option<Arc<CertifiedKey>>;
+}
+
 /// rustls's certificate resolver for one listener.
 pub struct SniResolver {
     store: ArcSwap<CertStore>,
+    /// Set once at start-up when the listener has `tls.acme`.
+    source: std::sync::OnceLock<Arc<dyn CertSource>>,
 }
 
 impl std::fmt::Debug for SniResolver {
@@ -110,7 +122,13 @@ impl SniResolver {
     pub fn new(store: CertStore) -> SniResolver {
         SniResolver {
             store: ArcSwap::from_pointee(store),
+            source: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serve `source`'s certificates too (once; a second call is ignored).
+    pub fn set_source(&self, source: Arc<dyn CertSource>) {
+        let _ = self.source.set(source);
     }
 
     /// New handshakes use `store`; connections already open keep their certificate.
@@ -121,10 +139,23 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let found = self
-            .store
-            .load()
-            .resolve(hello.server_name(), hello.signature_schemes());
+        let source = self.source.get();
+        if let Some(source) = source {
+            let acme_tls = hello.alpn().is_some_and(|mut offered| {
+                offered.any(|p| p == crate::config::ACME_TLS_ALPN.as_bytes())
+            });
+            let found = source.resolve(hello.server_name(), true, acme_tls);
+            if found.is_some() || acme_tls {
+                return found;
+            }
+        }
+        let store = self.store.load();
+        let found = store
+            .resolve(hello.server_name(), hello.signature_schemes())
+            .or_else(|| {
+                let default = !store.strict && store.certs.is_empty();
+                source.filter(|_| default)?.resolve(None, false, false)
+            });
         if found.is_none() {
             tracing::debug!(sni = ?hello.server_name(), "no certificate for this name: handshake refused");
         }

@@ -161,6 +161,11 @@ impl TlsListener {
         Ok(listener)
     }
 
+    /// Serve `source`'s certificates (ACME) too, from the next handshake on.
+    pub fn set_source(&self, source: Arc<dyn super::resolver::CertSource>) {
+        self.resolver.set_source(source);
+    }
+
     fn record_expiry(&self, loaded: &[LoadedPair]) {
         if let Ok(mut e) = self.stats.expiry.lock() {
             *e = loaded

@@ -1,5 +1,6 @@
-//! What a listener does around the proxy: `redirect_https` (a 308 to the https URL; ACME
-//! HTTP-01 challenges excepted), `hsts` (Strict-Transport-Security on https responses),
+//! What a listener does around the proxy: ACME http-01 challenges of autolb's own `tls.acme`
+//! answered before routing, `redirect_https` (a 308 to the https URL; ACME HTTP-01
+//! challenges excepted), `hsts` (Strict-Transport-Security on https responses),
 //! `Alt-Svc` for `http3: true`, and HTTP/2 and HTTP/3 requests' `cookie` fields joined into
 //! one header for HTTP/1.1 backends (RFC 9113 8.2.3, RFC 9114 4.2.1).
 
@@ -23,11 +24,18 @@ pub(crate) struct Front {
     hsts: Option<HeaderValue>,
     /// `http3: true`: `Alt-Svc: h3=":PORT"; ma=86400` on responses over TCP.
     alt_svc: Option<HeaderValue>,
+    /// `tls.acme` on some listener: its http-01 challenges (plain http connections only).
+    acme: Option<Arc<crate::acme::Acme>>,
 }
 
 impl Front {
     /// What `listener` asks for on a connection that is `https` or not, made to `port`.
-    pub fn of(listener: Option<&Listener>, https: bool, port: u16) -> Option<Arc<Front>> {
+    pub fn of(
+        listener: Option<&Listener>,
+        https: bool,
+        port: u16,
+        acme: Option<Arc<crate::acme::Acme>>,
+    ) -> Option<Arc<Front>> {
         let l = listener?;
         let hsts = l
             .hsts
@@ -41,11 +49,12 @@ impl Front {
             .as_ref()
             .filter(|_| https && port != 0)
             .and_then(|_| HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok());
-        (hsts.is_some() || redirect.is_some() || alt_svc.is_some()).then(|| {
+        (hsts.is_some() || redirect.is_some() || alt_svc.is_some() || acme.is_some()).then(|| {
             Arc::new(Front {
                 redirect,
                 hsts,
                 alt_svc,
+                acme,
             })
         })
     }
@@ -59,6 +68,11 @@ pub(crate) async fn respond(
 ) -> Response<ProxyBody> {
     if let Some(addrs) = ctx.addrs {
         req.extensions_mut().insert(addrs);
+    }
+    if let Some(acme) = front.as_ref().and_then(|f| f.acme.as_ref()) {
+        if let Some(resp) = own_challenge(&req, acme).await {
+            return resp;
+        }
     }
     if let Some(port) = front.as_ref().and_then(|f| f.redirect) {
         if !acme_challenge(&req, &ctx) {
@@ -85,6 +99,34 @@ pub(crate) async fn respond(
         resp.headers_mut().insert(ALT_SVC, a.clone());
     }
     resp
+}
+
+/// The answer to an http-01 challenge of autolb's own ACME orders (this node's or, in a
+/// fleet, another's): the key authorization, as RFC 8555 8.3 asks. Other tokens go on to
+/// the routes.
+async fn own_challenge(
+    req: &Request<Downstream>,
+    acme: &crate::acme::Acme,
+) -> Option<Response<ProxyBody>> {
+    let token = req
+        .uri()
+        .path()
+        .strip_prefix(crate::acme::CHALLENGE_PREFIX)?;
+    // base64url characters only: nothing else is a token.
+    if token.is_empty()
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    let key_authorization = acme.http01(token).await?;
+    let mut resp = Response::new(ProxyBody::full(bytes::Bytes::from(key_authorization)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
 }
 
 /// ACME HTTP-01 challenges (`/.well-known/acme-challenge/...`) must be answered over plain

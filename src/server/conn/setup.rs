@@ -27,7 +27,11 @@ pub(crate) fn setup(
     addrs: Option<crate::l4::ProxyAddrs>,
     port: u16,
 ) -> Option<Setup> {
-    let crate::server::Services { runtime, shared } = services;
+    let crate::server::Services {
+        runtime,
+        shared,
+        acme,
+    } = services;
     let snapshot = runtime.snapshot();
     let listener = snapshot.listener(listener_name)?;
     let info = &snapshot.listeners[listener];
@@ -36,7 +40,12 @@ pub(crate) fn setup(
     let normalize = info.normalize.clone();
     let h2c = info.h2c;
     // Runtime listeners are the config's, in order.
-    let front = Front::of(snapshot.config.listeners.get(listener), https, port);
+    let front = Front::of(
+        snapshot.config.listeners.get(listener),
+        https,
+        port,
+        acme.filter(|_| !https),
+    );
     let limits = info.limits.clone();
     let rate_limit = info.rate_limit.clone();
     drop(snapshot);
