@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cdp;
+pub mod pebble;
 pub mod prom;
 pub mod redis;
 pub mod relay;

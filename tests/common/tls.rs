@@ -96,6 +96,22 @@ impl TestCa {
         }
     }
 
+    /// A server certificate for `names` valid until `(year, month, day)` (from 2020).
+    pub fn issue_until(&self, names: &[&str], (y, m, d): (i32, u8, u8)) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let sans: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(sans).expect("params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        Issued {
+            cert_pem: format!("{}{}", cert.pem(), self.pem),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.der.clone()).expect("CA root");
