@@ -113,10 +113,15 @@ async fn obtain_serve_and_reuse(challenge: &str) {
     .await;
     // Both names are on it; one order, no failure.
     let again = verified(addr(secure), "www.acme.test", &pebble).await;
-    assert_eq!(again.as_ref(), Some(&leaf), "one certificate for both names");
+    assert_eq!(
+        again.as_ref(),
+        Some(&leaf),
+        "one certificate for both names"
+    );
     assert_eq!(metric(&lb, SUCCESS).await, 1);
     assert_eq!(metric(&lb, FAILURE).await, 0);
-    let expiry = "autolb_acme_certificate_expiry_timestamp_seconds{listener=\"secure\",name=\"acme.test\"}";
+    let expiry =
+        "autolb_acme_certificate_expiry_timestamp_seconds{listener=\"secure\",name=\"acme.test\"}";
     assert!(metric(&lb, expiry).await > 1_700_000_000);
     for file in ["secure/key.pem", "secure/cert.pem"] {
         let mode = std::fs::metadata(storage.join(file))
@@ -174,18 +179,28 @@ async fn a_failed_renewal_keeps_the_old_certificate_and_counts_the_failure() {
     // Pebble validates http-01 on a port where nothing answers: the order fails.
     let (web, secure, nobody) = (free_port(), free_port(), free_port());
     let pebble = Pebble::start(dir.path(), nobody, secure).await;
-    let lb = Autolb::start(&config(web, secure, &pebble, "http-01", &storage, e.addr, ""));
+    let lb = Autolb::start(&config(
+        web, secure, &pebble, "http-01", &storage, e.addr, "",
+    ));
     // Served from the start, before any order.
-    let first = t::presented_for(addr(secure), "acme.test").await.expect("handshake");
+    let first = t::presented_for(addr(secure), "acme.test")
+        .await
+        .expect("handshake");
     assert!(first == old.der, "the stored certificate");
     wait_until(60, "a failed order", || async {
         (metric(&lb, FAILURE).await >= 1).then_some(())
     })
     .await;
     assert_eq!(metric(&lb, SUCCESS).await, 0);
-    let still = t::presented_for(addr(secure), "acme.test").await.expect("handshake");
+    let still = t::presented_for(addr(secure), "acme.test")
+        .await
+        .expect("handshake");
     assert!(still == old.der, "the old certificate keeps serving");
-    assert!(lb.proc.log().contains("ACME order failed"), "{}", lb.proc.log());
+    assert!(
+        lb.proc.log().contains("ACME order failed"),
+        "{}",
+        lb.proc.log()
+    );
 }
 
 #[tokio::test]
@@ -196,18 +211,37 @@ async fn a_fleet_orders_once_and_every_node_serves_the_certificate() {
     let e = echo("e");
     let redis = Redis::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = format!("state:\n  backend: redis\n  redis: {{ url: \"{}\" }}\n", redis.url());
+    let state = format!(
+        "state:\n  backend: redis\n  redis: {{ url: \"{}\" }}\n",
+        redis.url()
+    );
     // Pebble validates on node a's http port; b starts first, so it most likely holds the
     // lease and orders, and a answers with the token b shared.
     let (web_a, secure_a, web_b, secure_b) = (free_port(), free_port(), free_port(), free_port());
     let pebble = Pebble::start(dir.path(), web_a, secure_a).await;
     let env = [("AUTOLB_ACME_KEY", KEY)];
     let b = Autolb::start_with_env(
-        &config(web_b, secure_b, &pebble, "http-01", &dir.path().join("b"), e.addr, &state),
+        &config(
+            web_b,
+            secure_b,
+            &pebble,
+            "http-01",
+            &dir.path().join("b"),
+            e.addr,
+            &state,
+        ),
         &env,
     );
     let a = Autolb::start_with_env(
-        &config(web_a, secure_a, &pebble, "http-01", &dir.path().join("a"), e.addr, &state),
+        &config(
+            web_a,
+            secure_a,
+            &pebble,
+            "http-01",
+            &dir.path().join("a"),
+            e.addr,
+            &state,
+        ),
         &env,
     );
     let leaf_a = wait_until(120, "the certificate on node a", || {
@@ -234,7 +268,13 @@ async fn a_fleet_orders_once_and_every_node_serves_the_certificate() {
     // A token one node publishes is answered by the other.
     cli(
         redis.port,
-        &["SET", "autolb:kv:acme:http01:tok-123", "tok-123.thumb", "PX", "60000"],
+        &[
+            "SET",
+            "autolb:kv:acme:http01:tok-123",
+            "tok-123.thumb",
+            "PX",
+            "60000",
+        ],
     );
     for web in [web_a, web_b] {
         let r = common::get(addr(web), "/.well-known/acme-challenge/tok-123").await;

@@ -158,7 +158,11 @@ impl Fleet {
         };
         let plain = serde_json::to_vec(&bundle).map_err(|e| AcmeError::Fleet(e.to_string()))?;
         let sealed = self.seal(name, &plain)?;
-        match self.backend.put_fenced(name, token, sealed, BUNDLE_TTL).await {
+        match self
+            .backend
+            .put_fenced(name, token, sealed, BUNDLE_TTL)
+            .await
+        {
             Ok(true) => Ok(()),
             Ok(false) => Err(AcmeError::Fleet(
                 "another node took over ordering: its certificate wins".into(),
@@ -251,7 +255,8 @@ mod tests {
 
     #[test]
     fn sealed_data_opens_only_with_its_key_and_name() {
-        let key = |b: u8| LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[b; 32]).expect("key"));
+        let key =
+            |b: u8| LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[b; 32]).expect("key"));
         let backend: Arc<dyn SharedState> = Arc::new(crate::state::memory::MemoryState::default());
         let a = Fleet {
             backend: backend.clone(),
@@ -270,6 +275,10 @@ mod tests {
         assert_eq!(a.open("acme:web", &sealed).expect("open"), b"secret");
         assert!(a.open("acme:other", &sealed).is_err(), "bound to its name");
         assert!(b.open("acme:web", &sealed).is_err(), "another key");
-        assert_ne!(sealed, a.seal("acme:web", b"secret").expect("seal"), "fresh nonce");
+        assert_ne!(
+            sealed,
+            a.seal("acme:web", b"secret").expect("seal"),
+            "fresh nonce"
+        );
     }
 }

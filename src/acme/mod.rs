@@ -144,7 +144,10 @@ impl Acme {
             if let Some(tls) = crate::tls::listener(&l.name) {
                 tls.set_source(served.clone());
             }
-            let http_listener = config.listeners.iter().any(|o| o.protocol == Protocol::Http);
+            let http_listener = config
+                .listeners
+                .iter()
+                .any(|o| o.protocol == Protocol::Http);
             if settings.challenge == crate::config::AcmeChallenge::Http01 && !http_listener {
                 tracing::warn!(listener = %l.name, "acme challenge http-01 needs an http listener on port 80: there is none");
             }
@@ -224,7 +227,12 @@ impl Acme {
 
     fn failed(&self, m: &Managed, e: &AcmeError, retry: Duration) {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        let serving = m.served.current.load().as_ref().map(|p| p.not_after_text.clone());
+        let serving = m
+            .served
+            .current
+            .load()
+            .as_ref()
+            .map(|p| p.not_after_text.clone());
         tracing::error!(listener = %m.listener, error = %e, retry_in = ?retry, serving = ?serving, "ACME order failed: the current certificate keeps serving");
         alerts::emit(Alert::new(
             AlertKind::AcmeFailed,

@@ -73,7 +73,10 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Acme
         .key_provider
         .load_private_key(der)
         .map_err(|e| AcmeError::Challenge(e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 /// One https listener's ACME certificate, as its resolver asks for it.
@@ -97,12 +100,7 @@ impl Served {
 }
 
 impl CertSource for Served {
-    fn resolve(
-        &self,
-        sni: Option<&str>,
-        exact: bool,
-        acme_tls: bool,
-    ) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, sni: Option<&str>, exact: bool, acme_tls: bool) -> Option<Arc<CertifiedKey>> {
         if acme_tls {
             let name = sni?.trim_end_matches('.').to_ascii_lowercase();
             return self.challenges.alpn(&name);

@@ -126,7 +126,10 @@ mod tests {
         let sub = dir.path().join("___web_1");
         assert_eq!(paths.cert.parent(), Some(sub.as_path()));
         write_private(&paths.key, b"secret").expect("write");
-        let mode = std::fs::metadata(&paths.key).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(&paths.key)
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let dmode = std::fs::metadata(&sub).expect("meta").permissions().mode();
         assert_eq!(dmode & 0o777, 0o700);

@@ -133,7 +133,10 @@ pub(crate) fn acme(file: &Located<AcmeFile>, issues: &mut Issues) -> Acme {
                 if name.starts_with("*.") {
                     issues.push(
                         d.pos,
-                        format!("acme domain \"{}\": wildcards need dns-01, which autolb does not do", d.value),
+                        format!(
+                            "acme domain \"{}\": wildcards need dns-01, which autolb does not do",
+                            d.value
+                        ),
                     );
                 } else if !valid_domain(&name) {
                     issues.push(d.pos, format!("invalid acme domain \"{}\"", d.value));

@@ -28,6 +28,20 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             old.shutdown_grace, new.shutdown_grace
         ));
     }
+    for l in &new.listeners {
+        let acme = |c: &Config| {
+            c.listeners
+                .iter()
+                .find(|o| o.name == l.name)
+                .and_then(|o| o.tls.as_ref()?.acme.clone())
+        };
+        if acme(old) != acme(new) {
+            out.push(format!(
+                "listener {}: tls.acme changed (applies at the next restart)",
+                l.name
+            ));
+        }
+    }
     listeners(&old.listeners, &new.listeners, &mut out);
     if old.routes != new.routes {
         out.push(format!(

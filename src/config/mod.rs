@@ -48,8 +48,8 @@ mod tls;
 pub mod watch;
 
 pub mod model;
-pub use acme::{Acme, Challenge as AcmeChallenge, ACME_TLS_ALPN};
 pub use access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
+pub use acme::{Acme, Challenge as AcmeChallenge, ACME_TLS_ALPN};
 pub use alerts::{AlertKind, Alerts, WebhookUrl};
 pub use alerts_email::{Email, StartTls};
 pub use autoscale_external::{ExternalTargets, PrometheusTarget, RedisListTarget};

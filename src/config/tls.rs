@@ -20,7 +20,11 @@ const PRELOAD_MIN_AGE: Duration = Duration::from_secs(31_536_000);
 /// A listener's `tls:` block.
 pub(crate) fn listener_tls(tls: &Located<TlsFile>, issues: &mut Issues) -> ListenerTls {
     let mut certificates = Vec::new();
-    let acme = tls.value.acme.as_ref().map(|a| super::acme::acme(a, issues));
+    let acme = tls
+        .value
+        .acme
+        .as_ref()
+        .map(|a| super::acme::acme(a, issues));
     match &tls.value.certificates {
         Some(c) if c.value.is_empty() => issues.push(c.pos, "tls needs at least one certificate"),
         None if acme.is_some() => {}

@@ -99,8 +99,7 @@ pub trait CertSource: Send + Sync {
     /// The certificate for `sni` (`exact`: only one naming it; else the default), or the
     /// validation certificate of a pending tls-alpn-01 challenge when `acme_tls` (the client
     /// offered ALPN `acme-tls/1`).
-    fn resolve(&self, sni: Option<&str>, exact: bool, acme_tls: bool)
-        -> Option<Arc<CertifiedKey>>;
+    fn resolve(&self, sni: Option<&str>, exact: bool, acme_tls: bool) -> Option<Arc<CertifiedKey>>;
 }
 
 /// rustls's certificate resolver for one listener.

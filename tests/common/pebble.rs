@@ -34,7 +34,8 @@ pub fn installed() -> bool {
 }
 
 fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
 }
 
 impl Pebble {
@@ -90,7 +91,10 @@ impl Pebble {
         // Wait for the DNS server's management port and pebble's root.
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", dns_mgmt)).is_err() {
-            assert!(Instant::now() < deadline, "pebble-challtestsrv did not start");
+            assert!(
+                Instant::now() < deadline,
+                "pebble-challtestsrv did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let mgmt: SocketAddr = format!("127.0.0.1:{mgmt_port}").parse().expect("addr");
@@ -139,7 +143,5 @@ async fn fetch_root(mgmt: SocketAddr, ca: &TestCa) -> Option<CertificateDer<'sta
 /// The first certificate of a PEM text.
 fn rustls_pemfile_der(pem: &str) -> Option<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()?
-        .ok()
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()
 }
