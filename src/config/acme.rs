@@ -191,6 +191,102 @@ pub(crate) fn acme(file: &Located<AcmeFile>, issues: &mut Issues) -> Acme {
 #[cfg(test)]
 mod tests {
     use super::valid_domain;
+    use super::{Acme, Challenge, DEFAULT_RENEW_BEFORE};
+    use crate::config::tests::{assert_error, load};
+    use crate::config::tests_errors::BASE;
+
+    fn with_acme(acme: &str) -> String {
+        BASE.replace(
+            "    pool: web\n",
+            &format!("    pool: web\n    protocol: https\n    tls:\n      acme: {acme}\n"),
+        )
+    }
+
+    #[test]
+    fn acme_alone_is_enough_and_takes_defaults() {
+        let c = load(&with_acme(
+            "{ directory: \"https://ca.test/dir\", domains: [A.Example.com, www.example.com] }",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tls = c.listeners[0].tls.as_ref().expect("tls");
+        assert!(tls.certificates.is_empty());
+        let acme: &Acme = tls.acme.as_ref().expect("acme");
+        assert_eq!(acme.domains, ["a.example.com", "www.example.com"]);
+        assert_eq!(acme.challenge, Challenge::Http01);
+        assert_eq!(acme.renew_before, DEFAULT_RENEW_BEFORE);
+        assert!(acme.storage.ends_with("acme"), "{:?}", acme.storage);
+        assert!(!tls.alpn.iter().any(|p| p == "acme-tls/1"));
+        let c = load(&with_acme(
+            "{ directory: \"https://ca.test/dir\", domains: [a.test], challenge: tls-alpn-01 }",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tls = c.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.alpn, ["h2", "http/1.1", "acme-tls/1"]);
+    }
+
+    #[test]
+    fn acme_errors_point_at_the_value() {
+        let ok_dir = "directory: \"https://ca.test/dir\"";
+        for (acme, needle, message) in [
+            (
+                "{ domains: [a.test] }",
+                "{ domains",
+                "acme needs a directory",
+            ),
+            (
+                "{ directory: \"http://ca.test/dir\", domains: [a.test] }",
+                "\"http://",
+                "must be an https URL",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [] }}"),
+                "[]",
+                "at least one domain",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [\"*.a.test\"] }}"),
+                "\"*.a.test\"",
+                "wildcards need dns-01",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [a.test, a.test] }}"),
+                "a.test]",
+                "listed twice",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [\"a b\"] }}"),
+                "\"a b\"",
+                "invalid acme domain",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [a.test], challenge: dns-01 }}"),
+                "dns-01",
+                "unknown acme challenge",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [a.test], email: nobody }}"),
+                "nobody",
+                "invalid acme email",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [a.test], renew_before: 0s }}"),
+                "0s",
+                "greater than 0",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [a.test], storage: \"\" }}"),
+                "\"\"",
+                "storage path must not be empty",
+            ),
+            (
+                &format!("{{ {ok_dir}, domains: [a.test], dns: x }}"),
+                "dns",
+                "unknown field",
+            ),
+        ] {
+            assert_error(&with_acme(acme), needle, message);
+        }
+    }
 
     #[test]
     fn domains_acme_can_validate() {

@@ -25,6 +25,8 @@ Environment:
                           variables a config's *token_env settings name are read the same way
   AUTOLB_STICKY_SECRET    key signing sticky-session cookies (default: a public key, with a warning)
   AUTOLB_NODE_ID          this node's name in shared state (default HOSTNAME:ADMIN_PORT:PID)
+  AUTOLB_ACME_KEY         32 bytes (base64 or hex) sealing ACME keys and certificates shared through
+                          Redis (tls.acme with state.backend: redis; the same on every node)
   AUTOLB_UPGRADE_SOCKET   hand-over socket of zero-downtime upgrades (default: one per config file in
                           $RUNTIME_DIRECTORY when systemd sets it, else in the temp directory)
   AUTOLB_CPU_YIELD        off: a busy worker never gives its core away (default on)
