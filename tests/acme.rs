@@ -285,3 +285,50 @@ async fn a_fleet_orders_once_and_every_node_serves_the_certificate() {
     assert_eq!(r.status, 404);
     assert_eq!(r.headers["x-backend"], "e", "answered by the backend");
 }
+
+#[test]
+fn autolb_check_accepts_acme_alone_and_reports_a_bad_acme_ca_at_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("bad-ca.pem"), "nothing\n").expect("write");
+    let yaml = |ca: &str| {
+        format!(
+            "admin: {{ listen: \"127.0.0.1:0\" }}
+listeners:
+  - name: secure
+    listen: 127.0.0.1:0
+    protocol: https
+    pool: web
+    tls:
+      acme: {{ directory: \"https://ca.test/dir\", domains: [a.test], ca: {ca} }}
+pools:
+  web:
+    backends: [{{ address: 127.0.0.1:3001 }}]
+"
+        )
+    };
+    let file = dir.path().join("autolb.yaml");
+    TestCa::new("ACME server CA").write(dir.path(), "good-ca");
+    std::fs::write(&file, yaml("good-ca.pem")).expect("write");
+    let (code, out, err) = common::check(&file);
+    assert_eq!(code, 0, "{out}{err}");
+    let bad = yaml("bad-ca.pem");
+    std::fs::write(&file, &bad).expect("write");
+    let (code, out, err) = common::check(&file);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = bad
+        .lines()
+        .position(|l| l.contains("bad-ca.pem"))
+        .expect("line")
+        + 1;
+    let col = bad
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.find("bad-ca.pem"))
+        .expect("col")
+        + 1;
+    let prefix = format!("{}:{line}:{col}: acme", file.display());
+    assert!(
+        err.lines().any(|l| l.starts_with(&prefix)),
+        "{prefix} in:\n{err}"
+    );
+}

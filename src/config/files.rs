@@ -1,4 +1,4 @@
-//! The files a config names (listener certificates and keys, pool and Redis CA bundles and
+//! The files a config names (listener certificates and keys, pool, Redis and ACME CA bundles and
 //! client certificates), read and checked when a config *file* is loaded: each problem is reported
 //! at the line and column of the path that names the file; an expired certificate is only a
 //! warning (it is served, as HAProxy does).
@@ -54,6 +54,18 @@ fn listeners(root: &Node, config: &Config, issues: &mut Issues, warnings: &mut I
             node.and_then(|n| n.get("tls"))
                 .and_then(|t| t.get("certificates")),
         );
+        if let Some(ca) = tls.acme.as_ref().and_then(|a| a.ca.as_ref()) {
+            let acme_node = node.and_then(|n| n.get("tls")).and_then(|t| t.get("acme"));
+            let at = pos_of(acme_node, "ca", fallback);
+            match certs::load_ca(ca) {
+                Ok(list) if list.is_empty() => issues.push(
+                    at,
+                    format!("acme ca {}: no certificate in it", ca.display()),
+                ),
+                Ok(_) => {}
+                Err(e) => issues.push(at, format!("acme: {e}")),
+            }
+        }
         let mut names: HashSet<String> = HashSet::new();
         for (j, pair) in tls.certificates.iter().enumerate() {
             let pair_node = pair_nodes.get(j);
