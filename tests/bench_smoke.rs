@@ -1,9 +1,10 @@
-//! `bench/run --smoke` runs end to end: every scenario against autolb, HAProxy and nginx with
-//! tiny durations, and the balancer micro-benchmarks once each. Nothing about speed is
+//! `bench/run --smoke` runs end to end: every scenario against autolb, HAProxy and nginx
+//! (the cache scenarios against Varnish and nginx, HTTP/3 against Caddy when oha is
+//! installed) with tiny durations, and the balancer micro-benchmarks once each. Nothing about speed is
 //! asserted (bench/NOTES.md says why); only that the whole pipeline works.
 //!
-//! Skipped (with the reason printed) when python3 is missing, or when haproxy, nginx, wrk or
-//! h2load are missing and cannot be installed (bench/run exits 77: not root, or no apt-get).
+//! Skipped (with the reason printed) when python3 is missing, or when haproxy, nginx, wrk,
+//! h2load, varnish or caddy are missing and cannot be installed (bench/run exits 77: not root, or no apt-get).
 //! `.ci/run` installs them, so CI runs it for real.
 
 mod common;
@@ -45,6 +46,9 @@ fn bench_run_smoke_runs_end_to_end() {
         "large",
         "websocket",
         "idle",
+        "cache_hit",
+        "cache_zipf",
+        "cache_memory",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(scenario)),
