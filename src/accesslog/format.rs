@@ -86,6 +86,8 @@ struct JsonLine<'a> {
     grpc_status: Option<u8>,
     abort: Option<&'static str>,
     cache: Option<&'static str>,
+    /// The subject of the client's verified certificate (RFC 4514).
+    client_cert: Option<&'a str>,
 }
 
 /// One JSON object (no newline).
@@ -120,6 +122,7 @@ pub fn json(e: &Entry) -> String {
         grpc_status: e.grpc_status,
         abort: e.abort,
         cache: e.cache,
+        client_cert: e.client_cert.as_ref().map(|c| c.subject.as_str()),
     };
     serde_json::to_string(&line).unwrap_or_default()
 }
@@ -178,7 +181,8 @@ fn bare(out: &mut String, v: Option<&[u8]>) {
 /// `client - - [time] "METHOD uri PROTO" status bytes "referer" "user-agent"` and then
 /// `host= rt= listener= pool= backend= tries= tls= rid= enc= complete= orig=` (`orig`: the
 /// path as sent, when normalization changed it, else `-`) `req_bytes= queue_ms= connect_ms=
-/// ttfb_ms= grpc= abort=` (`-` where the JSON has null; `grpc`: a gRPC call's status).
+/// ttfb_ms= grpc= abort= cache= cert=` (`-` where the JSON has null; `grpc`: a gRPC call's
+/// status; `cert`: the subject of the client's verified certificate).
 pub fn combined(e: &Entry) -> String {
     let (listener, pool, backend) = names(e);
     let mut out = String::with_capacity(256);
@@ -246,6 +250,11 @@ pub fn combined(e: &Entry) -> String {
         " abort={} cache={}",
         e.abort.unwrap_or("-"),
         e.cache.unwrap_or("-")
+    );
+    out.push_str(" cert=");
+    bare(
+        &mut out,
+        e.client_cert.as_ref().map(|c| c.subject.as_bytes()),
     );
     out
 }

@@ -79,6 +79,8 @@ pub struct Entry {
     pub grpc_status: Option<u8>,
     /// How the HTTP cache answered (`hit`, `miss`, `stale`, `bypass`; `None`: no cache).
     pub cache: Option<&'static str>,
+    /// The client's verified certificate (`client_auth`): its subject is logged.
+    pub client_cert: Option<Arc<crate::tls::client_auth::ClientIdentity>>,
 }
 
 enum Msg {

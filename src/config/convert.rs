@@ -184,6 +184,7 @@ impl TryFrom<RouteFile> for RouteItem {
                 .and_then(|c| super::cache::cache(&c.value, &mut issues)),
             rate_limit: super::limits::ip_rate_limit(file.rate_limit.as_ref(), &mut issues),
             grpc_web: grpc_web.map(|(web, _)| web),
+            client_cert_required: super::client_auth::route_client_cert(file.client_cert.as_ref()),
         };
         issues.result(RouteItem {
             route,

@@ -154,6 +154,8 @@ pub struct TlsFile {
     pub strict_sni: Option<bool>,
     /// Certificates obtained by ACME (see `acme.rs`).
     pub acme: Option<Located<super::acme::AcmeFile>>,
+    /// Client certificates (mTLS), see `client_auth.rs`.
+    pub client_auth: Option<Located<super::client_auth::ClientAuthFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +182,8 @@ pub struct RouteFile {
     /// `protocol: h2`), whatever its pool says.
     pub grpc_web: Option<Located<bool>>,
     pub grpc_web_origins: Option<Located<Vec<Located<String>>>>,
+    /// `client_cert: required`: a verified client certificate or 403.
+    pub client_cert: Option<Located<super::client_auth::ClientCertFile>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,7 +1,7 @@
-//! The files a config names (listener certificates and keys, pool, Redis and ACME CA bundles and
-//! client certificates), read and checked when a config *file* is loaded: each problem is reported
-//! at the line and column of the path that names the file; an expired certificate is only a
-//! warning (it is served, as HAProxy does).
+//! The files a config names (listener certificates and keys, client CA bundles and CRLs,
+//! pool, Redis and ACME CA bundles and client certificates), read and checked when a config
+//! *file* is loaded: each problem is reported at the line and column of the path that names
+//! the file; an expired certificate is only a warning (it is served, as HAProxy does).
 
 use std::collections::HashSet;
 
@@ -64,6 +64,15 @@ fn listeners(root: &Node, config: &Config, issues: &mut Issues, warnings: &mut I
                 ),
                 Ok(_) => {}
                 Err(e) => issues.push(at, format!("acme: {e}")),
+            }
+        }
+        if let Some(auth) = &tls.client_auth {
+            if let Err(e) = crate::tls::client_auth::load_verifier(auth) {
+                let auth_node = node
+                    .and_then(|n| n.get("tls"))
+                    .and_then(|t| t.get("client_auth"));
+                let key = if e.is_crl() { "crl" } else { "ca" };
+                issues.push(pos_of(auth_node, key, fallback), e.to_string());
             }
         }
         let mut names: HashSet<String> = HashSet::new();

@@ -132,6 +132,8 @@ pub struct ListenerTls {
     pub strict_sni: bool,
     /// `acme:`: a certificate obtained and renewed by ACME, served beside `certificates`.
     pub acme: Option<super::acme::Acme>,
+    /// `client_auth`: client certificates (mTLS).
+    pub client_auth: Option<super::ClientAuth>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +161,8 @@ pub struct Route {
     pub rate_limit: Option<super::IpRateLimit>,
     /// `grpc_web: true` on the route (instead of its pool's setting).
     pub grpc_web: Option<GrpcWeb>,
+    /// `client_cert: required`: requests without a verified client certificate get 403.
+    pub client_cert_required: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -229,6 +229,7 @@ fn full_config_parses_into_the_model() {
                     alpn: vec!["http/1.1".into()],
                     strict_sni: true,
                     acme: None,
+                    client_auth: None,
                 }),
                 h2c: false,
                 redirect_https: None,
@@ -274,6 +275,7 @@ fn full_config_parses_into_the_model() {
                 cache: None,
                 rate_limit: None,
                 grpc_web: None,
+                client_cert_required: false,
             },
             Route {
                 host: None,
@@ -283,6 +285,7 @@ fn full_config_parses_into_the_model() {
                 cache: None,
                 rate_limit: None,
                 grpc_web: None,
+                client_cert_required: false,
             },
         ],
         pools: vec![

@@ -76,6 +76,11 @@ pub(crate) fn listener_tls(tls: &Located<TlsFile>, issues: &mut Issues) -> Liste
         alpn,
         strict_sni: tls.value.strict_sni.unwrap_or(false),
         acme,
+        client_auth: tls
+            .value
+            .client_auth
+            .as_ref()
+            .map(|c| super::client_auth::client_auth(c, issues)),
     }
 }
 
@@ -253,6 +258,12 @@ pub(crate) fn rebase_paths(config: &mut Config, base: &Path) {
         if let Some(acme) = tls.acme.as_mut() {
             for path in std::iter::once(&mut acme.storage).chain(acme.ca.as_mut()) {
                 *path = base.join(&*path);
+            }
+        }
+        if let Some(auth) = tls.client_auth.as_mut() {
+            auth.ca = base.join(&auth.ca);
+            if let Some(crl) = auth.crl.as_mut() {
+                *crl = base.join(&*crl);
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod arena;
 pub mod body;
 pub mod body_rate;
 pub mod cached;
+pub mod client_cert;
 pub mod client_fault;
 pub mod cold;
 pub mod downstream;
@@ -53,6 +54,8 @@ pub struct ConnContext {
     pub addrs: Option<crate::l4::ProxyAddrs>,
     /// The TLS version of an https connection, once its handshake is done (access logs).
     pub tls: std::sync::OnceLock<&'static str>,
+    /// The client's verified certificate (`client_auth`), once the handshake is done.
+    pub client_cert: std::sync::OnceLock<Arc<crate::tls::client_auth::ClientIdentity>>,
     /// The listener's `limits:` (hardening).
     pub limits: Arc<crate::config::Limits>,
     /// The listener's per-client-IP rate limit, shared by its connections.
@@ -150,6 +153,9 @@ async fn proxy(
     };
     let pool_idx = choice.pool;
     let route = choice.route.and_then(|i| snapshot.routes.get(i));
+    if route.is_some_and(|r| r.client_cert_required) && ctx.client_cert.get().is_none() {
+        return client_cert::forbidden(&snapshot.pools[pool_idx].name);
+    }
     let limited = route.and_then(|r| validate::check_route(r, &snapshot.pools[pool_idx].name, ctx));
     if let Some(refused) = limited {
         return refused;
@@ -249,6 +255,7 @@ async fn proxy(
             authority.as_ref(),
             upgrade.is_some(),
         );
+    client_cert::forward(&mut parts.headers, ctx.client_cert.get());
     if te_trailers {
         parts.extensions.insert(headers::TeTrailers);
     }

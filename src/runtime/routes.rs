@@ -35,6 +35,8 @@ pub struct Route {
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// The route's own `compress` (it takes precedence over its pool's).
     pub compress: Option<crate::config::Compress>,
+    /// `client_cert: required`: a verified client certificate or 403.
+    pub client_cert_required: bool,
 }
 
 impl Route {
@@ -55,6 +57,7 @@ impl Route {
                 .map(|r| IpLimiter::carried(previous.and_then(|p| p.rate_limit.as_ref()), r)),
             grpc_web: route.grpc_web.clone(),
             compress: route.compress.clone(),
+            client_cert_required: route.client_cert_required,
         }
     }
 
@@ -262,6 +265,7 @@ mod tests {
             grpc_web: None,
             cache: None,
             compress: None,
+            client_cert_required: false,
         }
     }
 

@@ -209,6 +209,9 @@ async fn serve_tls(
         _ => "TLSv1.3",
     };
     let _ = serving.ctx.tls.set(version);
+    if let Some(identity) = accepted.client {
+        let _ = serving.ctx.client_cert.set(identity);
+    }
     if accepted.h2 {
         serve_h2(TokioIo::new(accepted.stream), serving).await
     } else {

@@ -25,10 +25,12 @@ pub enum Failure {
     Alpn,
     /// The client aborted with an alert (e.g. it does not trust our certificate).
     AlertReceived,
+    /// `client_auth`: no client certificate, or one that does not verify.
+    ClientCertificate,
     Other,
 }
 
-const REASONS: [Failure; 8] = [
+const REASONS: [Failure; 9] = [
     Failure::Timeout,
     Failure::Closed,
     Failure::Protocol,
@@ -36,6 +38,7 @@ const REASONS: [Failure; 8] = [
     Failure::NoCertificate,
     Failure::Alpn,
     Failure::AlertReceived,
+    Failure::ClientCertificate,
     Failure::Other,
 ];
 
@@ -49,6 +52,7 @@ impl Failure {
             Failure::NoCertificate => "no_certificate",
             Failure::Alpn => "alpn",
             Failure::AlertReceived => "alert_received",
+            Failure::ClientCertificate => "client_certificate",
             Failure::Other => "other",
         }
     }
@@ -61,6 +65,9 @@ impl Failure {
             Some(E::NoApplicationProtocol) => Failure::Alpn,
             Some(E::PeerIncompatible(_)) => Failure::Incompatible,
             Some(E::AlertReceived(_)) => Failure::AlertReceived,
+            Some(E::InvalidCertificate(_) | E::NoCertificatesPresented) => {
+                Failure::ClientCertificate
+            }
             Some(
                 E::InvalidMessage(_)
                 | E::InappropriateMessage { .. }

@@ -10,6 +10,8 @@
 
 pub mod certs;
 pub mod client;
+pub mod client_auth;
+mod client_names;
 pub mod metrics;
 pub mod resolver;
 pub mod server;
@@ -30,6 +32,11 @@ pub use server::TlsListener;
 pub enum TlsError {
     #[error("listener {listener:?}: {source}")]
     Certificate { listener: String, source: CertError },
+    #[error("listener {listener:?}: {source}")]
+    ClientAuth {
+        listener: String,
+        source: client_auth::ClientAuthError,
+    },
     #[error("listener {listener:?}: TLS setup failed: {source}")]
     Rustls {
         listener: String,

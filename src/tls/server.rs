@@ -15,6 +15,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::{self, CertError, LoadedPair};
+use super::client_auth::{ClientAuthSlot, ClientIdentity};
 use super::metrics::{Failure, TlsStats};
 use super::resolver::{CertStore, SniResolver};
 use super::{provider, TlsError};
@@ -28,6 +29,8 @@ pub struct Accepted {
     pub stream: TlsStream<TcpStream>,
     /// ALPN chose `h2`.
     pub h2: bool,
+    /// The client's verified certificate (`client_auth`).
+    pub client: Option<Arc<ClientIdentity>>,
 }
 
 /// What a reload may change: the pairs, their fingerprint, `strict_sni` and ALPN.
@@ -47,6 +50,8 @@ pub struct TlsListener {
     resolver: Arc<SniResolver>,
     sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
+    /// `client_auth`: the verifier of both TLS configs (TCP and QUIC).
+    pub client_auth: Arc<ClientAuthSlot>,
     current: Mutex<Current>,
     pub stats: TlsStats,
 }
@@ -94,10 +99,11 @@ fn server_config(
     alpn: &[String],
     sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
+    client_auth: Arc<ClientAuthSlot>,
 ) -> Result<ServerConfig, rustls::Error> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_auth)
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     cfg.session_storage = sessions;
@@ -134,11 +140,18 @@ impl TlsListener {
         let resolver = Arc::new(SniResolver::new(CertStore::new(&loaded, tls.strict_sni)));
         let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(rustls_err)?;
+        let client_auth = Arc::new(ClientAuthSlot::new(tls.client_auth.as_ref()).map_err(
+            |source| TlsError::ClientAuth {
+                listener: name.to_string(),
+                source,
+            },
+        )?);
         let config = server_config(
             resolver.clone(),
             &tls.alpn,
             sessions.clone(),
             ticketer.clone(),
+            client_auth.clone(),
         )
         .map_err(rustls_err)?;
         log_pairs(name, &loaded, "certificate loaded");
@@ -148,6 +161,7 @@ impl TlsListener {
             resolver,
             sessions,
             ticketer,
+            client_auth,
             current: Mutex::new(Current {
                 pairs: tls.certificates.clone(),
                 strict: tls.strict_sni,
@@ -177,7 +191,7 @@ impl TlsListener {
 
     /// Every file the listener reads (for the watcher).
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.current.lock().map_or_else(
+        let mut paths = self.current.lock().map_or_else(
             |_| Vec::new(),
             |c| {
                 c.pairs
@@ -185,7 +199,9 @@ impl TlsListener {
                     .flat_map(|p| [p.cert.clone(), p.key.clone()])
                     .collect()
             },
-        )
+        );
+        paths.extend(self.client_auth.paths());
+        paths
     }
 
     /// Whether `tls` is what is served already (same pairs, same bytes on disk, same
@@ -198,6 +214,7 @@ impl TlsListener {
             && cur.fingerprint == disk_fingerprint(&tls.certificates)
             && cur.strict == tls.strict_sni
             && cur.alpn == tls.alpn
+            && self.client_auth.unchanged(tls.client_auth.as_ref())
     }
 
     /// Serve `loaded` (the pairs of `tls`, loaded by `load_pairs`) with `tls`'s strict_sni
@@ -207,12 +224,22 @@ impl TlsListener {
             return;
         };
         self.resolver.swap(CertStore::new(loaded, tls.strict_sni));
+        if !self.client_auth.unchanged(tls.client_auth.as_ref()) {
+            match self.client_auth.set(tls.client_auth.as_ref()) {
+                Ok(()) => tracing::info!(listener = %self.name, "client_auth applied"),
+                Err(e) => {
+                    self.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(listener = %self.name, error = %e, "client_auth change not applied")
+                }
+            }
+        }
         if cur.alpn != tls.alpn {
             match server_config(
                 self.resolver.clone(),
                 &tls.alpn,
                 self.sessions.clone(),
                 self.ticketer.clone(),
+                self.client_auth.clone(),
             ) {
                 Ok(c) => self.config.store(Arc::new(c)),
                 Err(e) => {
@@ -238,6 +265,21 @@ impl TlsListener {
     /// Re-read the files if they changed on disk (watcher, poll). A bad new state is
     /// refused once, loudly; the certificates already loaded keep serving.
     pub fn reload_from_disk(&self) {
+        match self.client_auth.reload_from_disk() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(listener = %self.name, "client_auth CA/CRL reloaded");
+            }
+            Err(e) => {
+                self.stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    listener = %self.name,
+                    error = %e,
+                    "client_auth reload refused: the previous CA and CRL stay"
+                );
+            }
+        }
         let Ok(mut cur) = self.current.lock() else {
             return;
         };
@@ -281,7 +323,7 @@ impl TlsListener {
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(err)?
-            .with_no_client_auth()
+            .with_client_cert_verifier(self.client_auth.clone())
             .with_cert_resolver(self.resolver.clone());
         cfg.alpn_protocols = vec![b"h3".to_vec()];
         cfg.session_storage = self.sessions.clone();
@@ -304,9 +346,18 @@ impl TlsListener {
         let failure = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let (_, conn) = stream.get_ref();
-                self.stats.handshake(conn.protocol_version());
-                let h2 = conn.alpn_protocol() == Some(b"h2");
-                return Ok(Accepted { stream, h2 });
+                let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                match self.client_auth.admit(conn.peer_certificates(), resumed) {
+                    Ok(client) => {
+                        self.stats.handshake(conn.protocol_version());
+                        let h2 = conn.alpn_protocol() == Some(b"h2");
+                        return Ok(Accepted { stream, h2, client });
+                    }
+                    Err(refused) => {
+                        tracing::debug!(listener = %self.name, reason = %refused.0, "client certificate refused");
+                        Failure::ClientCertificate
+                    }
+                }
             }
             Ok(Err(e)) => {
                 let why = Failure::of(&e);

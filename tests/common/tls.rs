@@ -118,6 +118,35 @@ impl TestCa {
         roots
     }
 
+    /// A CRL of this CA (PEM) revoking `revoked` (valid from 2020 to 2100).
+    pub fn crl(&self, revoked: &[&Issued]) -> String {
+        let revoked_certs = revoked
+            .iter()
+            .map(|c| {
+                let (_, cert) = x509_parser::parse_x509_certificate(&c.der).expect("parse");
+                rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(revoked.len() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("CRL")
+            .pem()
+            .expect("CRL PEM")
+    }
+
     /// Write the CA certificate as `NAME.pem` into `dir`.
     pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(format!("{name}.pem"));

@@ -120,6 +120,7 @@ where
             abort: None,
             grpc_status: None,
             cache: None,
+            client_cert: ctx.client_cert.get().cloned(),
         },
         request_bytes: (!req.body().is_end_stream()).then(RequestBytes::default),
     });

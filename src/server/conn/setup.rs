@@ -57,6 +57,7 @@ pub(crate) fn setup(
         client: ClientInfo::new(peer.ip(), proto, trusted),
         addrs,
         tls: Default::default(),
+        client_cert: Default::default(),
         limits,
         rate_limit,
         normalize,

@@ -58,7 +58,9 @@ pub(super) async fn connection(
         return;
     };
     let tls = crate::tls::listener(&shared.name);
-    let (conn, handshake) = if shared.settings.early_data {
+    // With client certificates, no 0-RTT: the identity is checked before any request.
+    let client_auth = tls.as_ref().is_some_and(|t| t.client_auth.enabled());
+    let (conn, handshake) = if shared.settings.early_data && !client_auth {
         match connecting.into_0rtt() {
             Ok((conn, accepted)) => {
                 let (done, handshake) = watch::channel(false);
@@ -89,7 +91,27 @@ pub(super) async fn connection(
             None => return,
         }
     };
+    let mut client = None;
     if let Some(tls) = &tls {
+        // quinn does not say whether the session was resumed: the chain is verified again
+        // in every case (see `ClientAuthSlot::admit`).
+        let chain = conn.peer_identity().and_then(|id| {
+            id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        });
+        match tls
+            .client_auth
+            .admit(chain.as_deref().map(Vec::as_slice), true)
+        {
+            Ok(identity) => client = identity,
+            Err(refused) => {
+                tracing::debug!(client = %peer, reason = %refused.0, "client certificate refused");
+                tls.stats
+                    .failure(crate::tls::metrics::Failure::ClientCertificate);
+                conn.close(quinn::VarInt::from_u32(0x100 + 0x2a), b"client certificate");
+                return;
+            }
+        }
         tls.stats.handshake(Some(rustls::ProtocolVersion::TLSv1_3));
     }
     let local = SocketAddr::new(
@@ -107,6 +129,9 @@ pub(super) async fn connection(
         return;
     };
     let _ = setup.ctx.tls.set("TLSv1.3");
+    if let Some(identity) = client {
+        let _ = setup.ctx.client_cert.set(identity);
+    }
     let limits = &setup.ctx.limits;
     let body_wait = limits
         .header_timeout
