@@ -176,7 +176,7 @@ async fn retries_show_in_tries_and_combined_lines_are_parseable() {
             "{line}"
         );
         assert!(
-            line.ends_with(" abort=- cache=-") && line.contains(" ttfb_ms="),
+            line.ends_with(" abort=- cache=- cert=-") && line.contains(" ttfb_ms="),
             "{line}"
         );
     }
