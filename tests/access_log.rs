@@ -131,9 +131,7 @@ async fn retries_show_in_tries_and_combined_lines_are_parseable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
     // A port nobody listens on, then a real backend: the first pick fails to connect.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
-    drop(dead);
+    let dead_addr = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let a = echo("a");
     let lb = Autolb::start(&yaml(
         &format!("{{ format: combined, path: {log:?} }}"),

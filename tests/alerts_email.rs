@@ -44,9 +44,7 @@ impl Smtp {
     async fn start(dir: &Path) -> Smtp {
         let maildir = dir.join("maildir");
         // A port that was free a moment ago; aiosmtpd cannot report one it picked itself.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
         let mut child = common::command("python3")
             .args(["-m", "aiosmtpd", "-n", "-l", &addr.to_string()])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])

@@ -27,8 +27,8 @@ fn start(backends: &[std::net::SocketAddr], pool_extra: &str, rest: &str) -> Aut
 
 /// A port nothing listens on.
 fn dead_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    // Below the ephemeral range: no other bind or connection of the tests takes it.
+    std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

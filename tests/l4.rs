@@ -416,10 +416,7 @@ pools:
 
 /// A `redis-server` on a free port, killed on drop.
 fn redis_server() -> Option<(Proc, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .ok()?
-        .port();
+    let port = common::free_port();
     let child = command("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -485,10 +482,7 @@ async fn tcp_listener_added_by_reload() {
         &format!("pools:\n  web:\n    backends:\n      - {{ address: \"{a}\" }}\n"),
     );
     let lb = Autolb::start(&yaml);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::free_port();
     let next = yaml.replace(
         "listeners:\n",
         &format!(

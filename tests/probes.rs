@@ -19,8 +19,8 @@ use common::{echo, get, wait_until, Autolb, Client};
 
 /// An address nothing listens on.
 fn dead_address() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    // Below the ephemeral range: no other bind or connection of the tests takes it.
+    std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()))
 }
 
 fn yaml(admin_extra: &str, backend: SocketAddr, extra_listener: &str) -> String {

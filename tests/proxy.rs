@@ -22,8 +22,8 @@ fn single_pool(backends: &[SocketAddr], pool_extra: &str, listener_extra: &str) 
 
 /// A port with nothing listening on it.
 fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    // Below the ephemeral range: no other bind or connection of the tests takes it.
+    std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()))
 }
 
 #[tokio::test]

@@ -18,10 +18,7 @@ use common::Autolb;
 /// A port free a moment ago: the reload client learns the admin address from the config
 /// file, so it cannot be port 0.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    common::redis::free_port()
 }
 
 fn config(admin_port: u16, backends: &[SocketAddr], extra_admin: &str) -> String {

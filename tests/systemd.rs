@@ -231,10 +231,7 @@ async fn the_sandbox_allows_every_system_call_autolb_makes() {
     // autolb with the process provider (autolb-echo instances), an access log file, a
     // reload by signal, `autolb reload`, then an upgrade to a new process and a stop.
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let admin = common::free_port();
     let base = 29_000 + (std::process::id() % 100) as u16 * 10;
     let config = dir.path().join("autolb.yaml");
     std::fs::write(

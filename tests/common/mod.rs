@@ -6,6 +6,8 @@ pub mod cdp;
 pub mod pebble;
 pub mod prom;
 pub mod redis;
+#[allow(unused_imports)]
+pub use redis::free_port;
 pub mod relay;
 pub mod script;
 pub mod shared;

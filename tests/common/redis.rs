@@ -9,13 +9,34 @@ use std::time::{Duration, Instant};
 
 use super::Proc;
 
-/// A loopback port nobody listens on right now, and one this test binary has not handed out
-/// before: the kernel may give the same port to two binds in a row once the first socket is
-/// closed, and two servers of one test told the same port fail to start.
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range (in
+/// 10,000-19,999), and
+/// one this test binary has not handed out before. Below the ephemeral range, because a
+/// port found free by bind-and-close inside it can be handed by the kernel to any other
+/// `bind(0)` or outgoing connection of the tests running alongside before its server binds
+/// it (a CI run failed so: `admin: cannot bind ...: Address already in use`); no `bind(0)`
+/// and no outgoing connection takes a port below that range.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    // 10,000-19,999: also below the fixed blocks some tests give autoscaled instances
+    // (`ports: 23000-...` and up).
+    let (low, high) = match ephemeral_low > 20_000 {
+        true => (10_000, 20_000),
+        // An unusual range: any port bind(0) gives (the old way).
+        false => (0, 0),
+    };
+    for _ in 0..10_000 {
+        let candidate = match high {
+            0 => 0,
+            _ => fastrand::u16(low..high),
+        };
+        let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", candidate)) else {
+            continue;
+        };
         let port = l.local_addr().expect("addr").port();
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         if !given.contains(&port) {
@@ -23,6 +44,7 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+    panic!("no free loopback port below {ephemeral_low}");
 }
 
 /// `redis-cli -p PORT ARGS...`: its stdout, or "" when it cannot run.
