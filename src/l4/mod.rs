@@ -183,31 +183,21 @@ pub async fn serve<G: Send + 'static>(
         let header = proxy_proto::encode(version, Some(addrs));
         let write = tokio::io::AsyncWriteExt::write_all(&mut backend_stream, &header);
         if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
-            lease
-                .backend
-                .stats
-                .tcp
-                .errors
-                .fetch_add(1, Ordering::Relaxed);
+            lease.tcp().errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(listener = %listener, backend = %lease.backend.address, "cannot write the PROXY header: connection closed");
             return;
         }
     }
     let started = Instant::now();
     let meters = pump::Meters {
-        upstream: &[&counters.bytes_in, &lease.backend.stats.tcp.bytes_in],
-        downstream: &[&counters.bytes_out, &lease.backend.stats.tcp.bytes_out],
+        upstream: &[&counters.bytes_in, &lease.tcp().bytes_in],
+        downstream: &[&counters.bytes_out, &lease.tcp().bytes_out],
     };
     let result = pump::pump(stream, backend_stream, idle, meters).await;
     match &result {
         Ok(()) => {}
         Err(e @ pump::PumpError::Backend(_)) => {
-            lease
-                .backend
-                .stats
-                .tcp
-                .errors
-                .fetch_add(1, Ordering::Relaxed);
+            lease.tcp().errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(listener = %listener, pool = %pool.name, backend = %lease.backend.address, error = %e, "tcp connection broken by the backend");
         }
         Err(e) => {
@@ -244,6 +234,13 @@ impl Lease {
             backend,
             pool: pool.clone(),
         })
+    }
+}
+
+impl Lease {
+    /// The TCP counters of the backend this slot is on.
+    fn tcp(&self) -> &crate::runtime::tcp_stats::TcpBackendCounters {
+        &self.backend.stats.tcp
     }
 }
 

@@ -78,15 +78,16 @@ where
     }
     let authority = crate::proxy::authority(&req);
     // Compression: the codings this client accepts, chosen from once the route is known.
-    let accept: Vec<http::HeaderValue> = match compressing {
-        true => req
-            .headers()
-            .get_all(ACCEPT_ENCODING)
-            .iter()
-            .cloned()
-            .collect(),
-        false => Vec::new(),
+    // The first field on its own: the common single `Accept-Encoding` costs no allocation
+    // (a clone shares the request's bytes); more fields are rare.
+    let (accept_first, accept_more) = match compressing {
+        true => {
+            let mut fields = req.headers().get_all(ACCEPT_ENCODING).iter();
+            (fields.next().cloned(), fields.cloned().collect())
+        }
+        false => (None, Vec::new()),
     };
+    let accept = || accept_first.iter().chain(&accept_more);
     let method = req.method().clone();
     let head = logging.then(|| Head {
         started,
@@ -140,9 +141,9 @@ where
         .and_then(|c| snapshot.compress(c));
     if let Some(c) = compress {
         if compress::applies(c, &method, resp.status(), resp.headers()) {
-            let coding = compress::negotiate(accept.iter(), &c.algorithms).map(|best| {
+            let coding = compress::negotiate(accept(), &c.algorithms).map(|best| {
                 let gzip_ok = c.algorithms.contains(&Encoding::Gzip)
-                    && compress::negotiate(accept.iter(), &[Encoding::Gzip]).is_some();
+                    && compress::negotiate(accept(), &[Encoding::Gzip]).is_some();
                 (best, gzip_ok)
             });
             compress::add_vary(resp.headers_mut());

@@ -288,3 +288,30 @@ impl AsyncDNSResolver for Pinned {
         })
     }
 }
+
+/// `SUBSCRIBE channel` on `conn` (a push-capable connection), within the command bound.
+pub async fn subscribe(
+    mut conn: MultiplexedConnection,
+    channel: &str,
+) -> Result<MultiplexedConnection, StateError> {
+    crate::state::bounded(async {
+        conn.subscribe(channel)
+            .await
+            .map_err(|e| StateError::Backend(e.to_string()))
+    })
+    .await?;
+    Ok(conn)
+}
+
+/// Whether a subscribed connection still answers a PING (a subscription goes silent, not
+/// closed, when its node is gone).
+pub async fn answers_ping(conn: &mut MultiplexedConnection) -> bool {
+    let ping: Result<::redis::Value, _> = crate::state::bounded(async {
+        ::redis::cmd("PING")
+            .query_async(conn)
+            .await
+            .map_err(|e| StateError::Backend(e.to_string()))
+    })
+    .await;
+    ping.is_ok()
+}

@@ -11,9 +11,8 @@ use std::time::Duration;
 use ::redis::{PushKind, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::link::Addr;
+use super::link::{self, Addr};
 use super::{Mode, RedisState};
-use crate::state::{bounded, StateError};
 
 /// How long a lost subscription waits before subscribing again, and how often a quiet one
 /// checks that its node still answers (and is still the one to listen to).
@@ -78,17 +77,10 @@ pub(super) async fn listen(state: Weak<RedisState>, channel: String, to: Unbound
             continue;
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let subscribed = async {
-            let mut c = s.access.subscriber(&addr, tx).await?;
-            bounded(async {
-                c.subscribe(&channel)
-                    .await
-                    .map_err(|e| StateError::Backend(e.to_string()))
-            })
-            .await?;
-            Ok::<_, StateError>(c)
-        }
-        .await;
+        let subscribed = match s.access.subscriber(&addr, tx).await {
+            Ok(c) => link::subscribe(c, &channel).await,
+            Err(e) => Err(e),
+        };
         let mut conn = match subscribed {
             Ok(c) => c,
             Err(e) => {
@@ -111,14 +103,7 @@ pub(super) async fn listen(state: Weak<RedisState>, channel: String, to: Unbound
                     }
                     drop(s);
                     // A subscription that went silent because its node is gone.
-                    let ping: Result<Value, _> = bounded(async {
-                        ::redis::cmd("PING")
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(|e| StateError::Backend(e.to_string()))
-                    })
-                    .await;
-                    if ping.is_err() {
+                    if !link::answers_ping(&mut conn).await {
                         break;
                     }
                     continue;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ::redis::{PushKind, Value};
 
-use super::link::Addr;
+use super::link::{self, Addr};
 use super::RedisState;
 use crate::state::{bounded, StateError};
 
@@ -129,17 +129,10 @@ pub(super) async fn listen(state: Weak<RedisState>, sentinel: String) {
     loop {
         let Some(s) = state.upgrade() else { return };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let subscribed = async {
-            let mut c = s.access.sentinel(&addr, Some(tx)).await?;
-            bounded(async {
-                c.subscribe("+switch-master")
-                    .await
-                    .map_err(|e| StateError::Backend(e.to_string()))
-            })
-            .await?;
-            Ok::<_, StateError>(c)
-        }
-        .await;
+        let subscribed = match s.access.sentinel(&addr, Some(tx)).await {
+            Ok(c) => link::subscribe(c, "+switch-master").await,
+            Err(e) => Err(e),
+        };
         let mut conn = match subscribed {
             Ok(c) => c,
             Err(e) => {
@@ -159,14 +152,7 @@ pub(super) async fn listen(state: Weak<RedisState>, sentinel: String) {
                         return;
                     }
                     // A subscription that went silent because its Sentinel is gone.
-                    let ping: Result<Value, _> = bounded(async {
-                        ::redis::cmd("PING")
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(|e| StateError::Backend(e.to_string()))
-                    })
-                    .await;
-                    if ping.is_err() {
+                    if !link::answers_ping(&mut conn).await {
                         break;
                     }
                     continue;
