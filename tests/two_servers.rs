@@ -109,3 +109,34 @@ async fn stopping_one_server_leaves_the_other_ones_websockets_open() {
     ws.send(Message::text("still here")).await.expect("send");
     assert_eq!(common::ws_text(&mut ws).await, "still here");
 }
+
+/// Two servers with an https listener of the same name and different certificates: each
+/// serves its own. Before, the TLS store was one process-wide registry keyed by listener
+/// name, and the second server's start replaced the first one's certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_serve_their_own_certificates() {
+    use common::tls::{self as t, TestCa};
+    let backend = backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("two servers CA");
+    let first = ca.issue(&["a.test"]);
+    let second = ca.issue(&["a.test"]);
+    let mut servers = Vec::new();
+    for (i, issued) in [&first, &second].into_iter().enumerate() {
+        let pair = issued.write(dir.path(), &format!("s{i}"));
+        let yaml = t::https_config(&[pair], "", "", "", &[backend]);
+        let config = autolb::config::load_str(&yaml, Path::new("two_servers_tls.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        servers.push(Server::start(config).await.expect("server starts"));
+    }
+    let connector = t::connector(&ca, &[], false);
+    for (server, issued) in servers.iter().zip([&first, &second]) {
+        let stream = t::connect(server.listeners["secure"], "a.test", &connector)
+            .await
+            .expect("handshake");
+        assert!(
+            t::presented(&stream) == issued.der,
+            "each server presents the certificate of its own config"
+        );
+    }
+}

@@ -117,11 +117,12 @@ pub struct Acme {
 
 impl Acme {
     /// Set up ACME for every https listener of `config` with `tls.acme` (their TLS must be
-    /// installed already: `tls::install`), serving stored certificates at once, and start
+    /// installed already: `tls::Store::install`), serving stored certificates at once, and start
     /// ordering and renewing. `None` when no listener uses ACME. With a Redis state
     /// backend, the fleet shares one order (the key variable must be set).
     pub fn start(
         config: &Config,
+        tls: &crate::tls::Store,
         backend: &Arc<dyn SharedState>,
         node_id: &str,
     ) -> Result<Option<Arc<Acme>>, AcmeError> {
@@ -141,7 +142,7 @@ impl Acme {
                 tracing::info!(listener = %l.name, names = ?p.names, not_after = %p.not_after_text, "stored ACME certificate loaded");
             }
             let served = Arc::new(serve::Served::new(stored, challenges.clone()));
-            if let Some(tls) = crate::tls::listener(&l.name) {
+            if let Some(tls) = tls.listener(&l.name) {
                 tls.set_source(served.clone());
             }
             let http_listener = config

@@ -50,6 +50,8 @@ pub struct AdminState {
     pub shared: Arc<crate::state::Shared>,
     /// `autolb_acme_*` metrics, when a listener uses ACME.
     pub acme: Option<Arc<crate::acme::Acme>>,
+    /// The https listeners' TLS state (`autolb_tls_*` metrics).
+    pub tls: Arc<crate::tls::Store>,
     /// Anything but `Serving` from the moment a drain begins (`/health/ready` answers 503).
     pub draining: watch::Receiver<crate::server::Drain>,
 }
@@ -215,6 +217,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
         _ => {
             let mut text =
                 crate::metrics::render(rt, &state.listeners.stats(), Some(&state.autoscaler));
+            state.tls.render_metrics(&mut text);
             text.push_str(&state.shared.metrics());
             if let Some(acme) = &state.acme {
                 acme.render_metrics(&mut text);

@@ -78,9 +78,11 @@ pub fn start(runtime: Arc<Runtime>) {
     let (outbox, mail_rx) = email::Outbox::new();
     tokio::spawn(email::run(runtime.clone(), mail_rx));
     tokio::spawn(sender::run(runtime.clone(), rx, outbox));
-    tokio::spawn(watch::health(runtime.clone()));
-    tokio::spawn(watch::certificates(runtime));
+    tokio::spawn(watch::health(runtime));
 }
+
+/// Alert on `tls`'s served certificates near their expiry (one watcher per server).
+pub use watch::certificates as watch_certificates;
 
 /// Queue `alert` for the sender, or drop it: never waits.
 pub fn emit(alert: Alert) {

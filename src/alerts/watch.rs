@@ -91,7 +91,7 @@ const CERT_CHECK: Duration = Duration::from_secs(3600);
 const DAY: i64 = 86_400;
 
 /// Alert on served certificates within `alerts.certificate_days` of their expiry.
-pub async fn certificates(runtime: Arc<Runtime>) {
+pub async fn certificates(runtime: Arc<Runtime>, tls: Arc<crate::tls::Store>) {
     // Listener and certificate -> the day (since the epoch) it was last alerted on.
     let mut sent: HashMap<(String, String), i64> = HashMap::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -103,7 +103,7 @@ pub async fn certificates(runtime: Arc<Runtime>) {
                 if l.protocol != Protocol::Https {
                     continue;
                 }
-                let Some(tls) = crate::tls::listener(&l.name) else {
+                let Some(tls) = tls.listener(&l.name) else {
                     continue;
                 };
                 let served = tls

@@ -152,7 +152,6 @@ pub fn render(
         }
     }
     crate::proxy::normalize::render_metrics(&mut out, &snap);
-    crate::tls::render_metrics(&mut out);
     crate::l4::render_metrics(&mut out, &snap);
     crate::runtime::limit::render_metrics(&mut out, &snap);
     crate::accesslog::render_metrics(&mut out);

@@ -53,7 +53,7 @@ impl Server {
         let snapshot = self.runtime.snapshot();
         let mut notes = Vec::new();
         for (name, protocol, listen, sockets) in bound.listeners {
-            if protocol == Protocol::Https && crate::tls::listener(&name).is_none() {
+            if protocol == Protocol::Https && self.tls.listener(&name).is_none() {
                 notes.push(format!(
                     "listener {name}: {protocol:?} on {listen} starts at the next restart"
                 ));

@@ -120,7 +120,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
         .listeners
         .iter()
         .any(|l| l.name == ctx.name && l.protocol == ListenerProtocol::Tcp);
-    let tls = crate::tls::listener(&ctx.name);
+    let tls = ctx.services.tls.listener(&ctx.name);
     if https && tls.is_none() {
         tracing::error!(listener = %ctx.name, "https listener without TLS setup: not serving it");
         return;

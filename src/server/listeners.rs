@@ -233,7 +233,7 @@ impl Listeners {
                 r.quic = None;
             }
             (Some(q), Some(want)) => {
-                if let Err(e) = q.update(name, &want) {
+                if let Err(e) = q.update(&services.tls, name, &want) {
                     tracing::error!(error = %e, "HTTP/3 settings not applied");
                 }
             }

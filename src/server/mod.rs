@@ -150,6 +150,8 @@ pub struct Server {
     shared_state: Arc<crate::state::Shared>,
     /// Certificates by ACME (`tls.acme`), when a listener has them.
     acme: Option<Arc<crate::acme::Acme>>,
+    /// The https listeners' TLS state: built at start, changed by reloads and file events.
+    tls: Arc<crate::tls::Store>,
     /// Listener name -> bound address at start (the real port when the config said 0).
     pub listeners: BTreeMap<String, SocketAddr>,
     /// The listeners serving now (reload adds, moves and removes them).
@@ -179,6 +181,8 @@ pub(crate) struct Services {
     pub shared: Arc<crate::state::Shared>,
     /// Answers http-01 challenges on the http listeners.
     pub acme: Option<Arc<crate::acme::Acme>>,
+    /// The https listeners' TLS state (certificates, session keys).
+    pub tls: Arc<crate::tls::Store>,
 }
 
 impl Server {
@@ -188,6 +192,7 @@ impl Server {
             runtime: self.runtime.clone(),
             shared: self.shared_state.clone(),
             acme: self.acme.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -217,7 +222,7 @@ impl Server {
             WorkerModel::Shared => 1,
         };
         // Certificates of the https listeners, loaded before anything listens.
-        crate::tls::install(&snapshot.config)?;
+        let tls = crate::tls::Store::install(&snapshot.config)?;
         let mut bound = Vec::new();
         for l in &snapshot.config.listeners {
             let taken = inherited.listeners.remove(&l.name).filter(|list| {
@@ -267,11 +272,13 @@ impl Server {
         let workers = Workers::start(model, threads).map_err(ServerError::Workers)?;
         // Before the first connection: every connection is handed these services.
         let shared = crate::state::start(&runtime, admin_addr, backend);
-        let acme = crate::acme::Acme::start(&snapshot.config, &shared.backend, shared.fleet.id())?;
+        let acme =
+            crate::acme::Acme::start(&snapshot.config, &tls, &shared.backend, shared.fleet.id())?;
         let services = Services {
             runtime: runtime.clone(),
             shared: shared.clone(),
             acme: acme.clone(),
+            tls: tls.clone(),
         };
         let running = Arc::new(listeners::Listeners::default());
         running.set_admin(admin_dup);
@@ -294,6 +301,10 @@ impl Server {
         runtime.start_health_checks();
         trim::start();
         crate::alerts::start(runtime.clone());
+        tokio::spawn(crate::alerts::watch_certificates(
+            runtime.clone(),
+            tls.clone(),
+        ));
         crate::accesslog::start(runtime.clone());
         let autoscaler = Autoscaler::start_with_state(
             runtime.clone(),
@@ -321,6 +332,7 @@ impl Server {
                 reload_state: reload_state.clone(),
                 shared: shared.clone(),
                 acme: acme.clone(),
+                tls: tls.clone(),
                 draining: shutdown_rx,
             },
             admin_stop_rx,
@@ -336,6 +348,7 @@ impl Server {
             runtime,
             shared_state: shared,
             acme,
+            tls,
             listeners,
             admin_addr,
             running,

@@ -147,7 +147,7 @@ impl Server {
             Err(errors) => return refused(errors, true),
         };
         let mut changes = config::diff::diff(&old.config, &cfg);
-        match crate::tls::reload_certificates(&cfg) {
+        match self.tls.reload_certificates(&cfg) {
             Ok(report) => {
                 for l in report.changed {
                     changes.push(format!("listener {l}: certificates reloaded"));

@@ -31,6 +31,7 @@ pub(crate) fn setup(
         runtime,
         shared,
         acme,
+        tls: _,
     } = services;
     let snapshot = runtime.snapshot();
     let listener = snapshot.listener(listener_name)?;

@@ -86,10 +86,16 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// The endpoint's server config: TLS from the listener's registry entry (same certificates
+/// The endpoint's server config: TLS from the server's TLS store (same certificates
 /// and SNI resolver as TCP), the transport limits of `settings`.
-fn server_config(name: &str, settings: &Http3) -> Result<quinn::ServerConfig, QuicError> {
-    let tls = crate::tls::listener(name).ok_or_else(|| QuicError::NoTls(name.to_string()))?;
+fn server_config(
+    tls: &crate::tls::Store,
+    name: &str,
+    settings: &Http3,
+) -> Result<quinn::ServerConfig, QuicError> {
+    let tls = tls
+        .listener(name)
+        .ok_or_else(|| QuicError::NoTls(name.to_string()))?;
     let crypto = tls.quic_config(settings.early_data)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -124,7 +130,7 @@ impl Quic {
             name: name.to_string(),
             reason,
         };
-        let server = server_config(name, settings)?;
+        let server = server_config(&services.tls, name, settings)?;
         let socket = bind_udp(addr).map_err(bind_err)?;
         // What quinn-udp will use on this socket (logged: GSO/GRO depend on the kernel).
         let offload = quinn::udp::UdpSocketState::new((&socket).into())
@@ -181,8 +187,13 @@ impl Quic {
 
     /// New settings (a reload) or certificates' TLS config for new connections; open ones
     /// keep theirs.
-    pub fn update(&mut self, name: &str, settings: &Http3) -> Result<(), QuicError> {
-        let server = server_config(name, settings)?;
+    pub fn update(
+        &mut self,
+        tls: &crate::tls::Store,
+        name: &str,
+        settings: &Http3,
+    ) -> Result<(), QuicError> {
+        let server = server_config(tls, name, settings)?;
         if settings.max_udp_payload != self.settings.max_udp_payload {
             tracing::warn!(listener = %name, "quic.max_udp_payload applies at the next restart");
         }

@@ -57,7 +57,7 @@ pub(super) async fn connection(
         shared.stats.quic.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let tls = crate::tls::listener(&shared.name);
+    let tls = shared.services.tls.listener(&shared.name);
     // With client certificates, no 0-RTT: the identity is checked before any request.
     let client_auth = tls.as_ref().is_some_and(|t| t.client_auth.enabled());
     let (conn, handshake) = if shared.settings.early_data && !client_auth {
