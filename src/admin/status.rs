@@ -14,18 +14,6 @@ use crate::runtime::stats::{summarize, summarize_recent, Peak};
 use crate::runtime::{Backend, BackendMode, Pool, Runtime, WindowSummary};
 use crate::server::ListenerStats;
 
-pub fn algorithm_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::RoundRobin => "round_robin",
-        Algorithm::WeightedRoundRobin => "weighted_round_robin",
-        Algorithm::LeastConn => "least_conn",
-        Algorithm::P2c => "p2c",
-        Algorithm::PeakEwma => "peak_ewma",
-        Algorithm::ConsistentHash => "consistent_hash",
-        Algorithm::Random => "random",
-    }
-}
-
 fn hash_key_name(k: &HashKey) -> String {
     match k {
         HashKey::SourceIp => "source_ip".into(),
@@ -236,7 +224,7 @@ fn pool_status(p: &Pool) -> Value {
         .collect();
     let mut v = json!({
         "name": p.name,
-        "algorithm": algorithm_name(p.algorithm),
+        "algorithm": p.algorithm.name(),
         "retries": p.retries,
         "active_requests": p.active(),
         "ready": p.ready_backends(),

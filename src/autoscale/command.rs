@@ -102,7 +102,10 @@ async fn fetch(
     pool: &str,
     dns: &mut Option<Dns>,
 ) -> Result<(Vec<Member>, Option<Duration>), CommandError> {
-    if let Some(d) = &cfg.discovery {
+    let Some(keys) = cfg.provider.command() else {
+        return Ok((Vec::new(), None));
+    };
+    if let Some(d) = &keys.discovery {
         if dns.as_ref().is_none_or(|r| r.server() != d.resolver) {
             *dns = Some(Dns::new(d.resolver)?);
         }
@@ -112,7 +115,7 @@ async fn fetch(
         let answer = resolver.lookup(d).await?;
         return Ok((answer.members, Some(answer.next)));
     }
-    let names = parse_list(&run(cfg, &substitute(&cfg.list, pool, 0, 0), LIST_TIMEOUT).await?)?;
+    let names = parse_list(&run(cfg, &substitute(&keys.list, pool, 0, 0), LIST_TIMEOUT).await?)?;
     let mut members = Vec::new();
     for n in names {
         let found = tokio::time::timeout(LIST_TIMEOUT, tokio::net::lookup_host(n.clone()))
@@ -134,10 +137,10 @@ pub async fn members_loop(scaler: Arc<PoolScaler>, runtime: Arc<Runtime>) {
             let st = scaler.lock();
             (st.cfg.clone(), st.stopped)
         };
-        if stopped || cfg.provider != crate::config::Provider::Command {
+        let Some(keys) = cfg.provider.command().filter(|_| !stopped) else {
             return;
-        }
-        let mut every = cfg.discovery.as_ref().map_or(cfg.interval, |d| d.interval);
+        };
+        let mut every = keys.discovery.as_ref().map_or(cfg.interval, |d| d.interval);
         match fetch(&cfg, &scaler.pool, &mut dns).await {
             Ok((members, next)) => {
                 if update(&scaler, &runtime, &members) {
@@ -263,7 +266,8 @@ pub fn act(scaler: &Arc<PoolScaler>, st: &mut ScalerState, desired: u32, reason:
     }
     let from = st.requested.unwrap_or(st.members.len() as u32);
     st.scaling = true;
-    let argv = substitute(&st.cfg.scale, &scaler.pool, desired, token);
+    let scale = st.cfg.provider.command().map_or(&[][..], |c| &c.scale[..]);
+    let argv = substitute(scale, &scaler.pool, desired, token);
     let cfg = st.cfg.clone();
     let event = ScalingEvent {
         at_ms: now_ms(),

@@ -194,7 +194,7 @@ impl PoolScaler {
     pub fn tick(self: &Arc<Self>, runtime: &Arc<Runtime>) {
         let now = Instant::now();
         let mut st = self.lock();
-        super::provider::of(st.cfg.provider).tick(self, &mut st, runtime, now);
+        super::provider::of(&st.cfg.provider).tick(self, &mut st, runtime, now);
     }
 
     /// The `process` provider's evaluation: local instances started, drained and stopped.
@@ -254,7 +254,7 @@ impl PoolScaler {
         if !st.cfg.shared || st.node_id.is_empty() {
             return predicted(st, &limits, signals, now);
         }
-        if st.coord.connected && super::provider::of(st.cfg.provider).members_shared() {
+        if st.coord.connected && super::provider::of(&st.cfg.provider).members_shared() {
             // Every node sees every member: the size is the fleet's (only the leader runs
             // `scale`).
             if let Some(d) = &st.coord.decision {
@@ -395,7 +395,9 @@ impl PoolScaler {
 
     fn start_instance(&self, st: &mut ScalerState, runtime: &Runtime) {
         let used: Vec<u16> = st.instances.iter().map(|i| i.port).collect();
-        let (lo, hi) = st.cfg.ports;
+        let Some((lo, hi)) = st.cfg.provider.ports() else {
+            return;
+        };
         let Some(port) = (lo..=hi).find(|p| !used.contains(p) && port_free(*p)) else {
             tracing::error!(pool = %self.pool, "no free port left in the autoscale range");
             return;

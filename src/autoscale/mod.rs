@@ -108,7 +108,7 @@ impl Autoscaler {
                     }
                 }
                 None => {
-                    let provider = provider::of(cfg.provider);
+                    let provider = provider::of(&cfg.provider);
                     let scaler = PoolScaler::new(&p.name, cfg);
                     let backend = self.state.as_ref().map(|(b, _)| b.clone());
                     tokio::spawn(external::watch(scaler.clone(), backend));
@@ -229,7 +229,7 @@ impl Autoscaler {
                         "last": st.prediction,
                     })),
                     "manual_hold_seconds": st.policy.manual_until(now).map(|u| (u - now).as_secs()),
-                    "provider": st.cfg.provider.name(),
+                    "provider": st.cfg.provider.kind().name(),
                     "requested": st.requested,
                     "shared": st.cfg.shared,
                     "leader": st.cfg.shared.then(|| st.coord.leader.clone()).flatten(),

@@ -41,7 +41,8 @@ fn substitute(arg: &str, port: u16, instance: &str) -> String {
 /// its own process group (stopped as a whole) and dies with autolb even on SIGKILL
 /// (PR_SET_PDEATHSIG on Linux).
 pub fn spawn(cfg: &Autoscale, pool: &str, instance: &str, port: u16) -> std::io::Result<Child> {
-    let Some((program, args)) = cfg.command.split_first() else {
+    let command = cfg.provider.process().map_or(&[][..], |p| &p.command[..]);
+    let Some((program, args)) = command.split_first() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "empty autoscale command",

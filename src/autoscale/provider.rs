@@ -36,9 +36,9 @@ pub trait Provider: Sync {
 }
 
 /// The provider a pool's config names.
-pub fn of(kind: config::Provider) -> &'static dyn Provider {
+pub fn of(kind: &config::ProviderConfig) -> &'static dyn Provider {
     match kind {
-        config::Provider::Process => &super::process::Process,
-        config::Provider::Command => &super::command::Command,
+        config::ProviderConfig::Process(_) => &super::process::Process,
+        config::ProviderConfig::Command(_) => &super::command::Command,
     }
 }

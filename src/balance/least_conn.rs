@@ -1,4 +1,5 @@
-//! `least_conn` in O(log n), as HAProxy keeps servers in a tree by load: a tournament tree
+//! `least_conn`: fewest in-flight requests and WebSockets per unit of weight, ties taking
+//! turns. In O(log n), as HAProxy keeps servers in a tree by load: a tournament tree
 //! over the pool's backends whose leaves are keyed by load per unit of weight, then by how
 //! long ago each backend was last picked (so that equals take turns). Backends report each
 //! change of their load (`runtime::load_hook`); a pick reads the root, checks it, and
@@ -12,7 +13,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use super::{connections, PickContext};
+use super::{connections, eligible, PickContext, Selection};
 use crate::runtime::load_hook::LoadWatcher;
 use crate::runtime::Backend;
 
@@ -26,6 +27,49 @@ const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 const MAX_SCORE: u64 = (1 << (64 - SEQ_BITS)) - 2;
 /// No backend under this node (padding to a power of two).
 const NONE: u32 = u32::MAX;
+
+/// The selection: the tree, and an exact scan when the tree cannot answer.
+#[derive(Debug)]
+pub struct LeastConn {
+    tree: Arc<LoadTree>,
+    /// The rotating start of a scan (ties go to the first in it).
+    cursor: AtomicUsize,
+}
+
+impl LeastConn {
+    pub fn new(backends: &[Arc<Backend>]) -> LeastConn {
+        LeastConn {
+            tree: LoadTree::new(backends),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    fn scan(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
+        let n = backends.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, u64, u64)> = None;
+        for k in 0..n {
+            let i = start.wrapping_add(k) % n;
+            if !eligible(backends, ctx, i) {
+                continue;
+            }
+            let b = &backends[i];
+            let (l, w) = (connections(b) + 1, b.weight_milli());
+            match best {
+                // l/w < bl/bw  <=>  l*bw < bl*w
+                Some((_, bl, bw)) if l * bw >= bl * w => {}
+                _ => best = Some((i, l, w)),
+            }
+        }
+        best.map(|(i, _, _)| i)
+    }
+}
+
+impl Selection for LeastConn {
+    fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext) -> Option<usize> {
+        self.tree.pick(ctx).or_else(|| self.scan(backends, ctx))
+    }
+}
 
 /// The tree of one pool's backends (built with its snapshot).
 #[derive(Debug)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::error::{Issues, Pos};
 use super::file::{AutoscaleFile, EnvFile, TargetFile};
-use super::model::{Autoscale, Discovery, Provider, ScaleTarget};
+use super::model::{
+    Autoscale, CommandProvider, Discovery, ProcessProvider, Provider, ProviderConfig, ScaleTarget,
+};
 use super::node::Located;
 use super::pool::{nonzero, nonzero_dur, or};
 
@@ -219,12 +221,19 @@ pub(crate) fn autoscale(
     let down = file.scale_down.as_ref();
     let stabilization = down.and_then(|s| s.stabilization.as_ref());
     let down_step = down.and_then(|s| s.max_step.clone());
+    let provider = if is_command {
+        ProviderConfig::Command(CommandProvider {
+            scale,
+            list,
+            discovery,
+        })
+    } else {
+        ProviderConfig::Process(ProcessProvider { command, ports })
+    };
     let autoscale = Autoscale {
         provider,
-        command,
         env,
         cwd,
-        ports,
         min,
         max,
         interval: nonzero_dur(&file.interval, secs(5), "autoscale interval", issues),
@@ -249,9 +258,6 @@ pub(crate) fn autoscale(
             issues,
         ),
         shared: file.shared.as_ref().is_some_and(|s| s.value),
-        scale,
-        list,
-        discovery,
         timezone: super::schedule::timezone(file.timezone.as_ref(), issues),
         schedule: super::schedule::schedule(file.schedule.as_ref(), count, issues),
         predictive: super::schedule::predictive(file.predictive.as_ref(), issues),

@@ -192,11 +192,10 @@ fn port_range_checks(g: &Gathered, issues: &mut Issues) {
         let (Some(a), Some(at)) = (&p.pool.autoscale, p.ports_pos) else {
             continue;
         };
-        if a.ports.0 == 0 {
-            // provider command: no local ports
+        // provider command: no local ports
+        let Some((lo, hi)) = a.provider.ports() else {
             continue;
-        }
-        let (lo, hi) = a.ports;
+        };
         if let Some((other, (olo, ohi))) = ranges
             .iter()
             .find(|(_, (olo, ohi))| lo <= *ohi && *olo <= hi)

@@ -2,7 +2,7 @@
 //! answer of `POST /config/reload`. It names things (pools, backends, listeners, routes,
 //! certificate files), never secrets.
 
-use super::model::{Algorithm, Config, Listener, Pool};
+use super::model::{Config, Listener, Pool};
 
 /// The changes, one short sentence each, in a stable order.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -165,25 +165,13 @@ fn listeners(old: &[Listener], new: &[Listener], out: &mut Vec<String>) {
     }
 }
 
-fn algorithm(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::RoundRobin => "round_robin",
-        Algorithm::WeightedRoundRobin => "weighted_round_robin",
-        Algorithm::LeastConn => "least_conn",
-        Algorithm::P2c => "p2c",
-        Algorithm::PeakEwma => "peak_ewma",
-        Algorithm::ConsistentHash => "consistent_hash",
-        Algorithm::Random => "random",
-    }
-}
-
 fn pool(o: &Pool, p: &Pool, out: &mut Vec<String>) {
     let name = &p.name;
     if o.balance != p.balance {
         out.push(format!(
             "pool {name}: balance {} -> {}",
-            algorithm(o.balance),
-            algorithm(p.balance)
+            o.balance.name(),
+            p.balance.name()
         ));
     }
     for b in &p.backends {

@@ -186,18 +186,6 @@ pub struct RouteFile {
     pub client_cert: Option<Located<super::client_auth::ClientCertFile>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BalanceFile {
-    RoundRobin,
-    WeightedRoundRobin,
-    LeastConn,
-    P2c,
-    PeakEwma,
-    ConsistentHash,
-    Random,
-}
-
 /// One value of `pools:` (its `backends` are deserialized one by one, separately).
 #[derive(Debug, Deserialize)]
 #[serde(
@@ -205,7 +193,8 @@ pub enum BalanceFile {
     expecting = "a pool mapping (balance, backends, ...)"
 )]
 pub struct PoolFile {
-    pub balance: Option<Located<BalanceFile>>,
+    /// An algorithm's name (`config::Algorithm::name`).
+    pub balance: Option<Located<String>>,
     pub hash_key: Option<Located<String>>,
     pub sticky: Option<Located<StickyFile>>,
     pub health_check: Option<Located<HealthCheckFile>>,

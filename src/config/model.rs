@@ -176,6 +176,37 @@ pub enum Algorithm {
     Random,
 }
 
+impl Algorithm {
+    /// Every algorithm, in the order the docs list them.
+    pub const ALL: &[Algorithm] = &[
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConn,
+        Algorithm::P2c,
+        Algorithm::PeakEwma,
+        Algorithm::ConsistentHash,
+        Algorithm::Random,
+    ];
+
+    /// The name `pools.*.balance` gives it (also in the admin API and reload diffs): the
+    /// one place algorithm names are spelled.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::LeastConn => "least_conn",
+            Algorithm::P2c => "p2c",
+            Algorithm::PeakEwma => "peak_ewma",
+            Algorithm::ConsistentHash => "consistent_hash",
+            Algorithm::Random => "random",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.iter().copied().find(|a| a.name() == name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     SourceIp,
@@ -460,19 +491,70 @@ impl Provider {
     }
 }
 
+/// `autoscale.provider` with the keys that only it has.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Autoscale {
-    /// Who runs the instances (default `process`).
-    pub provider: Provider,
+pub enum ProviderConfig {
+    Process(ProcessProvider),
+    Command(CommandProvider),
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> Provider {
+        match self {
+            ProviderConfig::Process(_) => Provider::Process,
+            ProviderConfig::Command(_) => Provider::Command,
+        }
+    }
+
+    /// The local ports instances listen on (`process` only).
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        self.process().map(|p| p.ports)
+    }
+
+    pub fn process(&self) -> Option<&ProcessProvider> {
+        match self {
+            ProviderConfig::Process(p) => Some(p),
+            ProviderConfig::Command(_) => None,
+        }
+    }
+
+    pub fn command(&self) -> Option<&CommandProvider> {
+        match self {
+            ProviderConfig::Command(c) => Some(c),
+            ProviderConfig::Process(_) => None,
+        }
+    }
+}
+
+/// `provider: process` (the default): autolb starts the instances itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessProvider {
     /// argv; `{port}` and `{instance}` are substituted. A bare program name is looked up
     /// beside the autolb binary, then on PATH.
     pub command: Vec<String>,
-    /// Extra environment for instances (PORT is always set).
-    pub env: Vec<(String, String)>,
-    /// Working directory of instances (default: autolb's).
-    pub cwd: Option<PathBuf>,
     /// Inclusive port range instances listen on.
     pub ports: (u16, u16),
+}
+
+/// `provider: command`: the user's commands set the size and list the members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandProvider {
+    /// argv that sets the size (`{pool}`, `{count}` substituted).
+    pub scale: Vec<String>,
+    /// argv that prints the members as `[{"address":"host:port"}]`.
+    pub list: Vec<String>,
+    /// Members from DNS A records instead (`name:port`).
+    pub discovery: Option<Discovery>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autoscale {
+    /// Who runs the instances (default `process`), with its own keys.
+    pub provider: ProviderConfig,
+    /// Extra environment for the provider's programs (instances get PORT too).
+    pub env: Vec<(String, String)>,
+    /// Working directory of the provider's programs (default: autolb's).
+    pub cwd: Option<PathBuf>,
     pub min: u32,
     pub max: u32,
     /// How often the policy runs (default 5s).
@@ -499,12 +581,6 @@ pub struct Autoscale {
     /// One autoscaler for the fleet: a leader (Redis lease with fencing) decides the
     /// fleet-wide size; each node runs its share (default false).
     pub shared: bool,
-    /// `provider: command`: argv that sets the size (`{pool}`, `{count}` substituted).
-    pub scale: Vec<String>,
-    /// `provider: command`: argv that prints the members as `[{"address":"host:port"}]`.
-    pub list: Vec<String>,
-    /// `provider: command`: members from DNS A records instead (`name:port`).
-    pub discovery: Option<Discovery>,
     /// The time zone of `schedule` (default UTC).
     pub timezone: chrono_tz::Tz,
     /// Bounds that change on a calendar (`schedule.rs`).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::autoscale::autoscale;
 use super::de::from_node;
 use super::error::{Issues, Pos};
-use super::file::{BackendFile, BalanceFile, PoolFile, TimeoutsFile};
+use super::file::{BackendFile, PoolFile, TimeoutsFile};
 use super::health::{health, outlier};
 use super::model::{
     Algorithm, Backend, HashKey, HealthCheckKind, Pool, Timeouts, UpstreamProtocol,
@@ -78,14 +78,20 @@ pub(crate) fn convert_pool(name: &Located<String>, node: &Node) -> Result<PoolIt
     let Ok(file) = file else {
         return Err(issues);
     };
-    let balance = match file.balance.as_ref().map(|b| b.value) {
-        None | Some(BalanceFile::RoundRobin) => Algorithm::RoundRobin,
-        Some(BalanceFile::WeightedRoundRobin) => Algorithm::WeightedRoundRobin,
-        Some(BalanceFile::LeastConn) => Algorithm::LeastConn,
-        Some(BalanceFile::P2c) => Algorithm::P2c,
-        Some(BalanceFile::PeakEwma) => Algorithm::PeakEwma,
-        Some(BalanceFile::ConsistentHash) => Algorithm::ConsistentHash,
-        Some(BalanceFile::Random) => Algorithm::Random,
+    let balance = match &file.balance {
+        None => Algorithm::RoundRobin,
+        Some(b) => Algorithm::from_name(&b.value).unwrap_or_else(|| {
+            let known: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+            issues.push(
+                b.pos,
+                format!(
+                    "unknown value \"{}\", expected one of: {}",
+                    b.value,
+                    known.join(", ")
+                ),
+            );
+            Algorithm::RoundRobin
+        }),
     };
     let hash_key = match &file.hash_key {
         None => HashKey::SourceIp,

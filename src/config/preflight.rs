@@ -97,12 +97,12 @@ pub fn check(
                 );
             }
         }
-        let programs: Vec<(&str, &Vec<String>, bool)> =
-            if a.provider == super::model::Provider::Command {
-                vec![("scale", &a.scale, false), ("list", &a.list, false)]
-            } else {
-                vec![("command", &a.command, true)]
-            };
+        let programs: Vec<(&str, &Vec<String>, bool)> = match &a.provider {
+            super::model::ProviderConfig::Command(c) => {
+                vec![("scale", &c.scale, false), ("list", &c.list, false)]
+            }
+            super::model::ProviderConfig::Process(p) => vec![("command", &p.command, true)],
+        };
         for (key, argv, beside) in programs {
             let Some(program) = argv.first() else {
                 continue;

@@ -371,13 +371,14 @@ fn full_config_parses_into_the_model() {
                     },
                 ],
                 autoscale: Some(Autoscale {
-                    provider: Provider::Process,
-                    command: vec!["autolb-echo".into(), "--port".into(), "{port}".into()],
+                    provider: ProviderConfig::Process(ProcessProvider {
+                        command: vec!["autolb-echo".into(), "--port".into(), "{port}".into()],
+                        ports: (3100, 3199),
+                    }),
                     env: [("RUST_LOG", "debug"), ("WORKERS", "4"), ("_X1", "")]
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .to_vec(),
                     cwd: Some(PathBuf::from("conf/apps/echo")),
-                    ports: (3100, 3199),
                     min: 0,
                     max: 10,
                     interval: Duration::from_secs(2),
@@ -399,9 +400,6 @@ fn full_config_parses_into_the_model() {
                     cold_start_queue: 50,
                     cold_start_timeout: Duration::from_secs(20),
                     shared: false,
-                    scale: vec![],
-                    list: vec![],
-                    discovery: None,
                     timezone: chrono_tz::Tz::UTC,
                     schedule: vec![],
                     predictive: None,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::tests::{assert_error, assert_error_after, errors, load, FILE};
 use super::tests_errors::with_pool;
-use super::{load_str, Autoscale, DnsQuery, Provider, ScaleTarget};
+use super::{load_str, Autoscale, DnsQuery, ProcessProvider, ProviderConfig, ScaleTarget};
 
 /// An autoscale block with a command and ports, then `body`.
 fn auto(body: &str) -> String {
@@ -30,11 +30,12 @@ fn defaults() {
     let a = autoscale_of("");
     let secs = Duration::from_secs;
     let expected = Autoscale {
-        provider: Provider::Process,
-        command: vec!["app".into()],
+        provider: ProviderConfig::Process(ProcessProvider {
+            command: vec!["app".into()],
+            ports: (3100, 3199),
+        }),
         env: vec![],
         cwd: None,
-        ports: (3100, 3199),
         min: 1,
         max: 8,
         interval: secs(5),
@@ -52,9 +53,6 @@ fn defaults() {
         cold_start_queue: 100,
         cold_start_timeout: secs(30),
         shared: false,
-        scale: vec![],
-        list: vec![],
-        discovery: None,
         timezone: chrono_tz::Tz::UTC,
         schedule: vec![],
         predictive: None,
@@ -272,16 +270,21 @@ fn command_provider_keys_and_their_errors() {
         .autoscale
         .clone()
         .expect("autoscale");
+    let keys = a.provider.command().expect("provider command");
     assert_eq!(
-        (a.provider.name(), a.list.len(), a.ports),
-        ("command", 1, (0, 0))
+        (
+            a.provider.kind().name(),
+            keys.list.len(),
+            a.provider.ports()
+        ),
+        ("command", 1, None)
     );
     let dns =
         cmd("      scale: [./s]\n      discovery: { dns: \"api.internal:8080\", interval: 2s }\n");
     let d = load(&dns).unwrap_or_else(|e| panic!("{e}")).pools[0]
         .autoscale
         .clone()
-        .and_then(|a| a.discovery)
+        .and_then(|a| a.provider.command().and_then(|c| c.discovery.clone()))
         .expect("discovery");
     assert_eq!(
         (d.query, d.resolver, d.interval),
@@ -298,7 +301,7 @@ fn command_provider_keys_and_their_errors() {
     let d = load(&srv).unwrap_or_else(|e| panic!("{e}")).pools[0]
         .autoscale
         .clone()
-        .and_then(|a| a.discovery)
+        .and_then(|a| a.provider.command().and_then(|c| c.discovery.clone()))
         .expect("discovery");
     assert_eq!(
         (d.query, d.resolver, d.interval),
@@ -315,7 +318,7 @@ fn command_provider_keys_and_their_errors() {
     let d = load(&ip_only).unwrap_or_else(|e| panic!("{e}")).pools[0]
         .autoscale
         .clone()
-        .and_then(|a| a.discovery)
+        .and_then(|a| a.provider.command().and_then(|c| c.discovery.clone()))
         .expect("discovery");
     assert_eq!(d.resolver, Some("10.96.0.10:53".parse().expect("addr")));
     let yaml = cmd("      scale: [./s]\n      discovery: { dns: \"api.internal\" }\n");
