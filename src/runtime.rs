@@ -1,6 +1,8 @@
 //! The one `Snapshot` behind `ArcSwap`: listeners, routes and pools, built and validated whole,
 //! swapped once. The hot path only reads it; `Runtime::apply` is the only writer.
 
+pub mod access_queue;
+pub mod alert_queue;
 mod backend;
 pub mod limit;
 pub mod load_hook;
@@ -93,6 +95,8 @@ pub struct Snapshot {
     pool_index: HashMap<String, usize>,
     /// Backend states and weights set through the admin API.
     pub backend_state_changes: u64,
+    /// The runtime's access log queue (a request's log line goes there when it ends).
+    pub access_log: Arc<access_queue::AccessQueue>,
 }
 
 /// What the snapshot is built from; only the apply step holds it.
@@ -106,6 +110,8 @@ pub struct Inputs {
     pub generation: u64,
     pub autoscaler_updates: u64,
     pub backend_state_changes: u64,
+    /// The runtime's access log queue, handed to every snapshot.
+    pub access_log: Arc<access_queue::AccessQueue>,
 }
 
 impl Inputs {
@@ -117,6 +123,7 @@ impl Inputs {
             generation: 1,
             autoscaler_updates: 0,
             backend_state_changes: 0,
+            access_log: Arc::default(),
         }
     }
 }
@@ -220,6 +227,7 @@ impl Snapshot {
             generation: inputs.generation,
             autoscaler_updates: inputs.autoscaler_updates,
             backend_state_changes: inputs.backend_state_changes,
+            access_log: inputs.access_log.clone(),
         }
     }
 
@@ -321,11 +329,16 @@ pub struct Runtime {
     pub peaks: stats::Peaks,
     /// The server's WebSocket tunnels (counted, and closed at shutdown).
     pub tunnels: Arc<tunnels::Tunnels>,
+    /// Access log entries on their way to `accesslog`'s writer, and its counters.
+    pub access_log: Arc<access_queue::AccessQueue>,
+    /// Alerts on their way to `alerts`' sender.
+    pub alerts: Arc<alert_queue::AlertQueue>,
 }
 
 impl Runtime {
     pub fn new(config: Config, workers: usize) -> Arc<Runtime> {
         let inputs = Inputs::new(config);
+        let inputs_access_log = inputs.access_log.clone();
         let snapshot = Snapshot::build(&inputs, None, workers);
         Arc::new(Runtime {
             current: ArcSwap::from_pointee(snapshot),
@@ -338,6 +351,8 @@ impl Runtime {
             health: HealthChecks::default(),
             peaks: stats::Peaks::default(),
             tunnels: Arc::default(),
+            access_log: inputs_access_log,
+            alerts: Arc::default(),
         })
     }
 

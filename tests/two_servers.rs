@@ -1,6 +1,6 @@
 //! Two autolb servers in one process share no state: each builds its services at start-up
 //! (per-IP rate limits of listeners and routes, connection counts, WebSocket tunnels, the
-//! shared-state services) instead of looking them up in process-wide registries by name. Before, a
+//! TLS store, the access log and alert queues, the shared-state services) instead of looking them up in process-wide registries by name. Before, a
 //! listener `web` of the second server took its tokens from the first one's buckets and
 //! counted the first one's connections.
 //!
@@ -137,6 +137,58 @@ async fn two_servers_in_one_process_serve_their_own_certificates() {
         assert!(
             t::presented(&stream) == issued.der,
             "each server presents the certificate of its own config"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_write_their_own_access_logs() {
+    let backend = backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut servers = Vec::new();
+    for name in ["a", "b"] {
+        let log = dir.path().join(format!("{name}.log"));
+        let yaml = common::config(
+            1,
+            "",
+            &format!(
+                "access_log: {{ path: \"{}\" }}\npools:\n  web:\n    backends:\n{}",
+                log.display(),
+                common::backend_list(&[backend], "")
+            ),
+        );
+        let config = autolb::config::load_str(&yaml, Path::new("two_servers_log.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        servers.push((Server::start(config).await.expect("server starts"), log));
+    }
+    for (server, _) in &servers {
+        let path = format!("/from-{}", server.listeners["web"].port());
+        assert_eq!(
+            common::get(server.listeners["web"], &path).await.status,
+            200
+        );
+    }
+    // Each line lands in its own server's file, and only there.
+    for (server, log) in &servers {
+        let mine = format!("/from-{}", server.listeners["web"].port());
+        let text = common::wait_until(10, "the access log line", || async {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.contains(&mine).then_some(text)
+        })
+        .await;
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "{}: only its own server's request: {text}",
+            log.display()
+        );
+    }
+    // The metrics count each server's own lines.
+    for (server, _) in &servers {
+        let metrics = common::get(server.admin_addr, "/metrics").await.text();
+        assert!(
+            metrics.contains("autolb_access_log_lines_total{result=\"written\"} 1"),
+            "{metrics}"
         );
     }
 }

@@ -1,4 +1,4 @@
-//! The access log writer thread: formats queued entries with the running config's format,
+//! The access log writer thread (one per server, ending with it): formats queued entries with the running config's format,
 //! writes them through a buffer to its target, flushes after each batch (then rests a few
 //! milliseconds, so that busy traffic is written in batches), and reopens the file on
 //! SIGUSR1 (or when a reload names another target).
@@ -7,10 +7,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{format, Msg, DROPPED, FAILED, REOPEN, WRITTEN};
+use super::{format, AccessMsg as Msg, AccessQueue};
 use crate::config::{AccessLog, AccessLogFormat, AccessLogTarget};
 use crate::runtime::Runtime;
 
@@ -51,7 +51,10 @@ fn append(path: &std::path::Path) -> std::io::Result<File> {
 }
 
 struct Writer {
-    runtime: Arc<Runtime>,
+    /// The server's runtime: the writer ends when it is gone (its queue with it).
+    runtime: Weak<Runtime>,
+    /// Its queue's counters.
+    queue: Arc<AccessQueue>,
     sink: Option<Sink>,
     /// The settings lines are formatted with (the last seen, if access_log was removed).
     settings: Option<AccessLog>,
@@ -67,7 +70,10 @@ const RETRY_OPEN: Duration = Duration::from_secs(5);
 impl Writer {
     /// Follow the running config: another target is opened (the old one flushed first).
     fn follow_config(&mut self) {
-        let current = self.runtime.snapshot().config.access_log.clone();
+        let Some(runtime) = self.runtime.upgrade() else {
+            return;
+        };
+        let current = runtime.snapshot().config.access_log.clone();
         if let Some(cfg) = current {
             let waiting = self.sink.is_none()
                 && self.open_failed.is_some_and(|t| t.elapsed() < RETRY_OPEN)
@@ -106,15 +112,15 @@ impl Writer {
         };
         line.push('\n');
         let Some(sink) = self.sink.as_mut() else {
-            FAILED.fetch_add(1, Ordering::Relaxed);
+            self.queue.failed.fetch_add(1, Ordering::Relaxed);
             return;
         };
         match sink.out.write_all(line.as_bytes()) {
             Ok(()) => {
-                WRITTEN.fetch_add(1, Ordering::Relaxed);
+                self.queue.written.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                FAILED.fetch_add(1, Ordering::Relaxed);
+                self.queue.failed.fetch_add(1, Ordering::Relaxed);
                 self.failed(&e);
             }
         }
@@ -138,8 +144,8 @@ impl Writer {
 
     fn report(&mut self) {
         let now = (
-            DROPPED.load(Ordering::Relaxed),
-            FAILED.load(Ordering::Relaxed),
+            self.queue.dropped.load(Ordering::Relaxed),
+            self.queue.failed.load(Ordering::Relaxed),
         );
         if now != self.reported && self.reported_at.elapsed() >= REPORT {
             tracing::warn!(
@@ -154,9 +160,10 @@ impl Writer {
 }
 
 /// The thread's body: until the process ends.
-pub(super) fn run(runtime: Arc<Runtime>, rx: Receiver<Msg>) {
+pub(super) fn run(runtime: Weak<Runtime>, queue: Arc<AccessQueue>, rx: Receiver<Msg>) {
     let mut w = Writer {
         runtime,
+        queue,
         sink: None,
         settings: None,
         reported: (0, 0),
@@ -167,13 +174,18 @@ pub(super) fn run(runtime: Arc<Runtime>, rx: Receiver<Msg>) {
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(m) => Some(m),
+            // Its server is gone (stopped in a process that goes on): so is the queue.
+            Err(RecvTimeoutError::Timeout) if w.runtime.strong_count() == 0 => {
+                w.flush();
+                return;
+            }
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
                 w.flush();
                 return;
             }
         };
-        if REOPEN.swap(false, Ordering::Relaxed) {
+        if w.queue.reopen.swap(false, Ordering::Relaxed) {
             let target = w.sink.as_ref().map(|s| s.target.clone());
             match target.or_else(|| w.settings.as_ref().map(|s| s.target.clone())) {
                 Some(t) => w.reopen(&t),

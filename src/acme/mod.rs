@@ -113,6 +113,8 @@ pub struct Acme {
     challenges: Arc<Challenges>,
     stats: Arc<Stats>,
     fleet: Option<Arc<fleet::Fleet>>,
+    /// The server's alert queue (failed orders).
+    alerts: Arc<alerts::AlertQueue>,
 }
 
 impl Acme {
@@ -125,6 +127,7 @@ impl Acme {
         tls: &crate::tls::Store,
         backend: &Arc<dyn SharedState>,
         node_id: &str,
+        alerts: Arc<alerts::AlertQueue>,
     ) -> Result<Option<Arc<Acme>>, AcmeError> {
         let challenges = Arc::new(Challenges::default());
         let mut managed = Vec::new();
@@ -173,6 +176,7 @@ impl Acme {
             challenges,
             stats: Arc::new(Stats::default()),
             fleet,
+            alerts,
         });
         for m in &acme.managed {
             tokio::spawn(run(m.clone(), acme.clone()));
@@ -235,7 +239,7 @@ impl Acme {
             .as_ref()
             .map(|p| p.not_after_text.clone());
         tracing::error!(listener = %m.listener, error = %e, retry_in = ?retry, serving = ?serving, "ACME order failed: the current certificate keeps serving");
-        alerts::emit(Alert::new(
+        self.alerts.emit(Alert::new(
             AlertKind::AcmeFailed,
             "warning",
             format!(

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{dropped, Alert, MAX_BATCH};
+use super::{Alert, MAX_BATCH};
 use crate::config::{Alerts, UpstreamProtocol, UpstreamTls, WebhookUrl};
 use crate::runtime::Runtime;
 
@@ -88,14 +88,15 @@ pub async fn run(
                 email.forward(&batch);
             }
             if let Some(webhook) = &cfg.webhook {
-                deliver(&cfg, webhook, &batch).await;
+                deliver(&cfg, webhook, &batch, runtime.alerts.dropped()).await;
             }
         }
     }
 }
 
 /// The JSON document of one POST.
-pub fn payload(batch: &[Alert]) -> Value {
+/// `dropped`: alerts the queue refused since start.
+pub fn payload(batch: &[Alert], dropped: u64) -> Value {
     let node = hostname();
     let mut text = format!("autolb@{node}: {}", batch[0].summary);
     if batch.len() > 1 {
@@ -114,15 +115,15 @@ pub fn payload(batch: &[Alert]) -> Value {
         "pid": std::process::id(),
         "sent_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         "count": batch.len(),
-        "dropped_total": dropped(),
+        "dropped_total": dropped,
         "text": text,
         "alerts": batch.iter().map(|a| a.body.clone()).collect::<Vec<_>>(),
     })
 }
 
 /// POST `batch`, retrying up to `cfg.retries` times; gives up (logged) after that.
-async fn deliver(cfg: &Alerts, webhook: &WebhookUrl, batch: &[Alert]) {
-    let body = Bytes::from(payload(batch).to_string());
+async fn deliver(cfg: &Alerts, webhook: &WebhookUrl, batch: &[Alert], dropped: u64) {
+    let body = Bytes::from(payload(batch, dropped).to_string());
     let token = cfg
         .token_env
         .as_deref()
@@ -270,7 +271,7 @@ mod tests {
                 )
             })
             .collect();
-        let p = payload(&batch);
+        let p = payload(&batch, 0);
         assert_eq!(p["count"], 12);
         assert_eq!(p["alerts"].as_array().map(Vec::len), Some(12));
         assert_eq!(p["alerts"][3]["backend"], "b3");

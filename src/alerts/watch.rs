@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{emit, Alert};
+use super::Alert;
 use crate::config::{AlertKind, Protocol};
 use crate::health::events::Event;
 use crate::runtime::Runtime;
@@ -28,7 +28,7 @@ pub async fn health(runtime: Arc<Runtime>) {
                     .pool(&event.pool)
                     .map(|p| p.ready_backends());
                 for alert in on_event(&event, ready, &mut down) {
-                    emit(alert);
+                    runtime.alerts.emit(alert);
                 }
             }
             Err(RecvError::Lagged(n)) => {
@@ -120,7 +120,7 @@ pub async fn certificates(runtime: Arc<Runtime>, tls: Arc<crate::tls::Store>) {
                     let key = (l.name.clone(), cert);
                     if sent.get(&key) != Some(&(now / DAY)) {
                         sent.insert(key, now / DAY);
-                        emit(alert);
+                        runtime.alerts.emit(alert);
                     }
                 }
             }

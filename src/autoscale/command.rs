@@ -252,7 +252,13 @@ pub fn signals(st: &mut ScalerState, runtime: &Runtime, now: Instant) -> Signals
 
 /// Run `scale` when the desired size differs from what was last asked; with `shared`, only
 /// while this node leads, carrying its fencing token.
-pub fn act(scaler: &Arc<PoolScaler>, st: &mut ScalerState, desired: u32, reason: &str) {
+pub fn act(
+    scaler: &Arc<PoolScaler>,
+    st: &mut ScalerState,
+    alerts: &crate::alerts::AlertQueue,
+    desired: u32,
+    reason: &str,
+) {
     if st.requested == Some(desired) || st.scaling {
         return;
     }
@@ -287,7 +293,7 @@ pub fn act(scaler: &Arc<PoolScaler>, st: &mut ScalerState, desired: u32, reason:
         &scaler.scale_downs
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    crate::alerts::scaling(&scaler.pool, from, desired, reason);
+    crate::alerts::scaling(alerts, &scaler.pool, from, desired, reason);
     tracing::info!(pool = %scaler.pool, from, to = desired, token, reason, "scaling: running scale");
     let scaler = scaler.clone();
     tokio::spawn(async move {
@@ -326,7 +332,13 @@ impl super::provider::Provider for Command {
         st.desired = decision.desired;
         let hold = st.cfg.shared && !st.node_id.is_empty() && !st.coord.connected;
         if !hold {
-            act(scaler, st, decision.desired, &decision.reason);
+            act(
+                scaler,
+                st,
+                &runtime.alerts,
+                decision.desired,
+                &decision.reason,
+            );
         }
         st.last = Some(decision);
     }

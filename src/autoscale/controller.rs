@@ -241,7 +241,7 @@ impl PoolScaler {
                 st.events.pop_front();
             }
             st.events.push_back(event);
-            crate::alerts::scaling(&self.pool, from, to, &decision.reason);
+            crate::alerts::scaling(&runtime.alerts, &self.pool, from, to, &decision.reason);
             self.publish(st, runtime);
         }
         st.last = Some(decision);

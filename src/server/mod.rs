@@ -272,8 +272,13 @@ impl Server {
         let workers = Workers::start(model, threads).map_err(ServerError::Workers)?;
         // Before the first connection: every connection is handed these services.
         let shared = crate::state::start(&runtime, admin_addr, backend);
-        let acme =
-            crate::acme::Acme::start(&snapshot.config, &tls, &shared.backend, shared.fleet.id())?;
+        let acme = crate::acme::Acme::start(
+            &snapshot.config,
+            &tls,
+            &shared.backend,
+            shared.fleet.id(),
+            runtime.alerts.clone(),
+        )?;
         let services = Services {
             runtime: runtime.clone(),
             shared: shared.clone(),
@@ -305,7 +310,7 @@ impl Server {
             runtime.clone(),
             tls.clone(),
         ));
-        crate::accesslog::start(runtime.clone());
+        crate::accesslog::start(&runtime);
         let autoscaler = Autoscaler::start_with_state(
             runtime.clone(),
             Some((shared.backend.clone(), shared.fleet.id().to_string())),
@@ -449,8 +454,8 @@ impl Server {
         let _ = (&mut self.admin_task).await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
-        let _ =
-            tokio::task::spawn_blocking(|| crate::accesslog::flush(Duration::from_secs(2))).await;
+        let access_log = self.runtime.access_log.clone();
+        let _ = tokio::task::spawn_blocking(move || access_log.flush(Duration::from_secs(2))).await;
         tracing::info!("autolb stopped");
     }
 }

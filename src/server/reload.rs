@@ -126,7 +126,7 @@ impl Server {
                 tracing::error!(trigger = trigger.name(), "reload refused: {e}");
             }
             self.record(trigger, false, &[], &errors, old.generation);
-            crate::alerts::reload_failed(trigger.name(), &errors);
+            crate::alerts::reload_failed(&self.runtime.alerts, trigger.name(), &errors);
             Outcome {
                 ok: false,
                 unappliable,

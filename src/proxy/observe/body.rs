@@ -11,7 +11,6 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::Pending;
-use crate::accesslog;
 use crate::compress::encoder::Encoder;
 use crate::proxy::body::{BodyError, ProxyBody};
 
@@ -57,7 +56,8 @@ impl ObservedBody {
             entry.complete = abort.is_none();
             entry.abort = abort;
             entry.request_bytes = request_bytes.map_or(0, |b| b.0.load(Ordering::Relaxed));
-            accesslog::submit(entry);
+            // The queue is the runtime's, reached through the entry's snapshot.
+            entry.snapshot.access_log.clone().submit(entry);
         }
     }
 
