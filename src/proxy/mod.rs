@@ -67,6 +67,26 @@ pub struct ConnContext {
     pub interim: interim::Slot,
 }
 
+impl ConnContext {
+    /// The same context in allocations made now (a parked connection's: what was allocated
+    /// while it was served is freed, and holds no page of the heap in place).
+    pub fn moved(&self) -> ConnContext {
+        ConnContext {
+            runtime: self.runtime.clone(),
+            shared: self.shared.clone(),
+            listener: self.listener,
+            client: ClientInfo::new(self.client.ip, self.client.proto, self.client.trusted),
+            addrs: self.addrs,
+            tls: self.tls.clone(),
+            client_cert: self.client_cert.clone(),
+            limits: self.limits.clone(),
+            rate_limit: self.rate_limit.clone(),
+            normalize: self.normalize.clone(),
+            interim: Default::default(),
+        }
+    }
+}
+
 /// hyper service entry point for one request.
 pub async fn handle(
     req: Request<Downstream>,

@@ -6,6 +6,7 @@
 pub(super) mod front;
 mod gated;
 pub(super) mod idle;
+mod park;
 mod setup;
 
 use std::convert::Infallible;
@@ -112,7 +113,7 @@ macro_rules! tracked_service {
                         http::HeaderValue::from_static("close"),
                     );
                 }
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active)))
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active, h1)))
             }
         })
     }};
@@ -129,6 +130,13 @@ struct Serving {
     activity: Arc<Activity>,
 }
 
+/// What counts a connection as open (the listener's gauge, its admission): held until it
+/// ends, parked or not.
+pub(crate) struct Held {
+    pub _gauge: ConnectionGuard,
+    pub _admitted: super::admission::Admitted,
+}
+
 /// Serve one accepted connection of the listener `listener_name`; `tls` for https ones.
 pub(crate) async fn serve(
     mut stream: TcpStream,
@@ -136,7 +144,7 @@ pub(crate) async fn serve(
     services: super::Services,
     listener_name: String,
     shutdown: watch::Receiver<Drain>,
-    _guard: ConnectionGuard,
+    held: Held,
     tls: Option<Arc<TlsListener>>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -177,13 +185,19 @@ pub(crate) async fn serve(
     let Some(tls) = tls else {
         let ctx = serving.ctx.clone();
         let io = Framed::new(stream, &limits, head_wait(), ctx);
-        return if h2c {
-            // Boxed, like the TLS path: the task of a plain HTTP/1.1 connection (the common
-            // one, spawned for every accepted connection) holds only its own state.
-            Box::pin(serve_auto(TokioIo::new(io), serving)).await
-        } else {
-            Box::pin(serve_h1(io, serving)).await
-        };
+        // Boxed, like the TLS path: the task of a plain HTTP/1.1 connection (the common
+        // one, spawned for every accepted connection) holds only its own state.
+        if h2c {
+            return Box::pin(serve_auto(TokioIo::new(io), serving)).await;
+        }
+        let mut drain = None;
+        // Parked: what it keeps waits in a task of its own, and this one ends.
+        if let Some((io, serving)) = Box::pin(serve_h1(io, serving, &mut drain, true)).await {
+            if let Some(parked) = park::Parked::new(io, serving, drain, held) {
+                tokio::spawn(parked.serve());
+            }
+        }
+        return;
     };
     let wait = head_wait();
     Box::pin(serve_tls(stream, tls, serving, limits, wait)).await
@@ -216,7 +230,7 @@ async fn serve_tls(
         serve_h2(TokioIo::new(accepted.stream), serving).await
     } else {
         let io = Framed::new(accepted.stream, &limits, head_wait, serving.ctx.clone());
-        Box::pin(serve_h1(io, serving)).await
+        let _ = Box::pin(serve_h1(io, serving, &mut None, false)).await;
     }
 }
 
@@ -238,26 +252,34 @@ fn ended<E: std::fmt::Display>(peer: SocketAddr, result: Result<(), E>) {
 ///
 /// A connection idle for `framed::PARK_AFTER` is parked: hyper's connection (and its
 /// buffers) is dropped and the socket waited on with no buffer until the client sends
-/// again, its idle deadline passes, or a drain closes it as above.
-async fn serve_h1<T>(io: Framed<T>, s: Serving)
+/// again, its idle deadline passes, or a drain closes it as above. With `hand_back` (plain
+/// connections), the parked connection is returned instead, to wait outside this task
+/// (`park`); `drain` notes a drain that began.
+async fn serve_h1<T>(
+    io: Framed<T>,
+    s: Serving,
+    drain: &mut Option<Drain>,
+    hand_back: bool,
+) -> Option<(Framed<T>, Serving)>
 where
     T: Socket + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Serving {
         ctx,
         front,
+        idle,
         peer,
         mut shutdown,
         activity,
-        ..
     } = s;
     let limits = ctx.limits.clone();
     // Boxed once: it moves into hyper's connection and back out at every park.
     let mut io = Box::new(io);
     io.allow_parking();
     let mut io = TokioIo::new(io);
-    // The drain, once one began.
-    let mut drain = None;
+    if drain.is_some() {
+        activity.drain();
+    }
     loop {
         let service = tracked_service!(ctx.clone(), front.clone(), activity.clone());
         // Boxed: a parked connection's task does not keep room for hyper's connection.
@@ -271,13 +293,15 @@ where
                     .with_upgrades(),
             )
         };
-        let result = Box::pin(serve_burst(&mut conn, &mut shutdown, &activity, &mut drain)).await;
+        let result = Box::pin(serve_burst(&mut conn, &mut shutdown, &activity, drain)).await;
         // Upgraded (the tunnel has the socket), or ended for good.
         let Some(parts) = conn.into_parts() else {
-            return ended(peer, result);
+            ended(peer, result);
+            return None;
         };
         if result.is_err() || !parts.io.inner().parked() {
-            return ended(peer, result);
+            ended(peer, result);
+            return None;
         }
         let http1::Parts {
             io: parked_io,
@@ -287,10 +311,30 @@ where
         } = parts;
         io = parked_io;
         io.inner_mut().unpark(&read_buf);
+        let unread = !read_buf.is_empty();
         // hyper's read buffer (8 KiB) goes with it.
         drop((read_buf, service));
-        if !Box::pin(parked(io.inner(), &mut shutdown, &activity, &mut drain)).await {
-            return;
+        if unread {
+            // The client's next bytes are here already: serve them at once.
+            continue;
+        }
+        if hand_back {
+            let serving = Serving {
+                ctx,
+                front,
+                idle,
+                peer,
+                shutdown,
+                activity,
+            };
+            return Some((*io.into_inner(), serving));
+        }
+        let (framed, deadline) = (io.inner(), io.inner().head_deadline());
+        if !Box::pin(park::wait(framed.get_ref().tcp(), deadline, &mut shutdown, drain)).await {
+            return None;
+        }
+        if drain.is_some() {
+            activity.drain();
         }
     }
 }
@@ -353,37 +397,6 @@ where
 impl<C: GracefulShutdown> GracefulShutdown for Box<C> {
     fn shut_down(&mut self) {
         (**self).shut_down();
-    }
-}
-
-/// A parked connection: wait for the client's next bytes (true: serve it again), or close
-/// it (false) at its idle deadline, or as a drain says (see `serve_h1`).
-async fn parked<T: Socket>(
-    io: &Framed<T>,
-    shutdown: &mut watch::Receiver<Drain>,
-    activity: &Activity,
-    drain: &mut Option<Drain>,
-) -> bool {
-    let Some(mut deadline) = io.head_deadline() else {
-        return true;
-    };
-    if drain.is_some_and(|d| d != Drain::Handover) {
-        deadline = deadline.min(tokio::time::Instant::now() + STOP_REQUEST_GRACE);
-    }
-    loop {
-        tokio::select! {
-            // An error too: hyper reads it and ends the connection.
-            _ = io.get_ref().tcp().readable() => return true,
-            () = tokio::time::sleep_until(deadline) => return false,
-            _ = shutdown.changed(), if drain.is_none() => {
-                activity.drain();
-                let d = *shutdown.borrow();
-                *drain = Some(d);
-                if d != Drain::Handover {
-                    deadline = deadline.min(tokio::time::Instant::now() + STOP_REQUEST_GRACE);
-                }
-            }
-        }
     }
 }
 

@@ -198,6 +198,11 @@ impl<T> Framed<T> {
         &self.inner
     }
 
+    /// The stream, without the framer.
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// When the wait for the next request head ends.
     pub(crate) fn head_deadline(&self) -> Option<Instant> {
         self.wait.as_ref().map(HeadWait::deadline)
@@ -389,6 +394,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
         }
         std::task::ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
         this.unflushed = false;
+        if let Some(wait) = &this.wait {
+            wait.activity.flushed(cx);
+        }
         Poll::Ready(Ok(()))
     }
 

@@ -199,11 +199,11 @@ fn serve_accepted(
         ctx.services.clone(),
         ctx.name.clone(),
         ctx.shutdown.clone(),
-        guard,
+        conn::Held {
+            _gauge: guard,
+            _admitted: admitted,
+        },
         tls.clone(),
     ));
-    tokio::spawn(async move {
-        let _admitted = admitted;
-        serving.await
-    });
+    tokio::spawn(serving);
 }

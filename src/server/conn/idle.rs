@@ -1,10 +1,11 @@
 //! Activity of a client connection: requests in flight, counted until their response body
 //! ends, and the time of the last activity (an HTTP/2 connection is closed gracefully after
 //! `idle_timeout` without any); whether a drain began (HTTP/1 responses then say
-//! `Connection: close`) and whether the client speaks HTTP/2.
+//! `Connection: close`) and whether the client speaks HTTP/2; and, for HTTP/1, the flushes
+//! of the client stream, by which a response body hands hyper one chunk at a time.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,6 +26,11 @@ pub(crate) struct Activity {
     draining: AtomicBool,
     /// A request came as HTTP/2 (on an `h2c` listener either protocol may come).
     h2: AtomicBool,
+    /// Completed flushes of the HTTP/1 client stream: hyper flushes once everything it
+    /// queued was written.
+    flushes: AtomicU32,
+    /// A response body waits for the next flush (`Tracked`).
+    awaits_flush: AtomicBool,
 }
 
 impl Activity {
@@ -35,7 +41,19 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            flushes: AtomicU32::new(0),
+            awaits_flush: AtomicBool::new(false),
         })
+    }
+
+    /// The HTTP/1 client stream wrote everything hyper had queued (`Framed`, in the
+    /// connection's task, whose context is `cx`): a response body waiting for it is polled
+    /// again.
+    pub fn flushed(&self, cx: &Context<'_>) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if self.awaits_flush.swap(false, Ordering::Relaxed) {
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// A drain began on this connection.
@@ -111,16 +129,27 @@ impl Drop for Active {
     }
 }
 
-/// A response body that keeps its request counted as active until it ends.
+/// A response body that keeps its request counted as active until it ends. To an HTTP/1
+/// client (`one_chunk`), it hands hyper a chunk only once hyper wrote the one before: a
+/// client that reads slowly holds one chunk (and the read it shares an allocation with),
+/// not the up to `max_header_bytes` hyper would queue (its one limit for both buffers).
 pub(crate) struct Tracked {
     inner: ProxyBody,
     active: Option<Active>,
+    one_chunk: bool,
+    /// The client stream's flush count when the last chunk was handed to hyper.
+    handed: Option<u32>,
 }
 
 impl Tracked {
-    pub fn new(inner: ProxyBody, active: Active) -> Tracked {
+    pub fn new(inner: ProxyBody, active: Active, one_chunk: bool) -> Tracked {
         let active = (!inner.is_end_stream()).then_some(active);
-        Tracked { inner, active }
+        Tracked {
+            inner,
+            active,
+            one_chunk,
+            handed: None,
+        }
     }
 }
 
@@ -133,9 +162,24 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let (Some(handed), Some(Active(activity))) = (this.handed, &this.active) {
+            // Same task as the flush (hyper's HTTP/1 connection): no wake-up is missed.
+            if activity.flushes.load(Ordering::Relaxed) == handed {
+                activity.awaits_flush.store(true, Ordering::Relaxed);
+                return Poll::Pending;
+            }
+            this.handed = None;
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.active = None;
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.active = None,
+            Poll::Ready(Some(Ok(frame))) if this.one_chunk && frame.is_data() => {
+                this.handed = this
+                    .active
+                    .as_ref()
+                    .map(|a| a.0.flushes.load(Ordering::Relaxed));
+            }
+            _ => {}
         }
         polled
     }
