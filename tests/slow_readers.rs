@@ -85,5 +85,8 @@ async fn a_slow_reader_holds_one_read() {
     // Reads of 256 KiB: 293 KiB measured, one read and the connection; 476-532 KiB
     // before (two reads).
     let kib = per_slow_reader(", limits: { response_buffer: 512KiB }").await;
-    assert!(kib <= 400, "a slow reader costs {kib} KiB with 256 KiB reads");
+    assert!(
+        kib <= 400,
+        "a slow reader costs {kib} KiB with 256 KiB reads"
+    );
 }

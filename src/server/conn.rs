@@ -330,7 +330,14 @@ where
             return Some((*io.into_inner(), serving));
         }
         let (framed, deadline) = (io.inner(), io.inner().head_deadline());
-        if !Box::pin(park::wait(framed.get_ref().tcp(), deadline, &mut shutdown, drain)).await {
+        if !Box::pin(park::wait(
+            framed.get_ref().tcp(),
+            deadline,
+            &mut shutdown,
+            drain,
+        ))
+        .await
+        {
             return None;
         }
         if drain.is_some() {
