@@ -220,7 +220,9 @@ async fn idle_connections_cost_a_few_kib_and_memory_comes_back_after_they_close(
     const CONNS: usize = 2000;
     // A debug build (the tests'): its futures are about twice a release build's. Before
     // parking and trimming: 26 KiB each, and RSS stayed at its peak after they closed.
-    const MAX_KIB_PER_CONN: u64 = 12;
+    // 2,000 connections parked in the task that served them: 6.8-7.8 KiB; parked in a task
+    // of their own, made when they parked: 4.5-5.2 KiB.
+    const MAX_KIB_PER_CONN: u64 = 8;
     let a = echo("a");
     let lb = start(", idle_timeout: 10m", "", a.addr);
     let addr = lb.addr("web");

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// microseconds).
 const EVERY: Duration = Duration::from_secs(2);
 /// Resident memory the allocator does not use, beyond the least seen, worth a trim.
-const FREED: usize = 4 << 20;
+const FREED: usize = 2 << 20;
 
 /// Start the trimming task on the current runtime (it ends with the runtime).
 pub(super) fn start() {
