@@ -1,6 +1,8 @@
-//! One request's attempts at a pool: pick, send, look at what came back (a response broken
-//! before anything of it was forwarded is a failed attempt), classify failures with the
-//! retry policy (`retry`), retry where it allows, all within `timeouts.request_total`.
+//! One request's attempts at a pool: prepare its body, then for each attempt pick (through
+//! `attempts`), send, look at what came back (a response broken before anything of it was
+//! forwarded is a failed attempt; a status listed in `retry_on` is dropped), classify
+//! failures (`retry`), retry where the policy allows, all within `timeouts.request_total`;
+//! then finish the response (`respond`) or answer the failure (`failure_response`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,64 +14,24 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use tokio::time::Instant;
 
-use super::body::{
-    BodyError, End, Exchange, ProxyBody, RequestBody, UpstreamBody, UpstreamIncoming,
-};
+use super::attempts::Broken;
+use super::attempts::{AttemptError, Attempts, Failure};
+use super::body::{End, Exchange, ProxyBody, RequestBody, UpstreamBody, UpstreamIncoming};
+use super::client_fault::FaultWatch;
 use super::headers;
 use super::local;
-use super::retry::{classify, Budget, Class, Next, Policy};
-use super::upstream::{AttemptLimits, Sent, UpstreamError};
+use super::retry::{classify, Budget, Class};
+use super::upstream::{AttemptLimits, Sent};
 use super::websocket;
 use crate::affinity::Resolved;
 use crate::balance::PickContext;
 use crate::health::events::EventLog;
-use crate::health::outlier::{self, Outcome};
+use crate::health::outlier::Outcome;
 use crate::runtime::log_throttle::warn_throttled;
 use crate::runtime::Pool;
 
 /// Response header telling how many attempts a request took (only when more than one).
 pub const TRIES_HEADER: &str = "x-autolb-tries";
-
-/// A response that arrived broken, found before anything of it was forwarded.
-#[derive(Debug, thiserror::Error)]
-pub enum Broken {
-    #[error("invalid response framing: both Transfer-Encoding and Content-Length")]
-    Framing,
-    #[error("invalid response body: {0}")]
-    Body(BodyError),
-}
-
-/// What went wrong in an attempt that gave no response to forward.
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error(transparent)]
-    Upstream(UpstreamError),
-    #[error(transparent)]
-    Broken(Broken),
-}
-
-/// How a request ended when it got no response to forward.
-enum Failure {
-    /// Its last attempt failed.
-    Attempt(Class, AttemptError),
-    /// A response status listed in `retry_on`, discarded before anything was forwarded.
-    Status(u16),
-    /// `timeouts.request_total` ran out before an attempt could start.
-    Exhausted,
-}
-
-impl Failure {
-    /// Why the request goes again: an index into `PoolStats::retries` (`RETRY_REASONS`).
-    fn reason(&self) -> Option<usize> {
-        match self {
-            Failure::Attempt(Class::Connect, _) => Some(0),
-            Failure::Attempt(Class::Timeout, _) => Some(1),
-            Failure::Attempt(Class::Reset | Class::Malformed, _) => Some(2),
-            Failure::Status(_) => Some(3),
-            Failure::Attempt(Class::Client(_) | Class::Exhausted, _) | Failure::Exhausted => None,
-        }
-    }
-}
 
 /// Where a request should go, decided by `proxy` before the first pick.
 pub struct Plan<'a> {
@@ -127,24 +89,31 @@ impl Plan<'_> {
     }
 }
 
-/// Send `req` to `pool`, retrying on other backends while it is safe.
-pub async fn forward(
+/// A request ready for its attempts: its body wrapped for them, and what the attempts need
+/// to know of it.
+struct Prepared {
+    req: Request<RequestBody>,
+    /// It may go again after it was sent (idempotent and bodiless, or a gRPC call whose
+    /// body is copied): the upstream client keeps it (its own client at no cost, hyper's
+    /// as a copy of the head).
+    resendable: bool,
+    /// How the client's body failed, if it does (hyper's HTTP/2 client reports a stream
+    /// reset of its own).
+    body_fault: Option<FaultWatch>,
+    /// A gRPC call with gRPC statuses in `retry_on`: its body is copied for a retry.
+    replay: Option<super::grpc_retry::Replay>,
+}
+
+fn prepare(
     parts: Parts,
     body: super::body_rate::ClientBody,
-    pool: &Arc<Pool>,
-    mut plan: Plan<'_>,
-    events: &Arc<EventLog>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
+    pool: &Pool,
+    plan: &Plan<'_>,
+) -> Prepared {
     let attempts = pool.retries + 1;
-    // A request that may go again after it was sent (idempotent, no body): the upstream
-    // client keeps it (its own client at no cost, hyper's as a copy of the head).
     let mut resendable =
         attempts > 1 && body.is_end_stream() && pool.retry_methods.contains(&parts.method);
-    // How the client's body failed, if it does (hyper's HTTP/2 client reports a stream
-    // reset of its own).
     let body_fault = body.watch();
-    // A gRPC call with gRPC statuses in `retry_on`: its body is copied for a retry.
     let replay =
         (attempts > 1 && plan.grpc.is_some() && !plan.web_text && !pool.retry_on.grpc.is_empty())
             .then(super::grpc_retry::Replay::default);
@@ -159,21 +128,39 @@ pub async fn forward(
         }
         None => RequestBody::Client(body),
     };
-    let mut next = Some(Request::from_parts(parts, body));
-    let mut pick = PickContext {
+    Prepared {
+        req: Request::from_parts(parts, body),
+        resendable,
+        body_fault,
+        replay,
+    }
+}
+
+/// Send `req` to `pool`, retrying on other backends while it is safe (`attempts.rs` keeps
+/// what goes from one attempt to the next).
+pub async fn forward(
+    parts: Parts,
+    body: super::body_rate::ClientBody,
+    pool: &Arc<Pool>,
+    mut plan: Plan<'_>,
+    events: &Arc<EventLog>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let attempts = pool.retries + 1;
+    let Prepared {
+        req,
+        resendable,
+        body_fault,
+        replay,
+    } = prepare(parts, body, pool, &plan);
+    let mut next = Some(req);
+    let pick = PickContext {
         hash: plan.hash,
         exclude: 0,
         panic: plan.panic,
     };
-    let policy = Policy {
-        retry_on: &pool.retry_on,
-    };
-    // Where the next attempt may go: after a malformed answer or a timeout, only to a
-    // backend not tried yet.
-    let mut route = Next::AnyBackend;
-    let mut failed_idx = None;
+    let mut tries = Attempts::new(pool, events, pick, plan.affinity.pinned);
     pool.stats.active.fetch_add(1, Ordering::Relaxed);
-    let mut last: Option<Failure> = None;
     for attempt in 0..attempts {
         let Some(req) = next.take() else {
             break;
@@ -184,42 +171,15 @@ pub async fn forward(
             None => plan.budget.attempt(Instant::now(), t.connect, t.response),
         };
         let Some(limits) = limits else {
-            last = Some(Failure::Exhausted);
+            tries.last = Some(Failure::Exhausted);
             break;
         };
-        // The pinned backend first (sticky); then another one where one exists, else (when
-        // the failure allows it) the same one again.
-        let pinned = plan
-            .affinity
-            .pinned
-            .filter(|&i| attempt == 0 && i < pool.backends.len());
-        let fallback = attempt > 0 && route == Next::AnyBackend;
-        let Some(idx) = pinned
-            .or_else(|| pool.balancer.pick(&pool.backends, &pick))
-            .or_else(|| {
-                fallback
-                    .then(|| {
-                        pool.balancer
-                            .pick(&pool.backends, &PickContext { exclude: 0, ..pick })
-                    })
-                    .flatten()
-            })
-        else {
+        let Some((idx, pinned)) = tries.choose(attempt) else {
             break;
         };
-        // Past 64 backends the mask cannot tell: never the one that just failed, at least.
-        if route == Next::OtherBackend && failed_idx == Some(idx) {
-            break;
-        }
-        if idx < 64 {
-            pick.exclude |= 1 << idx;
-        }
         let backend = &pool.backends[idx];
-        if let Some(why) = last.as_ref().and_then(Failure::reason) {
-            pool.stats.retries[why].fetch_add(1, Ordering::Relaxed);
-        }
         backend.stats.begin();
-        if pinned == Some(idx) {
+        if pinned {
             backend.stats.pinned.fetch_add(1, Ordering::Relaxed);
         }
         let sent_at = Instant::now();
@@ -249,73 +209,74 @@ pub async fn forward(
                 let ttfb = now.saturating_duration_since(sent_at);
                 backend.stats.record_latency(ttfb, now);
                 let (head, mut incoming) = response.into_parts();
-                match inspect(&head, &mut incoming) {
+                let first = match inspect(&head, &mut incoming) {
+                    Ok(first) => first,
                     Err(broken) => {
                         // Nothing was forwarded: a failed attempt like a reset, but never
                         // sent back to this backend.
                         drop((incoming, conn));
-                        (Class::Malformed, request, AttemptError::Broken(broken))
+                        let error = AttemptError::Broken(broken);
+                        if !tries.failed(
+                            idx,
+                            attempt,
+                            Class::Malformed,
+                            error,
+                            request.is_some(),
+                            more,
+                        ) {
+                            break;
+                        }
+                        next = request;
+                        continue;
                     }
-                    Ok(first) => {
-                        let status = head.status.as_u16();
-                        let (request, grpc_code) = match &replay {
-                            None => (request, None),
-                            Some(r) => {
-                                let ended = incoming.is_end_stream();
-                                let code = super::grpc_retry::retry_code(
-                                    &pool.retry_on,
-                                    &head.headers,
-                                    ended,
-                                );
-                                (r.restore(request), code)
-                            }
-                        };
-                        if let (true, true, Some(code)) = (more, request.is_some(), grpc_code) {
-                            // A Trailers-Only status listed in `retry_on`: nothing was
-                            // forwarded, the call goes to another backend.
-                            backend.stats.record_status(status);
-                            next = request;
-                            route = Next::AnyBackend;
-                            failed_idx = Some(idx);
-                            backend.stats.end();
-                            tracing::info!(pool = %pool.name, backend = %backend.address, grpc_status = code, attempt = attempt + 1, "retrying on gRPC status");
-                            last = Some(Failure::Status(status));
-                            continue;
-                        }
-                        if more && request.is_some() && pool.retry_on.statuses.contains(&status) {
-                            // Nothing was forwarded yet: drop this answer and try elsewhere.
-                            backend.stats.record_status(status);
-                            outlier::observe(pool, backend, Outcome::Status5xx, events);
-                            next = request;
-                            route = Next::AnyBackend;
-                            failed_idx = Some(idx);
-                            backend.stats.end();
-                            tracing::info!(pool = %pool.name, backend = %backend.address, status, attempt = attempt + 1, "retrying on status");
-                            last = Some(Failure::Status(status));
-                            continue;
-                        }
-                        let exchange = Exchange {
-                            backend: backend.clone(),
-                            pool: pool.clone(),
-                            events: events.clone(),
-                            started,
-                            status,
-                            conn,
-                            tries: attempt + 1,
-                            bytes: 0,
-                            timing: crate::accesslog::Timing {
-                                queued: plan.queued,
-                                connect,
-                                ttfb,
-                            },
-                        };
-                        // Its interim responses go out before it.
-                        if let Some(interim) = plan.interim.and_then(|slot| slot.get()) {
-                            interim.flushed().await;
-                        }
-                        return respond(pool, idx, &mut plan, head, exchange, incoming, first);
+                };
+                let status = head.status.as_u16();
+                let (request, grpc_code) = match &replay {
+                    None => (request, None),
+                    Some(r) => {
+                        let ended = incoming.is_end_stream();
+                        let code =
+                            super::grpc_retry::retry_code(&pool.retry_on, &head.headers, ended);
+                        (r.restore(request), code)
+                    }
+                };
+                if more && request.is_some() {
+                    // Nothing was forwarded yet: an answer listed in `retry_on` is dropped
+                    // and the request tried elsewhere (a Trailers-Only gRPC status, or an
+                    // HTTP status).
+                    if let Some(code) = grpc_code {
+                        tracing::info!(pool = %pool.name, backend = %backend.address, grpc_status = code, attempt = attempt + 1, "retrying on gRPC status");
+                        tries.discard_answer(idx, status, true);
+                        next = request;
+                        continue;
+                    }
+                    if pool.retry_on.statuses.contains(&status) {
+                        tracing::info!(pool = %pool.name, backend = %backend.address, status, attempt = attempt + 1, "retrying on status");
+                        tries.discard_answer(idx, status, false);
+                        next = request;
+                        continue;
                     }
                 }
+                let exchange = Exchange {
+                    backend: backend.clone(),
+                    pool: pool.clone(),
+                    events: events.clone(),
+                    started,
+                    status,
+                    conn,
+                    tries: attempt + 1,
+                    bytes: 0,
+                    timing: crate::accesslog::Timing {
+                        queued: plan.queued,
+                        connect,
+                        ttfb,
+                    },
+                };
+                // Its interim responses go out before it.
+                if let Some(interim) = plan.interim.and_then(|slot| slot.get()) {
+                    interim.flushed().await;
+                }
+                return respond(pool, idx, &mut plan, head, exchange, incoming, first);
             }
             Err(failed) => {
                 let fault = body_fault.as_ref().and_then(|w| w.get());
@@ -327,24 +288,10 @@ pub async fn forward(
                 (class, request, AttemptError::Upstream(failed.error))
             }
         };
-        backend.stats.end();
-        if let Class::Client(_) = class {
-            // The client's fault: the backend's record stays as it was.
-            last = Some(Failure::Attempt(class, error));
+        if !tries.failed(idx, attempt, class, error, request.is_some(), more) {
             break;
         }
-        backend.stats.record_failure();
-        if let Some(outcome) = class.outcome() {
-            outlier::observe(pool, backend, outcome, events);
-        }
-        warn_throttled!(backend.stats.log, pool = %pool.name, backend = %backend.address, attempt = attempt + 1, error = %error; "backend failed");
-        route = policy.next(class, request.is_some(), more);
-        failed_idx = Some(idx);
         next = request;
-        last = Some(Failure::Attempt(class, error));
-        if route == Next::Stop {
-            break;
-        }
     }
     pool.stats.active.fetch_sub(1, Ordering::Relaxed);
     pool.stats.local_errors.fetch_add(1, Ordering::Relaxed);
@@ -352,7 +299,7 @@ pub async fn forward(
     let elapsed = now.saturating_duration_since(started);
     pool.stats.window.record(elapsed, true, now);
     pool.stats.histogram.record(elapsed);
-    failure_response(pool, last)
+    failure_response(pool, tries.last)
 }
 
 /// A response head and what came with it: the body's first frame when it is already at

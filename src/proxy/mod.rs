@@ -3,6 +3,7 @@
 //! (or, after a 101, tunnel the WebSocket); 502/503/504 otherwise.
 
 pub mod arena;
+mod attempts;
 pub mod body;
 pub mod body_rate;
 pub mod cached;
