@@ -18,6 +18,7 @@ pub mod config;
 pub mod health;
 pub mod l4;
 pub mod metrics;
+pub mod ocsp;
 pub mod prom;
 pub mod proxy;
 pub mod runtime;

@@ -52,6 +52,8 @@ pub struct AdminState {
     pub acme: Option<Arc<crate::acme::Acme>>,
     /// The https listeners' TLS state (`autolb_tls_*` metrics).
     pub tls: Arc<crate::tls::Store>,
+    /// OCSP stapling (`autolb_ocsp_*` metrics).
+    pub ocsp: Arc<crate::ocsp::Ocsp>,
     /// Anything but `Serving` from the moment a drain begins (`/health/ready` answers 503).
     pub draining: watch::Receiver<crate::server::Drain>,
 }
@@ -218,6 +220,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             let mut text =
                 crate::metrics::render(rt, &state.listeners.stats(), Some(&state.autoscaler));
             state.tls.render_metrics(&mut text);
+            state.ocsp.render_metrics(&mut text);
             text.push_str(&state.shared.metrics());
             if let Some(acme) = &state.acme {
                 acme.render_metrics(&mut text);

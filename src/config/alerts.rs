@@ -32,10 +32,12 @@ pub enum AlertKind {
     CertificateExpiry,
     /// An ACME order failed (the old certificate, if any, keeps serving).
     AcmeFailed,
+    /// No good OCSP response could be fetched for a served certificate, or it is revoked.
+    OcspFailed,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 9] = [
+    pub const ALL: [AlertKind; 10] = [
         AlertKind::BackendDown,
         AlertKind::BackendUp,
         AlertKind::BackendEjected,
@@ -45,6 +47,7 @@ impl AlertKind {
         AlertKind::ReloadFailed,
         AlertKind::CertificateExpiry,
         AlertKind::AcmeFailed,
+        AlertKind::OcspFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl AlertKind {
             AlertKind::ReloadFailed => "reload_failed",
             AlertKind::CertificateExpiry => "certificate_expiry",
             AlertKind::AcmeFailed => "acme_failed",
+            AlertKind::OcspFailed => "ocsp_failed",
         }
     }
 

@@ -156,6 +156,9 @@ pub struct TlsFile {
     pub acme: Option<Located<super::acme::AcmeFile>>,
     /// Client certificates (mTLS), see `client_auth.rs`.
     pub client_auth: Option<Located<super::client_auth::ClientAuthFile>>,
+    /// Staple OCSP responses (`ocsp_stapling: true`), from `ocsp_responder` if set.
+    pub ocsp_stapling: Option<bool>,
+    pub ocsp_responder: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]

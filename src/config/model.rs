@@ -134,6 +134,16 @@ pub struct ListenerTls {
     pub acme: Option<super::acme::Acme>,
     /// `client_auth`: client certificates (mTLS).
     pub client_auth: Option<super::ClientAuth>,
+    /// `ocsp_stapling: true`: OCSP responses fetched and stapled to the certificates.
+    pub ocsp: Option<OcspStapling>,
+}
+
+/// `ocsp_stapling: true` (and `ocsp_responder`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspStapling {
+    /// `ocsp_responder`: an `http://` URL asked for every certificate instead of the one in
+    /// its Authority Information Access extension.
+    pub responder: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

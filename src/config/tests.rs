@@ -230,6 +230,7 @@ fn full_config_parses_into_the_model() {
                     strict_sni: true,
                     acme: None,
                     client_auth: None,
+                    ocsp: None,
                 }),
                 h2c: false,
                 redirect_https: None,

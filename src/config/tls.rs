@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::error::Issues;
 use super::file::{ListenerFile, PoolFile, TlsFile, UpstreamProtocolFile, UpstreamTlsFile};
-use super::model::{CertPair, Config};
+use super::model::{CertPair, Config, OcspStapling};
 use super::model::{Hsts, ListenerTls, Protocol, UpstreamProtocol, UpstreamTls};
 use super::node::Located;
 
@@ -81,6 +81,35 @@ pub(crate) fn listener_tls(tls: &Located<TlsFile>, issues: &mut Issues) -> Liste
             .client_auth
             .as_ref()
             .map(|c| super::client_auth::client_auth(c, issues)),
+        ocsp: ocsp(&tls.value, issues),
+    }
+}
+
+/// `ocsp_stapling` and `ocsp_responder` (plain `http://`, as OCSP responders are).
+fn ocsp(tls: &TlsFile, issues: &mut Issues) -> Option<OcspStapling> {
+    let responder = tls.ocsp_responder.as_ref().map(|r| {
+        let url = r.value.trim();
+        let ok = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|authority| !authority.is_empty())
+            && url.parse::<http::Uri>().is_ok();
+        if !ok {
+            issues.push(
+                r.pos,
+                format!("ocsp_responder must be an http:// URL, got \"{url}\""),
+            );
+        }
+        url.to_string()
+    });
+    match tls.ocsp_stapling {
+        Some(true) => Some(OcspStapling { responder }),
+        _ => {
+            if let Some(r) = &tls.ocsp_responder {
+                issues.push(r.pos, "ocsp_responder needs ocsp_stapling: true");
+            }
+            None
+        }
     }
 }
 

@@ -306,6 +306,7 @@ impl Server {
         runtime.start_health_checks();
         trim::start();
         crate::alerts::start(runtime.clone());
+        let ocsp = crate::ocsp::Ocsp::start(runtime.clone(), &tls);
         tokio::spawn(crate::alerts::watch_certificates(
             runtime.clone(),
             tls.clone(),
@@ -338,6 +339,7 @@ impl Server {
                 shared: shared.clone(),
                 acme: acme.clone(),
                 tls: tls.clone(),
+                ocsp,
                 draining: shutdown_rx,
             },
             admin_stop_rx,

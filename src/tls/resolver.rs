@@ -1,9 +1,10 @@
 //! SNI certificate selection: a `CertStore` built from a listener's pairs (exact names, then
 //! `*.` wildcards one label deep, else the first pair unless `strict_sni`), held by the
-//! resolver behind an `ArcSwap` so a reload swaps it without touching open connections.
+//! resolver behind an `ArcSwap` so a reload swaps it without touching open connections, and
+//! the OCSP staples attached to its certificates (kept across swaps by leaf certificate).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -82,6 +83,33 @@ impl CertStore {
         self.pick(&all, schemes)
     }
 
+    /// The same store with `staples` (OCSP responses by leaf certificate DER) attached, and
+    /// no staple on a certificate that has none there.
+    fn stapled(&self, staples: &HashMap<Vec<u8>, Arc<[u8]>>) -> CertStore {
+        let certs = self
+            .certs
+            .iter()
+            .map(|ck| {
+                let staple = ck
+                    .end_entity_cert()
+                    .ok()
+                    .and_then(|leaf| staples.get(leaf.as_ref()));
+                if ck.ocsp.as_deref() == staple.map(|s| &s[..]) {
+                    return ck.clone();
+                }
+                let mut with = CertifiedKey::new(ck.cert.clone(), ck.key.clone());
+                with.ocsp = staple.map(|s| s.to_vec());
+                Arc::new(with)
+            })
+            .collect();
+        CertStore {
+            certs,
+            exact: self.exact.clone(),
+            wildcard: self.wildcard.clone(),
+            strict: self.strict,
+        }
+    }
+
     fn pick(&self, candidates: &[usize], schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         let usable = candidates
             .iter()
@@ -107,6 +135,8 @@ pub struct SniResolver {
     store: ArcSwap<CertStore>,
     /// Set once at start-up when the listener has `tls.acme`.
     source: std::sync::OnceLock<Arc<dyn CertSource>>,
+    /// OCSP staples by leaf certificate DER; the lock also orders swaps and restaples.
+    staples: Mutex<HashMap<Vec<u8>, Arc<[u8]>>>,
 }
 
 impl std::fmt::Debug for SniResolver {
@@ -122,6 +152,7 @@ impl SniResolver {
         SniResolver {
             store: ArcSwap::from_pointee(store),
             source: std::sync::OnceLock::new(),
+            staples: Mutex::new(HashMap::new()),
         }
     }
 
@@ -131,8 +162,36 @@ impl SniResolver {
     }
 
     /// New handshakes use `store`; connections already open keep their certificate.
+    /// The staples held are attached to the new store's certificates.
     pub fn swap(&self, store: CertStore) {
-        self.store.store(Arc::new(store));
+        match self.staples.lock() {
+            Ok(staples) => self.store.store(Arc::new(store.stapled(&staples))),
+            Err(_) => self.store.store(Arc::new(store)),
+        }
+    }
+
+    /// Staple `ocsp` (a DER OCSP response) to the certificate whose leaf is `leaf` from the
+    /// next handshake on; `None` serves it without a staple.
+    pub fn staple(&self, leaf: &[u8], ocsp: Option<Arc<[u8]>>) {
+        let Ok(mut staples) = self.staples.lock() else {
+            return;
+        };
+        match ocsp {
+            Some(der) => staples.insert(leaf.to_vec(), der),
+            None => staples.remove(leaf),
+        };
+        let current = self.store.load();
+        self.store.store(Arc::new(current.stapled(&staples)));
+    }
+
+    /// The certificate chains served now (leaf first), from the listener's files.
+    pub fn chains(&self) -> Vec<Vec<rustls_pki_types::CertificateDer<'static>>> {
+        self.store
+            .load()
+            .certs
+            .iter()
+            .map(|ck| ck.cert.clone())
+            .collect()
     }
 }
 

@@ -180,6 +180,16 @@ impl TlsListener {
         self.resolver.set_source(source);
     }
 
+    /// The certificate chains served now from the listener's files (leaf first).
+    pub fn chains(&self) -> Vec<Vec<rustls_pki_types::CertificateDer<'static>>> {
+        self.resolver.chains()
+    }
+
+    /// Staple `ocsp` (DER) to the served certificate whose leaf is `leaf`, or none.
+    pub fn staple(&self, leaf: &[u8], ocsp: Option<Arc<[u8]>>) {
+        self.resolver.staple(leaf, ocsp);
+    }
+
     fn record_expiry(&self, loaded: &[LoadedPair]) {
         if let Ok(mut e) = self.stats.expiry.lock() {
             *e = loaded

@@ -112,6 +112,18 @@ impl TestCa {
         }
     }
 
+    /// A certificate made from `params` (any extensions: AIA, OCSP signing, ...).
+    pub fn sign(&self, params: rcgen::CertificateParams) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        Issued {
+            cert_pem: format!("{}{}", cert.pem(), self.pem),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.der.clone()).expect("CA root");
