@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::alerts::{self, Alert};
+use crate::alerts::{Alert, AlertQueue};
 use crate::config::{AlertKind, Protocol};
 use crate::prom::{header, label};
 use crate::runtime::Runtime;
@@ -121,6 +121,8 @@ struct Stats {
 /// The OCSP stapling service of one server.
 pub struct Ocsp {
     stats: Mutex<Stats>,
+    /// The server's alert queue (`ocsp_failed`).
+    alerts: Arc<AlertQueue>,
 }
 
 fn unix_now() -> i64 {
@@ -135,6 +137,7 @@ impl Ocsp {
     pub fn start(runtime: Arc<Runtime>, tls: &Arc<crate::tls::Store>) -> Arc<Ocsp> {
         let ocsp = Arc::new(Ocsp {
             stats: Mutex::new(Stats::default()),
+            alerts: runtime.alerts.clone(),
         });
         tokio::spawn(run(ocsp.clone(), runtime, Arc::downgrade(tls)));
         ocsp
@@ -250,7 +253,7 @@ impl Ocsp {
                 listener.staple(&target.leaf, None);
                 if !entry.slot.revoked {
                     tracing::error!(listener = %name, certificate = %cert, error = %e, "OCSP: certificate revoked: served without a staple; replace it");
-                    alert(name, cert, &e, false);
+                    alert(&self.alerts, name, cert, &e, false);
                 }
                 entry.slot.revoked(now);
                 self.count(name, "revoked");
@@ -263,7 +266,7 @@ impl Ocsp {
                 let retry = entry.slot.next_attempt.saturating_duration_since(now);
                 tracing::warn!(listener = %name, certificate = %cert, error = %e, retry_in = ?retry, keeping_staple = keep, "OCSP fetch failed");
                 if entry.slot.failures == 1 {
-                    alert(name, cert, &e, keep);
+                    alert(&self.alerts, name, cert, &e, keep);
                 }
                 self.count(name, e.result());
             }
@@ -282,8 +285,8 @@ impl Ocsp {
     }
 }
 
-fn alert(listener: &str, cert: &str, e: &OcspError, keeping: bool) {
-    alerts::emit(Alert::new(
+fn alert(queue: &AlertQueue, listener: &str, cert: &str, e: &OcspError, keeping: bool) {
+    queue.emit(Alert::new(
         AlertKind::OcspFailed,
         "warning",
         format!("OCSP stapling for {cert} on listener {listener} failed: {e}"),
