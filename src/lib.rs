@@ -4,25 +4,25 @@
 // autoscale::process (pre_exec). rustix covers signals, sysconf and SCM_RIGHTS.
 #![deny(unsafe_code)]
 
-pub mod accesslog;
-pub mod acme;
-pub mod admin;
+pub(crate) mod accesslog;
+pub(crate) mod acme;
+pub(crate) mod admin;
 pub mod affinity;
-pub mod alerts;
+pub(crate) mod alerts;
 pub mod autoscale;
 pub mod balance;
 pub mod build;
-pub mod cache;
-pub mod compress;
+pub(crate) mod cache;
+pub(crate) mod compress;
 pub mod config;
-pub mod health;
+pub(crate) mod health;
 pub mod l4;
-pub mod metrics;
-pub mod ocsp;
-pub mod prom;
+pub(crate) mod metrics;
+pub(crate) mod ocsp;
+pub(crate) mod prom;
 pub mod proxy;
 pub mod runtime;
-pub mod sched;
+pub(crate) mod sched;
 pub mod server;
 pub mod state;
 pub mod tls;

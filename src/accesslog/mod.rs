@@ -9,8 +9,6 @@
 mod format;
 mod writer;
 
-pub use format::{combined, json};
-
 pub use crate::runtime::access_queue::{AccessMsg, AccessQueue, Entry, Timing};
 
 use std::sync::atomic::Ordering;

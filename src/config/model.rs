@@ -1,6 +1,7 @@
 //! Validated runtime configuration: what the file types become once every check passed.
 //!
-//! Nothing here derives `Deserialize`; values are built only by `TryFrom` in `convert.rs`.
+//! Nothing here derives `Deserialize`; values are built only by the conversions of this module
+//! (`convert.rs` and one file per section: `pool.rs`, `autoscale.rs`, `health.rs`, ...).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

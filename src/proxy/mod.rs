@@ -12,7 +12,6 @@ pub mod client_fault;
 pub mod cold;
 pub mod downstream;
 pub mod forward;
-pub mod frames;
 pub mod grpc;
 pub mod grpc_retry;
 pub mod grpc_web;

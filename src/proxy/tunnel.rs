@@ -5,6 +5,8 @@
 //! Frames are not parsed beyond their headers (see `frames`), which lets `close` put a Close
 //! frame between two frames in each direction, then wait for the peers' replies.
 
+mod ws_frames;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::frames::{close_frame, FrameTracker};
+use ws_frames::{close_frame, FrameTracker};
 
 /// Read size per poll (one scratch buffer per worker thread).
 const SCRATCH: usize = 16 * 1024;

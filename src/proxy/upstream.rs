@@ -35,7 +35,7 @@ use crate::config::{self, UpstreamProtocol};
 use crate::sched::worker_id;
 use connect::Upstream;
 pub use raw::{parse_response_head, RawConn, RawError};
-pub use raw_body::{decode_chunked_body, Framing, RawBody};
+pub use raw_body::{decode_chunked_body, RawBody, ResponseFraming};
 use sender::Conn;
 pub use sender::Sender;
 

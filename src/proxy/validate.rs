@@ -23,7 +23,7 @@ use crate::runtime::Route;
 
 /// How a request's body is delimited, once its head is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub enum RequestFraming {
     /// No body.
     None,
     /// `Content-Length` bytes.
@@ -130,7 +130,7 @@ impl<'a> Iterator for CrlfLines<'a> {
 
 /// Validate one request head (request line, fields and the empty line). Leading empty
 /// lines (RFC 9112 2.2) are allowed.
-pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
+pub fn check_head(head: &[u8]) -> Result<RequestFraming, HeadError> {
     let mut head = head;
     while let Some(rest) = head.strip_prefix(b"\r\n") {
         head = rest;
@@ -215,13 +215,13 @@ pub fn check_head(head: &[u8]) -> Result<Framing, HeadError> {
     // CONNECT is answered, never tunnelled (`refused_method`): what follows it is read as
     // the next request head, and refused unless it is one.
     Ok(if upgrade {
-        Framing::Tunnel
+        RequestFraming::Tunnel
     } else if chunked {
-        Framing::Chunked
+        RequestFraming::Chunked
     } else {
         content_length
             .filter(|n| *n > 0)
-            .map_or(Framing::None, Framing::Length)
+            .map_or(RequestFraming::None, RequestFraming::Length)
     })
 }
 
@@ -359,7 +359,7 @@ fn shard_of(ip: IpAddr) -> usize {
 mod tests {
     use super::*;
 
-    fn ok(head: &str) -> Framing {
+    fn ok(head: &str) -> RequestFraming {
         check_head(head.as_bytes()).unwrap_or_else(|e| panic!("{head:?}: {e}"))
     }
 
@@ -369,23 +369,26 @@ mod tests {
 
     #[test]
     fn good_heads_are_framed() {
-        assert_eq!(ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Framing::None);
+        assert_eq!(
+            ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            RequestFraming::None
+        );
         assert_eq!(
             ok("\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"),
-            Framing::Length(5)
+            RequestFraming::Length(5)
         );
         assert_eq!(
             ok("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked \r\n\r\n"),
-            Framing::Chunked
+            RequestFraming::Chunked
         );
         assert_eq!(
             ok("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"),
-            Framing::Tunnel
+            RequestFraming::Tunnel
         );
-        assert_eq!(ok("GET / HTTP/1.0\r\n\r\n"), Framing::None);
+        assert_eq!(ok("GET / HTTP/1.0\r\n\r\n"), RequestFraming::None);
         assert_eq!(
             ok("GET http://a:1/x HTTP/1.1\r\nHost: A:1\r\n\r\n"),
-            Framing::None
+            RequestFraming::None
         );
     }
 

@@ -12,7 +12,7 @@
 //! - steps aside (passes bytes through) after an upgrade and on the HTTP/2 preface (h2c).
 
 use crate::config::Limits;
-use crate::proxy::validate::{check_head, is_tchar, Framing};
+use crate::proxy::validate::{check_head, is_tchar, RequestFraming};
 
 /// What hyper is fed instead of a refused head: an invalid method, answered with 400.
 const REFUSED: &[u8] = b"\x01 / HTTP/1.1\r\n\r\n";
@@ -229,10 +229,10 @@ impl Framer {
                 }
                 self.body = 0;
                 self.state = match framing {
-                    Framing::None => State::Head,
-                    Framing::Length(n) => State::Length(n),
-                    Framing::Chunked => State::Chunked(Chunk::Size { digits: 0, size: 0 }),
-                    Framing::Tunnel => State::Passthrough,
+                    RequestFraming::None => State::Head,
+                    RequestFraming::Length(n) => State::Length(n),
+                    RequestFraming::Chunked => State::Chunked(Chunk::Size { digits: 0, size: 0 }),
+                    RequestFraming::Tunnel => State::Passthrough,
                 };
                 true
             }

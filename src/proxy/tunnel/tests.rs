@@ -140,11 +140,11 @@ async fn drain_closes_between_frames_and_waits_for_the_replies() {
     );
     // Both peers answer with their Close: the tunnel finishes cleanly.
     t.client
-        .write_all(&super::super::frames::close_frame(1001, "", true))
+        .write_all(&super::ws_frames::close_frame(1001, "", true))
         .await
         .expect("write");
     t.backend
-        .write_all(&super::super::frames::close_frame(1001, "", false))
+        .write_all(&super::ws_frames::close_frame(1001, "", false))
         .await
         .expect("write");
     let end = tokio::time::timeout(Duration::from_secs(5), t.done)
@@ -197,7 +197,7 @@ async fn silence_closes_with_1001_but_traffic_keeps_it_open() {
 async fn no_second_close_goes_where_one_already_went() {
     let mut t = tunnel(Duration::from_secs(60));
     // The client starts closing; the drain comes before the backend replies.
-    let client_close = super::super::frames::close_frame(1000, "bye", true);
+    let client_close = super::ws_frames::close_frame(1000, "bye", true);
     t.client.write_all(&client_close).await.expect("write");
     assert_eq!(
         read_exact(&mut t.backend, client_close.len()).await,
@@ -209,7 +209,7 @@ async fn no_second_close_goes_where_one_already_went() {
     assert_eq!(parse_close(&to_client).0, 1001);
     // ... and the backend no second Close: it only sees the end once the client leaves.
     t.backend
-        .write_all(&super::super::frames::close_frame(1000, "", false))
+        .write_all(&super::ws_frames::close_frame(1000, "", false))
         .await
         .expect("write");
     drop(t.client);

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::raw_body::{Framing, RawBody};
+use super::raw_body::{RawBody, ResponseFraming};
 use crate::proxy::body::RequestBody;
 use crate::proxy::interim::{Interim, Slot};
 
@@ -196,7 +196,7 @@ impl RawConn {
         &mut self,
         head_request: bool,
         interim: Option<&Slot>,
-    ) -> Result<(Parts, Framing), RawError> {
+    ) -> Result<(Parts, ResponseFraming), RawError> {
         self.stream
             .write_all(&self.head)
             .await
@@ -220,7 +220,10 @@ impl RawConn {
         }
     }
 
-    async fn read_head(&mut self, head_request: bool) -> Result<(Parts, Framing), RawError> {
+    async fn read_head(
+        &mut self,
+        head_request: bool,
+    ) -> Result<(Parts, ResponseFraming), RawError> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(parsed) = self.parse_head(head_request)? {
@@ -239,7 +242,10 @@ impl RawConn {
         }
     }
 
-    fn parse_head(&mut self, head_request: bool) -> Result<Option<(Parts, Framing)>, RawError> {
+    fn parse_head(
+        &mut self,
+        head_request: bool,
+    ) -> Result<Option<(Parts, ResponseFraming)>, RawError> {
         parse_response_head(&mut self.buf, head_request)
     }
 }
@@ -251,7 +257,7 @@ impl RawConn {
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
-) -> Result<Option<(Parts, Framing)>, RawError> {
+) -> Result<Option<(Parts, ResponseFraming)>, RawError> {
     // Parsed once, in place; where each field lies is kept as offsets, so that the values
     // can share the head once it is split off `buf` and frozen.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -320,7 +326,7 @@ fn framing(
     version: Version,
     headers: &HeaderMap,
     head_request: bool,
-) -> Result<Framing, RawError> {
+) -> Result<ResponseFraming, RawError> {
     let mut keep_alive = version == Version::HTTP_11;
     for v in headers.get_all(CONNECTION) {
         for token in v.as_bytes().split(|&b| b == b',') {
@@ -333,10 +339,10 @@ fn framing(
         }
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Framing::Empty { keep_alive: false });
+        return Ok(ResponseFraming::Empty { keep_alive: false });
     }
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Empty { keep_alive });
+        return Ok(ResponseFraming::Empty { keep_alive });
     }
     let length = content_length(headers)?;
     if headers.contains_key(TRANSFER_ENCODING) {
@@ -361,18 +367,20 @@ fn framing(
             return Err(RawError::Framing("chunked applied more than once"));
         }
         return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked { keep_alive },
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => {
+                ResponseFraming::Chunked { keep_alive }
+            }
             // Not chunked last: the body runs to the end of the connection.
-            _ => Framing::Close,
+            _ => ResponseFraming::Close,
         });
     }
     Ok(match length {
-        Some(0) => Framing::Empty { keep_alive },
-        Some(n) => Framing::Length {
+        Some(0) => ResponseFraming::Empty { keep_alive },
+        Some(n) => ResponseFraming::Length {
             remaining: n,
             keep_alive,
         },
-        None => Framing::Close,
+        None => ResponseFraming::Close,
     })
 }
 
@@ -465,7 +473,7 @@ mod tests {
         h
     }
 
-    fn frame(pairs: &[(&str, &str)]) -> Result<Framing, RawError> {
+    fn frame(pairs: &[(&str, &str)]) -> Result<ResponseFraming, RawError> {
         framing(StatusCode::OK, Version::HTTP_11, &map(pairs), false)
     }
 
@@ -473,27 +481,27 @@ mod tests {
     fn framing_follows_rfc_9112() {
         assert!(matches!(
             frame(&[("content-length", "5")]),
-            Ok(Framing::Length {
+            Ok(ResponseFraming::Length {
                 remaining: 5,
                 keep_alive: true
             })
         ));
         assert!(matches!(
             frame(&[("content-length", "5, 5"), ("content-length", "5")]),
-            Ok(Framing::Length { remaining: 5, .. })
+            Ok(ResponseFraming::Length { remaining: 5, .. })
         ));
         assert!(matches!(
             frame(&[("transfer-encoding", "gzip, chunked")]),
-            Ok(Framing::Chunked { keep_alive: true })
+            Ok(ResponseFraming::Chunked { keep_alive: true })
         ));
         assert!(matches!(
             frame(&[("transfer-encoding", "gzip")]),
-            Ok(Framing::Close)
+            Ok(ResponseFraming::Close)
         ));
-        assert!(matches!(frame(&[]), Ok(Framing::Close)));
+        assert!(matches!(frame(&[]), Ok(ResponseFraming::Close)));
         assert!(matches!(
             frame(&[("content-length", "0"), ("connection", "close")]),
-            Ok(Framing::Empty { keep_alive: false })
+            Ok(ResponseFraming::Empty { keep_alive: false })
         ));
         for bad in [
             &[("content-length", "5"), ("content-length", "6")][..],
@@ -512,7 +520,10 @@ mod tests {
             &map(&[("content-length", "5")]),
             true,
         );
-        assert!(matches!(head, Ok(Framing::Empty { keep_alive: true })));
+        assert!(matches!(
+            head,
+            Ok(ResponseFraming::Empty { keep_alive: true })
+        ));
         let old = framing(
             StatusCode::OK,
             Version::HTTP_10,
@@ -521,7 +532,7 @@ mod tests {
         );
         assert!(matches!(
             old,
-            Ok(Framing::Length {
+            Ok(ResponseFraming::Length {
                 keep_alive: false,
                 ..
             })

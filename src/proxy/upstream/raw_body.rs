@@ -17,7 +17,7 @@ const MAX_SIZE_DIGITS: u8 = 16;
 
 /// How a response body is delimited, from its head.
 #[derive(Debug, Clone, Copy)]
-pub enum Framing {
+pub enum ResponseFraming {
     /// No body (HEAD, 204, 304, Content-Length: 0).
     Empty {
         keep_alive: bool,
@@ -81,14 +81,14 @@ pub struct RawBody {
 }
 
 impl RawBody {
-    pub(super) fn new(conn: RawConn, framing: Framing) -> RawBody {
+    pub(super) fn new(conn: RawConn, framing: ResponseFraming) -> RawBody {
         let (state, keep_alive, exact) = match framing {
-            Framing::Empty { keep_alive } => (State::Done, keep_alive, Some(0)),
-            Framing::Length {
+            ResponseFraming::Empty { keep_alive } => (State::Done, keep_alive, Some(0)),
+            ResponseFraming::Length {
                 remaining,
                 keep_alive,
             } => (State::Length(remaining), keep_alive, Some(remaining)),
-            Framing::Chunked { keep_alive } => (
+            ResponseFraming::Chunked { keep_alive } => (
                 State::Chunked(Chunk::Size {
                     value: 0,
                     digits: 0,
@@ -96,7 +96,7 @@ impl RawBody {
                 keep_alive,
                 None,
             ),
-            Framing::Close => (State::Close, false, None),
+            ResponseFraming::Close => (State::Close, false, None),
         };
         RawBody {
             conn: Some(conn),
