@@ -273,7 +273,7 @@ fn settle(ex: Exchange, inner: &mut UpstreamIncoming, end: End<'_>) {
         .take_reusable()
         .filter(|_| matches!(end, End::Complete))
     {
-        ex.backend.conns.checkin_raw(conn);
+        ex.backend.conns.checkin(conn);
     }
     ex.finish(end);
 }

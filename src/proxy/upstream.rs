@@ -4,14 +4,19 @@
 //! connection that turns out closed is resent once on a fresh one (it was never written).
 //! HTTP/1.1 connections carry one request at a time and are checked in after a complete
 //! response; an HTTP/2 connection stays in the queue and is shared by concurrent requests.
-//! Bodiless requests to plain HTTP/1.1 backends go through autolb's own client (`raw`).
+//! Requests are carried by one of two transports behind one trait (`transport`): hyper's
+//! client (`hyper_client`) or, for bodiless requests to plain HTTP/1.1 backends, autolb's
+//! own (`own_client`, over `raw`).
 
 mod connect;
 mod h2_open;
+mod hyper_client;
 mod idle;
+mod own_client;
 mod raw;
 mod raw_body;
 mod sender;
+mod transport;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,24 +25,22 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use http::header::CONNECTION;
 use http::request::Parts;
-use http::Method;
-use http_body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::time::Instant;
 
 use super::body::{RequestBody, UpstreamIncoming};
-use super::grpc::{within, Progress};
-use super::interim::{Interim, Slot};
-use crate::config::{self, UpstreamProtocol};
-use crate::sched::worker_id;
+
+use super::interim::Slot;
+use crate::config;
 use connect::Upstream;
+use hyper_client::HyperClient;
+use own_client::OwnClient;
 pub use raw::{parse_response_head, RawConn, RawError};
 pub use raw_body::{decode_chunked_body, RawBody, ResponseFraming};
 use sender::Conn;
 pub use sender::Sender;
+use transport::{Reusable, Transport};
 
 /// Idle connections kept per worker and backend.
 const MAX_IDLE_PER_WORKER: usize = 1024;
@@ -101,11 +104,6 @@ impl UpstreamError {
     }
 }
 
-struct Idle<T> {
-    tx: T,
-    since: Instant,
-}
-
 /// Connections to one backend address, one idle queue per worker thread so that workers
 /// never contend, and the connection settings (TLS, protocol) of the backend's pool.
 pub struct ConnPool {
@@ -113,7 +111,7 @@ pub struct ConnPool {
     /// Idle connections of hyper's clients, per worker; each store is made on its worker's
     /// first request here (a bounded queue of 1,024 slots is ~48 KiB: a backend nobody
     /// sends to should not cost that per worker).
-    idle: Box<[OnceLock<ArrayQueue<Idle<Sender>>>]>,
+    idle: Box<[OnceLock<ArrayQueue<hyper_client::Idle>>]>,
     /// Idle connections of autolb's own HTTP/1.1 client, per worker.
     raw_idle: Box<[idle::IdleStack<RawConn>]>,
     upstream: ArcSwap<Upstream>,
@@ -155,83 +153,14 @@ impl ConnPool {
         }
     }
 
-    fn queue(&self) -> &ArrayQueue<Idle<Sender>> {
-        self.idle[worker_id() % self.idle.len()]
-            .get_or_init(|| ArrayQueue::new(MAX_IDLE_PER_WORKER))
-    }
-
-    fn raw_queue(&self) -> &idle::IdleStack<RawConn> {
-        &self.raw_idle[worker_id() % self.raw_idle.len()]
-    }
-
     pub fn idle_count(&self) -> usize {
-        self.idle
-            .iter()
-            .filter_map(OnceLock::get)
-            .map(ArrayQueue::len)
-            .sum::<usize>()
-            + self.raw_idle.iter().map(|q| q.len()).sum::<usize>()
+        HyperClient::idle_count(self) + OwnClient::idle_count(self)
     }
 
-    /// An idle connection of the own client, younger than `max_idle`, of the current
-    /// settings, and not closed by the backend meanwhile.
-    fn take_raw(&self, max_idle: Duration, generation: u64) -> Option<RawConn> {
-        self.raw_queue()
-            .pop(max_idle, |c| c.generation == generation && !c.is_stale())
-    }
-
-    /// Return a connection of the own client whose last response was read completely.
-    pub fn checkin_raw(&self, conn: RawConn) {
-        if conn.generation != self.upstream.load().generation {
-            return;
-        }
-        conn.park();
-        self.raw_queue().push(conn);
-    }
-
-    /// An idle connection younger than `max_idle`, still open and of the current settings.
-    /// HTTP/2 connections go back into the queue at once, shared.
-    async fn take_idle(&self, max_idle: Duration, generation: u64) -> Option<Sender> {
-        let queue = self.queue();
-        // Bounded: each entry is looked at once at most.
-        for _ in 0..queue.len() {
-            let Some(Idle { mut tx, since }) = queue.pop() else {
-                break;
-            };
-            if since.elapsed() >= max_idle || tx.is_closed() || tx.generation != generation {
-                tracing::debug!(backend = %self.addr, closed = tx.is_closed(), "idle connection dropped");
-                continue;
-            }
-            match tx.ready().await {
-                Ok(()) => {
-                    if let Some(shared) = tx.share() {
-                        let _ = queue.push(Idle {
-                            tx: shared,
-                            since: Instant::now(),
-                        });
-                    }
-                    return Some(tx);
-                }
-                Err(e) => {
-                    tracing::debug!(backend = %self.addr, error = %e, "idle connection unusable")
-                }
-            }
-        }
-        None
-    }
-
-    /// Return a connection whose last response was read completely (HTTP/2 connections are
-    /// shared from the queue already).
-    pub fn checkin(&self, tx: Sender) {
-        let up = self.upstream.load();
-        if tx.is_closed() || tx.is_h2() || tx.generation != up.generation || up.send_proxy.is_some()
-        {
-            return;
-        }
-        let _ = self.queue().push(Idle {
-            tx,
-            since: Instant::now(),
-        });
+    /// Take back a connection whose last response was read completely, into the idle
+    /// connections of the transport it came from.
+    pub(crate) fn checkin<C: Reusable>(&self, conn: C) {
+        C::Transport::checkin(self, conn);
     }
 
     /// A new connection to `addr` (the backend's, or a health check's port).
@@ -264,210 +193,11 @@ impl ConnPool {
         limits: AttemptLimits,
         interim: Option<&Slot>,
     ) -> Result<Sent, Failed> {
-        let AttemptLimits {
-            connect: connect_timeout,
-            response: response_timeout,
-            max_idle,
-            response_buffer,
-        } = limits;
         let up = self.upstream.load_full();
-        let own_client = own_client_enabled()
-            && up.protocol == UpstreamProtocol::H1
-            && up.tls.is_none()
-            && up.send_proxy.is_none()
-            && req.body().is_end_stream()
-            && !req.headers().contains_key(CONNECTION);
-        if own_client {
-            let t = (connect_timeout, response_timeout, max_idle);
-            return self
-                .send_raw(req, &up, keep_copy, t, interim, response_buffer)
-                .await;
-        }
-        let copy = keep_copy.then(|| copy_request(&req));
-        let mut req = req;
-        if let Some(interim) = interim.map(|slot| slot.get_or_init(Default::default)) {
-            // hyper's client hands a 1xx to this callback on its connection's task, which
-            // then wakes this one (the client connection's) to write it.
-            let sink = interim.clone();
-            hyper::ext::on_informational(&mut req, move |res| {
-                if Interim::forwards(res.status()) {
-                    sink.push(res.status(), res.headers());
-                }
-            });
-            std::future::poll_fn(|cx| {
-                interim.watch(cx);
-                std::task::Poll::Ready(())
-            })
-            .await;
-        }
-        // Boxed: hyper's client futures would otherwise make this future (and every one
-        // that awaits it, up to the connection's) 1.6 KB larger, and an async call copies
-        // its callee whole, level by level, for every request, own client included.
-        let sending = self.send_hyper(req, &up, connect_timeout, response_timeout, max_idle);
-        match Box::pin(sending).await {
-            Ok((resp, tx, connect)) => Ok(Sent {
-                response: resp.map(UpstreamIncoming::Hyper),
-                conn: Some(tx),
-                request: copy,
-                connect,
-            }),
-            Err(mut failed) => {
-                failed.request = failed.request.or(copy);
-                Err(failed)
-            }
-        }
-    }
-
-    /// A bodiless request over the own HTTP/1.1 client: on an idle connection, or a new one
-    /// when none is idle or the idle one turns out closed before it answered anything.
-    async fn send_raw(
-        &self,
-        mut req: Request<RequestBody>,
-        up: &Upstream,
-        keep_copy: bool,
-        (connect_timeout, response_timeout, max_idle): (Duration, Duration, Duration),
-        interim: Option<&Slot>,
-        response_buffer: usize,
-    ) -> Result<Sent, Failed> {
-        let addr = self.addr;
-        connect::prepare(&mut req, false, up, addr);
-        let head_request = req.method() == Method::HEAD;
-        let idempotent = req.method().is_idempotent();
-        let mut idle = self.take_raw(max_idle, up.generation);
-        let mut connect = None;
-        loop {
-            let reused = idle.is_some();
-            let connect_start = Instant::now();
-            let mut conn = match idle.take() {
-                Some(conn) => conn,
-                None => match raw::connect(addr, connect_timeout).await {
-                    Ok(stream) => {
-                        connect = Some(connect_start.elapsed());
-                        RawConn::new(stream, up.generation)
-                    }
-                    Err(raw::ConnectError::Timeout) => {
-                        let error = UpstreamError::ConnectTimeout {
-                            addr,
-                            after: connect_timeout,
-                        };
-                        return Err(Failed::unsent(error, req));
-                    }
-                    Err(raw::ConnectError::Io(source)) => {
-                        let error = UpstreamError::Connect { addr, source };
-                        return Err(Failed::unsent(error, req));
-                    }
-                },
-            };
-            conn.limit_reads(response_buffer);
-            conn.encode(&req);
-            match conn.exchange(head_request, response_timeout, interim).await {
-                Ok(resp) => {
-                    return Ok(Sent {
-                        response: resp.map(UpstreamIncoming::Raw),
-                        conn: None,
-                        request: keep_copy.then_some(req),
-                        connect,
-                    })
-                }
-                Err(RawError::Timeout) => {
-                    let error = UpstreamError::ResponseTimeout {
-                        addr,
-                        after: response_timeout,
-                    };
-                    return Err(Failed {
-                        error,
-                        request: keep_copy.then_some(req),
-                    });
-                }
-                // The backend closed the reused connection under us: nothing of it was read
-                // (or, for an idempotent request, answered), so send it on a fresh one.
-                Err(e) if reused && (e.unsent() || (idempotent && e.nothing_received())) => {
-                    tracing::debug!(backend = %addr, error = %e, "reused connection closed: resending on a new one");
-                }
-                Err(source) => {
-                    let resend = keep_copy || source.unsent();
-                    return Err(Failed {
-                        error: UpstreamError::Raw { addr, source },
-                        request: resend.then_some(req),
-                    });
-                }
-            }
-        }
-    }
-
-    /// A request over hyper's client (bodies, upgrades, TLS, HTTP/2, PROXY headers).
-    async fn send_hyper(
-        &self,
-        mut req: Request<RequestBody>,
-        up: &Arc<Upstream>,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-        max_idle: Duration,
-    ) -> Result<(Response<Incoming>, Sender, Option<Duration>), Failed> {
-        let addr = self.addr;
-        let timed_out = || UpstreamError::ResponseTimeout {
-            addr,
-            after: response_timeout,
-        };
-        // `send_proxy`: a connection names one client, so it is never reused nor shared.
-        let private = up.send_proxy.is_some();
-        let client = req.extensions().get::<crate::l4::ProxyAddrs>().copied();
-        // A gRPC call without a deadline: the wait restarts while its stream flows.
-        let progress = req.extensions().get::<Progress>().cloned();
-        let mut idle = match private {
-            true => None,
-            false => self.take_idle(max_idle, up.generation).await,
-        };
-        let mut opener = None;
-        if idle.is_none() && !private && up.protocol == UpstreamProtocol::H2 {
-            // One opens, the others share what it opened (`h2_open`).
-            opener = self.h2_opening.enter(connect_timeout).await;
-            if opener.is_none() {
-                idle = self.take_idle(max_idle, up.generation).await;
-            }
-        }
-        if let Some(mut tx) = idle {
-            connect::prepare(&mut req, tx.is_h2(), up, addr);
-            match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
-                Err(_) => return Err(Failed::sent(timed_out())),
-                Ok(Ok(resp)) => return Ok((resp, tx, None)),
-                Ok(Err(mut e)) => match e.take_message() {
-                    // The backend closed the idle connection before our request went out:
-                    // nothing was sent, so send it on a fresh connection.
-                    Some(unsent) => req = unsent,
-                    None => {
-                        let source = e.into_error();
-                        return Err(Failed::sent(UpstreamError::Request { addr, source }));
-                    }
-                },
-            }
-        }
-        let connect_start = Instant::now();
-        let mut tx = match self.open(addr, connect_timeout, client).await {
-            Ok(tx) => tx,
-            Err(error) => return Err(Failed::unsent(error, req)),
-        };
-        let connect = Some(connect_start.elapsed());
-        if let Some(shared) = tx.share().filter(|_| !private) {
-            let _ = self.queue().push(Idle {
-                tx: shared,
-                since: Instant::now(),
-            });
-        }
-        // The shared handle is in the queue: the requests waiting for it take it.
-        drop(opener);
-        connect::prepare(&mut req, tx.is_h2(), up, addr);
-        match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
-            Err(_) => Err(Failed::sent(timed_out())),
-            Ok(Ok(resp)) => Ok((resp, tx, connect)),
-            Ok(Err(mut e)) => {
-                let request = e.take_message();
-                let source = e.into_error();
-                Err(Failed {
-                    error: UpstreamError::Request { addr, source },
-                    request,
-                })
-            }
+        if OwnClient::carries(&up, &req) {
+            OwnClient::send(self, req, &up, keep_copy, limits, interim).await
+        } else {
+            HyperClient::send(self, req, &up, keep_copy, limits, interim).await
         }
     }
 
@@ -524,13 +254,6 @@ impl Failed {
             request: Some(request),
         }
     }
-}
-
-/// `AUTOLB_UPSTREAM_CLIENT=hyper` sends every request through hyper's client (for
-/// comparison in benchmarks, or as a way around a backend the own client trips on).
-fn own_client_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("AUTOLB_UPSTREAM_CLIENT").map_or(true, |v| v != "hyper"))
 }
 
 /// A bodiless copy of a request's head, for resending it after it was sent (idempotent

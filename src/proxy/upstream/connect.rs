@@ -66,14 +66,14 @@ pub(super) struct TlsTarget {
 }
 
 /// The connection settings of one backend, swapped whole when its pool's config changes.
-pub(super) struct Upstream {
-    pub key: Key,
-    pub protocol: UpstreamProtocol,
-    pub tls: Option<TlsTarget>,
+pub(crate) struct Upstream {
+    pub(super) key: Key,
+    pub(super) protocol: UpstreamProtocol,
+    pub(super) tls: Option<TlsTarget>,
     /// `send_proxy`: every connection starts with a PROXY header (and is never shared).
-    pub send_proxy: Option<config::ProxyVersion>,
+    pub(super) send_proxy: Option<config::ProxyVersion>,
     /// Bumped on every change: connections of an older generation are not reused.
-    pub generation: u64,
+    pub(super) generation: u64,
     /// The backend as configured: the HTTP/2 `:authority` of requests without a Host.
     authority: Option<String>,
 }
