@@ -51,16 +51,6 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "the runtime owns the event log and restarts the active checks on every apply",
     ),
     (
-        "balance",
-        "proxy",
-        "tests build backends, which need an upstream connection pool (proxy::upstream)",
-    ),
-    (
-        "affinity",
-        "proxy",
-        "tests build backends, which need an upstream connection pool (proxy::upstream)",
-    ),
-    (
         "health",
         "proxy",
         "checks send their requests through proxy::upstream's pool and request body",

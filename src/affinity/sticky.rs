@@ -319,24 +319,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::proxy::upstream::ConnPool;
-    use crate::runtime::BackendStats;
 
     fn backends(n: usize) -> Vec<Arc<Backend>> {
         (0..n)
             .map(|i| {
                 let addr = format!("127.0.0.1:{}", 4000 + i).parse().expect("addr");
-                Arc::new(Backend {
-                    address: format!("127.0.0.1:{}", 4000 + i),
-                    addr,
-                    weight: 1,
-                    config_weight: 1,
-                    disabled: false,
-                    mode: Default::default(),
-                    slow_start: None,
-                    stats: Arc::new(BackendStats::default()),
-                    conns: Arc::new(ConnPool::new(addr, 1)),
-                })
+                Arc::new(Backend::for_tests(addr, 1))
             })
             .collect()
     }

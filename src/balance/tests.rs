@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::proxy::upstream::ConnPool;
-use crate::runtime::BackendStats;
 
 pub(super) fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
     weights
@@ -15,15 +13,8 @@ pub(super) fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
         .map(|(i, &w)| {
             let addr = format!("127.0.0.1:{}", 3000 + i).parse().expect("addr");
             Arc::new(Backend {
-                address: format!("127.0.0.1:{}", 3000 + i),
-                addr,
-                weight: w,
-                config_weight: w,
-                disabled: false,
-                mode: Default::default(),
                 slow_start: Some(Duration::from_secs(10)),
-                stats: Arc::new(BackendStats::default()),
-                conns: Arc::new(ConnPool::new(addr, 1)),
+                ..Backend::for_tests(addr, w)
             })
         })
         .collect()

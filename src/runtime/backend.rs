@@ -40,6 +40,23 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A plain HTTP/1.1 backend at `addr` with `weight`, enabled and healthy, as unit tests
+    /// of the layers above build them (one worker's connection pool, slow start off).
+    #[cfg(test)]
+    pub fn for_tests(addr: SocketAddr, weight: u32) -> Backend {
+        Backend {
+            address: addr.to_string(),
+            addr,
+            weight,
+            config_weight: weight,
+            disabled: false,
+            mode: Default::default(),
+            slow_start: None,
+            stats: Arc::new(BackendStats::default()),
+            conns: Arc::new(ConnPool::new(addr, 1)),
+        }
+    }
+
     /// May the balancer pick this backend for a new request or session now?
     /// (enabled, in the `ready` state, healthy, not ejected, not draining)
     #[inline]
