@@ -146,15 +146,7 @@ fn random_follows_weights() {
 fn disabled_backends_are_never_picked() {
     let mut bs = backends(&[1, 1]);
     Arc::get_mut(&mut bs[0]).expect("unique").disabled = true;
-    for alg in [
-        Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin,
-        Algorithm::LeastConn,
-        Algorithm::P2c,
-        Algorithm::PeakEwma,
-        Algorithm::ConsistentHash,
-        Algorithm::Random,
-    ] {
+    for &alg in Algorithm::ALL {
         let b = Balancer::new(alg, &bs);
         assert_eq!(
             counts(&b, &bs, 50, PickContext::default()),
