@@ -25,5 +25,6 @@ pub mod runtime;
 pub(crate) mod sched;
 pub mod server;
 pub mod state;
+pub mod tickets;
 pub mod tls;
 pub mod uri;

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["balance", "affinity", "health", "state"],
     &["accesslog"],
     &["proxy", "l4"],
-    &["alerts", "autoscale", "acme", "ocsp"],
+    &["alerts", "autoscale", "acme", "ocsp", "tickets"],
     &["server"],
     &["admin", "metrics"],
 ];

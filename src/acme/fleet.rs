@@ -1,7 +1,7 @@
 //! ACME across a fleet (`state.backend: redis`): per managed listener, the node that holds
 //! the lease `acme:LISTENER` (fenced: a newer holder's token refuses a stale leader's
 //! writes) orders and renews; it stores the account credentials, the chain and the key in
-//! the state backend, sealed with ChaCha20-Poly1305 under the key in `AUTOLB_ACME_KEY`;
+//! the state backend, sealed (`state::seal`) under the key in `AUTOLB_ACME_KEY`;
 //! every node reads them every few seconds, stores them on disk and serves them (no
 //! restart). http-01 tokens are shared too, so whichever node the CA reaches answers.
 //! Without the backend, nodes keep serving what they have and nobody orders.
@@ -9,17 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{order, store, unix_now, Acme, AcmeError, Managed};
+use crate::state::seal::Sealer;
 use crate::state::SharedState;
 
 /// The environment variable holding the 32-byte key (base64 or 64 hex digits).
-pub const KEY_ENV: &str = "AUTOLB_ACME_KEY";
+pub use crate::state::seal::KEY_ENV;
 /// The lease's lifetime; the holder renews it three times as often.
 const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often every node looks at the lease and the shared certificate.
@@ -39,31 +37,8 @@ struct Bundle {
 pub struct Fleet {
     backend: Arc<dyn SharedState>,
     node: String,
-    key: LessSafeKey,
-    rng: SystemRandom,
-}
-
-/// Read the key from `KEY_ENV`.
-fn key_from_env() -> Result<LessSafeKey, AcmeError> {
-    let missing = || {
-        AcmeError::Setup(format!(
-            "tls.acme with state.backend: redis needs {KEY_ENV}: 32 random bytes, base64 or hex (e.g. `openssl rand -base64 32`), the same on every node"
-        ))
-    };
-    let text = std::env::var(KEY_ENV).map_err(|_| missing())?;
-    let text = text.trim();
-    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..32)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| missing())?
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|_| missing())?
-    };
-    let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| missing())?;
-    Ok(LessSafeKey::new(unbound))
+    /// Seals what is stored in the backend (`state::seal`).
+    key: Sealer,
 }
 
 impl Fleet {
@@ -71,8 +46,9 @@ impl Fleet {
         Ok(Fleet {
             backend,
             node: node.to_string(),
-            key: key_from_env()?,
-            rng: SystemRandom::new(),
+            key: Sealer::from_env().map_err(|e| {
+                AcmeError::Setup(format!("tls.acme with state.backend: redis needs {e}"))
+            })?,
         })
     }
 
@@ -89,45 +65,16 @@ impl Fleet {
             .flatten()
     }
 
-    /// `nonce || ciphertext+tag`, base64; `name` is bound as associated data.
     fn seal(&self, name: &str, plain: &[u8]) -> Result<String, AcmeError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng
-            .fill(&mut nonce)
-            .map_err(|_| AcmeError::Fleet("no randomness".into()))?;
-        let mut data = plain.to_vec();
         self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
-                &mut data,
-            )
-            .map_err(|_| AcmeError::Fleet("sealing failed".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+            .seal(name, plain)
+            .map_err(|e| AcmeError::Fleet(e.to_string()))
     }
 
     fn open(&self, name: &str, sealed: &str) -> Result<Vec<u8>, AcmeError> {
-        let bad = || {
-            AcmeError::Fleet(format!(
-                "the shared ACME data cannot be opened: is {KEY_ENV} the same on every node?"
-            ))
-        };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(sealed)
-            .map_err(|_| bad())?;
-        if bytes.len() < NONCE_LEN {
-            return Err(bad());
-        }
-        let (nonce, data) = bytes.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
-        let mut data = data.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut data)
-            .map_err(|_| bad())?;
-        Ok(plain.to_vec())
+        self.key
+            .open(name, sealed)
+            .map_err(|e| AcmeError::Fleet(e.to_string()))
     }
 
     /// The shared bundle of lease `name`, if any.
@@ -246,39 +193,5 @@ impl Fleet {
             }
         }
         POLL
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sealed_data_opens_only_with_its_key_and_name() {
-        let key =
-            |b: u8| LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[b; 32]).expect("key"));
-        let backend: Arc<dyn SharedState> = Arc::new(crate::state::memory::MemoryState::default());
-        let a = Fleet {
-            backend: backend.clone(),
-            node: "a".into(),
-            key: key(1),
-            rng: SystemRandom::new(),
-        };
-        let b = Fleet {
-            backend,
-            node: "b".into(),
-            key: key(2),
-            rng: SystemRandom::new(),
-        };
-        let sealed = a.seal("acme:web", b"secret").expect("seal");
-        assert!(!sealed.contains("secret"));
-        assert_eq!(a.open("acme:web", &sealed).expect("open"), b"secret");
-        assert!(a.open("acme:other", &sealed).is_err(), "bound to its name");
-        assert!(b.open("acme:web", &sealed).is_err(), "another key");
-        assert_ne!(
-            sealed,
-            a.seal("acme:web", b"secret").expect("seal"),
-            "fresh nonce"
-        );
     }
 }

@@ -159,6 +159,19 @@ pub struct TlsFile {
     /// Staple OCSP responses (`ocsp_stapling: true`), from `ocsp_responder` if set.
     pub ocsp_stapling: Option<bool>,
     pub ocsp_responder: Option<Located<String>>,
+    /// TLS session-ticket keys: rotation, sharing across the fleet.
+    pub session_tickets: Option<SessionTicketsFile>,
+}
+
+/// `tls.session_tickets`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a session_tickets mapping (rotate, shared)"
+)]
+pub struct SessionTicketsFile {
+    pub rotate: Option<Located<Dur>>,
+    pub shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

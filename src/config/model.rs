@@ -137,6 +137,26 @@ pub struct ListenerTls {
     pub client_auth: Option<super::ClientAuth>,
     /// `ocsp_stapling: true`: OCSP responses fetched and stapled to the certificates.
     pub ocsp: Option<OcspStapling>,
+    /// `session_tickets`: ticket key rotation and sharing.
+    pub session_tickets: SessionTickets,
+}
+
+/// `tls.session_tickets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTickets {
+    /// A new ticket key this often; a ticket opens for two periods.
+    pub rotate: std::time::Duration,
+    /// With `state.backend: redis`, one node makes the keys and every node uses them.
+    pub shared: bool,
+}
+
+impl Default for SessionTickets {
+    fn default() -> SessionTickets {
+        SessionTickets {
+            rotate: std::time::Duration::from_secs(6 * 3600),
+            shared: false,
+        }
+    }
 }
 
 /// `ocsp_stapling: true` (and `ocsp_responder`).

@@ -231,6 +231,7 @@ fn full_config_parses_into_the_model() {
                     acme: None,
                     client_auth: None,
                     ocsp: None,
+                    session_tickets: Default::default(),
                 }),
                 h2c: false,
                 redirect_https: None,

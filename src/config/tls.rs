@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::error::Issues;
 use super::file::{ListenerFile, PoolFile, TlsFile, UpstreamProtocolFile, UpstreamTlsFile};
-use super::model::{CertPair, Config, OcspStapling};
+use super::model::{CertPair, Config, OcspStapling, SessionTickets};
 use super::model::{Hsts, ListenerTls, Protocol, UpstreamProtocol, UpstreamTls};
 use super::node::Located;
 
@@ -82,6 +82,20 @@ pub(crate) fn listener_tls(tls: &Located<TlsFile>, issues: &mut Issues) -> Liste
             .as_ref()
             .map(|c| super::client_auth::client_auth(c, issues)),
         ocsp: ocsp(&tls.value, issues),
+        session_tickets: tls
+            .value
+            .session_tickets
+            .as_ref()
+            .map(|t| SessionTickets {
+                rotate: super::pool::nonzero_dur(
+                    &t.rotate,
+                    SessionTickets::default().rotate,
+                    "session_tickets.rotate",
+                    issues,
+                ),
+                shared: t.shared.unwrap_or(false),
+            })
+            .unwrap_or_default(),
     }
 }
 

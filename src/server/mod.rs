@@ -55,6 +55,8 @@ pub enum ServerError {
     State(#[from] crate::state::redis::StartError),
     #[error("acme: {0}")]
     Acme(#[from] crate::acme::AcmeError),
+    #[error(transparent)]
+    Tickets(#[from] crate::tickets::TicketsError),
 }
 
 /// How a stopping autolb treats the connections it still has (the value of the shutdown
@@ -279,6 +281,7 @@ impl Server {
             shared.fleet.id(),
             runtime.alerts.clone(),
         )?;
+        crate::tickets::start(&snapshot.config, &tls, &shared.backend, shared.fleet.id())?;
         let services = Services {
             runtime: runtime.clone(),
             shared: shared.clone(),

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod purge;
 pub mod ratelimit;
 pub mod redis;
+pub mod seal;
 
 use std::future::Future;
 use std::net::SocketAddr;

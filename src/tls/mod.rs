@@ -15,6 +15,7 @@ mod client_names;
 pub mod metrics;
 pub mod resolver;
 pub mod server;
+pub mod tickets;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex, RwLock};

@@ -50,6 +50,8 @@ pub struct TlsListener {
     resolver: Arc<SniResolver>,
     sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
+    /// The same, typed: its keys are set by the fleet (`tls.session_tickets.shared`).
+    pub tickets: Arc<super::tickets::Ticketer>,
     /// `client_auth`: the verifier of both TLS configs (TCP and QUIC).
     pub client_auth: Arc<ClientAuthSlot>,
     current: Mutex<Current>,
@@ -139,7 +141,13 @@ impl TlsListener {
         };
         let resolver = Arc::new(SniResolver::new(CertStore::new(&loaded, tls.strict_sni)));
         let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
-        let ticketer = rustls::crypto::ring::Ticketer::new().map_err(rustls_err)?;
+        let tickets =
+            super::tickets::Ticketer::new(tls.session_tickets.rotate).ok_or_else(|| {
+                rustls_err(rustls::Error::General(
+                    "no randomness for ticket keys".into(),
+                ))
+            })?;
+        let ticketer: Arc<dyn ProducesTickets> = tickets.clone();
         let client_auth = Arc::new(ClientAuthSlot::new(tls.client_auth.as_ref()).map_err(
             |source| TlsError::ClientAuth {
                 listener: name.to_string(),
@@ -161,6 +169,7 @@ impl TlsListener {
             resolver,
             sessions,
             ticketer,
+            tickets,
             client_auth,
             current: Mutex::new(Current {
                 pairs: tls.certificates.clone(),
