@@ -25,6 +25,6 @@ pub mod runtime;
 pub(crate) mod sched;
 pub mod server;
 pub mod state;
-pub mod tickets;
+pub(crate) mod tickets;
 pub mod tls;
 pub mod uri;

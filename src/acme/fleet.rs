@@ -16,8 +16,6 @@ use super::{order, store, unix_now, Acme, AcmeError, Managed};
 use crate::state::seal::Sealer;
 use crate::state::SharedState;
 
-/// The environment variable holding the 32-byte key (base64 or 64 hex digits).
-pub use crate::state::seal::KEY_ENV;
 /// The lease's lifetime; the holder renews it three times as often.
 const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often every node looks at the lease and the shared certificate.
