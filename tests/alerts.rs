@@ -389,14 +389,7 @@ pools:
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut lb = lb;
-    loop {
-        if let Ok(Some(status)) = lb.proc.child.try_wait() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "autolb did not stop within 10s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = lb.proc.exited(10).await;
+    assert!(status.success(), "{status:?}");
 }

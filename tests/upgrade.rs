@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -156,18 +156,7 @@ fn upgrade(config: &Path) -> Proc {
 
 /// Wait for `proc` to exit by itself; its exit code.
 async fn exit_code(proc: &mut Proc, secs: u64) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(s) = proc.child.try_wait().expect("wait") {
-            return s.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old process still running after {secs}s\n{}",
-            proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proc.exited(secs).await.code()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,19 +342,7 @@ async fn an_upgrade_through_a_moved_current_symlink_finds_the_running_process() 
         log: new_log,
     };
     let mut old_proc = old.proc;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = old_proc.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old process still running\nold:\n{}\nnew:\n{}",
-            old_proc.log(),
-            new.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = old_proc.exited(30).await;
     assert_eq!(status.code(), Some(0), "{}", old_proc.log());
     assert!(
         new.log().contains("taking over listening sockets"),
