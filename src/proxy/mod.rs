@@ -67,23 +67,71 @@ pub struct ConnContext {
     pub interim: interim::Slot,
 }
 
+/// A connection's context as a parked connection keeps it: nothing allocated for it alone
+/// (the client's forwarding values are made again when it wakes).
+pub struct ParkedContext {
+    runtime: Arc<Runtime>,
+    shared: Arc<crate::state::Shared>,
+    listener: usize,
+    ip: std::net::IpAddr,
+    proto: &'static str,
+    trusted: bool,
+    addrs: Option<crate::l4::ProxyAddrs>,
+    tls: Option<&'static str>,
+    client_cert: Option<Arc<crate::tls::client_auth::ClientIdentity>>,
+    limits: Arc<crate::config::Limits>,
+    rate_limit: Option<Arc<validate::IpLimiter>>,
+    normalize: normalize::Normalizer,
+}
+
 impl ConnContext {
-    /// The same context in allocations made now (a parked connection's: what was allocated
-    /// while it was served is freed, and holds no page of the heap in place).
-    pub fn moved(&self) -> ConnContext {
-        ConnContext {
+    /// What a parked connection keeps of it.
+    pub fn park(&self) -> ParkedContext {
+        ParkedContext {
             runtime: self.runtime.clone(),
             shared: self.shared.clone(),
             listener: self.listener,
-            client: ClientInfo::new(self.client.ip, self.client.proto, self.client.trusted),
+            ip: self.client.ip,
+            proto: self.client.proto,
+            trusted: self.client.trusted,
             addrs: self.addrs,
-            tls: self.tls.clone(),
-            client_cert: self.client_cert.clone(),
+            tls: self.tls.get().copied(),
+            client_cert: self.client_cert.get().cloned(),
+            limits: self.limits.clone(),
+            rate_limit: self.rate_limit.clone(),
+            normalize: self.normalize.clone(),
+        }
+    }
+}
+
+impl ParkedContext {
+    /// The connection's context again, when it wakes.
+    pub fn unpark(&self) -> ConnContext {
+        let ctx = ConnContext {
+            runtime: self.runtime.clone(),
+            shared: self.shared.clone(),
+            listener: self.listener,
+            client: ClientInfo::new(self.ip, self.proto, self.trusted),
+            addrs: self.addrs,
+            tls: Default::default(),
+            client_cert: Default::default(),
             limits: self.limits.clone(),
             rate_limit: self.rate_limit.clone(),
             normalize: self.normalize.clone(),
             interim: Default::default(),
+        };
+        if let Some(tls) = self.tls {
+            let _ = ctx.tls.set(tls);
         }
+        if let Some(cert) = &self.client_cert {
+            let _ = ctx.client_cert.set(cert.clone());
+        }
+        ctx
+    }
+
+    /// The listener's `limits:`.
+    pub fn limits(&self) -> &crate::config::Limits {
+        &self.limits
     }
 }
 

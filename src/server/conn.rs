@@ -6,6 +6,7 @@
 pub(super) mod front;
 mod gated;
 pub(super) mod idle;
+mod lot;
 mod park;
 mod setup;
 
@@ -191,10 +192,11 @@ pub(crate) async fn serve(
             return Box::pin(serve_auto(TokioIo::new(io), serving)).await;
         }
         let mut drain = None;
-        // Parked: what it keeps waits in a task of its own, and this one ends.
+        // Parked: what it keeps waits in the worker's parking lot, and this task ends.
         if let Some((io, serving)) = Box::pin(serve_h1(io, serving, &mut drain, true)).await {
-            if let Some(parked) = park::Parked::new(io, serving, drain, held) {
-                tokio::spawn(parked.serve());
+            let ctx = serving.ctx.park();
+            if let Some(parked) = park::Parked::new(io, serving, ctx, drain, held) {
+                parked.park();
             }
         }
         return;
