@@ -85,7 +85,8 @@ impl Lot {
         let epoll = epoll::create(CreateFlags::CLOEXEC)?;
         // SAFETY: an `OwnedFd` is open and names the same epoll instance until the
         // `AsyncFd` that owns it is dropped.
-        let epoll = unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }?;
+        let epoll =
+            unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }?;
         let lot = Arc::new(Lot {
             epoll,
             state: Mutex::new(State::default()),
@@ -99,7 +100,12 @@ impl Lot {
         let mut st = lock(&self.state);
         let index = st.free.pop().unwrap_or(st.slots.len());
         let flags = EventFlags::IN | EventFlags::RDHUP;
-        if let Err(e) = epoll::add(self.epoll.get_ref(), &p.stream, EventData::new_u64(index as u64), flags) {
+        if let Err(e) = epoll::add(
+            self.epoll.get_ref(),
+            &p.stream,
+            EventData::new_u64(index as u64),
+            flags,
+        ) {
             st.free.push(index);
             return tracing::debug!(error = %e, "cannot park a connection: closed");
         }
@@ -151,7 +157,10 @@ impl Lot {
             };
             // The client closed (or the socket failed) with nothing sent: closed here,
             // without a task to find it out.
-            let (flags, ended) = ({ event.flags }, EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR);
+            let (flags, ended) = (
+                { event.flags },
+                EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR,
+            );
             if flags.intersects(ended) && !matches!(p.stream.peek(&mut [0u8]), Ok(1)) {
                 continue;
             }

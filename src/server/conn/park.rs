@@ -45,7 +45,9 @@ impl Parked {
         drain: Option<Drain>,
         held: Held,
     ) -> Option<Parked> {
-        let deadline = io.head_deadline().unwrap_or_else(|| Instant::now() + s.idle);
+        let deadline = io
+            .head_deadline()
+            .unwrap_or_else(|| Instant::now() + s.idle);
         let stream = match io.into_inner().into_std() {
             Ok(stream) => stream,
             Err(e) => {
@@ -88,7 +90,13 @@ impl Parked {
             Ok(tcp) => tcp,
             Err(e) => return tracing::debug!(error = %e, "cannot watch a parked connection"),
         };
-        let woke = wait(&tcp, Some(self.deadline), &mut self.shutdown, &mut self.drain).await;
+        let woke = wait(
+            &tcp,
+            Some(self.deadline),
+            &mut self.shutdown,
+            &mut self.drain,
+        )
+        .await;
         let Ok(stream) = tcp.into_std() else { return };
         self.stream = stream;
         if woke {
