@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::{scaling, wait_scaling};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,32 +55,11 @@ fn start(yaml: &str) -> Autolb {
     Autolb::start_with_env(yaml, &[("AUTOLB_TEST_TOKEN", TOKEN)])
 }
 
-async fn scaling(lb: &Autolb) -> Value {
-    common::get(lb.admin, "/scaling/status").await.json()["pools"][0].clone()
-}
-
 async fn cluster(lb: &Autolb) -> Vec<Value> {
     common::get(lb.admin, "/cluster/status").await.json()["instances"]
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-/// Poll `/scaling/status` until `cond` holds, for at most `secs`.
-async fn wait_scaling(lb: &Autolb, secs: u64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = scaling(lb).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what}: {s}\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Keep `workers` clients sending `path` until `stop`; count answers and failures.

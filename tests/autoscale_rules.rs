@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::{scaling, wait_scaling};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::{Autolb, Client};
 use serde_json::Value;
@@ -47,26 +48,6 @@ pools:
 
 fn start(yaml: &str) -> Autolb {
     Autolb::start_with_env(yaml, &[("AUTOLB_TEST_TOKEN", TOKEN)])
-}
-
-async fn scaling(lb: &Autolb) -> Value {
-    common::get(lb.admin, "/scaling/status").await.json()["pools"][0].clone()
-}
-
-async fn wait_scaling(lb: &Autolb, secs: u64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = scaling(lb).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what}: {s}\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn manual(lb: &Autolb, n: u32) -> Value {

@@ -4,33 +4,13 @@
 
 mod common;
 
+use common::wait_scaling;
+
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use common::{echo, Autolb, Client};
-use serde_json::Value;
 
 const TOKEN: &str = "cmd-token";
-
-async fn scaling(lb: &Autolb) -> Value {
-    common::get(lb.admin, "/scaling/status").await.json()["pools"][0].clone()
-}
-
-async fn wait_scaling(lb: &Autolb, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = scaling(lb).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {s:#}\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn manual(lb: &Autolb, n: u32) {
     let mut c = Client::connect(lb.admin).await;
@@ -86,7 +66,7 @@ async fn scale_and_list_scripts_drive_the_members() {
     let lb = Autolb::start_with_env(&yaml, &[("AUTOLB_TEST_TOKEN", TOKEN)]);
 
     // `min: 1`: scale runs with 1, list shows one member, its check passes.
-    let s = wait_scaling(&lb, "one member", |s| {
+    let s = wait_scaling(&lb, 20, "one member", |s| {
         s["current"] == 1 && s["requested"] == 1
     })
     .await;
@@ -99,7 +79,7 @@ async fn scale_and_list_scripts_drive_the_members() {
     );
 
     manual(&lb, 3).await;
-    wait_scaling(&lb, "three members", |s| s["current"] == 3).await;
+    wait_scaling(&lb, 20, "three members", |s| s["current"] == 3).await;
     let mut names = HashSet::new();
     let mut c = Client::connect(lb.addr("web")).await;
     for _ in 0..30 {
@@ -113,7 +93,7 @@ async fn scale_and_list_scripts_drive_the_members() {
     assert_eq!(members, 3, "{cluster:#}");
 
     manual(&lb, 1).await;
-    let s = wait_scaling(&lb, "back to one", |s| s["current"] == 1).await;
+    let s = wait_scaling(&lb, 20, "back to one", |s| s["current"] == 1).await;
     assert_eq!(s["requested"], 1);
     for _ in 0..10 {
         assert_eq!(c.get("/").await.text(), "m1");
@@ -131,7 +111,7 @@ async fn dns_discovery_finds_members() {
         dir.path().display()
     ));
     let lb = Autolb::start_with_env(&yaml, &[("AUTOLB_TEST_TOKEN", TOKEN)]);
-    wait_scaling(&lb, "the DNS member", |s| s["current"] == 1).await;
+    wait_scaling(&lb, 20, "the DNS member", |s| s["current"] == 1).await;
     let mut c = Client::connect(lb.addr("web")).await;
     assert_eq!(c.get("/").await.text(), "d1");
 }

@@ -625,3 +625,31 @@ pub async fn instances(lb: &Autolb) -> Vec<serde_json::Value> {
         .cloned()
         .unwrap_or_default()
 }
+
+/// The first pool of `lb`'s `/scaling/status`.
+pub async fn scaling(lb: &Autolb) -> serde_json::Value {
+    get(lb.admin, "/scaling/status").await.json()["pools"][0].clone()
+}
+
+/// Poll `/scaling/status` until `cond` holds, for at most `secs`; fails with the last status
+/// and autolb's log.
+pub async fn wait_scaling(
+    lb: &Autolb,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = scaling(lb).await;
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {what}: {s:#}\n{}",
+            lb.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
