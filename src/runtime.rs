@@ -333,6 +333,9 @@ pub struct Runtime {
     pub access_log: Arc<access_queue::AccessQueue>,
     /// Alerts on their way to `alerts`' sender.
     pub alerts: Arc<alert_queue::AlertQueue>,
+    /// L4 connections move their bytes with `splice(2)` (`AUTOLB_L4_SPLICE=off`: copied,
+    /// for comparisons).
+    pub l4_splice: bool,
 }
 
 impl Runtime {
@@ -353,6 +356,10 @@ impl Runtime {
             tunnels: Arc::default(),
             access_log: inputs_access_log,
             alerts: Arc::default(),
+            l4_splice: !matches!(
+                std::env::var("AUTOLB_L4_SPLICE").as_deref(),
+                Ok("off" | "0" | "false")
+            ),
         })
     }
 

@@ -1,6 +1,7 @@
 //! `bench/run --smoke` runs end to end: every scenario against autolb, HAProxy and nginx
 //! (the cache scenarios against Varnish and nginx, HTTP/3 against Caddy when oha is
-//! installed) with tiny durations, and the balancer micro-benchmarks once each. Nothing about speed is
+//! installed; the TCP-mode ones and the 2-thread one included) with tiny durations, and the
+//! balancer micro-benchmarks once each, and writes its SVG chart. Nothing about speed is
 //! asserted (bench/NOTES.md says why); only that the whole pipeline works.
 //!
 //! Skipped (with the reason printed) when python3 is missing, or when haproxy, nginx, wrk,
@@ -49,11 +50,30 @@ fn bench_run_smoke_runs_end_to_end() {
         "cache_hit",
         "cache_zipf",
         "cache_memory",
+        "tcp_1m",
+        "tcp_64k",
+        "tcp_short",
+        "keepalive_2t",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(scenario)),
             "no {scenario} row in the medians:\n{tail}"
         );
+    }
+    // The chart beside the results: a bar per ratio, the TCP-mode rows among them.
+    let chart = out
+        .lines()
+        .find_map(|l| l.strip_prefix("wrote chart "))
+        .unwrap_or_else(|| panic!("no chart written:\n{tail}"));
+    let svg = std::fs::read_to_string(chart.trim()).expect("the chart is readable");
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    for row in [
+        "keepalive: requests/s",
+        "tcp_1m: MB/s",
+        "x HAProxy",
+        "x nginx",
+    ] {
+        assert!(svg.contains(row), "no {row:?} in the chart");
     }
     println!(
         "bench/run --smoke: ok in {:.1}s",

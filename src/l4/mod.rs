@@ -1,11 +1,13 @@
 //! L4: `protocol: tcp` listeners proxy raw TCP to a pool (its balancer, health, connect and
 //! idle timeouts, per-backend `max_connections`), with PROXY protocol v1/v2 in
 //! (`accept_proxy`) and out (`send_proxy`), and TLS passthrough routed on the ClientHello's
-//! server name (`sni_routes`). Bytes are copied in userspace (no `splice`: no `unsafe`).
+//! server name (`sni_routes`). Bytes move with `splice(2)` between the two sockets (they
+//! never enter userspace; `AUTOLB_L4_SPLICE=off` copies them instead).
 
 pub mod proxy_proto;
 mod pump;
 pub mod sni;
+mod splice;
 mod stats;
 
 pub use proxy_proto::ProxyAddrs;
@@ -193,7 +195,7 @@ pub async fn serve<G: Send + 'static>(
         upstream: &[&counters.bytes_in, &lease.tcp().bytes_in],
         downstream: &[&counters.bytes_out, &lease.tcp().bytes_out],
     };
-    let result = pump::pump(stream, backend_stream, idle, meters).await;
+    let result = pump::pump(stream, backend_stream, idle, meters, runtime.l4_splice).await;
     match &result {
         Ok(()) => {}
         Err(e @ pump::PumpError::Backend(_)) => {

@@ -1,15 +1,20 @@
-//! Moving bytes both ways between a client and a backend: one 16 KiB buffer per direction
-//! (one userspace copy, like `tokio::io::copy_bidirectional`), counted as they move, with
+//! Moving bytes both ways between a client and a backend, counted as they move, with
 //! half-close (EOF one way shuts down that way's write side, the other way goes on) and an
-//! idle timeout over both directions.
+//! idle timeout over both directions. Each direction goes through a pipe with `splice(2)`
+//! (`splice.rs`: the bytes stay in the kernel), or, when a pipe cannot be made, the kernel
+//! refuses, or `AUTOLB_L4_SPLICE=off`, through a 16 KiB buffer (one userspace copy, like
+//! `tokio::io::copy_bidirectional`).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use super::splice::{self, Pipe, Spliced};
 
 const BUF: usize = 16 * 1024;
 
@@ -33,13 +38,13 @@ pub struct Meters<'a> {
 }
 
 /// Last activity, in milliseconds since `base`.
-struct Activity {
+pub(super) struct Activity {
     base: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         crate::sched::cpu_share::note_work();
         let ms = self.base.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
@@ -59,22 +64,29 @@ impl Activity {
 }
 
 /// Which side failed: reading from `from` or writing to `to`.
-enum Side {
+pub(super) enum Side {
     Read(io::Error),
     Write(io::Error),
 }
 
-/// Copy `r` to `w` until EOF, then shut `w` down (half-close).
-async fn one_way<R, W>(
-    mut r: R,
-    mut w: W,
+/// Move `r`'s bytes to `w` until EOF (through `pipe` when there is one and the kernel
+/// splices these sockets, else copied), then shut `w` down (half-close).
+async fn one_way(
+    mut r: ReadHalf<'_>,
+    mut w: WriteHalf<'_>,
+    pipe: Option<Pipe>,
     meters: &[&AtomicU64],
     activity: &Activity,
-) -> Result<(), Side>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+) -> Result<(), Side> {
+    if let Some(pipe) = pipe {
+        match splice::one_way(r.as_ref(), w.as_ref(), &pipe, meters, activity).await? {
+            Spliced::Eof => {
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+            Spliced::Unsupported => {}
+        }
+    }
     let mut buf = vec![0u8; BUF];
     loop {
         let n = r.read(&mut buf).await.map_err(Side::Read)?;
@@ -92,21 +104,24 @@ where
 }
 
 /// Proxy between `client` and `backend` until both directions ended, one failed, or
-/// nothing moved for `idle`.
+/// nothing moved for `idle`; `use_splice`: through pipes where the kernel allows.
 pub async fn pump(
     mut client: TcpStream,
     mut backend: TcpStream,
     idle: Duration,
     meters: Meters<'_>,
+    use_splice: bool,
 ) -> Result<(), PumpError> {
     let activity = Activity {
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
+    // Out of descriptors for a pipe: this connection copies (it still has its sockets).
+    let pipe = || use_splice.then(Pipe::new).and_then(Result::ok);
     let (cr, cw) = client.split();
     let (br, bw) = backend.split();
-    let up = one_way(cr, bw, meters.upstream, &activity);
-    let down = one_way(br, cw, meters.downstream, &activity);
+    let up = one_way(cr, bw, pipe(), meters.upstream, &activity);
+    let down = one_way(br, cw, pipe(), meters.downstream, &activity);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     // Each round ends one direction (or everything): at most three rounds.

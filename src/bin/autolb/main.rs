@@ -31,6 +31,7 @@ Environment:
                           $RUNTIME_DIRECTORY when systemd sets it, else in the temp directory)
   AUTOLB_CPU_YIELD        off: a busy worker never gives its core away (default on)
   AUTOLB_WORKER_MODEL     shared: one work-stealing runtime instead of one per thread (for comparison)
+  AUTOLB_L4_SPLICE        off: tcp listeners copy bytes through userspace instead of splice(2)
   AUTOLB_UPSTREAM_CLIENT  hyper: send every backend request through hyper's client (for comparison)";
 
 const RUN_EXAMPLES: &str = "\
