@@ -1,8 +1,8 @@
 //! L4 byte moving through a real autolb, with `splice(2)` (the default) and with the
 //! userspace copy (`AUTOLB_L4_SPLICE=off`): megabytes both ways at once, byte-exact, with a
-//! half-close in the middle; the byte counters exact; the pipes really used (and closed with
-//! the connection); clients that reset mid-transfer, either way, free the backend
-//! connection and leave autolb serving.
+//! half-close in the middle, twice on one autolb (the second connection reuses the first
+//! one's pipes, kept empty by the worker); the byte counters exact; clients that reset
+//! mid-transfer, either way, free the backend connection and leave autolb serving.
 
 mod common;
 
@@ -145,6 +145,41 @@ fn metric(text: &str, prefix: &str) -> Option<u64> {
         .ok()
 }
 
+/// One connection: `UP` bytes up and `DOWN` down at once, then a half-close and the
+/// backend's verdict; checks every byte, and that at most `pipes_most` pipe descriptors
+/// were open in autolb meanwhile (looked at every 2 ms), that many at some point.
+async fn transfer(lb: &Autolb, pipes_most: usize, what: &str) {
+    let mut s = TcpStream::connect(lb.addr("db")).await.expect("connect");
+    let mut first = [0u8; 1];
+    tokio::time::timeout(T, s.read_exact(&mut first))
+        .await
+        .expect("first byte in time")
+        .expect("first byte");
+    assert_eq!(first[0], pattern(2, 0));
+    let (mut r, mut w) = s.split();
+    let upload = async {
+        assert!(send_pattern(&mut w, 1, UP).await, "upload");
+        // Half-close: the backend answers only after this, through the other direction.
+        w.shutdown().await.expect("half-close");
+    };
+    let work = tokio::time::timeout(T, async {
+        tokio::join!(upload, read_pattern(&mut r, 2, 1, DOWN))
+    });
+    tokio::pin!(work);
+    let mut most = pipes(lb);
+    let ((), seen) = loop {
+        tokio::select! {
+            done = &mut work => break done.expect("transfer in time"),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => most = most.max(pipes(lb)),
+        }
+    };
+    assert_eq!(most, pipes_most, "{what}: autolb's pipes while it moved");
+    assert_eq!(seen.good, DOWN - 1, "{what}: download byte-exact");
+    assert_eq!(seen.total, DOWN - 1 + 8, "{what}: nothing more");
+    let got = u64::from_be_bytes(seen.tail[..8].try_into().expect("8 bytes"));
+    assert_eq!(got, UP as u64, "{what}: upload byte-exact");
+}
+
 async fn both_ways(splice: bool) {
     let backend = pattern_backend().await;
     let env: &[(&str, &str)] = if splice {
@@ -154,63 +189,34 @@ async fn both_ways(splice: bool) {
     };
     let lb = Autolb::start_with_env(&config(backend), env);
     let before = pipes(&lb);
-    let mut s = TcpStream::connect(lb.addr("db")).await.expect("connect");
-    let mut first = [0u8; 1];
-    tokio::time::timeout(T, s.read_exact(&mut first))
-        .await
-        .expect("first byte in time")
-        .expect("first byte");
-    assert_eq!(first[0], pattern(2, 0));
-    // The connection is open and moving: one pipe per direction, or none when copying.
-    assert_eq!(
-        pipes(&lb),
-        before + if splice { 4 } else { 0 },
-        "splice {splice}: autolb's pipes while a connection is open"
-    );
-    let (mut r, mut w) = s.split();
-    let upload = async {
-        assert!(send_pattern(&mut w, 1, UP).await, "upload");
-        // Half-close: the backend answers only after this, through the other direction.
-        w.shutdown().await.expect("half-close");
-    };
-    let ((), seen) = tokio::time::timeout(T, async {
-        tokio::join!(upload, read_pattern(&mut r, 2, 1, DOWN))
+    // One pipe per direction (two descriptors each) when splicing, none when copying.
+    // A bulk transfer: both directions fill their buffer at once and go on spliced.
+    let own = if splice { 4 } else { 0 };
+    transfer(&lb, before + own, &format!("splice {splice}, first")).await;
+    // Both directions ended at EOF, drained: the worker keeps the two pipes, empty...
+    common::wait_until(10, "the connection closed", || async {
+        (backend_tcp(&lb).await["open_connections"] == 0).then_some(())
     })
-    .await
-    .expect("transfer in time");
-    assert_eq!(seen.good, DOWN - 1, "splice {splice}: download byte-exact");
-    assert_eq!(seen.total, DOWN - 1 + 8, "splice {splice}: nothing more");
-    let got = u64::from_be_bytes(seen.tail[..8].try_into().expect("8 bytes"));
-    assert_eq!(got, UP as u64, "splice {splice}: upload byte-exact");
+    .await;
+    assert_eq!(pipes(&lb), before + own, "splice {splice}: pipes kept");
+    // ... and the next connection moves its bytes through them (no new pipe), exactly its
+    // own bytes: a pipe reused holds nothing of the last connection.
+    transfer(&lb, before + own, &format!("splice {splice}, second")).await;
     // Counted exactly, on the listener and on the backend (once the last write is counted).
-    let want = [
-        (
-            "autolb_tcp_bytes_total{listener=\"db\",direction=\"in\"}",
-            UP,
-        ),
-        (
-            "autolb_tcp_bytes_total{listener=\"db\",direction=\"out\"}",
-            DOWN + 8,
-        ),
-    ];
+    let (up, down) = (2 * UP as u64, 2 * (DOWN + 8) as u64);
     let backend_in = format!(
         "autolb_tcp_backend_bytes_total{{pool=\"db\",backend=\"{backend}\",direction=\"in\"}}"
     );
     let backend_out = backend_in.replace("\"in\"", "\"out\"");
-    let last = common::wait_until(10, "exact byte counters", || async {
+    let listener_in = "autolb_tcp_bytes_total{listener=\"db\",direction=\"in\"}";
+    let listener_out = "autolb_tcp_bytes_total{listener=\"db\",direction=\"out\"}";
+    common::wait_until(10, "exact byte counters", || async {
         let text = get(lb.admin, "/metrics").await.text();
-        let exact = want
-            .iter()
-            .all(|(k, v)| metric(&text, k) == Some(*v as u64))
-            && metric(&text, &backend_in) == Some(UP as u64)
-            && metric(&text, &backend_out) == Some((DOWN + 8) as u64);
-        exact.then_some(text)
-    })
-    .await;
-    assert!(last.contains("autolb_tcp_backend_bytes_total"));
-    // Closed both ways: the pipes are closed with the connection.
-    common::wait_until(10, "pipes closed", || async {
-        (pipes(&lb) == before).then_some(())
+        let exact = metric(&text, listener_in) == Some(up)
+            && metric(&text, listener_out) == Some(down)
+            && metric(&text, &backend_in) == Some(up)
+            && metric(&text, &backend_out) == Some(down);
+        exact.then_some(())
     })
     .await;
 }
@@ -309,4 +315,28 @@ async fn client_reset_mid_transfer_frees_the_backend_connection() {
         .expect("bytes in time")
         .expect("read");
     assert!(n > 0);
+}
+
+/// Small exchanges never fill the copy buffer: no pipe is made for them.
+#[tokio::test]
+async fn small_exchanges_cost_no_pipe() {
+    let backend = common::raw_backend(|mut s: TcpStream| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await;
+    let lb = Autolb::start(&config(backend));
+    let before = pipes(&lb);
+    let mut s = TcpStream::connect(lb.addr("db")).await.expect("connect");
+    let mut buf = [0u8; 512];
+    for i in 0..50u8 {
+        let msg = [i; 512];
+        s.write_all(&msg).await.expect("write");
+        tokio::time::timeout(T, s.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(buf, msg);
+    }
+    assert_eq!(pipes(&lb), before, "a pipe for small exchanges");
 }

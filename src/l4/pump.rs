@@ -1,9 +1,9 @@
 //! Moving bytes both ways between a client and a backend, counted as they move, with
 //! half-close (EOF one way shuts down that way's write side, the other way goes on) and an
-//! idle timeout over both directions. Each direction goes through a pipe with `splice(2)`
-//! (`splice.rs`: the bytes stay in the kernel), or, when a pipe cannot be made, the kernel
-//! refuses, or `AUTOLB_L4_SPLICE=off`, through a 16 KiB buffer (one userspace copy, like
-//! `tokio::io::copy_bidirectional`).
+//! idle timeout over both directions. Each direction starts with a 16 KiB buffer (one
+//! userspace copy, like `tokio::io::copy_bidirectional`); once a read fills it, it goes on
+//! through a pipe with `splice(2)` (`splice.rs`: the bytes stay in the kernel), unless no
+//! pipe can be had, the kernel refuses, or `AUTOLB_L4_SPLICE=off`.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,24 +69,16 @@ pub(super) enum Side {
     Write(io::Error),
 }
 
-/// Move `r`'s bytes to `w` until EOF (through `pipe` when there is one and the kernel
-/// splices these sockets, else copied), then shut `w` down (half-close).
+/// Move `r`'s bytes to `w` until EOF, then shut `w` down (half-close). Copied until a
+/// read fills the buffer (more is waiting: a bulk transfer), then, with `splice` on,
+/// through a pipe of this worker's pool: a short exchange never costs a pipe.
 async fn one_way(
     mut r: ReadHalf<'_>,
     mut w: WriteHalf<'_>,
-    pipe: Option<Pipe>,
+    mut splice: bool,
     meters: &[&AtomicU64],
     activity: &Activity,
 ) -> Result<(), Side> {
-    if let Some(pipe) = pipe {
-        match splice::one_way(r.as_ref(), w.as_ref(), &pipe, meters, activity).await? {
-            Spliced::Eof => {
-                let _ = w.shutdown().await;
-                return Ok(());
-            }
-            Spliced::Unsupported => {}
-        }
-    }
     let mut buf = vec![0u8; BUF];
     loop {
         let n = r.read(&mut buf).await.map_err(Side::Read)?;
@@ -99,6 +91,22 @@ async fn one_way(
         activity.touch();
         for m in meters {
             m.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if !(splice && n == BUF) {
+            continue;
+        }
+        // Out of descriptors for a pipe, or a kernel that will not splice these sockets:
+        // this direction goes on copying.
+        splice = false;
+        let Ok(pipe) = Pipe::take() else {
+            continue;
+        };
+        match splice::one_way(r.as_ref(), w.as_ref(), pipe, meters, activity).await? {
+            Spliced::Eof => {
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+            Spliced::Unsupported => {}
         }
     }
 }
@@ -116,12 +124,10 @@ pub async fn pump(
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
-    // Out of descriptors for a pipe: this connection copies (it still has its sockets).
-    let pipe = || use_splice.then(Pipe::new).and_then(Result::ok);
     let (cr, cw) = client.split();
     let (br, bw) = backend.split();
-    let up = one_way(cr, bw, pipe(), meters.upstream, &activity);
-    let down = one_way(br, cw, pipe(), meters.downstream, &activity);
+    let up = one_way(cr, bw, use_splice, meters.upstream, &activity);
+    let down = one_way(br, cw, use_splice, meters.downstream, &activity);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     // Each round ends one direction (or everything): at most three rounds.
