@@ -1,7 +1,7 @@
 //! autolb: a load balancer and reverse proxy with an embedded autoscaler.
 // Unsafe code is denied everywhere but in the modules that say why they need it
 // (`forbid` could not be relaxed per module): server::trim (glibc's malloc_trim) and
-// autoscale::process (pre_exec). rustix covers signals, sysconf and SCM_RIGHTS.
+// autoscale::process (pre_exec). rustix covers signals, sysconf, SCM_RIGHTS and splice.
 #![deny(unsafe_code)]
 
 pub(crate) mod accesslog;
