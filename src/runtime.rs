@@ -329,8 +329,6 @@ pub struct Runtime {
     pub peaks: stats::Peaks,
     /// The server's WebSocket tunnels (counted, and closed at shutdown).
     pub tunnels: Arc<tunnels::Tunnels>,
-    /// Access log entries on their way to `accesslog`'s writer, and its counters.
-    pub access_log: Arc<access_queue::AccessQueue>,
     /// Alerts on their way to `alerts`' sender.
     pub alerts: Arc<alert_queue::AlertQueue>,
     /// L4 connections move their bytes with `splice(2)` (`AUTOLB_L4_SPLICE=off`: copied,
@@ -341,7 +339,6 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: Config, workers: usize) -> Arc<Runtime> {
         let inputs = Inputs::new(config);
-        let inputs_access_log = inputs.access_log.clone();
         let snapshot = Snapshot::build(&inputs, None, workers);
         Arc::new(Runtime {
             current: ArcSwap::from_pointee(snapshot),
@@ -354,7 +351,6 @@ impl Runtime {
             health: HealthChecks::default(),
             peaks: stats::Peaks::default(),
             tunnels: Arc::default(),
-            access_log: inputs_access_log,
             alerts: Arc::default(),
             l4_splice: !matches!(
                 std::env::var("AUTOLB_L4_SPLICE").as_deref(),

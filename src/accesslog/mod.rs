@@ -16,25 +16,23 @@ use std::sync::Arc;
 
 use crate::runtime::Runtime;
 
-/// Start the writer thread and the SIGUSR1 handler (once per process, inside the main tokio
-/// runtime). The queue's size is `access_log.buffer` of the config at start.
+/// Start the server's writer thread and SIGUSR1 handler (once per server, inside the main
+/// tokio runtime). The queue's size is `access_log.buffer` of the config at start.
 pub fn start(runtime: &Arc<Runtime>) {
-    let buffer = runtime
-        .snapshot()
+    let snapshot = runtime.snapshot();
+    let buffer = snapshot
         .config
         .access_log
         .as_ref()
         .map_or(16_384, |a| a.buffer);
-    let Some(rx) = runtime.access_log.open(buffer) else {
+    let queue = snapshot.access_log.clone();
+    let Some(rx) = queue.open(buffer) else {
         return;
     };
     let weak = Arc::downgrade(runtime);
     let spawned = std::thread::Builder::new()
         .name("autolb-access-log".into())
-        .spawn({
-            let queue = runtime.access_log.clone();
-            move || writer::run(weak, queue, rx)
-        });
+        .spawn(move || writer::run(weak, queue, rx));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the access log writer: no access log");
     }
@@ -53,7 +51,11 @@ pub fn start(runtime: &Arc<Runtime>) {
                 return;
             };
             tracing::info!("SIGUSR1: reopening the access log");
-            runtime.access_log.reopen.store(true, Ordering::Relaxed);
+            runtime
+                .snapshot()
+                .access_log
+                .reopen
+                .store(true, Ordering::Relaxed);
         }
     });
 }

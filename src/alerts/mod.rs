@@ -25,7 +25,7 @@ pub const MAX_BATCH: usize = 100;
 
 pub use crate::runtime::alert_queue::{Alert, AlertQueue};
 
-/// Start the sender and the watchers (once per process; inside the main tokio runtime).
+/// Start the sender and the watchers (once per server, inside the main tokio runtime).
 /// What is sent follows the running config: without `alerts:`, alerts are discarded.
 pub fn start(runtime: Arc<Runtime>) {
     let Some(rx) = runtime.alerts.open() else {

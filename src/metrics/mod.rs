@@ -154,7 +154,7 @@ pub fn render(
     crate::proxy::normalize::render_metrics(&mut out, &snap);
     crate::l4::render_metrics(&mut out, &snap);
     crate::runtime::limit::render_metrics(&mut out, &snap);
-    crate::accesslog::render_metrics(&mut out, &runtime.access_log);
+    crate::accesslog::render_metrics(&mut out, &snap.access_log);
     if let Some(a) = autoscaler {
         autoscale::render(&mut out, &snap, a);
     }

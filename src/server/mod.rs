@@ -459,7 +459,7 @@ impl Server {
         let _ = (&mut self.admin_task).await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
-        let access_log = self.runtime.access_log.clone();
+        let access_log = self.runtime.snapshot().access_log.clone();
         let _ = tokio::task::spawn_blocking(move || access_log.flush(Duration::from_secs(2))).await;
         tracing::info!("autolb stopped");
     }
