@@ -3,13 +3,16 @@
 //! (TLS and HTTP/2 when the pool asks for them, see `connect`), and a request sent on a reused
 //! connection that turns out closed is resent once on a fresh one (it was never written).
 //! HTTP/1.1 connections carry one request at a time and are checked in after a complete
-//! response; an HTTP/2 connection stays in the queue and is shared by concurrent requests.
+//! response; HTTP/2 connections are shared by concurrent requests, each up to the backend's
+//! stream limit, and another is opened when all are full (`h2_conns`, `h2_peer`).
 //! Requests are carried by one of two transports behind one trait (`transport`): hyper's
 //! client (`hyper_client`) or, for bodiless requests to plain HTTP/1.1 backends, autolb's
 //! own (`own_client`, over `raw`).
 
 mod connect;
+mod h2_conns;
 mod h2_open;
+mod h2_peer;
 mod hyper_client;
 mod idle;
 mod own_client;
@@ -115,6 +118,8 @@ pub struct ConnPool {
     /// Idle connections of autolb's own HTTP/1.1 client, per worker.
     raw_idle: Box<[idle::IdleStack<RawConn>]>,
     upstream: ArcSwap<Upstream>,
+    /// `protocol: h2`: the shared connections, per worker.
+    h2: Box<[h2_conns::H2Conns]>,
     /// `protocol: h2`: who is opening a connection now (the others wait and share it).
     h2_opening: h2_open::H2Opening,
 }
@@ -138,6 +143,7 @@ impl ConnPool {
                 .map(|_| idle::IdleStack::new(MAX_IDLE_PER_WORKER))
                 .collect(),
             upstream: ArcSwap::from_pointee(Upstream::plain()),
+            h2: (0..workers.max(1)).map(|_| Default::default()).collect(),
             h2_opening: Default::default(),
         }
     }
@@ -163,22 +169,25 @@ impl ConnPool {
         C::Transport::checkin(self, conn);
     }
 
-    /// A new connection to `addr` (the backend's, or a health check's port).
+    /// A new connection to `addr` (the backend's, or a health check's port), and for
+    /// HTTP/2 what the backend allows on it.
     /// `client`: the addresses of the PROXY header (`send_proxy`; `None`: LOCAL/UNKNOWN).
     async fn open(
         &self,
         addr: SocketAddr,
         timeout: Duration,
         client: Option<crate::l4::ProxyAddrs>,
-    ) -> Result<Sender, UpstreamError> {
+    ) -> Result<(Sender, Option<Arc<h2_peer::Peer>>), UpstreamError> {
         let up = self.upstream.load_full();
         // Boxed: a handshake (TCP, PROXY header, TLS, HTTP/2) is an 8 KB future, needed once
         // per connection; inline it would be copied with every request's future.
-        let conn = Box::pin(connect::connect(&up, addr, timeout, client)).await?;
-        Ok(Sender {
+        let (conn, peer) = Box::pin(connect::connect(&up, addr, timeout, client)).await?;
+        let sender = Sender {
             conn,
             generation: up.generation,
-        })
+            slot: None,
+        };
+        Ok((sender, peer))
     }
 
     /// Send `req` and wait up to `limits.response` for the response head. Returns the
@@ -210,7 +219,7 @@ impl ConnPool {
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let up = self.upstream.load_full();
-        let mut tx = self.open(target, timeout, None).await?;
+        let (mut tx, _) = self.open(target, timeout, None).await?;
         connect::prepare(&mut req, tx.is_h2(), &up, target);
         tx.try_send(req).await.map_err(|e| UpstreamError::Request {
             addr: target,

@@ -270,6 +270,108 @@ pub fn serve(
     }
 }
 
+/// Connections a server accepted, and how many of them are still open.
+#[derive(Debug, Default)]
+pub struct ConnCount {
+    pub accepted: AtomicUsize,
+    pub open: AtomicUsize,
+}
+
+/// An accepted connection, counted while open.
+struct Counted {
+    io: tokio::net::TcpStream,
+    count: Arc<ConnCount>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.count.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+/// Start a `test.Echo` server (h2c) on a free port that allows `max_streams` concurrent
+/// streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS) and counts the
+/// connections it accepts.
+pub async fn server_limited(name: &'static str, max_streams: u32) -> (Server, Arc<ConnCount>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = Arc::new(ConnCount::default());
+    let echo = EchoServer {
+        name,
+        calls: calls.clone(),
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let counting = count.clone();
+    let task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |s| {
+            s.map(|io| {
+                counting.accepted.fetch_add(1, Ordering::SeqCst);
+                counting.open.fetch_add(1, Ordering::SeqCst);
+                Counted {
+                    io,
+                    count: counting.clone(),
+                }
+            })
+        });
+        let _ = tonic::transport::Server::builder()
+            .max_concurrent_streams(max_streams)
+            .add_service(echo)
+            .add_service(health_service)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    let server = Server {
+        addr,
+        calls,
+        health,
+        task,
+    };
+    (server, count)
+}
+
 /// A tonic client of `test.Echo` at `addr` (h2c).
 #[derive(Clone)]
 pub struct Client {

@@ -11,13 +11,14 @@ use http::header::{CONNECTION, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 use hyper::client::conn::{http1, http2};
-use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use super::h2_peer::{Peer, Tap};
 use super::{Conn, UpstreamError};
 use crate::config::{self, UpstreamProtocol, UpstreamTls};
 use crate::proxy::body::RequestBody;
@@ -132,7 +133,7 @@ pub(super) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     client: Option<crate::l4::ProxyAddrs>,
-) -> Result<Conn, UpstreamError> {
+) -> Result<(Conn, Option<Arc<Peer>>), UpstreamError> {
     let deadline = Instant::now() + timeout;
     let timed_out = || UpstreamError::ConnectTimeout {
         addr,
@@ -156,7 +157,7 @@ pub(super) async fn connect(
     }
     let Some(tls) = &up.tls else {
         tracing::debug!(backend = %addr, "new backend connection");
-        return handshake(TokioIo::new(stream), up.protocol, addr).await;
+        return handshake(stream, up.protocol, addr).await;
     };
     let stream =
         match tokio::time::timeout_at(deadline, tls.connector.connect(tls.name.clone(), stream))
@@ -180,22 +181,24 @@ pub(super) async fn connect(
         });
     }
     tracing::debug!(backend = %addr, "new backend TLS connection");
-    handshake(TokioIo::new(stream), up.protocol, addr).await
+    handshake(stream, up.protocol, addr).await
 }
 
-async fn handshake<I>(
-    io: I,
+/// The HTTP/1.1 or HTTP/2 client handshake on `io`; an HTTP/2 connection comes with what
+/// its backend allows (`Peer`, filled in as its SETTINGS are read).
+async fn handshake<S>(
+    io: S,
     protocol: UpstreamProtocol,
     addr: SocketAddr,
-) -> Result<Conn, UpstreamError>
+) -> Result<(Conn, Option<Arc<Peer>>), UpstreamError>
 where
-    I: Read + Write + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake_err = |source| UpstreamError::Handshake { addr, source };
     match protocol {
         UpstreamProtocol::H1 => {
             let (tx, conn) = http1::Builder::new()
-                .handshake(io)
+                .handshake(TokioIo::new(io))
                 .await
                 .map_err(handshake_err)?;
             tokio::spawn(async move {
@@ -203,9 +206,11 @@ where
                     tracing::debug!(backend = %addr, error = %e, "backend connection ended");
                 }
             });
-            Ok(Conn::H1(tx))
+            Ok((Conn::H1(tx), None))
         }
         UpstreamProtocol::H2 => {
+            let peer = Arc::new(Peer::default());
+            let io = TokioIo::new(Tap::new(io, peer.clone()));
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(H2_PING_INTERVAL)
@@ -219,7 +224,7 @@ where
                     tracing::debug!(backend = %addr, error = %e, "backend h2 connection ended");
                 }
             });
-            Ok(Conn::H2(tx))
+            Ok((Conn::H2(tx), Some(peer)))
         }
     }
 }

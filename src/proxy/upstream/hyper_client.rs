@@ -1,9 +1,10 @@
 //! hyper's client as a transport: requests with bodies, upgrades, TLS, HTTP/2 and PROXY
-//! headers. Its idle connections are a lock-free queue per worker, made on the worker's
-//! first request to the backend (a bounded queue of 1,024 slots is ~48 KiB: a backend
-//! nobody sends to should not cost that per worker); an HTTP/1.1 connection is checked in
-//! after a complete response, an HTTP/2 one stays in the queue, shared by concurrent
-//! requests, and only one is opened at a time (`h2_open.rs`).
+//! headers. Its idle HTTP/1.1 connections are a lock-free queue per worker, made on the
+//! worker's first request to the backend (a bounded queue of 1,024 slots is ~48 KiB: a
+//! backend nobody sends to should not cost that per worker), checked in after a complete
+//! response. HTTP/2 connections are shared by concurrent requests up to the backend's
+//! stream limit (`h2_conns.rs`); when all are full another is opened, one at a time
+//! (`h2_open.rs`).
 
 use std::sync::Arc;
 
@@ -13,9 +14,12 @@ use hyper::{Request, Response};
 use tokio::time::{Duration, Instant};
 
 use super::connect::{self, Upstream};
+use super::h2_conns::H2Conns;
+use super::h2_open::{Entered, Opener};
 use super::transport::Transport;
 use super::{
-    copy_request, AttemptLimits, ConnPool, Failed, Sender, Sent, UpstreamError, MAX_IDLE_PER_WORKER,
+    copy_request, AttemptLimits, Conn, ConnPool, Failed, Sender, Sent, UpstreamError,
+    MAX_IDLE_PER_WORKER,
 };
 use crate::config::UpstreamProtocol;
 use crate::proxy::body::{RequestBody, UpstreamIncoming};
@@ -38,8 +42,8 @@ impl HyperClient {
             .get_or_init(|| ArrayQueue::new(MAX_IDLE_PER_WORKER))
     }
 
-    /// An idle connection younger than `max_idle`, still open and of the current settings.
-    /// HTTP/2 connections go back into the queue at once, shared.
+    /// An idle HTTP/1.1 connection younger than `max_idle`, still open and of the current
+    /// settings.
     async fn take(pool: &ConnPool, max_idle: Duration, generation: u64) -> Option<Sender> {
         let queue = HyperClient::idle(pool);
         // Bounded: each entry is looked at once at most.
@@ -52,15 +56,7 @@ impl HyperClient {
                 continue;
             }
             match tx.ready().await {
-                Ok(()) => {
-                    if let Some(shared) = tx.share() {
-                        let _ = queue.push(Idle {
-                            tx: shared,
-                            since: Instant::now(),
-                        });
-                    }
-                    return Some(tx);
-                }
+                Ok(()) => return Some(tx),
                 Err(e) => {
                     tracing::debug!(backend = %pool.addr, error = %e, "idle connection unusable")
                 }
@@ -69,8 +65,42 @@ impl HyperClient {
         None
     }
 
-    /// A request over hyper's client: on an idle (or shared HTTP/2) connection, else a new
-    /// one.
+    /// This worker's shared HTTP/2 connections of `pool`.
+    fn h2(pool: &ConnPool) -> &H2Conns {
+        &pool.h2[worker_id() % pool.h2.len()]
+    }
+
+    /// A stream on a shared HTTP/2 connection with room for it; when every one is full (or
+    /// there is none), wait for the request opening one, or become that request (`Some`
+    /// opener). `(None, None)`: open a connection of its own (the opener failed, or the
+    /// wait reached `connect_timeout`).
+    async fn h2_stream(
+        pool: &ConnPool,
+        max_idle: Duration,
+        generation: u64,
+        connect_timeout: Duration,
+    ) -> (Option<Sender>, Option<Opener<'_>>) {
+        let deadline = Instant::now() + connect_timeout;
+        loop {
+            if let Some((tx, slot)) = HyperClient::h2(pool).take(max_idle, generation) {
+                let sender = Sender {
+                    conn: Conn::H2(tx),
+                    generation,
+                    slot: Some(slot),
+                };
+                return (Some(sender), None);
+            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match pool.h2_opening.enter(wait).await {
+                Entered::Opener(opener) => return (None, Some(opener)),
+                Entered::Opened if !wait.is_zero() => {}
+                Entered::Opened | Entered::GaveUp => return (None, None),
+            }
+        }
+    }
+
+    /// A request over hyper's client: on an idle HTTP/1.1 connection, or a stream of a
+    /// shared HTTP/2 one, else a new connection.
     async fn exchange(
         pool: &ConnPool,
         mut req: Request<RequestBody>,
@@ -86,21 +116,17 @@ impl HyperClient {
         };
         // `send_proxy`: a connection names one client, so it is never reused nor shared.
         let private = up.send_proxy.is_some();
+        let shared_h2 = !private && up.protocol == UpstreamProtocol::H2;
         let client = req.extensions().get::<crate::l4::ProxyAddrs>().copied();
         // A gRPC call without a deadline: the wait restarts while its stream flows.
         let progress = req.extensions().get::<Progress>().cloned();
-        let mut idle = match private {
-            true => None,
-            false => HyperClient::take(pool, max_idle, up.generation).await,
-        };
-        let mut opener = None;
-        if idle.is_none() && !private && up.protocol == UpstreamProtocol::H2 {
-            // One opens, the others share what it opened (`h2_open`).
-            opener = pool.h2_opening.enter(connect_timeout).await;
-            if opener.is_none() {
-                idle = HyperClient::take(pool, max_idle, up.generation).await;
+        let (idle, opener) = match (private, shared_h2) {
+            (true, _) => (None, None),
+            (false, true) => {
+                HyperClient::h2_stream(pool, max_idle, up.generation, connect_timeout).await
             }
-        }
+            (false, false) => (HyperClient::take(pool, max_idle, up.generation).await, None),
+        };
         if let Some(mut tx) = idle {
             connect::prepare(&mut req, tx.is_h2(), up, addr);
             match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
@@ -118,18 +144,25 @@ impl HyperClient {
             }
         }
         let connect_start = Instant::now();
-        let mut tx = match pool.open(addr, connect_timeout, client).await {
-            Ok(tx) => tx,
-            Err(error) => return Err(Failed::unsent(error, req)),
+        let (mut tx, peer) = match pool.open(addr, connect_timeout, client).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                if let Some(opener) = opener {
+                    opener.failed();
+                }
+                return Err(Failed::unsent(error, req));
+            }
         };
-        let connect = Some(connect_start.elapsed());
-        if let Some(shared) = tx.share().filter(|_| !private) {
-            let _ = HyperClient::idle(pool).push(Idle {
-                tx: shared,
-                since: Instant::now(),
-            });
+        if let (Some(peer), Conn::H2(h2), true) = (peer, &tx.conn, shared_h2) {
+            // Shared once the backend said how many streams it takes (its SETTINGS come
+            // right after the handshake), so that the waiting requests fill it up to that
+            // and no further.
+            peer.settled(connect_start + connect_timeout).await;
+            tx.slot = Some(peer.slot());
+            HyperClient::h2(pool).add(h2.clone(), peer, tx.generation);
         }
-        // The shared handle is in the queue: the requests waiting for it take it.
+        let connect = Some(connect_start.elapsed());
+        // The connection is shared: the requests waiting for it take their streams.
         drop(opener);
         connect::prepare(&mut req, tx.is_h2(), up, addr);
         match within(response_timeout, progress.as_ref(), tx.try_send(req)).await {
@@ -199,7 +232,7 @@ impl Transport for HyperClient {
     }
 
     /// Return a connection whose last response was read completely (HTTP/2 connections are
-    /// shared from the queue already).
+    /// shared already: dropping the handle gives its stream back).
     fn checkin(pool: &ConnPool, tx: Sender) {
         let up = pool.upstream.load();
         if tx.is_closed() || tx.is_h2() || tx.generation != up.generation || up.send_proxy.is_some()
@@ -213,11 +246,13 @@ impl Transport for HyperClient {
     }
 
     fn idle_count(pool: &ConnPool) -> usize {
-        pool.idle
+        let h1: usize = pool
+            .idle
             .iter()
             .filter_map(std::sync::OnceLock::get)
             .map(ArrayQueue::len)
-            .sum()
+            .sum();
+        h1 + pool.h2.iter().map(H2Conns::idle_count).sum::<usize>()
     }
 }
 

@@ -5,6 +5,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::{Request, Response};
 
+use super::h2_peer::Slot;
 use crate::proxy::body::RequestBody;
 
 /// An HTTP/1.1 or HTTP/2 client connection.
@@ -17,6 +18,9 @@ pub(super) enum Conn {
 pub struct Sender {
     pub(super) conn: Conn,
     pub(super) generation: u64,
+    /// On a shared HTTP/2 connection: this request's stream, given back when the request
+    /// is done with the connection (the `Sender` dropped).
+    pub(super) slot: Option<Slot>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -54,17 +58,6 @@ impl Sender {
         match &mut self.conn {
             Conn::H1(tx) => tx.try_send_request(req).await,
             Conn::H2(tx) => tx.try_send_request(req).await,
-        }
-    }
-
-    /// Another handle on a shared (HTTP/2) connection.
-    pub(super) fn share(&self) -> Option<Sender> {
-        match &self.conn {
-            Conn::H2(tx) => Some(Sender {
-                conn: Conn::H2(tx.clone()),
-                generation: self.generation,
-            }),
-            Conn::H1(_) => None,
         }
     }
 }
