@@ -38,16 +38,35 @@ pub struct Accepted {
     pub tag_requests: bool,
 }
 
+/// A client socket whose addresses `accept` finds: HTTP listeners hand theirs over before
+/// it is registered with tokio's reactor, which only a PROXY header's read needs.
+pub trait ClientSocket {
+    /// The socket's own address (a `getsockname`).
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+    /// The socket as a tokio stream (registered with the reactor).
+    fn registered(&mut self) -> std::io::Result<&mut TcpStream>;
+}
+
+impl ClientSocket for TcpStream {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
+    }
+
+    fn registered(&mut self) -> std::io::Result<&mut TcpStream> {
+        Ok(self)
+    }
+}
+
 /// The addresses of a connection: its own, or (`accept_proxy: true`) those of its PROXY
 /// header; `None` (logged) when the header is missing or malformed: close it.
 /// `need_dst`: the connection's own local address is looked up (a `getsockname`) only when
 /// something uses it (a PROXY header we send); else it is left as the peer's.
-async fn client_addrs(
+async fn client_addrs<S: ClientSocket>(
     accept_proxy: bool,
     need_dst: bool,
     listener: &str,
     counters: &TcpListenerCounters,
-    stream: &mut TcpStream,
+    stream: &mut S,
     peer: SocketAddr,
 ) -> Option<ProxyAddrs> {
     let dst = match need_dst {
@@ -58,6 +77,13 @@ async fn client_addrs(
     if !accept_proxy {
         return Some(own);
     }
+    let stream = match stream.registered() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(listener = %listener, client = %peer, error = %e, "cannot read a PROXY header: connection closed");
+            return None;
+        }
+    };
     match proxy_proto::read_header(stream, HEADER_TIMEOUT).await {
         Ok(addrs) => Some(addrs.unwrap_or(own)),
         Err(e) => {
@@ -69,10 +95,10 @@ async fn client_addrs(
 }
 
 /// For http and https listeners, before anything else is read: the client's addresses.
-pub async fn accept(
+pub async fn accept<S: ClientSocket>(
     runtime: &Runtime,
     listener: &str,
-    stream: &mut TcpStream,
+    stream: &mut S,
     peer: SocketAddr,
 ) -> Option<Accepted> {
     let (accept_proxy, tag_requests, counters) = {
@@ -128,9 +154,10 @@ pub async fn serve<G: Send + 'static>(
     let Some(counters) = position.and_then(|i| Some(snap.listeners.get(i)?.tcp.clone())) else {
         return;
     };
+    // The connection's own address only for a PROXY header we may send (a `getsockname`).
     let Some(addrs) = client_addrs(
         cfg.accept_proxy,
-        true,
+        snap.any_send_proxy,
         &listener,
         &counters,
         &mut stream,
@@ -289,16 +316,21 @@ async fn connect(
     addrs: ProxyAddrs,
     listener: &str,
 ) -> Option<(TcpStream, Lease)> {
-    let limits: Vec<Option<u32>> = pool
-        .backends
-        .iter()
-        .map(|b| {
-            cfg.backends
-                .iter()
-                .find(|c| c.address == b.address)
-                .and_then(|c| c.max_connections)
-        })
-        .collect();
+    // Per-backend `max_connections`, by the runtime backend's position; none set (the
+    // usual case): empty, nothing allocated.
+    let limits: Vec<Option<u32>> = if cfg.backends.iter().any(|c| c.max_connections.is_some()) {
+        pool.backends
+            .iter()
+            .map(|b| {
+                cfg.backends
+                    .iter()
+                    .find(|c| c.address == b.address)
+                    .and_then(|c| c.max_connections)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let hash = (pool.algorithm == Algorithm::ConsistentHash).then(|| {
         match addrs.src.ip().to_canonical() {
             std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),

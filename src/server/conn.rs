@@ -20,10 +20,10 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::framed::{Framed, Socket};
+use super::lazy_tcp::LazyTcp;
 use super::listener::ConnectionGuard;
 use super::Drain;
 use crate::proxy::ConnContext;
@@ -138,10 +138,13 @@ pub(crate) struct Held {
     pub _admitted: super::admission::Admitted,
 }
 
-/// Serve one accepted connection of the listener `listener_name`; `tls` for https ones.
+/// Serve one accepted connection of the listener `listener_name` (bound to `port`); `tls`
+/// for https ones.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    mut stream: LazyTcp,
     peer: SocketAddr,
+    port: u16,
     services: super::Services,
     listener_name: String,
     shutdown: watch::Receiver<Drain>,
@@ -162,8 +165,7 @@ pub(crate) async fn serve(
         return;
     };
     let peer = accepted.addrs.src;
-    // The port the client reached: where `http3: true` serves QUIC too (Alt-Svc).
-    let port = stream.local_addr().map_or(0, |a| a.port());
+    // `port`, the one the client reached: where `http3: true` serves QUIC too (Alt-Svc).
     let addrs = accepted.tag_requests.then_some(accepted.addrs);
     let Some(setup) = setup(services, &listener_name, peer, tls.is_some(), addrs, port) else {
         return;
@@ -207,12 +209,17 @@ pub(crate) async fn serve(
 
 /// An https connection: the TLS handshake, then HTTP/2 (ALPN h2) or HTTP/1.1.
 async fn serve_tls(
-    stream: TcpStream,
+    stream: LazyTcp,
     tls: Arc<TlsListener>,
     serving: Serving,
     limits: Arc<crate::config::Limits>,
     head_wait: super::framed::HeadWait,
 ) {
+    // A handshake takes round trips: registered from the start.
+    let stream = match stream.into_tokio() {
+        Ok(stream) => stream,
+        Err(e) => return tracing::debug!(client = %serving.peer, error = %e, "cannot serve"),
+    };
     // Not cut short by a drain: the client connected before it and gets its answer.
     let Ok(accepted) = tls
         .accept(stream, HANDSHAKE_TIMEOUT.min(serving.idle))
@@ -332,15 +339,12 @@ where
             return Some((*io.into_inner(), serving));
         }
         let (framed, deadline) = (io.inner(), io.inner().head_deadline());
-        if !Box::pin(park::wait(
-            framed.get_ref().tcp(),
-            deadline,
-            &mut shutdown,
-            drain,
-        ))
-        .await
-        {
-            return None;
+        // Never registered (nothing found unreadable yet): read again at once.
+        let tcp = framed.get_ref().tcp();
+        if let Some(tcp) = tcp {
+            if !Box::pin(park::wait(tcp, deadline, &mut shutdown, drain)).await {
+                return None;
+            }
         }
         if drain.is_some() {
             activity.drain();

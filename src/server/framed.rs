@@ -26,20 +26,22 @@ use crate::proxy::ConnContext;
 /// busy connection never parks.
 pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// The TCP socket under a client stream, whose readiness a parked connection waits for.
+/// The TCP socket under a client stream, whose readiness a parked connection waits for;
+/// `None` while it is not registered with the reactor (`LazyTcp`): nothing was found
+/// unreadable yet, so it is read again at once.
 pub(crate) trait Socket {
-    fn tcp(&self) -> &tokio::net::TcpStream;
+    fn tcp(&self) -> Option<&tokio::net::TcpStream>;
 }
 
-impl Socket for tokio::net::TcpStream {
-    fn tcp(&self) -> &tokio::net::TcpStream {
-        self
+impl Socket for super::lazy_tcp::LazyTcp {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.tokio()
     }
 }
 
 impl Socket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    fn tcp(&self) -> &tokio::net::TcpStream {
-        self.get_ref().0
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self.get_ref().0)
     }
 }
 

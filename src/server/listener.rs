@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::net::SocketFlags;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::conn;
+use super::lazy_tcp::LazyTcp;
 use crate::config::Protocol as ListenerProtocol;
 
 /// Live counters of one listener.
@@ -95,9 +98,76 @@ pub(crate) struct AcceptContext {
     pub stop: watch::Receiver<bool>,
 }
 
+/// Where a worker accepts its connections.
+enum Acceptor {
+    /// `accept4` on the listening socket, watched by the reactor: the accepted socket is
+    /// served before it is registered (`LazyTcp`).
+    Lazy(AsyncFd<std::net::TcpListener>),
+    /// `AUTOLB_ACCEPT=tokio`: tokio's accept, which registers every accepted socket (as
+    /// before; kept for comparisons).
+    Tokio(TcpListener),
+}
+
+impl Acceptor {
+    fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
+        if std::env::var("AUTOLB_ACCEPT").as_deref() == Ok("tokio") {
+            return TcpListener::from_std(listener).map(Acceptor::Tokio);
+        }
+        Acceptor::watch(listener).map(Acceptor::Lazy)
+    }
+
+    // tokio's safe ways to watch a descriptor (`AsyncFd::new`) are deprecated as unsound;
+    // their replacement is `unsafe`, with the descriptor's owner vouching for it. tokio's
+    // `TcpListener` watches its socket too, but registers every socket it accepts.
+    #[allow(unsafe_code)]
+    fn watch(listener: std::net::TcpListener) -> io::Result<AsyncFd<std::net::TcpListener>> {
+        // SAFETY: the `AsyncFd` owns the listener, so its descriptor stays open and names
+        // the same socket until the `AsyncFd` is dropped or `into_inner` gives it back.
+        unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)
+    }
+
+    async fn accept(&self) -> io::Result<(LazyTcp, SocketAddr)> {
+        match self {
+            Acceptor::Tokio(l) => {
+                let (stream, peer) = l.accept().await?;
+                Ok((LazyTcp::Registered(stream), peer))
+            }
+            Acceptor::Lazy(fd) => loop {
+                let mut ready = fd.readable().await?;
+                if let Ok(accepted) = ready.try_io(|l| accept_fresh(l.get_ref())) {
+                    return accepted;
+                }
+            },
+        }
+    }
+
+    fn into_std(self) -> io::Result<std::net::TcpListener> {
+        match self {
+            Acceptor::Tokio(l) => l.into_std(),
+            Acceptor::Lazy(fd) => Ok(fd.into_inner()),
+        }
+    }
+}
+
+/// One `accept4` (non-blocking, close-on-exec: no further call to set them).
+fn accept_fresh(listener: &std::net::TcpListener) -> io::Result<(LazyTcp, SocketAddr)> {
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let (fd, addr) = rustix::net::acceptfrom_with(listener, flags)?;
+    let stream = std::net::TcpStream::from(fd);
+    let peer = match addr.and_then(|a| SocketAddr::try_from(a).ok()) {
+        Some(peer) => peer,
+        None => stream.peer_addr()?,
+    };
+    Ok((LazyTcp::fresh(stream), peer))
+}
+
 /// Accept connections until shutdown; each connection is served on this worker.
 pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptContext) {
-    let listener = match TcpListener::from_std(listener) {
+    // The port clients reach (`http3: true` advertises it): looked up once, not per
+    // connection.
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let listener = match Acceptor::new(listener) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listener = %ctx.name, error = %e, "cannot register listener");
@@ -125,12 +195,18 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
         tracing::error!(listener = %ctx.name, "https listener without TLS setup: not serving it");
         return;
     }
+    let to = Serve {
+        ctx: &ctx,
+        tcp,
+        tls: &tls,
+        port,
+    };
     let mut shutdown = ctx.shutdown.clone();
     let mut stop = ctx.stop.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_accepted(stream, peer, &ctx, tcp, &tls),
+                Ok((stream, peer)) => to.serve(stream, peer),
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
@@ -152,58 +228,64 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
         return;
     };
     for _ in 0..LISTEN_BACKLOG {
-        let Ok((stream, peer)) = listener.accept() else {
+        let Ok((stream, peer)) = accept_fresh(&listener) else {
             break;
         };
-        let stream = stream
-            .set_nonblocking(true)
-            .and_then(|()| TcpStream::from_std(stream));
-        if let Ok(stream) = stream {
-            serve_accepted(stream, peer, &ctx, tcp, &tls);
-        }
+        to.serve(stream, peer);
     }
 }
 
-/// Serve one accepted connection on this worker.
-fn serve_accepted(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ctx: &AcceptContext,
+/// Where an accept loop's connections go.
+struct Serve<'a> {
+    ctx: &'a AcceptContext,
     tcp: bool,
-    tls: &Option<Arc<crate::tls::TlsListener>>,
-) {
-    ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let guard = ConnectionGuard(ctx.stats.clone());
-    if tcp {
-        tokio::spawn(crate::l4::serve(
+    tls: &'a Option<Arc<crate::tls::TlsListener>>,
+    /// The listener's port.
+    port: u16,
+}
+
+impl Serve<'_> {
+    /// Serve one accepted connection on this worker.
+    fn serve(&self, stream: LazyTcp, peer: SocketAddr) {
+        let ctx = self.ctx;
+        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnectionGuard(ctx.stats.clone());
+        if self.tcp {
+            // L4 moves bytes both ways at once: registered from the start.
+            let Ok(stream) = stream.into_tokio() else {
+                return;
+            };
+            tokio::spawn(crate::l4::serve(
+                stream,
+                peer,
+                ctx.services.runtime.clone(),
+                ctx.name.clone(),
+                guard,
+            ));
+            return;
+        }
+        // limits.max_connections / max_connections_per_ip: past them, closed.
+        let Some(admitted) =
+            super::admission::admit(&ctx.name, peer.ip(), &ctx.services.runtime, &ctx.admission)
+        else {
+            return;
+        };
+        // Boxed: the connection's future is several KB (hyper's connection state), and
+        // spawning moves a future whole, several times over.
+        let serving = Box::pin(conn::serve(
             stream,
             peer,
-            ctx.services.runtime.clone(),
+            self.port,
+            ctx.services.clone(),
             ctx.name.clone(),
-            guard,
+            ctx.shutdown.clone(),
+            conn::Held {
+                _gauge: guard,
+                _admitted: admitted,
+            },
+            self.tls.clone(),
         ));
-        return;
+        tokio::spawn(serving);
     }
-    // limits.max_connections / max_connections_per_ip: past them, closed.
-    let Some(admitted) =
-        super::admission::admit(&ctx.name, peer.ip(), &ctx.services.runtime, &ctx.admission)
-    else {
-        return;
-    };
-    // Boxed: the connection's future is several KB (hyper's connection state), and
-    // spawning moves a future whole, several times over.
-    let serving = Box::pin(conn::serve(
-        stream,
-        peer,
-        ctx.services.clone(),
-        ctx.name.clone(),
-        ctx.shutdown.clone(),
-        conn::Held {
-            _gauge: guard,
-            _admitted: admitted,
-        },
-        tls.clone(),
-    ));
-    tokio::spawn(serving);
 }

@@ -7,6 +7,7 @@ mod conn;
 mod exclusive;
 pub mod framed;
 pub mod framing;
+mod lazy_tcp;
 mod listener;
 pub mod listeners;
 mod quic;

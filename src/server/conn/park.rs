@@ -18,6 +18,7 @@ use super::idle::Activity;
 use super::{lot, serve_h1, Held, Serving, STOP_REQUEST_GRACE};
 use crate::proxy::ParkedContext;
 use crate::server::framed::{Framed, HeadWait};
+use crate::server::lazy_tcp::LazyTcp;
 use crate::server::Drain;
 
 /// A parked plain HTTP/1 connection.
@@ -39,7 +40,7 @@ impl Parked {
     /// What `io`, served as `s`, keeps once parked (`ctx`: its context); `None` if its
     /// socket could not be kept.
     pub(super) fn new(
-        io: Framed<TcpStream>,
+        io: Framed<LazyTcp>,
         s: Serving,
         ctx: ParkedContext,
         drain: Option<Drain>,
@@ -117,10 +118,8 @@ impl Parked {
             _held,
             ..
         } = self;
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(e) => return tracing::debug!(client = %peer, error = %e, "cannot serve again"),
-        };
+        // Readable (the client sent): read before it is registered with the reactor.
+        let stream = LazyTcp::fresh(stream);
         let activity = Activity::new();
         if drain.is_some() {
             activity.drain();
