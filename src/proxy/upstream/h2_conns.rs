@@ -45,9 +45,10 @@ impl H2Conns {
         let now = Instant::now();
         let mut conns = self.lock();
         conns.retain(|c| {
-            let idle = c.peer.idle_since().is_some_and(|since| {
-                now.saturating_duration_since(since.max(c.used)) >= max_idle
-            });
+            let idle = c
+                .peer
+                .idle_since()
+                .is_some_and(|since| now.saturating_duration_since(since.max(c.used)) >= max_idle);
             let keep = !idle && c.generation == generation && !c.tx.is_closed();
             if !keep {
                 tracing::debug!(

@@ -311,7 +311,11 @@ mod tests {
         assert_eq!(peer.active(), 1);
         tokio::time::advance(std::time::Duration::from_secs(3)).await;
         drop(_c);
-        assert_eq!(peer.idle_since(), Some(Instant::now()), "idle since its last stream ended");
+        assert_eq!(
+            peer.idle_since(),
+            Some(Instant::now()),
+            "idle since its last stream ended"
+        );
         // Not settled: the wait ends at the deadline.
         let unsettled = Peer::default();
         let start = Instant::now();
