@@ -77,21 +77,15 @@ impl Hook {
 
     /// Wait until an alert matching `pred` was delivered; returns it.
     async fn wait_for(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(a) = self.delivered().into_iter().find(|a| pred(a)) {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} alert within {secs}s; got {:#?}",
-                self.posts()
-                    .iter()
-                    .map(|p| p.body.clone())
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_until_or(
+            secs,
+            || std::future::ready(self.delivered().into_iter().find(|a| pred(a))),
+            || {
+                let got: Vec<_> = self.posts().iter().map(|p| p.body.clone()).collect();
+                format!("no {what} alert; got {got:#?}")
+            },
+        )
+        .await
     }
 }
 

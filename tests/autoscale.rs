@@ -6,7 +6,7 @@ use common::{scaling, wait_scaling};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Autolb, Client};
 use serde_json::Value;
@@ -152,20 +152,17 @@ async fn a_killed_instance_is_replaced_and_counted() {
     let victim = before[0].clone();
     let pid = victim["pid"].as_i64().expect("pid") as i32;
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    common::wait_until(20, "the killed instance restarted and ready", || async {
         let now = cluster(&lb).await;
         let same = now
             .iter()
             .find(|i| i["id"] == victim["id"])
             .cloned()
             .expect("still managed");
-        if same["restarts"] == 1 && same["state"] == "ready" && same["pid"] != victim["pid"] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not replaced: {same}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (same["restarts"] == 1 && same["state"] == "ready" && same["pid"] != victim["pid"])
+            .then_some(())
+    })
+    .await;
     assert!(lb.proc.log().contains("instance exited; restarting"));
     // Its output reaches autolb's log, prefixed with the instance.
     assert!(lb
@@ -248,15 +245,12 @@ async fn instances_die_with_autolb_even_after_sigkill() {
         .collect();
     assert_eq!(pids.len(), 2);
     unsafe { libc::kill(lb.proc.pid() as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // SAFETY: kill with signal 0 only checks for existence.
-    while pids
-        .iter()
-        .any(|&p| unsafe { libc::kill(p, 0) } == 0 && !zombie(p))
-    {
-        assert!(Instant::now() < deadline, "instances outlived autolb");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until(10, "the instances to die with autolb", || async {
+        // SAFETY: kill with signal 0 only checks for existence.
+        let alive = |p: i32| unsafe { libc::kill(p, 0) } == 0 && !zombie(p);
+        (!pids.iter().any(|&p| alive(p))).then_some(())
+    })
+    .await;
 }
 
 fn zombie(pid: i32) -> bool {

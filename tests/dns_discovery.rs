@@ -92,18 +92,21 @@ fn dnsmasq(dir: &Path, port: u16, srv: &[String]) -> Option<Proc> {
     let log = common::collect(child.stderr.take().expect("stderr"));
     let mut proc = Proc { child, log };
     let read = format!("read {}", hosts.display());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !proc.log().contains(&read) {
-        if proc.child.try_wait().ok().flatten().is_some() {
-            eprintln!("dnsmasq did not start:\n{}", proc.log());
-            return None;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dnsmasq not ready:\n{}",
-            proc.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let log = proc.log.clone();
+    let started = common::wait_blocking_or(
+        20,
+        || {
+            if proc.log().contains(&read) {
+                Some(true)
+            } else {
+                proc.child.try_wait().ok().flatten().map(|_| false)
+            }
+        },
+        || format!("dnsmasq not ready:\n{}", common::log_text(&log)),
+    );
+    if !started {
+        eprintln!("dnsmasq did not start:\n{}", proc.log());
+        return None;
     }
     Some(proc)
 }

@@ -711,18 +711,13 @@ async fn the_image_builds_and_its_command_serves_on_its_own() {
     unsafe {
         libc::kill(proc.pid() as i32, libc::SIGTERM);
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let code = loop {
-        if let Some(s) = proc.child.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running:\n{}",
-            proc.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let log = proc.log.clone();
+    let code = common::wait_blocking_or(
+        10,
+        || proc.child.try_wait().expect("wait"),
+        || format!("still running:\n{}", common::log_text(&log)),
+    )
+    .code();
     assert_eq!(code, Some(0), "{}", proc.log());
     for pid in pids {
         assert!(

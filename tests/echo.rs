@@ -1,5 +1,7 @@
 //! Integration tests of the `autolb-echo` binary over real TCP on 127.0.0.1.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -65,14 +67,10 @@ impl Echo {
     }
 
     fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        let child = &mut self.child;
+        common::poll_blocking(limit, Duration::from_millis(10), || {
+            child.try_wait().expect("try_wait")
+        })
     }
 }
 

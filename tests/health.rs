@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{echo, Autolb, Client};
 use serde_json::Value;
@@ -40,15 +40,18 @@ async fn backend_status(lb: &Autolb, i: usize) -> Value {
 
 /// Poll the status until backend `i` satisfies `cond`, for at most 20 s.
 async fn wait_for(lb: &Autolb, i: usize, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let b = backend_status(lb, i).await;
-        if cond(&b) {
-            return b;
-        }
-        assert!(Instant::now() < deadline, "backend {i} never {what}: {b}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let last = std::sync::Mutex::new(Value::Null);
+    common::wait_until_or(
+        20,
+        || async {
+            let b = backend_status(lb, i).await;
+            let done = cond(&b);
+            *last.lock().expect("last") = b.clone();
+            done.then_some(b)
+        },
+        || format!("backend {i} never {what}: {}", last.lock().expect("last")),
+    )
+    .await
 }
 
 async fn wait_health(lb: &Autolb, i: usize, health: &str) -> Value {

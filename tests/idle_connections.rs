@@ -146,18 +146,7 @@ async fn a_stop_closes_a_parked_connection_and_an_upgrade_answers_it_once_more()
         response(&mut s, &mut got).await.is_none(),
         "closed by the stop"
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = lb.proc.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = lb.proc.exited(15).await;
     assert!(status.success(), "{status}\n{}", lb.proc.log());
 
     // Upgrade: the parked connection is not closed under its client; its next request is

@@ -359,15 +359,11 @@ async fn accept_proxy_feeds_x_forwarded_for_and_refuses_garbage() {
         raw_request(web, b"PROXY TCP4 1.2.3.4 nonsense\r\n").await,
         ""
     );
-    let deadline = std::time::Instant::now() + T;
-    while !lb.proc.log().contains("PROXY protocol header refused") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no log line:\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        lb.proc.log_shows("PROXY protocol header refused", T),
+        "no log line:\n{}",
+        lb.proc.log()
+    );
 }
 
 #[tokio::test]
@@ -428,14 +424,9 @@ fn redis_server() -> Option<(Proc, u16)> {
         child,
         log: Default::default(),
     };
-    let deadline = std::time::Instant::now() + T;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_blocking(T.as_secs(), "redis-server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
     Some((proc, port))
 }
 
@@ -502,11 +493,12 @@ async fn tcp_listener_added_by_reload() {
     // The file watcher may have applied it first: either way the listener serves now.
     assert!(r.status < 300, "{} {}", r.status, r.text());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let deadline = std::time::Instant::now() + T;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "{}", lb.proc.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until_or(
+        T.as_secs(),
+        || async { TcpStream::connect(addr).await.ok() },
+        || format!("listener db never served:\n{}", lb.proc.log()),
+    )
+    .await;
     let (name, _s) = greet(addr).await;
     assert_eq!(name, "a");
     assert!(

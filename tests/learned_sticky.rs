@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::redis::{cli, Redis};
@@ -105,13 +104,9 @@ async fn sessions_learned_on_one_node_are_honoured_by_another() {
 
     // Node B learns it through Redis (stored in the background: wait for it), then every
     // request of the session goes there, on both nodes.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let d = common::Deadline::after(5, "node B to honour the session");
     while served_by(&mut cb, &session).await != owner {
-        assert!(
-            Instant::now() < deadline,
-            "node B never honoured the session"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.tick().await;
     }
     for _ in 0..20 {
         assert_eq!(served_by(&mut cb, &session).await, owner);
@@ -128,7 +123,7 @@ async fn sessions_learned_on_one_node_are_honoured_by_another() {
     // backend that took it; the nodes converge on one binding (within the cache recheck).
     let i = names.iter().position(|n| *n == owner).expect("owner");
     down[i].store(true, Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let d = common::Deadline::after(10, "the nodes to agree on a new backend");
     let moved = loop {
         let (x, y) = (
             served_by(&mut ca, &session).await,
@@ -137,8 +132,7 @@ async fn sessions_learned_on_one_node_are_honoured_by_another() {
         if x == y && x != owner {
             break x;
         }
-        assert!(Instant::now() < deadline, "the nodes never agreed: {x} {y}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.tick().await;
     };
     for _ in 0..10 {
         assert_eq!(served_by(&mut ca, &session).await, moved);

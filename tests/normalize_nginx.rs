@@ -236,10 +236,9 @@ async fn routing_agrees_with_nginx_or_autolb_refuses() {
         .unwrap_or_else(|e| panic!("start {}: {e}", nginx.display()));
     let stderr = common::collect(child.stderr.take().expect("stderr"));
     let mut nginx_proc = common::Proc { child, log: stderr };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+    let d = common::Deadline::after(20, "nginx to listen");
     while tokio::net::UnixStream::connect(&sock).await.is_err() {
-        let error_log =
-            || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
         if let Ok(Some(status)) = nginx_proc.child.try_wait() {
             panic!(
                 "nginx exited ({status}): {}\n{}",
@@ -247,12 +246,7 @@ async fn routing_agrees_with_nginx_or_autolb_refuses() {
                 error_log()
             );
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nginx did not listen within 20s: {}",
-            error_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.tick_or(error_log).await;
     }
     let lb = start_autolb().await;
     let addr = lb.addr("web");

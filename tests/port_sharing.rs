@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{echo, Autolb};
 
@@ -43,21 +43,22 @@ fn run_to_failure(yaml: &str) -> (Option<i32>, String) {
     let log = common::collect(child.stderr.take().expect("stderr"));
     let proc = common::Proc { child, log };
     let mut proc = proc;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = proc.child.try_wait().expect("wait") {
-            // The stderr reader may be a moment behind the exit.
-            proc.log_shows("\n", Duration::from_secs(2));
-            return (status.code(), proc.log());
-        }
-        assert!(
-            !proc.log().contains("autolb started"),
-            "the second autolb started on a taken address:\n{}",
-            proc.log()
-        );
-        assert!(Instant::now() < deadline, "still running:\n{}", proc.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = proc.log.clone();
+    let status = common::wait_blocking_or(
+        30,
+        || {
+            assert!(
+                !proc.log().contains("autolb started"),
+                "the second autolb started on a taken address:\n{}",
+                proc.log()
+            );
+            proc.child.try_wait().expect("wait")
+        },
+        || format!("still running:\n{}", common::log_text(&log)),
+    );
+    // The stderr reader may be a moment behind the exit.
+    proc.log_shows("\n", Duration::from_secs(2));
+    (status.code(), proc.log())
 }
 
 #[tokio::test]

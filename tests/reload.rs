@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use common::{echo, Autolb, Client, Echo};
 
@@ -140,17 +139,12 @@ async fn fifty_reloads_under_load_lose_nothing_and_traffic_follows() {
         let want = expected(i, &e);
         if i % 10 == 0 {
             // The file watcher picks it up: traffic follows within a second (2 s margin).
-            let deadline = Instant::now() + Duration::from_secs(3);
-            loop {
-                if follows(i, &answering(addr, 40).await, &want) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "reload {i} not picked up from the file"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            common::wait_until(
+                3,
+                &format!("reload {i} picked up from the file"),
+                || async { follows(i, &answering(addr, 40).await, &want).then_some(()) },
+            )
+            .await;
         } else {
             let r = post_reload(lb.admin).await;
             assert_eq!(r.status, 200, "{}", r.text());
@@ -249,25 +243,21 @@ async fn an_invalid_config_changes_nothing_and_says_where() {
 
 /// The address a listener reported in the log, waiting up to 10 s.
 async fn logged_addr(lb: &Autolb, name: &str) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = lb.proc.log();
-        let needle = format!("listening listener={name} addr=");
-        if let Some(line) = log.lines().rev().find(|l| l.contains(&needle)) {
+    let needle = format!("listening listener={name} addr=");
+    common::wait_until_or(
+        10,
+        || {
+            let log = lb.proc.log();
+            let line = log.lines().rev().find(|l| l.contains(&needle));
             let addr = line
-                .split(&needle)
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next());
-            if let Some(a) = addr.and_then(|a| a.parse().ok()) {
-                return a;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "listener {name} never listened:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+                .and_then(|l| l.split(&needle).nth(1))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse().ok());
+            std::future::ready(addr)
+        },
+        || format!("listener {name} never listened:\n{}", lb.proc.log()),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -310,11 +300,13 @@ async fn listeners_are_added_and_removed_without_a_restart() {
     let r = post_reload(lb.admin).await;
     assert!(r.text().contains("listener alt stopped"), "{}", r.text());
     // New connections are refused; the open one keeps working; the other listener serves.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(alt).await.is_ok() {
-        assert!(Instant::now() < deadline, "alt still accepts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(5, "alt to refuse connections", || async {
+        tokio::net::TcpStream::connect(alt)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
     assert_eq!(kept.get("/").await.text(), "l0");
     assert_eq!(answering(lb.addr("web"), 3).await.len(), 1);
 }

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::Autolb;
 
@@ -268,11 +267,10 @@ fn notifications(sock: &UnixDatagram) -> Vec<String> {
 }
 
 fn wait_for_notification(sock: &UnixDatagram, seen: &mut Vec<String>, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let d = common::Deadline::after(30, format!("{what} among the notifications"));
     while !seen.iter().any(|m| m.contains(what)) {
-        assert!(Instant::now() < deadline, "no {what} in {seen:?}");
+        d.tick_blocking();
         seen.extend(notifications(sock));
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -395,12 +393,10 @@ async fn reload_hands_over_to_a_binary_installed_over_the_running_one() {
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:?}\n{err}");
     assert!(ok.load(Ordering::Relaxed) > 20);
+    // The old process ends its drain (the load stopped) and exits.
     let mut lb = lb;
-    let status = lb.proc.child.try_wait().expect("wait");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "old process: {status:?}"
-    );
+    let status = lb.proc.exited(30).await;
+    assert!(status.success(), "old process: {status:?}");
     // Same binary now: a reload is a config reload again.
     let (code, out, err) = reload(&installed, &edited, &env);
     assert_eq!(code, 0, "{err}");

@@ -82,20 +82,24 @@ async fn wait_all(
     what: &str,
     cond: impl Fn(&[Option<Value>]) -> bool,
 ) -> Vec<Option<Value>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = statuses(nodes).await;
-        let l = leaders(&s);
-        assert!(l.len() <= 1, "two leaders at once: {l:?}\n{s:#?}");
-        if cond(&s) {
-            return s;
-        }
-        if Instant::now() >= deadline {
+    let last = std::sync::Mutex::new(Vec::new());
+    common::wait_until_or(
+        limit.as_secs(),
+        || async {
+            let s = statuses(nodes).await;
+            let l = leaders(&s);
+            assert!(l.len() <= 1, "two leaders at once: {l:?}\n{s:#?}");
+            let done = cond(&s);
+            *last.lock().expect("last") = s.clone();
+            done.then_some(s)
+        },
+        || {
             let logs: Vec<String> = nodes.iter().map(|n| n.proc.log()).collect();
-            panic!("{what}: never happened: {s:#?}\n{}", logs.join("\n----\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            let s = last.lock().expect("last");
+            format!("{what}: never happened: {s:#?}\n{}", logs.join("\n----\n"))
+        },
+    )
+    .await
 }
 
 fn current(v: &Option<Value>) -> u64 {

@@ -33,19 +33,21 @@ async fn wait_for(
     limit: Duration,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = admin_json(lb, path).await;
-        if cond(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never matched: {v:#}\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = std::sync::Mutex::new(Value::Null);
+    common::wait_until_or(
+        limit.as_secs(),
+        || async {
+            let v = admin_json(lb, path).await;
+            let done = cond(&v);
+            *last.lock().expect("last") = v.clone();
+            done.then_some(v)
+        },
+        || {
+            let v = last.lock().expect("last");
+            format!("{path} never matched: {v:#}\n{}", lb.proc.log())
+        },
+    )
+    .await
 }
 
 /// The other nodes seen now (unseen ones stay listed with `seen: false`).

@@ -52,17 +52,13 @@ fn talking_to(v: &Value) -> Vec<String> {
 /// thread: the load's tasks keep running.)
 async fn promoted(r: &Redis, secs: u64) -> Instant {
     let port = r.port;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    common::wait_until(secs, "the replica to be promoted", || async move {
         let role = tokio::task::spawn_blocking(move || cli(port, &["ROLE"]))
             .await
             .expect("redis-cli");
-        if role.lines().next().map(str::trim) == Some("master") {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "the replica was never promoted");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (role.lines().next().map(str::trim) == Some("master")).then(Instant::now)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,17 +42,9 @@ async fn sees(lb: &Autolb, id: &str) -> Option<bool> {
 }
 
 async fn wait_sees(lb: &Autolb, id: &str, seen: bool, secs: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let d = common::Deadline::after(secs, format!("{id} seen: {seen} in /cluster/status"));
     while sees(lb, id).await != Some(seen) {
-        if std::time::Instant::now() > deadline {
-            let c = common::get(lb.admin, "/cluster/status").await.json();
-            panic!(
-                "{id} never seen: {seen}: {:#}\n{}",
-                c["nodes"],
-                lb.proc.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.tick_or(|| lb.proc.log()).await;
     }
 }
 

@@ -11,7 +11,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::redis::{acl_user, cli, free_port, Redis};
 use common::shared::{
@@ -272,16 +272,13 @@ fn an_unset_password_env_stops_autolb() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn autolb");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("autolb started without its Redis password");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let code = common::poll_blocking(Duration::from_secs(20), Duration::from_millis(50), || {
+        child.try_wait().expect("wait")
+    });
+    let Some(code) = code else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("autolb started without its Redis password");
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)

@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -184,11 +183,9 @@ impl Drop for Pid {
 }
 
 fn wait_exit(child: &mut std::process::Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "{what} did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_blocking(60, &format!("{what} to exit"), || {
+        child.try_wait().expect("wait")
+    });
 }
 
 /// `strace -f` of a command into `out`.

@@ -344,8 +344,9 @@ async fn an_upgrade_through_a_moved_current_symlink_finds_the_running_process() 
     let mut old_proc = old.proc;
     let status = old_proc.exited(30).await;
     assert_eq!(status.code(), Some(0), "{}", old_proc.log());
+    // (Its stderr is read on another thread: the line may arrive a moment later.)
     assert!(
-        new.log().contains("taking over listening sockets"),
+        new.log_shows("taking over listening sockets", Duration::from_secs(10)),
         "{}",
         new.log()
     );

@@ -241,19 +241,17 @@ impl Page {
     /// Evaluate `expression` every 100 ms until it returns a truthy value (returned), for
     /// at most `secs`.
     pub async fn wait_for(&mut self, expression: &str, secs: u64, what: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut last = Value::Null;
-        while Instant::now() < deadline {
-            match self.eval(expression).await {
+        let d = super::Deadline::after(secs, what);
+        loop {
+            let last = match self.eval(expression).await {
                 Ok(v) if !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") => {
                     return v
                 }
-                Ok(v) => last = v,
-                Err(e) => last = json!(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(v) => v,
+                Err(e) => json!(e),
+            };
+            d.tick_or(|| format!("last value: {last}")).await;
         }
-        panic!("timed out after {secs}s waiting for {what}; last value: {last}");
     }
 
     /// A PNG of the whole page.

@@ -12,6 +12,11 @@ pub mod relay;
 pub mod script;
 pub mod shared;
 pub mod tls;
+pub mod wait;
+#[allow(unused_imports)]
+pub use wait::{
+    poll_blocking, poll_for, wait_blocking, wait_blocking_or, wait_until, wait_until_or, Deadline,
+};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -45,36 +50,33 @@ impl Proc {
     /// Wait (at most `secs`) for the process to exit by itself; its status. Fails with its
     /// log when it is still running.
     pub async fn exited(&mut self, secs: u64) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {secs}s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        let log = &self.log;
+        wait_until_or(
+            secs,
+            || std::future::ready(child.try_wait().expect("wait")),
+            || format!("still running:\n{}", log_text(log)),
+        )
+        .await
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        log_text(&self.log)
     }
 
     /// Whether the log shows `text` within `within` (stderr is read on another thread, so
     /// a line can arrive a moment after what it reports is already visible).
     pub fn log_shows(&self, text: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while !self.log().contains(text) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
+        poll_blocking(within, Duration::from_millis(10), || {
+            self.log().contains(text).then_some(())
+        })
+        .is_some()
     }
+}
+
+/// What a collected output stream (`Proc::log`, `collect`) holds so far.
+pub fn log_text(log: &Mutex<String>) -> String {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
 impl Drop for Proc {
@@ -558,22 +560,6 @@ pub async fn ws_text(ws: &mut Ws) -> String {
     }
 }
 
-/// Poll `f` every 50 ms until it returns `Some`, for at most `secs` seconds.
-pub async fn wait_until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The `Set-Cookie` value of a response for cookie `name` (just `name=value`), if any.
 pub fn set_cookie(headers: &http::HeaderMap, name: &str) -> Option<(String, String)> {
     headers
@@ -639,17 +625,19 @@ pub async fn wait_scaling(
     what: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = scaling(lb).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what}: {s:#}\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = Mutex::new(serde_json::Value::Null);
+    wait_until_or(
+        secs,
+        || async {
+            let s = scaling(lb).await;
+            let done = cond(&s);
+            *last.lock().expect("last status") = s.clone();
+            done.then_some(s)
+        },
+        || {
+            let s = last.lock().map(|s| s.clone()).unwrap_or_default();
+            format!("never {what}: {s:#}\n{}", lb.proc.log())
+        },
+    )
+    .await
 }

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
@@ -89,26 +88,19 @@ impl Pebble {
         let log = collect(child.stdout.take().expect("stdout"));
         let proc = Proc { child, log };
         // Wait for the DNS server's management port and pebble's root.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", dns_mgmt)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "pebble-challtestsrv did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_until(30, "pebble-challtestsrv to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", dns_mgmt))
+                .await
+                .ok()
+        })
+        .await;
         let mgmt: SocketAddr = format!("127.0.0.1:{mgmt_port}").parse().expect("addr");
-        let root = loop {
-            if let Some(root) = fetch_root(mgmt, &ca).await {
-                break root;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pebble did not start; log:\n{}",
-                proc.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let root = super::wait_until_or(
+            30,
+            || fetch_root(mgmt, &ca),
+            || format!("pebble did not start; log:\n{}", proc.log()),
+        )
+        .await;
         Pebble {
             directory: format!("https://127.0.0.1:{acme_port}/dir"),
             ca_path,

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use super::Proc;
 
@@ -145,11 +144,10 @@ impl Redis {
             log: Default::default(),
         });
         self.stopped = false;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(self.port, &["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let port = self.port;
+        wait(10, "redis-server did not start", || {
+            cli(port, &["PING"]).trim() == "PONG"
+        });
     }
 
     /// Kill it (SIGKILL, as `kill -9`; a later `restart` brings it back on the same port).
@@ -188,11 +186,7 @@ impl Drop for Redis {
 
 /// Polls `cond` every 50 ms for at most `secs`; panics with `what` when it never holds.
 pub fn wait(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    super::wait_blocking(secs, what, || cond().then_some(()))
 }
 
 /// A Redis Cluster on free loopback ports: `masters` masters with `replicas` replicas each.

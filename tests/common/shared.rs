@@ -54,19 +54,21 @@ pub async fn wait_status(
     what: &str,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = status(lb).await;
-        if cond(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {v:#}\n{}",
-            lb.proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = std::sync::Mutex::new(Value::Null);
+    super::wait_until_or(
+        secs,
+        || async {
+            let v = status(lb).await;
+            let done = cond(&v);
+            *last.lock().expect("last") = v.clone();
+            done.then_some(v)
+        },
+        || {
+            let v = last.lock().expect("last");
+            format!("{what}: {v:#}\n{}", lb.proc.log())
+        },
+    )
+    .await
 }
 
 /// A session started through `addr`: (cookie value, backend that owns it).
@@ -133,13 +135,9 @@ pub async fn shared_session(a: &Autolb, b: &Autolb) -> (String, String) {
     }
     let session = new_session(a.addr("web")).await;
     let mut c = Client::connect(b.addr("web")).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let d = super::Deadline::after(5, format!("node B to honour {session:?}"));
     while get_session(&mut c, &session.0).await.text() != session.1 {
-        assert!(
-            Instant::now() < deadline,
-            "node B never honoured {session:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.tick().await;
     }
     session
 }
@@ -192,23 +190,27 @@ pub async fn wait_fleet(
     what: &str,
     cond: impl Fn(&[Option<Value>]) -> bool,
 ) -> Vec<Option<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let mut s = Vec::new();
-        for n in nodes {
-            s.push(fleet(n).await);
-        }
-        let l = leaders(&s);
-        assert!(l.len() <= 1, "two leaders at once: {l:?}\n{s:#?}");
-        if cond(&s) {
-            return s;
-        }
-        if Instant::now() >= deadline {
+    let last = std::sync::Mutex::new(Vec::new());
+    super::wait_until_or(
+        secs,
+        || async {
+            let mut s = Vec::new();
+            for n in nodes {
+                s.push(fleet(n).await);
+            }
+            let l = leaders(&s);
+            assert!(l.len() <= 1, "two leaders at once: {l:?}\n{s:#?}");
+            let done = cond(&s);
+            *last.lock().expect("last") = s.clone();
+            done.then_some(s)
+        },
+        || {
             let logs: Vec<String> = nodes.iter().map(|n| n.proc.log()).collect();
-            panic!("{what}: never happened: {s:#?}\n{}", logs.join("\n----\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            let s = last.lock().expect("last");
+            format!("{what}: never happened: {s:#?}\n{}", logs.join("\n----\n"))
+        },
+    )
+    .await
 }
 
 /// The ids of the nodes that say they lead.

@@ -461,12 +461,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    super::poll_for(
+        Duration::from_secs(secs),
+        Duration::from_millis(100),
+        || {
+            let c = cond();
+            async move { c.await.then_some(()) }
+        },
+    )
+    .await
+    .is_some()
 }
