@@ -6,7 +6,7 @@
 
 pub(crate) mod accesslog;
 pub(crate) mod acme;
-pub(crate) mod admin;
+pub mod admin;
 pub mod affinity;
 pub(crate) mod alerts;
 pub mod autoscale;

@@ -55,11 +55,6 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "proxy",
         "checks send their requests through proxy::upstream's pool and request body",
     ),
-    (
-        "server",
-        "admin",
-        "the server starts the admin listener; admin reads listener stats and the reload handle",
-    ),
 ];
 
 /// `from -> to -> [file:line, ...]` for every `crate::to` in a file of `from`.

@@ -26,7 +26,9 @@ async fn server(backend: SocketAddr, listener_extra: &str, routes: &str) -> Serv
     );
     let config = autolb::config::load_str(&yaml, Path::new("two_servers.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
-    Server::start(config).await.expect("server starts")
+    let server = Server::start(config).await.expect("server starts");
+    autolb::admin::start(&server, Default::default());
+    server
 }
 
 async fn backend() -> SocketAddr {
@@ -127,7 +129,9 @@ async fn two_servers_in_one_process_serve_their_own_certificates() {
         let yaml = t::https_config(&[pair], "", "", "", &[backend]);
         let config = autolb::config::load_str(&yaml, Path::new("two_servers_tls.yaml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        servers.push(Server::start(config).await.expect("server starts"));
+        let server = Server::start(config).await.expect("server starts");
+        autolb::admin::start(&server, Default::default());
+        servers.push(server);
     }
     let connector = t::connector(&ca, &[], false);
     for (server, issued) in servers.iter().zip([&first, &second]) {
@@ -159,7 +163,9 @@ async fn two_servers_in_one_process_write_their_own_access_logs() {
         );
         let config = autolb::config::load_str(&yaml, Path::new("two_servers_log.yaml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        servers.push((Server::start(config).await.expect("server starts"), log));
+        let server = Server::start(config).await.expect("server starts");
+        autolb::admin::start(&server, Default::default());
+        servers.push((server, log));
     }
     for (server, _) in &servers {
         let path = format!("/from-{}", server.listeners["web"].port());

@@ -25,6 +25,38 @@ pub struct Tokens {
     pub read: Option<Arc<str>>,
 }
 
+/// A token variable the config names is not set.
+#[derive(Debug, thiserror::Error)]
+#[error("admin: {key} names {var}, but that environment variable is unset or empty")]
+pub struct MissingToken {
+    pub key: &'static str,
+    pub var: String,
+}
+
+impl Tokens {
+    /// The tokens from the environment variables `admin.token_env` and
+    /// `admin.read_token_env` name (trimmed). A named variable that is unset or blank is an
+    /// error: the API would otherwise run unguarded.
+    pub fn from_env(admin: &crate::config::Admin) -> Result<Tokens, MissingToken> {
+        let token = |key: &'static str, var: &Option<String>| {
+            let Some(var) = var else {
+                return Ok(None);
+            };
+            match std::env::var(var) {
+                Ok(t) if !t.trim().is_empty() => Ok(Some(Arc::from(t.trim()))),
+                _ => Err(MissingToken {
+                    key,
+                    var: var.clone(),
+                }),
+            }
+        };
+        Ok(Tokens {
+            write: token("token_env", &admin.token_env)?,
+            read: token("read_token_env", &admin.read_token_env)?,
+        })
+    }
+}
+
 type Refused = Box<Response<Full<Bytes>>>;
 
 impl Tokens {

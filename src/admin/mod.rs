@@ -33,11 +33,11 @@ use crate::autoscale::Autoscaler;
 use crate::runtime::Runtime;
 use crate::server::reload::Trigger;
 
-pub use auth::Tokens;
+pub use auth::{MissingToken, Tokens};
 
 /// What the admin API reads.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub runtime: Arc<Runtime>,
     pub listeners: Arc<crate::server::listeners::Listeners>,
     pub autoscaler: Arc<Autoscaler>,
@@ -58,8 +58,30 @@ pub struct AdminState {
     pub draining: watch::Receiver<crate::server::Drain>,
 }
 
+/// Serve the admin API of a started server on its admin port, guarded by `tokens`
+/// (`Tokens::from_env`, read before the server starts). The server stops it at its
+/// shutdown, or earlier when a successor takes the port over.
+pub fn start(server: &crate::server::Server, tokens: Tokens) {
+    let services = server.services();
+    warn_if_exposed(server.admin_addr, &tokens);
+    let state = AdminState {
+        runtime: services.runtime,
+        listeners: server.running.clone(),
+        autoscaler: server.autoscaler.clone(),
+        tokens,
+        reload: server.reload_handle.clone(),
+        reload_state: server.reload_state.clone(),
+        shared: services.shared,
+        acme: services.acme,
+        tls: services.tls,
+        ocsp: server.ocsp(),
+        draining: server.draining(),
+    };
+    server.serve_admin(move |listener, stop| serve(listener, state, stop));
+}
+
 /// Serve the admin API until `stop` (the end of a drain, or a successor taking over).
-pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
+async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Receiver<bool>) {
     tokio::spawn(track_peaks(state.runtime.clone(), stop.clone()));
     loop {
         let (stream, _) = tokio::select! {
@@ -109,7 +131,7 @@ async fn track_peaks(runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>)
 
 /// Warn at start when a non-loopback admin lets anyone who reaches it read the GET
 /// endpoints that show pids, ports, backends and metrics (no `admin.read_token_env`).
-pub fn warn_if_exposed(listen: std::net::SocketAddr, tokens: &Tokens) {
+fn warn_if_exposed(listen: std::net::SocketAddr, tokens: &Tokens) {
     if listen.ip().is_loopback() || tokens.read.is_some() {
         return;
     }

@@ -50,8 +50,6 @@ pub enum ServerError {
     Workers(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("admin: {key} names {var}, but that environment variable is unset or empty")]
-    MissingToken { key: &'static str, var: String },
     #[error(transparent)]
     State(#[from] crate::state::redis::StartError),
     #[error("acme: {0}")]
@@ -125,27 +123,6 @@ fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// The admin bearer tokens from the environment variables `token_env` and
-/// `read_token_env` name.
-fn admin_tokens(admin: &crate::config::Admin) -> Result<crate::admin::Tokens, ServerError> {
-    let token = |key: &'static str, var: &Option<String>| {
-        let Some(var) = var else {
-            return Ok(None);
-        };
-        match std::env::var(var) {
-            Ok(t) if !t.trim().is_empty() => Ok(Some(Arc::from(t.trim()))),
-            _ => Err(ServerError::MissingToken {
-                key,
-                var: var.clone(),
-            }),
-        }
-    };
-    Ok(crate::admin::Tokens {
-        write: token("token_env", &admin.token_env)?,
-        read: token("read_token_env", &admin.read_token_env)?,
-    })
-}
-
 /// A started autolb: owns the workers and knows where everything listens.
 pub struct Server {
     pub runtime: Arc<Runtime>,
@@ -160,9 +137,12 @@ pub struct Server {
     /// The listeners serving now (reload adds, moves and removes them).
     pub running: Arc<listeners::Listeners>,
     shutdown_rx: watch::Receiver<Drain>,
-    /// The admin API's accept loop (it closes the admin socket when it ends).
-    admin_task: tokio::task::JoinHandle<()>,
+    /// The admin socket until the admin API takes it, then the API's accept loop (which
+    /// closes the socket when it ends).
+    admin: std::sync::Mutex<AdminPort>,
     pub admin_addr: SocketAddr,
+    /// OCSP stapling (its metrics are on the admin API).
+    ocsp: Arc<crate::ocsp::Ocsp>,
     pub autoscaler: Arc<Autoscaler>,
     /// The running config's hash and the last reload (shown by `/health`).
     pub reload_state: Arc<std::sync::Mutex<reload::ReloadState>>,
@@ -174,6 +154,14 @@ pub struct Server {
     shutdown: watch::Sender<Drain>,
     /// Stops the admin API (it answers through the drain, `/health/ready` with 503).
     admin_stop: watch::Sender<bool>,
+}
+
+/// The admin port of a server: bound at start (so a bad address fails the start), served
+/// by whatever `Server::serve_admin` is given (the admin module, a layer above this one).
+#[derive(Default)]
+struct AdminPort {
+    socket: Option<tokio::net::TcpListener>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What every connection of one server is handed: built once at start-up (two servers in
@@ -200,7 +188,7 @@ impl Server {
     }
 
     /// Bind every listener and the admin port, start the workers. Must run inside a tokio
-    /// runtime: the admin API is served on it.
+    /// runtime: its background tasks run on it (and the admin API, `admin::start`).
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         Server::start_with(config, None).await
     }
@@ -217,7 +205,7 @@ impl Server {
         let runtime = Runtime::new(config, threads);
         let snapshot = runtime.snapshot();
         let (shutdown, shutdown_rx) = watch::channel(Drain::Serving);
-        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let (admin_stop, _) = watch::channel(false);
 
         // Bind everything first: a bad address fails the start before any thread exists.
         let sockets_per_listener = match model {
@@ -242,8 +230,6 @@ impl Server {
             };
             bound.push((l.name.clone(), sockets));
         }
-        let tokens = admin_tokens(&snapshot.config.admin)?;
-        crate::admin::warn_if_exposed(snapshot.config.admin.listen, &tokens);
         let backend = crate::state::backend(&snapshot.config)?;
         let admin_std = match inherited.admin.take().filter(|a| {
             a.local_addr()
@@ -331,23 +317,6 @@ impl Server {
             }
         };
         tracing::info!(addr = %admin_addr, "admin listening");
-        let admin_task = tokio::spawn(crate::admin::serve(
-            admin_listener,
-            crate::admin::AdminState {
-                runtime: runtime.clone(),
-                listeners: running.clone(),
-                autoscaler: autoscaler.clone(),
-                tokens,
-                reload: reload_handle.clone(),
-                reload_state: reload_state.clone(),
-                shared: shared.clone(),
-                acme: acme.clone(),
-                tls: tls.clone(),
-                ocsp,
-                draining: shutdown_rx,
-            },
-            admin_stop_rx,
-        ));
         tracing::info!(
             threads,
             model = ?model,
@@ -368,7 +337,11 @@ impl Server {
             reload_state,
             reload_handle,
             reload_requests: std::sync::Mutex::new(Some(reload_rx)),
-            admin_task,
+            admin: std::sync::Mutex::new(AdminPort {
+                socket: Some(admin_listener),
+                task: None,
+            }),
+            ocsp,
             _watcher: watcher,
             workers,
             shutdown,
@@ -420,6 +393,33 @@ impl Server {
             .sum()
     }
 
+    /// Serve the admin port with `serve(socket, stop)` (`admin::start`), once; `stop`
+    /// turns true when the API must stop answering. The server ends the task at its
+    /// shutdown.
+    pub fn serve_admin<F>(
+        &self,
+        serve: impl FnOnce(tokio::net::TcpListener, watch::Receiver<bool>) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Ok(mut port) = self.admin.lock() else {
+            return;
+        };
+        if let Some(socket) = port.socket.take() {
+            port.task = Some(tokio::spawn(serve(socket, self.admin_stop.subscribe())));
+        }
+    }
+
+    /// OCSP stapling, for the admin API's metrics.
+    pub(crate) fn ocsp(&self) -> Arc<crate::ocsp::Ocsp> {
+        self.ocsp.clone()
+    }
+
+    /// The drain state every connection watches (the admin API's `/health/ready`).
+    pub(crate) fn draining(&self) -> watch::Receiver<Drain> {
+        self.shutdown_rx.clone()
+    }
+
     /// Stop answering on the admin port now (a successor took it over) rather than at the
     /// end of the drain.
     pub fn stop_admin(&self) {
@@ -430,7 +430,7 @@ impl Server {
     /// answer in-flight requests with `Connection: close`, let the connections finish as
     /// `drain` says for up to `grace`, then stop the workers. The admin API answers until
     /// the end (`/health/ready`: 503 from the start) unless a successor took it over.
-    pub async fn shutdown(mut self, drain: Drain, grace: Duration) {
+    pub async fn shutdown(self, drain: Drain, grace: Duration) {
         let _ = self.shutdown.send(drain);
         // Every listening socket closes now: a new connection is refused at once, so that
         // clients and upstream balancers go elsewhere.
@@ -457,7 +457,10 @@ impl Server {
         }
         self.autoscaler.shutdown().await;
         let _ = self.admin_stop.send(true);
-        let _ = (&mut self.admin_task).await;
+        let task = self.admin.lock().ok().and_then(|mut port| port.task.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         let access_log = self.runtime.snapshot().access_log.clone();

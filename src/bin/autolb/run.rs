@@ -69,12 +69,15 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the main runtime")?;
+    // Before anything is bound: a token variable the config names must be set.
+    let tokens = autolb::admin::Tokens::from_env(&cfg.admin)?;
     rt.block_on(async {
         let server = if upgrade {
             let from = socket.to_path_buf();
             let (sockets, predecessor) =
                 tokio::task::spawn_blocking(move || upgrade::take_over(&from)).await??;
             let server = Server::start_with(cfg, Some(sockets)).await?;
+            autolb::admin::start(&server, tokens);
             server.wait_until_serving(Duration::from_secs(30)).await;
             if let Some(n) = notifier {
                 // systemd must follow this process before the old one exits.
@@ -88,6 +91,7 @@ fn run(
             server
         } else {
             let server = Server::start(cfg).await?;
+            autolb::admin::start(&server, tokens);
             if let Some(n) = notifier {
                 n.send("READY=1\n");
             }
