@@ -1,10 +1,12 @@
-//! What a slow reader costs, through the real program: 40 clients start a 100 MiB download
+//! What a slow reader costs, through the real program: 100 clients start a 100 MiB download
 //! each and then stop reading. An HTTP/1 response body hands hyper one chunk at a time, the
 //! next read from the backend comes once the client's socket took the last one, so a slow
 //! reader holds one read of at most half of `limits.response_buffer` (32 KiB by default)
-//! plus its connection: about 69 KiB in this debug build with the defaults (94 KiB before:
-//! hyper queued up to `max_header_bytes` of chunks, and reads grew through 8, 16 and 32
-//! KiB), 293 KiB with `response_buffer: 512KiB` (476-532 KiB before).
+//! plus its connection: 60-61 KiB in this debug build with the defaults (67-68 KiB when a
+//! read that outgrew the first one kept the first 8 KiB in front of it; 94 KiB before the
+//! one-chunk hand-off), 282-283 KiB with `response_buffer: 512KiB` (289 and 476-532 KiB).
+//! A hundred readers, not forty: the figure per reader then moves by about 1 KiB from run to
+//! run.
 
 mod common;
 
@@ -15,7 +17,7 @@ use tokio::net::TcpSocket;
 
 use common::{echo, Autolb};
 
-const READERS: usize = 40;
+const READERS: usize = 100;
 
 /// KiB of RSS per slow reader, with `limits` on the listener.
 async fn per_slow_reader(limits: &str) -> u64 {
@@ -79,11 +81,13 @@ pools:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_holds_one_read() {
-    // The defaults (`response_buffer: 64KiB`): 69 KiB measured, 94 before.
+    // The defaults (`response_buffer: 64KiB`): 60-61 KiB measured, 67-68 before the
+    // growing read stopped keeping the first one, 94 before the one-chunk hand-off. The
+    // bound is the 64 KiB promised by default.
     let kib = per_slow_reader("").await;
-    assert!(kib <= 90, "a slow reader costs {kib} KiB with the defaults");
-    // Reads of 256 KiB: 293 KiB measured, one read and the connection; 476-532 KiB
-    // before (two reads).
+    assert!(kib <= 64, "a slow reader costs {kib} KiB with the defaults");
+    // Reads of 256 KiB: 282 KiB measured, one read and the connection; 476-532 KiB
+    // before the one-chunk hand-off (two reads).
     let kib = per_slow_reader(", limits: { response_buffer: 512KiB }").await;
     assert!(
         kib <= 400,

@@ -140,8 +140,17 @@ impl RawConn {
 
     /// Read more of the response into the buffer; `Ok(0)` at the end of the stream.
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2
+            && !self.buf.try_reclaim(self.read_size)
+        {
+            // A new allocation of the read's size, with what is left of the old one copied
+            // (a part of a chunk-size line at most, usually nothing), rather than `reserve`:
+            // `bytes` grows an allocation it owns alone by reallocating it, keeping the
+            // bytes already consumed in front of the new room, so the first 8 KiB read
+            // stayed part of every later one (a slow reader held 40 KiB for reads of 32).
+            let mut fresh = BytesMut::with_capacity(self.read_size + self.buf.len());
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
         }
         loop {
             std::task::ready!(self.stream.poll_read_ready(cx))?;
