@@ -156,10 +156,25 @@ impl Fleet {
     /// This node's heartbeat record.
     fn record(&self, runtime: &Runtime) -> Value {
         let snap = runtime.snapshot();
-        let (hash, pools) = hashes(&snap.config);
-        if let Ok(mut h) = self.hash.lock() {
-            *h = (hash.clone(), pools.clone());
-        }
+        // The pools hash is worked out again only when the config changed: it formats
+        // every route and pool (several MB of text at 10,000 routes, about 10 ms of a core
+        // every second).
+        let known = self
+            .hash
+            .lock()
+            .ok()
+            .filter(|h| h.0 == snap.config.hash)
+            .map(|h| h.clone());
+        let (hash, pools) = match known {
+            Some(h) => h,
+            None => {
+                let fresh = hashes(&snap.config);
+                if let Ok(mut h) = self.hash.lock() {
+                    *h = fresh.clone();
+                }
+                fresh
+            }
+        };
         let pool_list: Vec<Value> = snap
             .pools
             .iter()
