@@ -15,8 +15,9 @@ use tokio::net::TcpStream;
 
 /// A client socket, out of tokio's reactor until it has to wait.
 pub(crate) enum LazyTcp {
-    /// Every call so far completed: not registered (non-blocking, as accepted).
-    Fresh(std::net::TcpStream),
+    /// Every call so far completed: not registered (non-blocking, as accepted); whether a
+    /// read that found nothing was tried again.
+    Fresh(std::net::TcpStream, bool),
     /// A call would have blocked: registered, and waited on as any tokio stream.
     Registered(TcpStream),
     /// Registration failed: the socket is closed.
@@ -30,13 +31,13 @@ fn gone() -> io::Error {
 impl LazyTcp {
     /// An accepted, non-blocking socket, not yet registered.
     pub(crate) fn fresh(stream: std::net::TcpStream) -> LazyTcp {
-        LazyTcp::Fresh(stream)
+        LazyTcp::Fresh(stream, false)
     }
 
     /// The socket as a tokio stream, registering it now if it was not.
     pub(crate) fn registered(&mut self) -> io::Result<&mut TcpStream> {
-        if matches!(self, LazyTcp::Fresh(_)) {
-            if let LazyTcp::Fresh(s) = std::mem::replace(self, LazyTcp::Gone) {
+        if matches!(self, LazyTcp::Fresh(..)) {
+            if let LazyTcp::Fresh(s, _) = std::mem::replace(self, LazyTcp::Gone) {
                 *self = LazyTcp::Registered(TcpStream::from_std(s)?);
             }
         }
@@ -49,7 +50,7 @@ impl LazyTcp {
     /// The socket out of the reactor (removed from it if it was registered).
     pub(crate) fn into_std(self) -> io::Result<std::net::TcpStream> {
         match self {
-            LazyTcp::Fresh(s) => Ok(s),
+            LazyTcp::Fresh(s, _) => Ok(s),
             LazyTcp::Registered(t) => t.into_std(),
             LazyTcp::Gone => Err(gone()),
         }
@@ -58,7 +59,7 @@ impl LazyTcp {
     /// The socket as a tokio stream, registered now if it was not.
     pub(crate) fn into_tokio(self) -> io::Result<TcpStream> {
         match self {
-            LazyTcp::Fresh(s) => TcpStream::from_std(s),
+            LazyTcp::Fresh(s, _) => TcpStream::from_std(s),
             LazyTcp::Registered(t) => Ok(t),
             LazyTcp::Gone => Err(gone()),
         }
@@ -74,7 +75,7 @@ impl LazyTcp {
 
     pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
-            LazyTcp::Fresh(s) => s.set_nodelay(on),
+            LazyTcp::Fresh(s, _) => s.set_nodelay(on),
             LazyTcp::Registered(t) => t.set_nodelay(on),
             LazyTcp::Gone => Err(gone()),
         }
@@ -82,7 +83,7 @@ impl LazyTcp {
 
     pub(crate) fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         match self {
-            LazyTcp::Fresh(s) => s.local_addr(),
+            LazyTcp::Fresh(s, _) => s.local_addr(),
             LazyTcp::Registered(t) => t.local_addr(),
             LazyTcp::Gone => Err(gone()),
         }
@@ -93,7 +94,7 @@ impl LazyTcp {
         &self,
         mut op: impl FnMut(&std::net::TcpStream) -> io::Result<R>,
     ) -> Option<io::Result<R>> {
-        let LazyTcp::Fresh(s) = self else {
+        let LazyTcp::Fresh(s, _) = self else {
             return None;
         };
         loop {
@@ -123,7 +124,8 @@ impl AsyncRead for LazyTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if matches!(this, LazyTcp::Fresh(_)) {
+        if let LazyTcp::Fresh(_, retried) = this {
+            let retried = std::mem::replace(retried, true);
             // `Framed` reads into an initialised buffer: nothing is zeroed here for it.
             let dst = buf.initialize_unfilled();
             match this.try_fresh(|mut s| s.read(dst)) {
@@ -132,6 +134,13 @@ impl AsyncRead for LazyTcp {
                     return Poll::Ready(Ok(()));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
+                // Nothing yet: the client's request is often on its way (it sends once its
+                // connect completed, as the accept loop took the connection). Read once
+                // more after the worker's other ready tasks ran, before registering.
+                None if !retried => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 None => {}
             }
         }
@@ -186,7 +195,7 @@ impl AsyncWrite for LazyTcp {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            LazyTcp::Fresh(s) => Poll::Ready(s.shutdown(Shutdown::Write)),
+            LazyTcp::Fresh(s, _) => Poll::Ready(s.shutdown(Shutdown::Write)),
             LazyTcp::Registered(t) => Pin::new(t).poll_shutdown(cx),
             LazyTcp::Gone => Poll::Ready(Err(gone())),
         }
