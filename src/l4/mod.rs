@@ -123,6 +123,33 @@ pub async fn accept<S: ClientSocket>(
     })
 }
 
+/// `accept` without a wait, when the listener `listener` reads no PROXY header; `None`
+/// when it does (or is gone): then `accept`.
+pub fn accept_at_once<S: ClientSocket>(
+    runtime: &Runtime,
+    listener: &str,
+    stream: &S,
+    peer: SocketAddr,
+) -> Option<Accepted> {
+    let snap = runtime.snapshot();
+    let info = snap
+        .listener(listener)
+        .and_then(|i| snap.listeners.get(i))?;
+    if info.accept_proxy {
+        return None;
+    }
+    let tag_requests = snap.any_send_proxy;
+    // The connection's own address only for a PROXY header a pool sends (a `getsockname`).
+    let dst = match tag_requests {
+        true => stream.local_addr().unwrap_or(peer),
+        false => peer,
+    };
+    Some(Accepted {
+        addrs: ProxyAddrs { src: peer, dst },
+        tag_requests,
+    })
+}
+
 /// The route for `sni`: an exact name first, else the longest matching wildcard.
 pub fn route<'a>(routes: &'a [SniRoute], sni: &str) -> Option<&'a SniRoute> {
     routes
@@ -141,7 +168,7 @@ pub async fn serve<G: Send + 'static>(
     mut stream: TcpStream,
     peer: SocketAddr,
     runtime: Arc<Runtime>,
-    listener: String,
+    listener: Arc<str>,
     _guard: G,
 ) {
     let _ = stream.set_nodelay(true);

@@ -80,8 +80,9 @@ macro_rules! h1_limits {
         // for every request because the request's head still shares the old one. As with
         // HAProxy's default (no `abortonclose`), a request whose client left is answered to
         // the closed socket, which fails the write and ends the connection.
-        b.timer(TokioTimer::new())
-            .header_read_timeout(None)
+        // No timer: hyper's HTTP/1 server uses one only for `header_read_timeout` (an
+        // `Arc` per connection otherwise).
+        b.header_read_timeout(None)
             .half_close(true)
             .max_buf_size(super::framing::hyper_head_limit($limits.max_header_bytes));
         if $limits.max_headers != 100 {
@@ -146,7 +147,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     port: u16,
     services: super::Services,
-    listener_name: String,
+    listener_name: Arc<str>,
     shutdown: watch::Receiver<Drain>,
     held: Held,
     tls: Option<Arc<TlsListener>>,
@@ -155,13 +156,20 @@ pub(crate) async fn serve(
     // `accept_proxy: true`: the PROXY header names the client (XFF, logs, hashing).
     // Boxed, as the waits below: the connection's task keeps room for the largest future
     // it awaits, for as long as the connection lives (idle ones included).
-    let accepting = Box::pin(crate::l4::accept(
-        &services.runtime,
-        &listener_name,
-        &mut stream,
-        peer,
-    ));
-    let Some(accepted) = accepting.await else {
+    let accepted = match crate::l4::accept_at_once(&services.runtime, &listener_name, &stream, peer)
+    {
+        Some(accepted) => Some(accepted),
+        None => {
+            Box::pin(crate::l4::accept(
+                &services.runtime,
+                &listener_name,
+                &mut stream,
+                peer,
+            ))
+            .await
+        }
+    };
+    let Some(accepted) = accepted else {
         return;
     };
     let peer = accepted.addrs.src;

@@ -197,6 +197,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
     }
     let to = Serve {
         ctx: &ctx,
+        name: Arc::from(ctx.name.as_str()),
         tcp,
         tls: &tls,
         port,
@@ -238,6 +239,8 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, ctx: AcceptCont
 /// Where an accept loop's connections go.
 struct Serve<'a> {
     ctx: &'a AcceptContext,
+    /// The listener's name, shared by its connections (not copied for each).
+    name: Arc<str>,
     tcp: bool,
     tls: &'a Option<Arc<crate::tls::TlsListener>>,
     /// The listener's port.
@@ -260,7 +263,7 @@ impl Serve<'_> {
                 stream,
                 peer,
                 ctx.services.runtime.clone(),
-                ctx.name.clone(),
+                self.name.clone(),
                 guard,
             ));
             return;
@@ -278,7 +281,7 @@ impl Serve<'_> {
             peer,
             self.port,
             ctx.services.clone(),
-            ctx.name.clone(),
+            self.name.clone(),
             ctx.shutdown.clone(),
             conn::Held {
                 _gauge: guard,
