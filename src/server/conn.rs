@@ -3,6 +3,7 @@
 //! listeners) on hyper, served until the client leaves, the idle timeout passes, or a
 //! graceful shutdown asks it to finish its requests.
 
+mod boxed;
 pub(super) mod front;
 mod gated;
 pub(super) mod idle;
@@ -437,7 +438,7 @@ where
         mut shutdown,
         activity,
     } = s;
-    let service = tracked_service!(ctx, front, activity.clone());
+    let service = boxed::Boxed(tracked_service!(ctx, front, activity.clone()));
     let mut builder = http2::Builder::new(TokioExecutor::new());
     h2_settings!(builder);
     let conn = builder.serve_connection(io, service);
@@ -470,7 +471,8 @@ where
         activity,
     } = s;
     let limits = ctx.limits.clone();
-    let service = tracked_service!(ctx, front, activity.clone());
+    // Mostly HTTP/2 (a task per stream): boxed, HTTP/1 requests too.
+    let service = boxed::Boxed(tracked_service!(ctx, front, activity.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
     h1_limits!(builder.http1(), limits);
