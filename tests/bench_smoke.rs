@@ -1,6 +1,6 @@
 //! `bench/run --smoke` runs end to end: every scenario against autolb, HAProxy and nginx
-//! (the cache scenarios against Varnish and nginx, HTTP/3 against Caddy when oha is
-//! installed; the TCP-mode ones and the 2-thread one included) with tiny durations, and the
+//! (the cache scenarios against Varnish and nginx, HTTP/3 against Caddy with the
+//! `h3_load` example as client; the TCP-mode ones and the 2-thread one included) with tiny durations, and the
 //! balancer micro-benchmarks once each, and writes its SVG chart. Nothing about speed is
 //! asserted (bench/NOTES.md says why); only that the whole pipeline works.
 //!
@@ -54,6 +54,7 @@ fn bench_run_smoke_runs_end_to_end() {
         "tcp_64k",
         "tcp_short",
         "keepalive_2t",
+        "h3",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(scenario)),
