@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use autolb::affinity::cookie::CookieCodec;
 use autolb::config::Limits;
-use autolb::server::framing::Framer;
+use autolb::server::h1_gate::Framer;
 use proptest::prelude::*;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {

@@ -85,7 +85,7 @@ macro_rules! h1_limits {
         // `Arc` per connection otherwise).
         b.header_read_timeout(None)
             .half_close(true)
-            .max_buf_size(super::framing::hyper_head_limit($limits.max_header_bytes));
+            .max_buf_size(super::h1_gate::hyper_head_limit($limits.max_header_bytes));
         if $limits.max_headers != 100 {
             b.max_headers($limits.max_headers);
         }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::conn::idle::Activity;
-use super::framing::Framer;
+use super::h1_gate::Framer;
 use crate::config::Limits;
 use crate::proxy::ConnContext;
 

@@ -6,7 +6,7 @@ mod apply;
 mod conn;
 mod exclusive;
 pub mod framed;
-pub mod framing;
+pub mod h1_gate;
 mod lazy_tcp;
 mod listener;
 pub mod listeners;
