@@ -32,6 +32,7 @@ Environment:
   AUTOLB_CPU_YIELD        off: a busy worker never gives its core away (default on)
   AUTOLB_WORKER_MODEL     shared: one work-stealing runtime instead of one per thread (for comparison)
   AUTOLB_L4_SPLICE        off: tcp listeners copy bytes through userspace instead of splice(2)
+  AUTOLB_ACCEPT           tokio: register every new connection with epoll at once (for comparison)
   AUTOLB_UPSTREAM_CLIENT  hyper: send every backend request through hyper's client (for comparison)";
 
 const RUN_EXAMPLES: &str = "\
