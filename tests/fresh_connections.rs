@@ -223,18 +223,6 @@ async fn registered_while_held(
     seen || again
 }
 
-async fn gauge_back_to_zero(lb: &common::Autolb) {
-    let gauge = "autolb_downstream_connections{listener=\"web\"} 0";
-    common::wait_until(30, "no connection left open", || async {
-        common::get(lb.admin, "/metrics")
-            .await
-            .text()
-            .contains(gauge)
-            .then_some(())
-    })
-    .await;
-}
-
 const HOLD_CLOSE: &[u8] = b"GET /hold HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +235,7 @@ async fn a_request_there_at_accept_is_served_without_registering_the_socket() {
         !registered_while_held(&lb, &g, &mut c).await,
         "the socket of a connection whose request was there was registered with epoll"
     );
-    gauge_back_to_zero(&lb).await;
+    common::wait_no_connections(&lb, "web").await;
 
     // The check sees a registration: tokio's accept registers every socket.
     let lb = start(b, &[("AUTOLB_ACCEPT", "tokio")]);
@@ -256,7 +244,7 @@ async fn a_request_there_at_accept_is_served_without_registering_the_socket() {
         registered_while_held(&lb, &g, &mut c).await,
         "AUTOLB_ACCEPT=tokio: the socket should be registered"
     );
-    gauge_back_to_zero(&lb).await;
+    common::wait_no_connections(&lb, "web").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +273,7 @@ GET /c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let text = read_to_close(&mut c).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("path /half"), "{text}");
-    gauge_back_to_zero(&lb).await;
+    common::wait_no_connections(&lb, "web").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,5 +317,5 @@ async fn a_silent_client_and_a_slow_reader_are_registered_when_they_make_autolb_
     assert!(got.starts_with(b"HTTP/1.1 200"));
     assert_eq!(got.len() - head_end, BIG);
     assert!(got[head_end..].iter().all(|&x| x == b'x'));
-    gauge_back_to_zero(&lb).await;
+    common::wait_no_connections(&lb, "web").await;
 }

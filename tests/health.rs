@@ -40,16 +40,11 @@ async fn backend_status(lb: &Autolb, i: usize) -> Value {
 
 /// Poll the status until backend `i` satisfies `cond`, for at most 20 s.
 async fn wait_for(lb: &Autolb, i: usize, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let last = std::sync::Mutex::new(Value::Null);
-    common::wait_until_or(
+    common::wait_for_value(
         20,
-        || async {
-            let b = backend_status(lb, i).await;
-            let done = cond(&b);
-            *last.lock().expect("last") = b.clone();
-            done.then_some(b)
-        },
-        || format!("backend {i} never {what}: {}", last.lock().expect("last")),
+        || backend_status(lb, i),
+        cond,
+        |b| format!("backend {i} never {what}: {b}"),
     )
     .await
 }

@@ -241,15 +241,7 @@ async fn idle_connections_cost_little_and_memory_comes_back_after_they_close() {
         println!("cycle {cycle}: {per_conn} bytes per idle connection");
         drop(conns);
         // Every one closed (the lot saw its client leave), ...
-        let gauge = "autolb_downstream_connections{listener=\"web\"} 0";
-        common::wait_until(30, "no connection left open", || async {
-            common::get(lb.admin, "/metrics")
-                .await
-                .text()
-                .contains(gauge)
-                .then_some(())
-        })
-        .await;
+        common::wait_no_connections(&lb, "web").await;
         // ... and RSS back within 20% of the start: 100-104% measured 5 s after they
         // closed (without trimming, RSS stayed at its peak: about 250% of the start).
         let back = common::wait_until(30, "RSS back within 20% of its start", || async {

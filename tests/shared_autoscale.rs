@@ -82,20 +82,17 @@ async fn wait_all(
     what: &str,
     cond: impl Fn(&[Option<Value>]) -> bool,
 ) -> Vec<Option<Value>> {
-    let last = std::sync::Mutex::new(Vec::new());
-    common::wait_until_or(
+    common::wait_for_value(
         limit.as_secs(),
         || async {
             let s = statuses(nodes).await;
             let l = leaders(&s);
             assert!(l.len() <= 1, "two leaders at once: {l:?}\n{s:#?}");
-            let done = cond(&s);
-            *last.lock().expect("last") = s.clone();
-            done.then_some(s)
+            s
         },
-        || {
+        |s| cond(s),
+        |s| {
             let logs: Vec<String> = nodes.iter().map(|n| n.proc.log()).collect();
-            let s = last.lock().expect("last");
             format!("{what}: never happened: {s:#?}\n{}", logs.join("\n----\n"))
         },
     )

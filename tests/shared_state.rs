@@ -33,19 +33,11 @@ async fn wait_for(
     limit: Duration,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let last = std::sync::Mutex::new(Value::Null);
-    common::wait_until_or(
+    common::wait_for_value(
         limit.as_secs(),
-        || async {
-            let v = admin_json(lb, path).await;
-            let done = cond(&v);
-            *last.lock().expect("last") = v.clone();
-            done.then_some(v)
-        },
-        || {
-            let v = last.lock().expect("last");
-            format!("{path} never matched: {v:#}\n{}", lb.proc.log())
-        },
+        || admin_json(lb, path),
+        cond,
+        |v| format!("{path} never matched: {v:#}\n{}", lb.proc.log()),
     )
     .await
 }

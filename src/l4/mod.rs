@@ -57,10 +57,18 @@ impl ClientSocket for TcpStream {
     }
 }
 
-/// The addresses of a connection: its own, or (`accept_proxy: true`) those of its PROXY
-/// header; `None` (logged) when the header is missing or malformed: close it.
-/// `need_dst`: the connection's own local address is looked up (a `getsockname`) only when
-/// something uses it (a PROXY header we send); else it is left as the peer's.
+/// A connection's addresses as its socket gives them: the peer, and its own local address
+/// only when `need_dst` (a PROXY header we send uses it; a `getsockname`), else the peer's.
+fn own_addrs<S: ClientSocket>(need_dst: bool, stream: &S, peer: SocketAddr) -> ProxyAddrs {
+    let dst = match need_dst {
+        true => stream.local_addr().unwrap_or(peer),
+        false => peer,
+    };
+    ProxyAddrs { src: peer, dst }
+}
+
+/// The addresses of a connection: its own (`own_addrs`), or (`accept_proxy: true`) those
+/// of its PROXY header; `None` (logged) when the header is missing or malformed: close it.
 async fn client_addrs<S: ClientSocket>(
     accept_proxy: bool,
     need_dst: bool,
@@ -69,11 +77,7 @@ async fn client_addrs<S: ClientSocket>(
     stream: &mut S,
     peer: SocketAddr,
 ) -> Option<ProxyAddrs> {
-    let dst = match need_dst {
-        true => stream.local_addr().unwrap_or(peer),
-        false => peer,
-    };
-    let own = ProxyAddrs { src: peer, dst };
+    let own = own_addrs(need_dst, stream, peer);
     if !accept_proxy {
         return Some(own);
     }
@@ -139,13 +143,8 @@ pub fn accept_at_once<S: ClientSocket>(
         return None;
     }
     let tag_requests = snap.any_send_proxy;
-    // The connection's own address only for a PROXY header a pool sends (a `getsockname`).
-    let dst = match tag_requests {
-        true => stream.local_addr().unwrap_or(peer),
-        false => peer,
-    };
     Some(Accepted {
-        addrs: ProxyAddrs { src: peer, dst },
+        addrs: own_addrs(tag_requests, stream, peer),
         tag_requests,
     })
 }

@@ -15,7 +15,8 @@ pub mod tls;
 pub mod wait;
 #[allow(unused_imports)]
 pub use wait::{
-    poll_blocking, poll_for, wait_blocking, wait_blocking_or, wait_until, wait_until_or, Deadline,
+    poll_blocking, poll_for, wait_blocking, wait_blocking_or, wait_for_value, wait_until,
+    wait_until_or, Deadline,
 };
 
 use std::collections::HashMap;
@@ -625,19 +626,24 @@ pub async fn wait_scaling(
     what: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let last = Mutex::new(serde_json::Value::Null);
-    wait_until_or(
+    wait_for_value(
         secs,
-        || async {
-            let s = scaling(lb).await;
-            let done = cond(&s);
-            *last.lock().expect("last status") = s.clone();
-            done.then_some(s)
-        },
-        || {
-            let s = last.lock().map(|s| s.clone()).unwrap_or_default();
-            format!("never {what}: {s:#}\n{}", lb.proc.log())
-        },
+        || scaling(lb),
+        cond,
+        |s| format!("never {what}: {s:#}\n{}", lb.proc.log()),
     )
     .await
+}
+
+/// Wait until `listener` of `lb` has no open connection (its gauge, on `/metrics`).
+pub async fn wait_no_connections(lb: &Autolb, listener: &str) {
+    let gauge = format!("autolb_downstream_connections{{listener=\"{listener}\"}} 0");
+    wait_until(30, "no connection left open", || async {
+        get(lb.admin, "/metrics")
+            .await
+            .text()
+            .contains(&gauge)
+            .then_some(())
+    })
+    .await;
 }

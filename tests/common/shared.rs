@@ -54,19 +54,11 @@ pub async fn wait_status(
     what: &str,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let last = std::sync::Mutex::new(Value::Null);
-    super::wait_until_or(
+    super::wait_for_value(
         secs,
-        || async {
-            let v = status(lb).await;
-            let done = cond(&v);
-            *last.lock().expect("last") = v.clone();
-            done.then_some(v)
-        },
-        || {
-            let v = last.lock().expect("last");
-            format!("{what}: {v:#}\n{}", lb.proc.log())
-        },
+        || status(lb),
+        cond,
+        |v| format!("{what}: {v:#}\n{}", lb.proc.log()),
     )
     .await
 }
@@ -190,8 +182,7 @@ pub async fn wait_fleet(
     what: &str,
     cond: impl Fn(&[Option<Value>]) -> bool,
 ) -> Vec<Option<Value>> {
-    let last = std::sync::Mutex::new(Vec::new());
-    super::wait_until_or(
+    super::wait_for_value(
         secs,
         || async {
             let mut s = Vec::new();
@@ -200,13 +191,11 @@ pub async fn wait_fleet(
             }
             let l = leaders(&s);
             assert!(l.len() <= 1, "two leaders at once: {l:?}\n{s:#?}");
-            let done = cond(&s);
-            *last.lock().expect("last") = s.clone();
-            done.then_some(s)
+            s
         },
-        || {
+        |s| cond(s),
+        |s| {
             let logs: Vec<String> = nodes.iter().map(|n| n.proc.log()).collect();
-            let s = last.lock().expect("last");
             format!("{what}: never happened: {s:#?}\n{}", logs.join("\n----\n"))
         },
     )

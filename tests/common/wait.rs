@@ -36,6 +36,32 @@ where
     }
 }
 
+/// `fetch` (a status page, a sample of every node) polled every 50 ms until `done` holds
+/// for what it returned, for at most `secs` seconds; that value. Fails with `why(last)`,
+/// `last` being the value seen last.
+pub async fn wait_for_value<T, F, Fut>(
+    secs: u64,
+    mut fetch: F,
+    done: impl Fn(&T) -> bool,
+    why: impl FnOnce(&T) -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = fetch().await;
+        if done(&v) {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("after {secs}s: {}", why(&v));
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
 /// `f` polled every `every` until it returns `Some` or `within` passed (`None`): for a test
 /// that asserts a condition never comes, or that has a fallback when it does not.
 pub async fn poll_for<T, F, Fut>(within: Duration, every: Duration, mut f: F) -> Option<T>
