@@ -169,8 +169,17 @@ async fn consistent_hash_keeps_keys_and_moves_a_quarter_when_one_of_four_goes() 
             assert_eq!(a, "h3", "only keys of the removed backend move");
         }
     }
+    // Exactly the removed backend's keys move: every one of them (h3 is gone) and no other.
+    let owned_by_h3 = first.iter().filter(|o| *o == "h3").count();
+    assert_eq!(
+        moved, owned_by_h3,
+        "the keys that moved are the ones h3 owned"
+    );
+    // h3's share of the ring is about a quarter. The ring points hash the backends' random
+    // ports and 400 keys are a sample, so the share spreads (about 3 points of standard
+    // deviation); the bounds are 4 deviations wide, not a statement about one run.
     let share = moved as f64 / 400.0;
-    assert!((0.15..=0.35).contains(&share), "{moved} of 400 keys moved");
+    assert!((0.12..=0.40).contains(&share), "{moved} of 400 keys moved");
 }
 
 #[tokio::test]
