@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use autolb::balance::{Balancer, PickContext};
 use autolb::config::Algorithm;
-use autolb::proxy::upstream::ConnPool;
+use autolb::upstream::ConnPool;
 use autolb::runtime::{Backend, BackendStats};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 

@@ -27,4 +27,5 @@ pub mod server;
 pub mod state;
 pub(crate) mod tickets;
 pub mod tls;
+pub mod upstream;
 pub mod uri;

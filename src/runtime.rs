@@ -3,7 +3,9 @@
 
 pub mod access_queue;
 pub mod alert_queue;
+pub mod events;
 mod backend;
+pub mod ip_limiter;
 pub mod limit;
 pub mod load_hook;
 pub mod log_throttle;
@@ -30,10 +32,9 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::config::{Config, Protocol};
-use crate::health::events::EventLog;
-use crate::health::HealthChecks;
-use crate::proxy::normalize::Normalizer;
-use crate::proxy::validate::IpLimiter;
+use crate::runtime::events::EventLog;
+use crate::uri::Normalizer;
+use ip_limiter::IpLimiter;
 
 /// What the data plane needs to know about a listener per request.
 #[derive(Debug)]
@@ -323,8 +324,8 @@ pub struct Runtime {
     pub reloads_failed: AtomicU64,
     /// Recent health events (down, up, ejected, lifted).
     pub events: Arc<EventLog>,
-    /// Active checks of the current snapshot.
-    pub health: HealthChecks,
+    /// Told of every snapshot swapped in (the server's active health checks).
+    swap_observer: std::sync::OnceLock<Arc<dyn SwapObserver>>,
     /// Peak requests per second since start (read by the admin API).
     pub peaks: stats::Peaks,
     /// The server's WebSocket tunnels (counted, and closed at shutdown).
@@ -348,7 +349,7 @@ impl Runtime {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             events: Arc::default(),
-            health: HealthChecks::default(),
+            swap_observer: std::sync::OnceLock::new(),
             peaks: stats::Peaks::default(),
             tunnels: Arc::default(),
             alerts: Arc::default(),
@@ -366,8 +367,8 @@ impl Runtime {
     }
 
     /// Swap in a new config: the whole snapshot is rebuilt and swapped once; the config
-    /// generation counts it when the config differs. Must run inside a tokio runtime: it
-    /// restarts the active checks.
+    /// generation counts it when the config differs. With the server's health checks
+    /// observing (`observe_swaps`), it must run inside a tokio runtime: they restart.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let next = self.rebuild(|inputs| {
             if *inputs.config != config {
@@ -441,12 +442,27 @@ impl Runtime {
         let old = self.current.load_full();
         let next = Arc::new(Snapshot::build(inputs, Some(&old), self.workers));
         self.current.store(next.clone());
-        self.health.reconcile(&next, &self.events);
+        if let Some(observer) = self.swap_observer.get() {
+            observer.swapped(&next);
+        }
         Ok(next)
     }
 
-    /// Start the active checks of the first snapshot (inside a tokio runtime).
-    pub fn start_health_checks(&self) {
-        self.health.reconcile(&self.current.load(), &self.events);
+    /// Tell `observer` of the current snapshot now and of every one swapped in after it
+    /// (one observer: the server's health checks). A second call is ignored.
+    pub fn observe_swaps(&self, observer: Arc<dyn SwapObserver>) {
+        // Under the writers' lock: no swap slips between the first call and the registration.
+        let _inputs = match self.inputs.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        observer.swapped(&self.current.load());
+        let _ = self.swap_observer.set(observer);
     }
+}
+
+/// Told of each snapshot the runtime swaps in, right after the swap, on the writer's
+/// thread (inside a tokio runtime when the writer is).
+pub trait SwapObserver: Send + Sync {
+    fn swapped(&self, snapshot: &Snapshot);
 }

@@ -61,7 +61,7 @@ fn sni(input: &[u8]) {
 
 /// A backend's response head: parsed or refused, and what is left is exactly the rest.
 fn response(input: &[u8]) {
-    use autolb::proxy::upstream::parse_response_head;
+    use autolb::upstream::parse_response_head;
     for head_request in [false, true] {
         let mut buf = bytes::BytesMut::from(input);
         if let Ok(Some((parts, _framing))) = parse_response_head(&mut buf, head_request) {
@@ -73,7 +73,7 @@ fn response(input: &[u8]) {
 
 /// A chunked body: the same answer however it is split.
 fn chunked(input: &[u8]) {
-    use autolb::proxy::upstream::decode_chunked_body;
+    use autolb::upstream::decode_chunked_body;
     let whole = decode_chunked_body(input, input.len().max(1)).ok();
     for piece in [1, 3] {
         let split = decode_chunked_body(input, piece).ok();

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::Alert;
 use crate::config::{AlertKind, Protocol};
-use crate::health::events::Event;
+use crate::runtime::events::Event;
 use crate::runtime::Runtime;
 
 /// Turn health events into alerts until the event log goes away.

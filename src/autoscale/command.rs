@@ -19,7 +19,7 @@ use super::controller::{now_ms, signals_json, PoolScaler, ScalerState, ScalingEv
 use super::discovery::{Dns, Member};
 use super::policy::Signals;
 use crate::config::Autoscale;
-use crate::proxy::upstream::ConnPool;
+use crate::upstream::ConnPool;
 use crate::runtime::{BackendStats, ManagedBackend, Runtime};
 
 /// How long `scale` may run.

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::process;
 use crate::config::Autoscale;
-use crate::proxy::upstream::ConnPool;
+use crate::upstream::ConnPool;
 use crate::runtime::{BackendStats, ManagedBackend, PoolStats};
 
 /// Where an instance is in its life. `Running` shows as `starting` or `ready` by health.

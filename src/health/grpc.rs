@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
 use super::check::Verdict;
-use crate::proxy::body::RequestBody;
+use crate::upstream::RequestBody;
 
 /// The method every gRPC health server serves.
 pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";

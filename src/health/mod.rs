@@ -1,8 +1,8 @@
 //! Backend health: active checks with HAProxy's rise/fall semantics (one task per backend,
-//! restarted whole on every config apply), passive outlier ejection, and the event log.
+//! restarted whole on every snapshot swapped in), passive outlier ejection, writing their
+//! transitions to the runtime's event log.
 
 pub mod check;
-pub mod events;
 pub mod grpc;
 pub mod outlier;
 
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::HealthCheck;
 use crate::runtime::{Backend, BackendStats, CheckReport, PoolStats, Snapshot};
-use events::EventLog;
+use crate::runtime::events::EventLog;
 
 /// A change of a backend's active-check health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,17 +61,34 @@ pub fn record_check(stats: &BackendStats, ok: bool, rise: u32, fall: u32) -> Opt
     None
 }
 
-/// The active-check tasks of the current snapshot.
-#[derive(Default)]
+/// The active-check tasks of the current snapshot: built by the server at start-up, told of
+/// every snapshot the runtime swaps in (`runtime::SwapObserver`), stopped at shutdown.
 pub struct HealthChecks {
-    tasks: Mutex<Vec<AbortHandle>>,
+    events: Arc<EventLog>,
+    /// `None` once stopped: a snapshot swapped in during the drain starts no check.
+    tasks: Mutex<Option<Vec<AbortHandle>>>,
 }
 
 impl HealthChecks {
+    /// Checks that record their transitions in `events`.
+    pub fn new(events: Arc<EventLog>) -> HealthChecks {
+        HealthChecks {
+            events,
+            tasks: Mutex::new(Some(Vec::new())),
+        }
+    }
+
     /// Stop the previous snapshot's checks and start one task per checked backend of
     /// `snapshot` on the current runtime. Health state lives in the backends, so a restart
     /// keeps it: a changed check starts its new schedule without marking anything down.
-    pub fn reconcile(&self, snapshot: &Snapshot, events: &Arc<EventLog>) {
+    pub fn reconcile(&self, snapshot: &Snapshot) {
+        let mut tasks = match self.tasks.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(tasks) = tasks.as_mut() else {
+            return;
+        };
         let mut started = Vec::new();
         for pool in &snapshot.pools {
             let Some(cfg) = &pool.health_check else {
@@ -83,25 +100,31 @@ impl HealthChecks {
                     pool.stats.clone(),
                     backend.clone(),
                     cfg.clone(),
-                    events.clone(),
+                    self.events.clone(),
                 ));
                 started.push(task.abort_handle());
             }
         }
-        if let Ok(mut tasks) = self.tasks.lock() {
-            for old in tasks.drain(..) {
-                old.abort();
-            }
-            *tasks = started;
+        for old in std::mem::replace(tasks, started) {
+            old.abort();
         }
     }
 
+    /// Stop every check, for good (shutdown).
     pub fn stop(&self) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            for t in tasks.drain(..) {
-                t.abort();
-            }
+        let mut tasks = match self.tasks.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for t in tasks.take().into_iter().flatten() {
+            t.abort();
         }
+    }
+}
+
+impl crate::runtime::SwapObserver for HealthChecks {
+    fn swapped(&self, snapshot: &Snapshot) {
+        self.reconcile(snapshot);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::events::EventLog;
+use crate::runtime::events::EventLog;
 use crate::config::Outlier;
 use crate::runtime::{Backend, Pool};
 

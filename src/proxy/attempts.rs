@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::retry::{Class, Next, Policy};
-use super::upstream::UpstreamError;
+use crate::upstream::UpstreamError;
 use crate::balance::PickContext;
-use crate::health::events::EventLog;
+use crate::runtime::events::EventLog;
 use crate::health::outlier::{self, Outcome};
 use crate::runtime::log_throttle::warn_throttled;
 use crate::runtime::Pool;
@@ -20,7 +20,7 @@ pub enum Broken {
     #[error("invalid response framing: both Transfer-Encoding and Content-Length")]
     Framing,
     #[error("invalid response body: {0}")]
-    Body(super::body::BodyError),
+    Body(crate::upstream::BodyError),
 }
 
 /// What went wrong in an attempt that gave no response to forward.

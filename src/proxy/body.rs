@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::upstream::{RawBody, RawConn, RawError, Sender};
-use crate::health::events::EventLog;
+use crate::upstream::{BodyError, Sender, UpstreamIncoming};
+use crate::runtime::events::EventLog;
 use crate::health::outlier::{self, Outcome};
 use crate::runtime::log_throttle::warn_throttled;
 use crate::runtime::{Backend, Pool};
@@ -101,19 +100,6 @@ impl Exchange {
     }
 }
 
-/// Why a response body stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error(transparent)]
-    Backend(#[from] hyper::Error),
-    #[error(transparent)]
-    Raw(#[from] RawError),
-    #[error("backend sent nothing for {0:?} in the middle of a response")]
-    Idle(Duration),
-    #[error("compression failed: {0}")]
-    Compress(std::io::Error),
-}
-
 pin_project! {
     /// A backend's response body, streamed frame by frame, failed when the backend stays
     /// silent for longer than the pool's idle timeout.
@@ -130,7 +116,7 @@ pin_project! {
         slot: Option<crate::runtime::limit::Slot>,
         // A gRPC call's request stream (and what of it was seen): while it flows, a
         // silent backend is not idle.
-        progress: Option<Box<(super::grpc::Progress, u64)>>,
+        progress: Option<Box<(crate::upstream::progress::Progress, u64)>>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -166,7 +152,7 @@ impl UpstreamBody {
     }
 
     /// Not idle while `progress` (a gRPC call's request stream) moves.
-    pub fn with_progress(mut self, progress: Option<super::grpc::Progress>) -> Self {
+    pub fn with_progress(mut self, progress: Option<crate::upstream::progress::Progress>) -> Self {
         self.progress = progress.map(|p| Box::new((p, 0)));
         self
     }
@@ -276,126 +262,6 @@ fn settle(ex: Exchange, inner: &mut UpstreamIncoming, end: End<'_>) {
         ex.backend.conns.checkin(conn);
     }
     ex.finish(end);
-}
-
-/// A backend's response body as the client that read its head gives it: hyper's, or the
-/// own HTTP/1.1 client's.
-#[derive(Debug)]
-pub enum UpstreamIncoming {
-    Hyper(Incoming),
-    Raw(RawBody),
-}
-
-impl UpstreamIncoming {
-    /// The body's first frame when it is at hand without waiting (it came with the head):
-    /// `Some(Err)` when the body is broken from its start. Never waits, and reads nothing
-    /// from a backend socket the head left no body bytes of.
-    pub fn first_frame(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
-        if self.is_end_stream() {
-            return None;
-        }
-        if let UpstreamIncoming::Raw(b) = self {
-            if !b.has_buffered() {
-                return None;
-            }
-        }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(self).poll_frame(&mut cx) {
-            Poll::Ready(Some(r)) => Some(r),
-            _ => None,
-        }
-    }
-
-    /// The own client's connection, when the body was read to its end and it is reusable.
-    pub fn take_reusable(&mut self) -> Option<RawConn> {
-        match self {
-            UpstreamIncoming::Raw(body) => body.take_reusable(),
-            UpstreamIncoming::Hyper(_) => None,
-        }
-    }
-}
-
-impl Body for UpstreamIncoming {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            UpstreamIncoming::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
-            UpstreamIncoming::Raw(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamIncoming::Hyper(b) => b.is_end_stream(),
-            UpstreamIncoming::Raw(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamIncoming::Hyper(b) => b.size_hint(),
-            UpstreamIncoming::Raw(b) => b.size_hint(),
-        }
-    }
-}
-
-/// A request body sent to a backend: the client's, streamed, or none (a resent request whose
-/// original had no body).
-#[derive(Debug)]
-pub enum RequestBody {
-    Client(super::body_rate::ClientBody),
-    Empty,
-    /// A small body autolb wrote (a gRPC health check's call, a retried call's copy).
-    Full(Option<Bytes>),
-    /// The client's body, copied for a retry (a gRPC call, `grpc_retry`).
-    Teed(Box<super::grpc_retry::Tee>),
-    /// A gRPC-Web text body, decoded from base64.
-    WebText(Box<super::grpc_web::TextBody<super::body_rate::ClientBody>>),
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = super::body_rate::ClientBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RequestBody::Teed(b) => Pin::new(b.as_mut()).poll_frame(cx),
-            RequestBody::WebText(b) => Pin::new(b.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Client(b) => b.is_end_stream(),
-            RequestBody::Empty => true,
-            RequestBody::Full(data) => data.is_none(),
-            RequestBody::Teed(b) => b.is_end_stream(),
-            RequestBody::WebText(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Client(b) => b.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            RequestBody::Teed(b) => b.size_hint(),
-            RequestBody::WebText(_) => SizeHint::default(),
-        }
-    }
 }
 
 /// Every response body autolb sends downstream.

@@ -8,11 +8,11 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response};
 
 use super::body::ProxyBody;
-use super::body_rate::ClientBody;
+use crate::upstream::client_body::ClientBody;
 use super::forward::{self, Plan};
 use super::ConnContext;
 use crate::cache::{self, serve::Answer, Begin, Cache, Completed, Outcome, Pending};
-use crate::health::events::EventLog;
+use crate::runtime::events::EventLog;
 use crate::runtime::Pool;
 
 /// A request on its way to the backend through a cache.
@@ -24,7 +24,7 @@ pub struct Through {
 /// Answer `req` from `cache`, or say how it goes to the backend.
 pub(super) async fn begin(
     cache: &Arc<Cache>,
-    req: &Request<super::downstream::Downstream>,
+    req: &Request<crate::upstream::downstream::Downstream>,
     ctx: &ConnContext,
     authority: Option<&HeaderValue>,
     pool: &Pool,

@@ -16,16 +16,16 @@ use tokio::time::Instant;
 
 use super::attempts::Broken;
 use super::attempts::{AttemptError, Attempts, Failure};
-use super::body::{End, Exchange, ProxyBody, RequestBody, UpstreamBody, UpstreamIncoming};
-use super::client_fault::FaultWatch;
+use super::body::{End, Exchange, ProxyBody, UpstreamBody};
+use crate::upstream::client_fault::FaultWatch;
 use super::headers;
 use super::local;
 use super::retry::{classify, Budget, Class};
-use super::upstream::{AttemptLimits, Sent};
+use crate::upstream::{AttemptLimits, RequestBody, Sent, UpstreamIncoming};
 use super::websocket;
 use crate::affinity::Resolved;
 use crate::balance::PickContext;
-use crate::health::events::EventLog;
+use crate::runtime::events::EventLog;
 use crate::health::outlier::Outcome;
 use crate::runtime::log_throttle::warn_throttled;
 use crate::runtime::Pool;
@@ -55,11 +55,11 @@ pub struct Plan<'a> {
     /// deadline).
     pub budget: Budget,
     /// Where a backend's 1xx responses go (HTTP/1.1 clients only).
-    pub interim: Option<&'a super::interim::Slot>,
+    pub interim: Option<&'a crate::upstream::interim::Slot>,
     /// A gRPC call: its deadline decides the attempts' timeouts.
     pub grpc: Option<super::grpc::Call>,
     /// A gRPC call's request stream: while it flows, the answer is not idle.
-    pub progress: Option<super::grpc::Progress>,
+    pub progress: Option<crate::upstream::progress::Progress>,
     /// A gRPC-Web text call: its body is base64.
     pub web_text: bool,
     /// The listener's `limits.response_buffer`.
@@ -106,7 +106,7 @@ struct Prepared {
 
 fn prepare(
     parts: Parts,
-    body: super::body_rate::ClientBody,
+    body: crate::upstream::client_body::ClientBody,
     pool: &Pool,
     plan: &Plan<'_>,
 ) -> Prepared {
@@ -120,11 +120,11 @@ fn prepare(
     let body = match &replay {
         Some(r) => {
             resendable = true;
-            RequestBody::Teed(Box::new(r.tee(body)))
+            RequestBody::Transformed(Box::pin(r.tee(body)))
         }
         None if plan.web_text => {
             let text = super::grpc_web::TextBody::new(body, body_fault.clone());
-            RequestBody::WebText(Box::new(text))
+            RequestBody::Transformed(Box::pin(text))
         }
         None => RequestBody::Client(body),
     };
@@ -140,7 +140,7 @@ fn prepare(
 /// what goes from one attempt to the next).
 pub async fn forward(
     parts: Parts,
-    body: super::body_rate::ClientBody,
+    body: crate::upstream::client_body::ClientBody,
     pool: &Arc<Pool>,
     mut plan: Plan<'_>,
     events: &Arc<EventLog>,
@@ -416,7 +416,7 @@ fn failure_response(pool: &Pool, last: Option<Failure>) -> Response<ProxyBody> {
         }
         Some(Failure::Attempt(Class::Client(fault), e)) => {
             // The client's doing: an INFO line, not a backend's WARN.
-            use super::client_fault::ClientFault;
+            use crate::upstream::client_fault::ClientFault;
             match fault {
                 ClientFault::TooSlow => {
                     tracing::info!(pool = %pool.name, error = %e, "request body too slow: 408")

@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request};
 use http_body::{Body, Frame, SizeHint};
 
-use super::body::RequestBody;
-use super::body_rate::{ClientBody, ClientBodyError};
+use crate::upstream::client_body::{ClientBody, ClientBodyError};
+use crate::upstream::RequestBody;
 use crate::config::RetryOn;
 
 /// The most of a call's body kept for a retry.

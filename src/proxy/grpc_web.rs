@@ -18,7 +18,9 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use super::body::{BodyError, ProxyBody};
+use super::body::ProxyBody;
+use crate::upstream::client_body::BadText;
+use crate::upstream::BodyError;
 use crate::config::GrpcWeb;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -254,11 +256,11 @@ pub struct TextBody<B> {
     inner: B,
     pending: Vec<u8>,
     /// Where a bad body is noted as the client's fault.
-    watch: Option<super::client_fault::FaultWatch>,
+    watch: Option<crate::upstream::client_fault::FaultWatch>,
 }
 
 impl<B> TextBody<B> {
-    pub fn new(inner: B, watch: Option<super::client_fault::FaultWatch>) -> TextBody<B> {
+    pub fn new(inner: B, watch: Option<crate::upstream::client_fault::FaultWatch>) -> TextBody<B> {
         TextBody {
             inner,
             pending: Vec::new(),
@@ -268,16 +270,12 @@ impl<B> TextBody<B> {
 
     fn bad(&self, e: base64::DecodeError) -> BadText {
         if let Some(w) = &self.watch {
-            w.set(super::client_fault::ClientFault::Aborted);
+            w.set(crate::upstream::client_fault::ClientFault::Aborted);
         }
         BadText(e)
     }
 }
 
-/// A -text body that is not base64.
-#[derive(Debug, thiserror::Error)]
-#[error("gRPC-Web text body is not base64: {0}")]
-pub struct BadText(base64::DecodeError);
 
 impl<B> Body for TextBody<B>
 where

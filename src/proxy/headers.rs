@@ -3,82 +3,17 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING};
+use http::header::{HeaderName, FORWARDED, HOST};
 use http::{HeaderMap, HeaderValue};
+
+pub use crate::upstream::hop_by_hop::{strip_hop_by_hop, TeTrailers};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `x-forwarded-proto`, for lookups elsewhere.
 pub const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Remove hop-by-hop headers: those named by Connection, then the fixed set (RFC 9110 7.6.1).
-/// `Upgrade` is kept only when `keep_upgrade` (a protocol upgrade in progress). Returns
-/// whether a `TE` header asked for `trailers` (the one TE value a request keeps, see
-/// `rewrite_request`).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
-    use http::header::UPGRADE;
-    let fixed: [&HeaderName; 7] = [
-        &CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-    ];
-    // One pass over the few names present (most messages carry none of these) instead of a
-    // hashed lookup for each of the seven; only those present are removed.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = fixed.iter().position(|f| *f == name) {
-            present |= 1 << i;
-        }
-    }
-    if keep_upgrade {
-        present &= !(1 << 4);
-    }
-    if present == 0 {
-        return false;
-    }
-    let te_trailers = present & (1 << 1) != 0
-        && headers
-            .get_all(TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| {
-                t.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("trailers")
-            });
-    if present & 1 != 0 {
-        // The fields Connection names, where present ("close" names none).
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|token| headers.contains_key(*token))
-            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-            .filter(|name| !(keep_upgrade && name == UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (i, name) in fixed.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(*name);
-        }
-    }
-    te_trailers
-}
 
 /// What autolb knows about the client connection, computed once per connection.
 #[derive(Debug, Clone)]
@@ -204,10 +139,6 @@ pub fn rewrite_request(
     }
     te_trailers
 }
-
-/// On a request whose client sent `TE: trailers`: an HTTP/2 backend gets `te: trailers`.
-#[derive(Debug, Clone, Copy)]
-pub struct TeTrailers;
 
 /// All values of a header joined with ", ", or `None` when absent or not text.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {

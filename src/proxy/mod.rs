@@ -5,25 +5,21 @@
 pub mod arena;
 mod attempts;
 pub mod body;
-pub mod body_rate;
 pub mod cached;
 pub mod client_cert;
 pub mod client_fault;
 pub mod cold;
-pub mod downstream;
 pub mod forward;
 pub mod grpc;
 pub mod grpc_retry;
 pub mod grpc_web;
 pub mod headers;
-pub mod interim;
 pub mod local;
 pub mod normalize;
 pub mod observe;
 pub mod queue;
 pub mod retry;
 pub mod tunnel;
-pub mod upstream;
 pub mod validate;
 pub mod websocket;
 
@@ -38,7 +34,7 @@ use crate::affinity::{self, Resolved};
 use crate::config::Algorithm;
 use crate::runtime::{Chosen, Runtime, Snapshot};
 use body::ProxyBody;
-use downstream::Downstream;
+use crate::upstream::downstream::Downstream;
 use headers::ClientInfo;
 
 /// Per-connection facts the proxy needs for each request.
@@ -59,12 +55,12 @@ pub struct ConnContext {
     /// The listener's `limits:` (hardening).
     pub limits: Arc<crate::config::Limits>,
     /// The listener's per-client-IP rate limit, shared by its connections.
-    pub rate_limit: Option<Arc<validate::IpLimiter>>,
+    pub rate_limit: Option<Arc<crate::runtime::ip_limiter::IpLimiter>>,
     /// The listener's `normalize:` policy and counters.
-    pub normalize: normalize::Normalizer,
+    pub normalize: crate::uri::Normalizer,
     /// A backend's 1xx responses on their way to this (HTTP/1.1) client; made on the first
     /// one.
-    pub interim: interim::Slot,
+    pub interim: crate::upstream::interim::Slot,
 }
 
 /// A connection's context as a parked connection keeps it: nothing allocated for it alone
@@ -80,8 +76,8 @@ pub struct ParkedContext {
     tls: Option<&'static str>,
     client_cert: Option<Arc<crate::tls::client_auth::ClientIdentity>>,
     limits: Arc<crate::config::Limits>,
-    rate_limit: Option<Arc<validate::IpLimiter>>,
-    normalize: normalize::Normalizer,
+    rate_limit: Option<Arc<crate::runtime::ip_limiter::IpLimiter>>,
+    normalize: crate::uri::Normalizer,
 }
 
 impl ConnContext {
@@ -373,17 +369,17 @@ async fn proxy(
         web_text: web.as_ref().is_some_and(|w| w.1 == grpc_web::Mode::Text),
         response_buffer: ctx.limits.response_buffer,
     };
-    let mut log_bytes = parts.extensions.remove::<body_rate::RequestBytes>();
+    let mut log_bytes = parts.extensions.remove::<crate::upstream::client_body::RequestBytes>();
     if let Some(call) = call {
         // A call's stream that flows keeps the waits for the backend going (its head
         // without a deadline, and the gaps in its answer).
-        let progress = grpc::Progress(log_bytes.get_or_insert_with(Default::default).0.clone());
+        let progress = crate::upstream::progress::Progress(log_bytes.get_or_insert_with(Default::default).0.clone());
         if call.deadline.is_none() {
             parts.extensions.insert(progress.clone());
         }
         plan.progress = Some(progress);
     }
-    let mut body = body_rate::ClientBody::new(body, &ctx.limits).counted(&pool.stats, log_bytes);
+    let mut body = crate::upstream::client_body::ClientBody::new(body, &ctx.limits).counted(&pool.stats.request_bytes, log_bytes);
     if call.is_some() {
         // A client stream may pause: `timeouts.idle` bounds a call's silence instead.
         body = body.unpaced();

@@ -8,8 +8,7 @@
 //! no allocation.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
@@ -19,22 +18,7 @@ use super::body::ProxyBody;
 use super::local;
 use crate::config::Protocol;
 use crate::runtime::Snapshot;
-use crate::uri::{self, HostError, PathError, Policy};
-
-/// Requests a listener's normalization rewrote or refused (kept across reloads by listener
-/// name).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub rewritten: AtomicU64,
-    pub rejected: AtomicU64,
-}
-
-/// A listener's policy and its counters, as a connection holds them.
-#[derive(Debug, Clone, Default)]
-pub struct Normalizer {
-    pub policy: Policy,
-    pub counters: Arc<Counters>,
-}
+use crate::uri::{self, HostError, Normalizer, PathError, Policy};
 
 /// The path and query as the client sent them, when normalization changed the path.
 #[derive(Debug, Clone)]

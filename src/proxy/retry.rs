@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::client_fault::{client_fault, ClientFault};
-use super::upstream::{RawError, UpstreamError};
+use crate::upstream::client_fault::{client_fault, ClientFault};
+use crate::upstream::{RawError, UpstreamError};
 use crate::config::RetryOn;
 use crate::health::outlier::Outcome;
 
@@ -190,8 +190,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::proxy::body_rate::{ClientBodyError, TooSlow};
-    use crate::proxy::client_fault::TooLarge;
+    use crate::upstream::client_body::{ClientBodyError, TooSlow};
+    use crate::upstream::client_fault::TooLarge;
 
     fn addr() -> SocketAddr {
         "127.0.0.1:1".parse().expect("addr")

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::overrides::BackendMode;
-use crate::proxy::upstream::ConnPool;
+use crate::upstream::ConnPool;
 
 /// Linkerd's default: an unmeasured backend is assumed to answer in 30 ms.
 const DEFAULT_RTT_NS: f64 = 30_000_000.0;

@@ -10,7 +10,7 @@ use super::overrides::Overrides;
 use super::stats::{DurationHistogram, LatencyWindow};
 use crate::balance::Balancer;
 use crate::config::{self, Algorithm, HashKey, HealthCheck, Outlier, RetryOn, Timeouts};
-use crate::proxy::upstream::ConnPool;
+use crate::upstream::ConnPool;
 
 /// Request statistics of one pool.
 #[derive(Debug, Default)]
@@ -36,7 +36,7 @@ pub struct PoolStats {
     pub retries: [AtomicU64; 4],
     /// Request body bytes read from clients, and response body bytes forwarded to them
     /// from the pool's backends.
-    pub request_bytes: AtomicU64,
+    pub request_bytes: Arc<AtomicU64>,
     pub response_bytes: AtomicU64,
     /// gRPC calls by the `grpc-status` they ended with (0-16; `crate::proxy::grpc`).
     pub grpc_statuses: [AtomicU64; 17],

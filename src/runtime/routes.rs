@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Route as RouteConfig;
-use crate::proxy::validate::IpLimiter;
+use super::ip_limiter::IpLimiter;
 
 /// Up to this many routes a scan in order is as fast as the index and needs no memory.
 const SCAN_LIMIT: usize = 8;

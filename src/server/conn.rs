@@ -107,7 +107,7 @@ macro_rules! tracked_service {
             }
             let (ctx, front) = (ctx.clone(), front.clone());
             async move {
-                let req = req.map(crate::proxy::downstream::Downstream::Hyper);
+                let req = req.map(crate::upstream::downstream::Downstream::Hyper);
                 let mut resp = front::respond(req, ctx, front).await;
                 if h1 && active.draining() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
                 {

@@ -238,7 +238,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
                 let error = match this.framer.over_max_body() {
                     Some(limit) => io::Error::new(
                         io::ErrorKind::InvalidData,
-                        crate::proxy::client_fault::TooLarge { limit },
+                        crate::upstream::client_fault::TooLarge { limit },
                     ),
                     None => io::Error::new(io::ErrorKind::InvalidData, "bad request body framing"),
                 };

@@ -126,6 +126,8 @@ fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// A started autolb: owns the workers and knows where everything listens.
 pub struct Server {
     pub runtime: Arc<Runtime>,
+    /// The active health checks, restarted on every snapshot swapped in.
+    health: Arc<crate::health::HealthChecks>,
     /// The shared-state services (rate limits, learned sessions), handed to connections.
     shared_state: Arc<crate::state::Shared>,
     /// Certificates by ACME (`tls.acme`), when a listener has them.
@@ -293,7 +295,8 @@ impl Server {
                 &shutdown_rx,
             );
         }
-        runtime.start_health_checks();
+        let health = Arc::new(crate::health::HealthChecks::new(runtime.events.clone()));
+        runtime.observe_swaps(health.clone());
         trim::start();
         crate::alerts::start(runtime.clone());
         let ocsp = crate::ocsp::Ocsp::start(runtime.clone(), &tls);
@@ -326,6 +329,7 @@ impl Server {
         let listeners = running.addrs();
         Ok(Server {
             runtime,
+            health,
             shared_state: shared,
             acme,
             tls,
@@ -436,7 +440,7 @@ impl Server {
         // clients and upstream balancers go elsewhere.
         self.running.close_all().await;
         self.runtime.tunnels.close_all();
-        self.runtime.health.stop();
+        self.health.stop();
         tracing::info!(
             connections = self.open_connections(),
             grace = ?grace,

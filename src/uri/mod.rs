@@ -7,8 +7,26 @@
 pub mod host;
 pub mod path;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 pub use host::HostError;
 pub use path::PathError;
+
+/// Requests a listener's normalization rewrote or refused (kept across reloads by listener
+/// name).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub rewritten: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+/// A listener's policy and its counters, as a connection holds them.
+#[derive(Debug, Clone, Default)]
+pub struct Normalizer {
+    pub policy: Policy,
+    pub counters: Arc<Counters>,
+}
 
 /// What to do with an encoded slash or backslash (`%2F`, `%5C`, and a raw `\`) in a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,7 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::Pending;
 use crate::compress::encoder::Encoder;
-use crate::proxy::body::{BodyError, ProxyBody};
+use crate::proxy::body::ProxyBody;
+use crate::upstream::BodyError;
 
 pub struct ObservedBody {
     inner: ProxyBody,

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::proxy::downstream::Downstream;
+use crate::upstream::downstream::Downstream;
 use http::header::{ACCEPT_ENCODING, REFERER, USER_AGENT};
 use http::{Request, Response};
 use http_body::Body as _;
@@ -26,7 +26,7 @@ use crate::accesslog::Entry;
 use crate::compress::{self, encoder::Encoder};
 use crate::config::Encoding;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::body_rate::RequestBytes;
+use crate::upstream::client_body::RequestBytes;
 use crate::proxy::{websocket, ConnContext};
 use crate::runtime::{Backend, Chosen, Snapshot};
 

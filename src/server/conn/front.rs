@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::proxy::downstream::Downstream;
+use crate::upstream::downstream::Downstream;
 use http::header::{
     HeaderValue, ALT_SVC, CONTENT_LENGTH, COOKIE, HOST, LOCATION, STRICT_TRANSPORT_SECURITY,
 };

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::proxy::body::{BodyError, ProxyBody};
+use crate::proxy::body::ProxyBody;
+use crate::upstream::BodyError;
 
 /// Requests in flight on a connection and when the last one ended.
 pub(crate) struct Activity {

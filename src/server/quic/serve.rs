@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{Handshaking, Shared};
 use crate::proxy::body::ProxyBody;
-use crate::proxy::downstream::{Downstream, H3Body, StartError};
+use crate::upstream::downstream::{Downstream, H3Body, StartError};
 use crate::proxy::{local, ConnContext};
 use crate::server::conn::front::{self, Front};
 

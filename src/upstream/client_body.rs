@@ -24,7 +24,6 @@ use tokio::time::{Instant, Sleep};
 
 use super::client_fault::{ClientFault, FaultWatch, TooLarge};
 use crate::config::Limits;
-use crate::runtime::PoolStats;
 
 /// A request body sent to the backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +42,13 @@ pub enum ClientBodyError {
     TooLarge(#[from] TooLarge),
     /// A gRPC-Web text body that is not base64.
     #[error(transparent)]
-    BadText(#[from] super::grpc_web::BadText),
+    BadText(#[from] BadText),
 }
+
+/// A gRPC-Web text body that is not base64 (`proxy::grpc_web`).
+#[derive(Debug, thiserror::Error)]
+#[error("gRPC-Web text body is not base64: {0}")]
+pub struct BadText(pub base64::DecodeError);
 
 /// The client fell below `min_body_rate` after the `body_timeout` grace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,11 +80,11 @@ pub struct ClientBody<B = super::downstream::Downstream> {
     count: Option<Box<BytesIn>>,
 }
 
-/// Counts the body bytes a client sent: into its pool's `request_bytes` when the body is
-/// dropped, and (as they arrive) into the access log's counter.
+/// Counts the body bytes a client sent: into its pool's total (`PoolStats::request_bytes`)
+/// when the body is dropped, and (as they arrive) into the access log's counter.
 #[derive(Debug)]
 struct BytesIn {
-    pool: Arc<PoolStats>,
+    total: Arc<AtomicU64>,
     seen: u64,
     log: Option<RequestBytes>,
 }
@@ -106,11 +110,12 @@ impl<B: Body> ClientBody<B> {
         }
     }
 
-    /// Count the body's bytes into `pool` (and `log`); a no-op for a request without a body.
-    pub fn counted(mut self, pool: &Arc<PoolStats>, log: Option<RequestBytes>) -> Self {
+    /// Count the body's bytes into `total` (and `log`); a no-op for a request without a
+    /// body.
+    pub fn counted(mut self, total: &Arc<AtomicU64>, log: Option<RequestBytes>) -> Self {
         if !self.inner.is_end_stream() {
             self.count = Some(Box::new(BytesIn {
-                pool: pool.clone(),
+                total: total.clone(),
                 seen: 0,
                 log,
             }));
@@ -142,7 +147,7 @@ impl<B: Body> ClientBody<B> {
 impl<B> Drop for ClientBody<B> {
     fn drop(&mut self) {
         if let Some(c) = self.count.as_ref().filter(|c| c.seen > 0) {
-            c.pool.request_bytes.fetch_add(c.seen, Ordering::Relaxed);
+            c.total.fetch_add(c.seen, Ordering::Relaxed);
         }
     }
 }

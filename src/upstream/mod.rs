@@ -1,3 +1,8 @@
+//! Everything between the proxy and a backend's socket, below the runtime (a backend holds
+//! its `ConnPool`), the proxy and the health checks: the request body sent (`request_body`:
+//! the client's, paced and bounded by `client_body`, read from `downstream`), the response
+//! body received (`incoming`), 1xx heads on their way (`interim`), and the connections.
+//!
 //! Connections to one backend: per-worker idle connections (a lock-free queue of hyper's,
 //! a LIFO stack of the own client's, see `idle`), connect with a timeout
 //! (TLS and HTTP/2 when the pool asks for them, see `connect`), and a request sent on a reused
@@ -9,15 +14,23 @@
 //! client (`hyper_client`) or, for bodiless requests to plain HTTP/1.1 backends, autolb's
 //! own (`own_client`, over `raw`).
 
+pub mod client_body;
+pub mod client_fault;
 mod connect;
+pub mod downstream;
 mod h2_conns;
 mod h2_open;
 mod h2_peer;
+pub mod hop_by_hop;
 mod hyper_client;
 mod idle;
+pub mod incoming;
+pub mod interim;
 mod own_client;
+pub mod progress;
 mod raw;
 mod raw_body;
+pub mod request_body;
 mod sender;
 mod transport;
 
@@ -32,10 +45,10 @@ use http::request::Parts;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use super::body::{RequestBody, UpstreamIncoming};
-
-use super::interim::Slot;
 use crate::config;
+pub use incoming::{BodyError, UpstreamIncoming};
+use interim::Slot;
+pub use request_body::RequestBody;
 use connect::Upstream;
 use hyper_client::HyperClient;
 use own_client::OwnClient;

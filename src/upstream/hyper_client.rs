@@ -22,9 +22,9 @@ use super::{
     MAX_IDLE_PER_WORKER,
 };
 use crate::config::UpstreamProtocol;
-use crate::proxy::body::{RequestBody, UpstreamIncoming};
-use crate::proxy::grpc::{within, Progress};
-use crate::proxy::interim::{Interim, Slot};
+use super::{RequestBody, UpstreamIncoming};
+use super::progress::{within, Progress};
+use super::interim::{Interim, Slot};
 use crate::sched::worker_id;
 
 /// An idle connection and since when.

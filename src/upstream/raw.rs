@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::raw_body::{RawBody, ResponseFraming};
-use crate::proxy::body::RequestBody;
-use crate::proxy::interim::{Interim, Slot};
+use super::RequestBody;
+use super::interim::{Interim, Slot};
 
 /// The largest response head accepted from a backend (as hyper's default buffer).
 const MAX_HEAD: usize = 64 * 1024;

@@ -12,7 +12,7 @@ use hyper::client::conn::http2;
 use tokio::time::Instant;
 
 use super::h2_peer::{Peer, Slot};
-use crate::proxy::body::RequestBody;
+use super::RequestBody;
 
 /// One shared connection: a handle on it, its streams, its settings' generation, and when
 /// it last took a stream.

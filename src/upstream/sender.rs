@@ -6,7 +6,7 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::{Request, Response};
 
 use super::h2_peer::Slot;
-use crate::proxy::body::RequestBody;
+use super::RequestBody;
 
 /// An HTTP/1.1 or HTTP/2 client connection.
 pub(super) enum Conn {

@@ -11,8 +11,8 @@ use hyper::Request;
 
 use super::connect::Upstream;
 use super::{AttemptLimits, ConnPool, Failed, Sent};
-use crate::proxy::body::RequestBody;
-use crate::proxy::interim::Slot;
+use super::RequestBody;
+use super::interim::Slot;
 
 pub(crate) trait Transport {
     /// One of its connections, as it waits while idle.

@@ -17,8 +17,8 @@ use super::raw::{self, RawConn, RawError};
 use super::transport::Transport;
 use super::{AttemptLimits, ConnPool, Failed, Sent, UpstreamError};
 use crate::config::UpstreamProtocol;
-use crate::proxy::body::{RequestBody, UpstreamIncoming};
-use crate::proxy::interim::Slot;
+use super::{RequestBody, UpstreamIncoming};
+use super::interim::Slot;
 use crate::sched::worker_id;
 
 pub(crate) struct OwnClient;

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use http::{HeaderMap, StatusCode};
 
-use super::headers;
+use super::hop_by_hop::strip_hop_by_hop;
 
 /// Interim heads waiting for a client that does not read are dropped past this many bytes:
 /// hyper's client hands them over without waiting, and a backend may send any number.
@@ -53,7 +53,7 @@ impl Interim {
     /// response is advice, the final one is what counts).
     pub fn push(&self, status: StatusCode, fields: &HeaderMap) {
         let mut fields = fields.clone();
-        headers::strip_hop_by_hop(&mut fields, false);
+        strip_hop_by_hop(&mut fields, false);
         fields.remove(http::header::CONTENT_LENGTH);
         let mut buf = match self.buf.lock() {
             Ok(b) => b,

@@ -21,7 +21,7 @@ use tokio_rustls::TlsConnector;
 use super::h2_peer::{Peer, Tap};
 use super::{Conn, UpstreamError};
 use crate::config::{self, UpstreamProtocol, UpstreamTls};
-use crate::proxy::body::RequestBody;
+use super::RequestBody;
 use crate::tls::client;
 
 /// HTTP/2 pings on idle backend connections, to notice dead ones before using them.
@@ -236,7 +236,7 @@ pub(super) fn prepare(req: &mut Request<RequestBody>, h2: bool, up: &Upstream, a
         req.headers_mut().remove(CONNECTION);
         if req
             .extensions()
-            .get::<crate::proxy::headers::TeTrailers>()
+            .get::<super::hop_by_hop::TeTrailers>()
             .is_some()
         {
             // The one TE value HTTP/2 allows (gRPC servers refuse a call without it).

@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::body_rate::ClientBodyError;
+use super::client_body::ClientBodyError;
 
 /// The receiving half of an HTTP/3 request stream.
 pub type H3Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
