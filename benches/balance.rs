@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use autolb::balance::{Balancer, PickContext};
 use autolb::config::Algorithm;
-use autolb::upstream::ConnPool;
 use autolb::runtime::{Backend, BackendStats};
+use autolb::upstream::ConnPool;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const ALGORITHMS: [(&str, Algorithm); 7] = [

@@ -4,11 +4,8 @@
 pub mod access_queue;
 pub mod alert_queue;
 pub mod events;
-mod backend;
 pub mod ip_limiter;
 pub mod limit;
-pub mod load_hook;
-pub mod log_throttle;
 pub mod overrides;
 mod pool;
 mod routes;
@@ -16,8 +13,8 @@ pub mod stats;
 pub mod tcp_stats;
 pub mod tunnels;
 
-pub use backend::{Backend, BackendStats, CheckReport};
-pub use overrides::{BackendMode, OverrideError, Overrides};
+pub use crate::backend::{Backend, BackendMode, BackendStats, CheckReport};
+pub use overrides::{OverrideError, Overrides};
 pub use pool::{default_instance_check, ManagedBackend, Pool, PoolStats, RETRY_REASONS};
 pub use routes::{Route, Routes};
 pub use stats::{LatencyWindow, WindowSummary};

@@ -52,7 +52,7 @@ fn cookie(input: &[u8]) {
 }
 
 fn proxy(input: &[u8]) {
-    let _ = autolb::l4::proxy_proto::parse(input);
+    let _ = autolb::proxy_proto::parse(input);
 }
 
 fn sni(input: &[u8]) {

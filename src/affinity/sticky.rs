@@ -12,9 +12,9 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use super::cookie::{backend_id, secret, CookieCodec};
+use crate::backend::Backend;
 use crate::balance::ring::{hash_bytes, Ring};
 use crate::config::{SameSite, Sticky, StickyCookie};
-use crate::runtime::Backend;
 
 /// A cookie issued up to this far in the future (clock skew between nodes) is still valid.
 const MAX_SKEW_SECS: u64 = 300;

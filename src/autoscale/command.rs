@@ -19,8 +19,8 @@ use super::controller::{now_ms, signals_json, PoolScaler, ScalerState, ScalingEv
 use super::discovery::{Dns, Member};
 use super::policy::Signals;
 use crate::config::Autoscale;
-use crate::upstream::ConnPool;
 use crate::runtime::{BackendStats, ManagedBackend, Runtime};
+use crate::upstream::ConnPool;
 
 /// How long `scale` may run.
 const SCALE_TIMEOUT: Duration = Duration::from_secs(120);

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::process;
 use crate::config::Autoscale;
-use crate::upstream::ConnPool;
 use crate::runtime::{BackendStats, ManagedBackend, PoolStats};
+use crate::upstream::ConnPool;
 
 /// Where an instance is in its life. `Running` shows as `starting` or `ready` by health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

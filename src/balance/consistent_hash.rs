@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{eligible, PickContext, Ring, RoundRobin, Selection};
-use crate::runtime::Backend;
+use crate::backend::Backend;
 
 #[derive(Debug)]
 pub struct ConsistentHash {

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::{connections, eligible, PickContext, Selection};
-use crate::runtime::load_hook::LoadWatcher;
-use crate::runtime::Backend;
+use crate::backend::load_hook::LoadWatcher;
+use crate::backend::Backend;
 
 /// The key of a backend that may not be picked.
 const UNUSABLE: u64 = u64::MAX;

@@ -13,8 +13,8 @@ mod weighted;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::config::Algorithm;
-use crate::runtime::Backend;
 
 use consistent_hash::ConsistentHash;
 use least_conn::LeastConn;

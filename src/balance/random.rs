@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{eligible, ramp_admits, PickContext, RoundRobin, Selection};
-use crate::runtime::Backend;
+use crate::backend::Backend;
 
 #[derive(Debug)]
 pub struct Random {

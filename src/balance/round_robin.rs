@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{eligible, PickContext, Selection};
-use crate::runtime::Backend;
+use crate::backend::Backend;
 
 #[derive(Debug, Default)]
 pub struct RoundRobin {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{eligible, load, PickContext, Selection};
-use crate::runtime::Backend;
+use crate::backend::Backend;
 
 #[derive(Debug)]
 pub struct TwoChoices {

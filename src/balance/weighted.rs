@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{eligible, ramp_admits, PickContext, Selection};
-use crate::runtime::Backend;
+use crate::backend::Backend;
 
 #[derive(Debug)]
 pub struct WeightedRoundRobin {

@@ -10,8 +10,8 @@ use http::HeaderValue;
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheck, HealthCheckKind};
-use crate::upstream::RequestBody;
 use crate::upstream::ConnPool;
+use crate::upstream::RequestBody;
 
 /// A check's verdict: passed or not, and a short reason.
 #[derive(Debug, Clone, PartialEq, Eq)]

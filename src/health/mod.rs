@@ -14,8 +14,8 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::config::HealthCheck;
-use crate::runtime::{Backend, BackendStats, CheckReport, PoolStats, Snapshot};
 use crate::runtime::events::EventLog;
+use crate::runtime::{Backend, BackendStats, CheckReport, PoolStats, Snapshot};
 
 /// A change of a backend's active-check health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

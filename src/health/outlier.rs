@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runtime::events::EventLog;
 use crate::config::Outlier;
+use crate::runtime::events::EventLog;
 use crate::runtime::{Backend, Pool};
 
 /// What one attempt to a backend came to.

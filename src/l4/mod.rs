@@ -4,13 +4,13 @@
 //! server name (`sni_routes`). Bytes move with `splice(2)` between the two sockets (they
 //! never enter userspace; `AUTOLB_L4_SPLICE=off` copies them instead).
 
-pub mod proxy_proto;
 mod pump;
 pub mod sni;
 mod splice;
 mod stats;
 
-pub use proxy_proto::ProxyAddrs;
+use crate::proxy_proto;
+pub use crate::proxy_proto::ProxyAddrs;
 pub use stats::{annotate_status, render_metrics};
 
 use std::net::SocketAddr;
@@ -294,7 +294,7 @@ impl Lease {
 
 impl Lease {
     /// The TCP counters of the backend this slot is on.
-    fn tcp(&self) -> &crate::runtime::tcp_stats::TcpBackendCounters {
+    fn tcp(&self) -> &crate::backend::tcp_counters::TcpBackendCounters {
         &self.backend.stats.tcp
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::proxy_proto::{peek_until, ProxyError};
+use crate::proxy_proto::{peek_until, ProxyError};
 
 /// The largest ClientHello looked at (records and handshake bytes together).
 pub const MAX_HELLO: usize = 16 * 1024;

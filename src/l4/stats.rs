@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
 
+use crate::backend::tcp_counters::TcpBackendCounters;
 use crate::config::Protocol;
 use crate::prom::label;
-use crate::runtime::tcp_stats::{TcpBackendCounters, TcpListenerCounters};
+use crate::runtime::tcp_stats::TcpListenerCounters;
 use crate::runtime::Snapshot;
 
 /// The tcp listeners (name, counters) and the pools they send to.

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use super::{header, label, CODE_LABELS};
-use crate::runtime::stats::{DurationHistogram, HISTOGRAM_BOUNDS};
+use crate::backend::histogram::{DurationHistogram, HISTOGRAM_BOUNDS};
 use crate::runtime::{Snapshot, RETRY_REASONS};
 
 /// Labels of `autolb_health_checks_total{result}`, in the order of `BackendStats::checks`.

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::retry::{Class, Next, Policy};
-use crate::upstream::UpstreamError;
 use crate::balance::PickContext;
-use crate::runtime::events::EventLog;
 use crate::health::outlier::{self, Outcome};
-use crate::runtime::log_throttle::warn_throttled;
+use crate::log_throttle::warn_throttled;
+use crate::runtime::events::EventLog;
 use crate::runtime::Pool;
+use crate::upstream::UpstreamError;
 
 /// A response that arrived broken, found before anything of it was forwarded.
 #[derive(Debug, thiserror::Error)]

@@ -13,11 +13,11 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::{BodyError, Sender, UpstreamIncoming};
-use crate::runtime::events::EventLog;
 use crate::health::outlier::{self, Outcome};
-use crate::runtime::log_throttle::warn_throttled;
+use crate::log_throttle::warn_throttled;
+use crate::runtime::events::EventLog;
 use crate::runtime::{Backend, Pool};
+use crate::upstream::{BodyError, Sender, UpstreamIncoming};
 
 /// Accounting for one request to one backend, settled exactly once: when the response body
 /// ends, fails, or is dropped. The backend's record (its status count, outlier detection) is

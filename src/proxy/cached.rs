@@ -8,12 +8,12 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response};
 
 use super::body::ProxyBody;
-use crate::upstream::client_body::ClientBody;
 use super::forward::{self, Plan};
 use super::ConnContext;
 use crate::cache::{self, serve::Answer, Begin, Cache, Completed, Outcome, Pending};
 use crate::runtime::events::EventLog;
 use crate::runtime::Pool;
+use crate::upstream::client_body::ClientBody;
 
 /// A request on its way to the backend through a cache.
 pub struct Through {

@@ -17,18 +17,18 @@ use tokio::time::Instant;
 use super::attempts::Broken;
 use super::attempts::{AttemptError, Attempts, Failure};
 use super::body::{End, Exchange, ProxyBody, UpstreamBody};
-use crate::upstream::client_fault::FaultWatch;
 use super::headers;
 use super::local;
 use super::retry::{classify, Budget, Class};
-use crate::upstream::{AttemptLimits, RequestBody, Sent, UpstreamIncoming};
 use super::websocket;
 use crate::affinity::Resolved;
 use crate::balance::PickContext;
-use crate::runtime::events::EventLog;
 use crate::health::outlier::Outcome;
-use crate::runtime::log_throttle::warn_throttled;
+use crate::log_throttle::warn_throttled;
+use crate::runtime::events::EventLog;
 use crate::runtime::Pool;
+use crate::upstream::client_fault::FaultWatch;
+use crate::upstream::{AttemptLimits, RequestBody, Sent, UpstreamIncoming};
 
 /// Response header telling how many attempts a request took (only when more than one).
 pub const TRIES_HEADER: &str = "x-autolb-tries";

@@ -13,9 +13,9 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request};
 use http_body::{Body, Frame, SizeHint};
 
+use crate::config::RetryOn;
 use crate::upstream::client_body::{ClientBody, ClientBodyError};
 use crate::upstream::RequestBody;
-use crate::config::RetryOn;
 
 /// The most of a call's body kept for a retry.
 pub const BUFFER_LIMIT: usize = 64 * 1024;

@@ -19,9 +19,9 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use super::body::ProxyBody;
+use crate::config::GrpcWeb;
 use crate::upstream::client_body::BadText;
 use crate::upstream::BodyError;
-use crate::config::GrpcWeb;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -275,7 +275,6 @@ impl<B> TextBody<B> {
         BadText(e)
     }
 }
-
 
 impl<B> Body for TextBody<B>
 where

@@ -14,7 +14,6 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-
 /// What autolb knows about the client connection, computed once per connection.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {

@@ -33,8 +33,8 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use crate::affinity::{self, Resolved};
 use crate::config::Algorithm;
 use crate::runtime::{Chosen, Runtime, Snapshot};
-use body::ProxyBody;
 use crate::upstream::downstream::Downstream;
+use body::ProxyBody;
 use headers::ClientInfo;
 
 /// Per-connection facts the proxy needs for each request.
@@ -47,7 +47,7 @@ pub struct ConnContext {
     pub client: ClientInfo,
     /// The connection's addresses (client, and what it connected to), set when some pool
     /// sends PROXY headers: requests carry them to the backend connection (`send_proxy`).
-    pub addrs: Option<crate::l4::ProxyAddrs>,
+    pub addrs: Option<crate::proxy_proto::ProxyAddrs>,
     /// The TLS version of an https connection, once its handshake is done (access logs).
     pub tls: std::sync::OnceLock<&'static str>,
     /// The client's verified certificate (`client_auth`), once the handshake is done.
@@ -72,7 +72,7 @@ pub struct ParkedContext {
     ip: std::net::IpAddr,
     proto: &'static str,
     trusted: bool,
-    addrs: Option<crate::l4::ProxyAddrs>,
+    addrs: Option<crate::proxy_proto::ProxyAddrs>,
     tls: Option<&'static str>,
     client_cert: Option<Arc<crate::tls::client_auth::ClientIdentity>>,
     limits: Arc<crate::config::Limits>,
@@ -369,17 +369,22 @@ async fn proxy(
         web_text: web.as_ref().is_some_and(|w| w.1 == grpc_web::Mode::Text),
         response_buffer: ctx.limits.response_buffer,
     };
-    let mut log_bytes = parts.extensions.remove::<crate::upstream::client_body::RequestBytes>();
+    let mut log_bytes = parts
+        .extensions
+        .remove::<crate::upstream::client_body::RequestBytes>();
     if let Some(call) = call {
         // A call's stream that flows keeps the waits for the backend going (its head
         // without a deadline, and the gaps in its answer).
-        let progress = crate::upstream::progress::Progress(log_bytes.get_or_insert_with(Default::default).0.clone());
+        let progress = crate::upstream::progress::Progress(
+            log_bytes.get_or_insert_with(Default::default).0.clone(),
+        );
         if call.deadline.is_none() {
             parts.extensions.insert(progress.clone());
         }
         plan.progress = Some(progress);
     }
-    let mut body = crate::upstream::client_body::ClientBody::new(body, &ctx.limits).counted(&pool.stats.request_bytes, log_bytes);
+    let mut body = crate::upstream::client_body::ClientBody::new(body, &ctx.limits)
+        .counted(&pool.stats.request_bytes, log_bytes);
     if call.is_some() {
         // A client stream may pause: `timeouts.idle` bounds a call's silence instead.
         body = body.unpaced();

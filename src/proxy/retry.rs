@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::upstream::client_fault::{client_fault, ClientFault};
-use crate::upstream::{RawError, UpstreamError};
 use crate::config::RetryOn;
 use crate::health::outlier::Outcome;
+use crate::upstream::client_fault::{client_fault, ClientFault};
+use crate::upstream::{RawError, UpstreamError};
 
 /// What a failed attempt was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::backend::{Backend, BackendStats};
 use super::overrides::Overrides;
-use super::stats::{DurationHistogram, LatencyWindow};
+use super::stats::LatencyWindow;
+use crate::backend::histogram::DurationHistogram;
+use crate::backend::{Backend, BackendStats};
 use crate::balance::Balancer;
 use crate::config::{self, Algorithm, HashKey, HealthCheck, Outlier, RetryOn, Timeouts};
 use crate::upstream::ConnPool;
@@ -41,7 +42,7 @@ pub struct PoolStats {
     /// gRPC calls by the `grpc-status` they ended with (0-16; `crate::proxy::grpc`).
     pub grpc_statuses: [AtomicU64; 17],
     /// Its WARN lines about requests autolb answered itself, at most one a second.
-    pub log: super::log_throttle::LogThrottle,
+    pub log: crate::log_throttle::LogThrottle,
 }
 
 /// Labels of `autolb_retries_total{reason}`, in the order of `PoolStats::retries`.

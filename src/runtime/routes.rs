@@ -13,8 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::Route as RouteConfig;
 use super::ip_limiter::IpLimiter;
+use crate::config::Route as RouteConfig;
 
 /// Up to this many routes a scan in order is as fast as the index and needs no memory.
 const SCAN_LIMIT: usize = 8;

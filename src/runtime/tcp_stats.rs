@@ -30,16 +30,3 @@ impl TcpListenerCounters {
         self.rejected.read().map(|m| m.clone()).unwrap_or_default()
     }
 }
-
-/// One backend of a pool, as TCP connections use it.
-#[derive(Debug, Default)]
-pub struct TcpBackendCounters {
-    pub open: AtomicU64,
-    pub total: AtomicU64,
-    /// Client -> backend.
-    pub bytes_in: AtomicU64,
-    /// Backend -> client.
-    pub bytes_out: AtomicU64,
-    /// Connect failures and connections the backend broke.
-    pub errors: AtomicU64,
-}

@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::h2_peer::{Peer, Tap};
+use super::RequestBody;
 use super::{Conn, UpstreamError};
 use crate::config::{self, UpstreamProtocol, UpstreamTls};
-use super::RequestBody;
 use crate::tls::client;
 
 /// HTTP/2 pings on idle backend connections, to notice dead ones before using them.
@@ -132,7 +132,7 @@ pub(super) async fn connect(
     up: &Upstream,
     addr: SocketAddr,
     timeout: Duration,
-    client: Option<crate::l4::ProxyAddrs>,
+    client: Option<crate::proxy_proto::ProxyAddrs>,
 ) -> Result<(Conn, Option<Arc<Peer>>), UpstreamError> {
     let deadline = Instant::now() + timeout;
     let timed_out = || UpstreamError::ConnectTimeout {
@@ -147,7 +147,7 @@ pub(super) async fn connect(
     let _ = stream.set_nodelay(true);
     let mut stream = stream;
     if let Some(version) = up.send_proxy {
-        let header = crate::l4::proxy_proto::encode(version, client);
+        let header = crate::proxy_proto::encode(version, client);
         let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &header);
         match tokio::time::timeout_at(deadline, write).await {
             Err(_) => return Err(timed_out()),

@@ -16,15 +16,15 @@ use tokio::time::{Duration, Instant};
 use super::connect::{self, Upstream};
 use super::h2_conns::H2Conns;
 use super::h2_open::{Entered, Opener};
+use super::interim::{Interim, Slot};
+use super::progress::{within, Progress};
 use super::transport::Transport;
 use super::{
     copy_request, AttemptLimits, Conn, ConnPool, Failed, Sender, Sent, UpstreamError,
     MAX_IDLE_PER_WORKER,
 };
-use crate::config::UpstreamProtocol;
 use super::{RequestBody, UpstreamIncoming};
-use super::progress::{within, Progress};
-use super::interim::{Interim, Slot};
+use crate::config::UpstreamProtocol;
 use crate::sched::worker_id;
 
 /// An idle connection and since when.
@@ -117,7 +117,10 @@ impl HyperClient {
         // `send_proxy`: a connection names one client, so it is never reused nor shared.
         let private = up.send_proxy.is_some();
         let shared_h2 = !private && up.protocol == UpstreamProtocol::H2;
-        let client = req.extensions().get::<crate::l4::ProxyAddrs>().copied();
+        let client = req
+            .extensions()
+            .get::<crate::proxy_proto::ProxyAddrs>()
+            .copied();
         // A gRPC call without a deadline: the wait restarts while its stream flows.
         let progress = req.extensions().get::<Progress>().cloned();
         let (idle, opener) = match (private, shared_h2) {

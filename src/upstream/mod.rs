@@ -46,14 +46,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::config;
-pub use incoming::{BodyError, UpstreamIncoming};
-use interim::Slot;
-pub use request_body::RequestBody;
 use connect::Upstream;
 use hyper_client::HyperClient;
+pub use incoming::{BodyError, UpstreamIncoming};
+use interim::Slot;
 use own_client::OwnClient;
 pub use raw::{parse_response_head, RawConn, RawError};
 pub use raw_body::{decode_chunked_body, RawBody, ResponseFraming};
+pub use request_body::RequestBody;
 use sender::Conn;
 pub use sender::Sender;
 use transport::{Reusable, Transport};
@@ -189,7 +189,7 @@ impl ConnPool {
         &self,
         addr: SocketAddr,
         timeout: Duration,
-        client: Option<crate::l4::ProxyAddrs>,
+        client: Option<crate::proxy_proto::ProxyAddrs>,
     ) -> Result<(Sender, Option<Arc<h2_peer::Peer>>), UpstreamError> {
         let up = self.upstream.load_full();
         // Boxed: a handshake (TCP, PROXY header, TLS, HTTP/2) is an 8 KB future, needed once
@@ -286,7 +286,7 @@ fn copy_request(req: &Request<RequestBody>) -> Request<RequestBody> {
     parts.uri = req.uri().clone();
     parts.version = req.version();
     parts.headers = req.headers().clone();
-    if let Some(addrs) = req.extensions().get::<crate::l4::ProxyAddrs>() {
+    if let Some(addrs) = req.extensions().get::<crate::proxy_proto::ProxyAddrs>() {
         parts.extensions.insert(*addrs);
     }
     Request::from_parts(parts, RequestBody::Empty)

@@ -13,12 +13,12 @@ use tokio::time::{Duration, Instant};
 
 use super::connect::{self, Upstream};
 use super::idle::IdleStack;
+use super::interim::Slot;
 use super::raw::{self, RawConn, RawError};
 use super::transport::Transport;
 use super::{AttemptLimits, ConnPool, Failed, Sent, UpstreamError};
-use crate::config::UpstreamProtocol;
 use super::{RequestBody, UpstreamIncoming};
-use super::interim::Slot;
+use crate::config::UpstreamProtocol;
 use crate::sched::worker_id;
 
 pub(crate) struct OwnClient;

@@ -20,9 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use super::interim::{Interim, Slot};
 use super::raw_body::{RawBody, ResponseFraming};
 use super::RequestBody;
-use super::interim::{Interim, Slot};
 
 /// The largest response head accepted from a backend (as hyper's default buffer).
 const MAX_HEAD: usize = 64 * 1024;

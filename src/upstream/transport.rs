@@ -10,9 +10,9 @@ use std::sync::Arc;
 use hyper::Request;
 
 use super::connect::Upstream;
-use super::{AttemptLimits, ConnPool, Failed, Sent};
-use super::RequestBody;
 use super::interim::Slot;
+use super::RequestBody;
+use super::{AttemptLimits, ConnPool, Failed, Sent};
 
 pub(crate) trait Transport {
     /// One of its connections, as it waits while idle.

@@ -26,9 +26,9 @@ use crate::accesslog::Entry;
 use crate::compress::{self, encoder::Encoder};
 use crate::config::Encoding;
 use crate::proxy::body::ProxyBody;
-use crate::upstream::client_body::RequestBytes;
 use crate::proxy::{websocket, ConnContext};
 use crate::runtime::{Backend, Chosen, Snapshot};
+use crate::upstream::client_body::RequestBytes;
 
 /// Set by the proxy on a response from a backend: which one, after how many attempts.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ pub(crate) fn setup(
     listener_name: &str,
     peer: SocketAddr,
     https: bool,
-    addrs: Option<crate::l4::ProxyAddrs>,
+    addrs: Option<crate::proxy_proto::ProxyAddrs>,
     port: u16,
 ) -> Option<Setup> {
     let crate::server::Services {

@@ -19,9 +19,9 @@ use tokio::sync::watch;
 
 use super::{Handshaking, Shared};
 use crate::proxy::body::ProxyBody;
-use crate::upstream::downstream::{Downstream, H3Body, StartError};
 use crate::proxy::{local, ConnContext};
 use crate::server::conn::front::{self, Front};
+use crate::upstream::downstream::{Downstream, H3Body, StartError};
 
 /// The longest a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,7 +118,7 @@ pub(super) async fn connection(
         conn.local_ip().unwrap_or(shared.local.ip()),
         shared.local.port(),
     );
-    let addrs = tag_requests(&shared).then_some(crate::l4::ProxyAddrs {
+    let addrs = tag_requests(&shared).then_some(crate::proxy_proto::ProxyAddrs {
         src: peer,
         dst: local,
     });

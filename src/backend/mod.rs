@@ -1,6 +1,12 @@
-//! One backend of a pool: its address, weight and operator state, and its live state
-//! (in-flight requests, counters, peak-EWMA latency, idle connections) that survives a
-//! reload.
+//! One backend of a pool: its address, weight and operator state (`mode`), and its live
+//! state (in-flight requests, counters, peak-EWMA latency, idle connections) that survives a
+//! reload. Below the balancer and sticky sessions, which read it, and the runtime, whose
+//! snapshot holds it.
+
+pub mod histogram;
+pub mod load_hook;
+pub mod mode;
+pub mod tcp_counters;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -9,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::overrides::BackendMode;
 use crate::upstream::ConnPool;
+pub use mode::BackendMode;
 
 /// Linkerd's default: an unmeasured backend is assumed to answer in 30 ms.
 const DEFAULT_RTT_NS: f64 = 30_000_000.0;
@@ -147,7 +153,7 @@ pub struct BackendStats {
     /// Active checks by result: [passed, failed].
     pub checks: [AtomicU64; 2],
     /// Time from the start of an attempt (connect included) to the response head.
-    pub ttfb: super::stats::DurationHistogram,
+    pub ttfb: histogram::DurationHistogram,
     pub last_lift_ns: AtomicU64,
     /// Consecutive failures seen by outlier detection.
     pub consecutive_failures: AtomicU32,
@@ -162,7 +168,7 @@ pub struct BackendStats {
     /// Open WebSocket (upgraded) connections through this backend.
     pub websockets: AtomicU64,
     /// TCP (`protocol: tcp` listeners) connections and bytes through this backend.
-    pub tcp: super::tcp_stats::TcpBackendCounters,
+    pub tcp: tcp_counters::TcpBackendCounters,
     /// Requests sent here because a sticky session pinned them (scale-in spares backends
     /// with recent sessions).
     pub pinned: AtomicU64,
@@ -174,10 +180,10 @@ pub struct BackendStats {
     /// The last active check, for the status page (written by the checker only).
     pub last_check: Mutex<Option<CheckReport>>,
     /// Its WARN lines about failed requests, at most one a second.
-    pub log: super::log_throttle::LogThrottle,
+    pub log: crate::log_throttle::LogThrottle,
     /// A balancer ordered by load (`least_conn`) to tell of changes of `active` and
     /// `websockets`.
-    pub load_hook: super::load_hook::LoadHookSlot,
+    pub load_hook: load_hook::LoadHookSlot,
     ewma_bits: AtomicU64,
     ewma_stamp_ns: AtomicU64,
     epoch: Instant,

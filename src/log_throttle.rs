@@ -68,7 +68,7 @@ impl LogThrottle {
 /// "message")`. A line after held-back ones carries `held = N` and says so in its message.
 macro_rules! warn_throttled {
     ($throttle:expr, $($field:tt)*) => {
-        $crate::runtime::log_throttle::warn_throttled!(@split $throttle, [] $($field)*)
+        $crate::log_throttle::warn_throttled!(@split $throttle, [] $($field)*)
     };
     (@split $throttle:expr, [$($fields:tt)*] ; $msg:literal) => {
         if let Some(held) = $throttle.admit() {
@@ -86,7 +86,7 @@ macro_rules! warn_throttled {
         }
     };
     (@split $throttle:expr, [$($fields:tt)*] $next:tt $($rest:tt)*) => {
-        $crate::runtime::log_throttle::warn_throttled!(@split $throttle, [$($fields)* $next] $($rest)*)
+        $crate::log_throttle::warn_throttled!(@split $throttle, [$($fields)* $next] $($rest)*)
     };
 }
 pub(crate) use warn_throttled;
