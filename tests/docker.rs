@@ -57,7 +57,7 @@ fn mounted_config() -> (PathBuf, autolb::config::Config) {
     let c = compose();
     let (path, target) = mount(&c["services"]["autolb"], "autolb.yaml");
     assert_eq!(target, "/etc/autolb/autolb.yaml");
-    let config = autolb::config::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let config = autolb::tls::config_files::load(&path).unwrap_or_else(|e| panic!("{e}"));
     (path, config)
 }
 

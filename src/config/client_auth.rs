@@ -1,6 +1,6 @@
 //! Client certificates (mTLS) on https listeners: `tls.client_auth: {mode, ca, crl,
 //! forward_pem}` and a route's `client_cert: required`, validated. The files are read by
-//! `files.rs` (when a file is loaded) and by `tls::client_auth` (to serve).
+//! `tls::config_files` (when a file is loaded) and by `tls::client_auth` (to serve).
 
 use std::path::PathBuf;
 

@@ -16,13 +16,12 @@ mod convert;
 mod de;
 pub mod diff;
 mod discovery;
-mod error;
+pub(crate) mod error;
 mod file;
-mod files;
 mod health;
 mod l4;
 mod limits;
-mod node;
+pub(crate) mod node;
 mod normalize;
 mod pool;
 mod pool_limits;
@@ -71,44 +70,11 @@ use std::path::Path;
 
 use error::Issues;
 
-/// Reads and validates the config file at `path`, then the files it names (certificates,
-/// keys, CA bundles): a bad one is an error at the line of its path; an expired certificate
-/// is a warning in `Config::warnings`. A file that cannot be read is one error without a
-/// place, naming the path as resolved against the working directory (`/etc/x.yaml: cannot
-/// read the config file: No such file or directory (os error 2)`).
-pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = read(path)?;
-    let mut config = load_str(&text, path)?;
-    config.warnings = files::check(&text, &config)?;
-    Ok(config)
-}
-
-/// `autolb check`: `load_file`, then whether the config can run in `env` (`preflight`):
-/// every error of both, in file order.
-pub fn check_file(path: &Path, env: &preflight::Environment) -> Result<Config, ConfigErrors> {
-    let text = read(path)?;
-    let mut config = load_str(&text, path)?;
-    let (files, preflight) = (
-        files::check(&text, &config),
-        preflight::check(&text, &config, env),
-    );
-    match (files, preflight) {
-        (Ok(mut warnings), Ok(more)) => {
-            warnings.extend(more);
-            warnings.sort_by_key(|w| (w.line, w.column));
-            config.warnings = warnings;
-            Ok(config)
-        }
-        (Err(mut errors), Err(more)) => {
-            errors.0.extend(more.0);
-            errors.0.sort_by_key(|e| (e.line, e.column));
-            Err(errors)
-        }
-        (Err(errors), _) | (_, Err(errors)) => Err(errors),
-    }
-}
-
-fn read(path: &Path) -> Result<String, ConfigErrors> {
+/// The text of the config file at `path`. A file that cannot be read is one error without
+/// a place, naming the path as resolved against the working directory (`/etc/x.yaml:
+/// cannot read the config file: No such file or directory (os error 2)`). Loading a config
+/// *file* also checks the files it names: `tls::config_files::load`.
+pub fn read_file(path: &Path) -> Result<String, ConfigErrors> {
     std::fs::read_to_string(path).map_err(|e| {
         let resolved = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         ConfigErrors::single(
@@ -121,6 +87,12 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
 /// Validates config `text`; `source` names the file in messages, is kept in
 /// `Config::source`, and relative certificate paths resolve against its directory.
 pub fn load_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    load_tree(text, source).map(|(config, _)| config)
+}
+
+/// `load_str`, handing back the parsed tree too: checks beyond the config itself (the files
+/// it names, `tls::config_files`; `preflight`) locate their errors in it.
+pub(crate) fn load_tree(text: &str, source: &Path) -> Result<(Config, node::Node), ConfigErrors> {
     let file = source.display().to_string();
     let root = node::parse(text).map_err(|issue| {
         let mut issues = Issues::new();
@@ -129,7 +101,7 @@ pub fn load_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let mut config = convert::build(&root, source).map_err(|issues| issues.into_errors(&file))?;
     config.hash = text_hash(text);
-    Ok(config)
+    Ok((config, root))
 }
 
 /// The config hash of a config's text (`Config::hash`).

@@ -34,7 +34,7 @@ pub struct Config {
     pub access_log: Option<super::AccessLog>,
     /// `alerts:` (None: no alerts).
     pub alerts: Option<super::Alerts>,
-    /// Non-fatal findings of `load_file` (an expired certificate, ...), each as
+    /// Non-fatal findings of `tls::config_files::load` (an expired certificate, ...), each as
     /// `FILE:LINE:COL: warning: ...`; `autolb check` prints them and still exits 0.
     pub warnings: Vec<super::ConfigError>,
 }

@@ -1,7 +1,7 @@
-//! What `autolb check` adds to `load_file`: whether a valid config can run here, now, as
+//! What `autolb check` adds to `tls::config_files::load`: whether a valid config can run here, now, as
 //! this user. The variable `admin.token_env` names must be set (`autolb run` refuses to
 //! start without it), every autoscale program must be found where autolb will look for it,
-//! and (`load_file` already reads them) every certificate and key must be readable. Each
+//! and (`tls::config_files::load` already reads them) every certificate and key must be readable. Each
 //! problem is reported at the line and column of the setting, like any config error.
 
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{Issues, Pos};
 use super::model::{Autoscale, Config};
-use super::node::{self, Node, Value};
+use super::node::{Node, Value};
 use super::{ConfigError, ConfigErrors};
 
 /// Where `check` runs, as far as the checks care.
@@ -37,22 +37,19 @@ impl Environment<'static> {
     }
 }
 
-/// Check `config` (valid, loaded from `text`) against `env`. `Ok` carries warnings.
-pub fn check(
-    text: &str,
+/// Check `config` (valid, loaded as the tree `root`) against `env`. `Ok` carries warnings.
+pub(crate) fn check(
+    root: &Node,
     config: &Config,
     env: &Environment,
 ) -> Result<Vec<ConfigError>, ConfigErrors> {
     let file = config.source.display().to_string();
-    let Ok(root) = node::parse(text) else {
-        return Ok(Vec::new());
-    };
     let mut issues = Issues::new();
     let mut warnings = Issues::new();
     let set = |var: &str| (env.var)(var).is_some_and(|v| !v.trim().is_empty());
     if let Some(var) = &config.admin.token_env {
         if !set(var) {
-            let at = pos(&root, &["admin", "token_env"]);
+            let at = pos(root, &["admin", "token_env"]);
             issues.push(
                 at,
                 format!(
@@ -64,7 +61,7 @@ pub fn check(
     if let Some(var) = config.alerts.as_ref().and_then(|a| a.token_env.as_ref()) {
         if !set(var) {
             warnings.push(
-                pos(&root, &["alerts", "token_env"]),
+                pos(root, &["alerts", "token_env"]),
                 format!("warning: alerts.token_env names {var}, which is unset or empty here: alerts would be sent without a token"),
             );
         }

@@ -1,6 +1,6 @@
 //! `state:`: the shared-state backend, `memory` (one node) or `redis` reached through seed
 //! URLs (`url`, `urls`: standalone Redis or Redis Cluster) or Sentinel (`sentinels`,
-//! `master_name`), with `tls` and `password_env`. Files named here are read by `files.rs`.
+//! `master_name`), with `tls` and `password_env`. Files named here are read by `tls::config_files`.
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! The client side of an HTTP/1 connection as hyper sees it: the bytes a `Framer` let
 //! through, reads through one per-worker buffer, small vectored writes sent with one
 //! `send`, a backend's interim (1xx) responses written when hyper flushes (see
-//! `proxy::interim`), the bounded wait for a request head (`HeadWait`), and parking: a
+//! `upstream::interim`), the bounded wait for a request head (`HeadWait`), and parking: a
 //! keep-alive connection idle for `PARK_AFTER` is handed back without hyper's buffers.
 
 use std::future::Future;

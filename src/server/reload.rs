@@ -136,7 +136,7 @@ impl Server {
                 hash: self.config_hash(),
             }
         };
-        let cfg = match config::load_file(&path) {
+        let cfg = match crate::tls::config_files::load(&path) {
             Ok(c) => c,
             Err(errors) => return refused(errors.0.iter().map(|e| e.to_string()).collect(), false),
         };

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod client;
 pub mod client_auth;
 mod client_names;
+pub mod config_files;
 pub mod metrics;
 pub mod resolver;
 pub mod server;
@@ -164,7 +165,7 @@ impl Store {
     /// ones (and their strict_sni, ALPN), and the TLS state of new ones (so that their sockets
     /// can be bound at once). Every pair of every listener is loaded first; only if all load is
     /// anything swapped in (the certificates already loaded keep serving otherwise). Call it on
-    /// a config reload before binding new listeners; a config that `config::load_file` accepted
+    /// a config reload before binding new listeners; a config that `config_files::load` accepted
     /// fails here only if a file changed in between. Errors are `FILE: listener "NAME": ...`.
     pub fn reload_certificates(
         self: &Arc<Self>,

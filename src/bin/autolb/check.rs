@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use autolb::config::{self, preflight::Environment, Config, ConfigErrors};
+use autolb::config::{preflight::Environment, Config, ConfigErrors};
 
 use crate::{err, out};
 
 /// Validate `path` as `run` would load it, in this environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    config::check_file(path, &Environment::current())
+    autolb::tls::config_files::check(path, &Environment::current())
 }
 
 pub fn main(path: &Path, quiet: bool) -> ExitCode {

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use autolb::config;
 use autolb::server::{upgrade, Drain, Server};
 
 use crate::notify::Notifier;
@@ -56,7 +55,7 @@ fn run(
     upgrade: bool,
     notifier: Option<&Notifier>,
 ) -> anyhow::Result<ExitCode> {
-    let cfg = match config::load_file(path) {
+    let cfg = match autolb::tls::config_files::load(path) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {

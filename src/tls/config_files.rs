@@ -1,16 +1,54 @@
-//! The files a config names (listener certificates and keys, client CA bundles and CRLs,
-//! pool, Redis and ACME CA bundles and client certificates), read and checked when a config
-//! *file* is loaded: each problem is reported at the line and column of the path that names
-//! the file; an expired certificate is only a warning (it is served, as HAProxy does).
+//! Loading a config *file*: its text validated (`config`), then the files it names
+//! (listener certificates and keys, client CA bundles and CRLs, pool, Redis and ACME CA
+//! bundles and client certificates) read and checked with the parsers TLS serves them with.
+//! Each problem is reported at the line and column of the path that names the file; an
+//! expired certificate is only a warning (it is served, as HAProxy does).
 
 use std::collections::HashSet;
+use std::path::Path;
 
-use super::error::{Issues, Pos};
-use super::model::{Config, State};
-use super::node::{self, Node, Value};
-use super::{ConfigError, ConfigErrors};
-use crate::tls::certs::{self, Side};
-use crate::tls::client::{self, Field};
+use super::certs::{self, Side};
+use super::client::{self, Field};
+use crate::config::error::{Issues, Pos};
+use crate::config::node::{Node, Value};
+use crate::config::preflight::{self, Environment};
+use crate::config::{self, Config, ConfigError, ConfigErrors, State};
+
+/// Reads and validates the config file at `path`, then the files it names: a bad one is an
+/// error at the line of its path; an expired certificate is a warning in
+/// `Config::warnings`. A file that cannot be read is one error without a place (see
+/// `config::read_file`).
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = config::read_file(path)?;
+    let (mut config, root) = config::load_tree(&text, path)?;
+    config.warnings = check_files(&root, &config)?;
+    Ok(config)
+}
+
+/// `autolb check`: `load`, then whether the config can run in `env` (`preflight`): every
+/// error of both, in file order.
+pub fn check(path: &Path, env: &Environment) -> Result<Config, ConfigErrors> {
+    let text = config::read_file(path)?;
+    let (mut config, root) = config::load_tree(&text, path)?;
+    let (files, preflight) = (
+        check_files(&root, &config),
+        preflight::check(&root, &config, env),
+    );
+    match (files, preflight) {
+        (Ok(mut warnings), Ok(more)) => {
+            warnings.extend(more);
+            warnings.sort_by_key(|w| (w.line, w.column));
+            config.warnings = warnings;
+            Ok(config)
+        }
+        (Err(mut errors), Err(more)) => {
+            errors.0.extend(more.0);
+            errors.0.sort_by_key(|e| (e.line, e.column));
+            Err(errors)
+        }
+        (Err(errors), _) | (_, Err(errors)) => Err(errors),
+    }
+}
 
 fn items(node: Option<&Node>) -> &[Node] {
     match node.map(|n| &n.value) {
@@ -23,17 +61,14 @@ fn pos_of(node: Option<&Node>, key: &str, fallback: Pos) -> Pos {
     node.and_then(|n| n.get(key)).map_or(fallback, |n| n.pos)
 }
 
-/// Check every file `config` (loaded from `text`) names. `Ok` carries the warnings.
-pub(crate) fn check(text: &str, config: &Config) -> Result<Vec<ConfigError>, ConfigErrors> {
+/// Check every file `config` (loaded as the tree `root`) names. `Ok` carries the warnings.
+fn check_files(root: &Node, config: &Config) -> Result<Vec<ConfigError>, ConfigErrors> {
     let file = config.source.display().to_string();
-    let Ok(root) = node::parse(text) else {
-        return Ok(Vec::new());
-    };
     let mut issues = Issues::new();
     let mut warnings = Issues::new();
-    listeners(&root, config, &mut issues, &mut warnings);
-    pools(&root, config, &mut issues, &mut warnings);
-    redis(&root, config, &mut issues);
+    listeners(root, config, &mut issues, &mut warnings);
+    pools(root, config, &mut issues, &mut warnings);
+    redis(root, config, &mut issues);
     if issues.is_empty() {
         Ok(warnings.into_errors(&file).0)
     } else {
@@ -67,7 +102,7 @@ fn listeners(root: &Node, config: &Config, issues: &mut Issues, warnings: &mut I
             }
         }
         if let Some(auth) = &tls.client_auth {
-            if let Err(e) = crate::tls::client_auth::load_verifier(auth) {
+            if let Err(e) = super::client_auth::load_verifier(auth) {
                 let auth_node = node
                     .and_then(|n| n.get("tls"))
                     .and_then(|t| t.get("client_auth"));
@@ -176,5 +211,60 @@ fn redis(root: &Node, config: &Config, issues: &mut Issues) {
             };
             issues.push(at, format!("state.redis.tls: {e}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (line, column) of the first `needle` in `text`, 1-based.
+    fn pos_of(text: &str, needle: &str) -> (u64, u64) {
+        let at = text.find(needle).expect("needle");
+        let line = text[..at].matches('\n').count() + 1;
+        let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line as u64, column as u64)
+    }
+
+    fn errors_of(text: &str) -> ConfigErrors {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("autolb.yaml");
+        std::fs::write(&path, text).expect("write");
+        load(&path).expect_err("missing files")
+    }
+
+    #[test]
+    fn a_missing_certificate_is_an_error_at_its_path() {
+        let text = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocol: https\n    pool: p\n    tls:\n      certificates: [{ cert: certs/example.crt, key: certs/example.key }]\npools:\n  p: { backends: [{ address: 127.0.0.1:1 }] }\n";
+        let e = errors_of(text);
+        let at = pos_of(text, "certs/example.crt");
+        assert!(
+            e.0.iter()
+                .any(|x| (x.line, x.column) == at && x.message.contains("cannot read certificate")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_redis_tls_files_are_errors_at_their_paths() {
+        let text = "listeners:\n  - { name: web, listen: 127.0.0.1:0, pool: p }\npools:\n  p: { backends: [{ address: 127.0.0.1:1 }] }\nstate:\n  backend: redis\n  redis:\n    url: \"rediss://h:6380\"\n    tls: { ca: certs/ca.pem, client_cert: /abs/c.pem, client_key: k.pem }\n";
+        let e = errors_of(text);
+        let at = pos_of(text, "certs/ca.pem");
+        assert!(
+            e.0.iter()
+                .any(|x| (x.line, x.column) == at && x.message.contains("state.redis.tls")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_config_file_that_cannot_be_read_is_one_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.yaml");
+        let e = load(&missing).expect_err("missing file");
+        assert_eq!(e.0.len(), 1);
+        assert_eq!((e.0[0].line, e.0[0].column), (0, 0));
+        assert_eq!(e.0[0].file, missing.display().to_string());
+        assert!(e.0[0].message.contains("cannot read"), "{e}");
     }
 }
