@@ -10,13 +10,13 @@ mod splice;
 mod stats;
 
 use crate::proxy_proto;
+use crate::proxy_proto::client_addrs::{client_addrs, Refused, HEADER_TIMEOUT};
 pub use crate::proxy_proto::ProxyAddrs;
 pub use stats::{annotate_status, render_metrics};
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -24,130 +24,7 @@ use tokio::time::Instant;
 use crate::balance::{ring::hash_bytes, PickContext};
 use crate::config::{self, Algorithm, SniRoute};
 use crate::health::outlier::{self, Outcome};
-use crate::runtime::tcp_stats::TcpListenerCounters;
 use crate::runtime::{Backend, Pool, Runtime};
-
-/// The longest a client may take to send its PROXY header or its ClientHello.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A connection accepted by an http or https listener, PROXY header read if it asked.
-#[derive(Debug, Clone, Copy)]
-pub struct Accepted {
-    pub addrs: ProxyAddrs,
-    /// Some pool writes PROXY headers: requests should carry `addrs` (as an extension).
-    pub tag_requests: bool,
-}
-
-/// A client socket whose addresses `accept` finds: HTTP listeners hand theirs over before
-/// it is registered with tokio's reactor, which only a PROXY header's read needs.
-pub trait ClientSocket {
-    /// The socket's own address (a `getsockname`).
-    fn local_addr(&self) -> std::io::Result<SocketAddr>;
-    /// The socket as a tokio stream (registered with the reactor).
-    fn registered(&mut self) -> std::io::Result<&mut TcpStream>;
-}
-
-impl ClientSocket for TcpStream {
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        TcpStream::local_addr(self)
-    }
-
-    fn registered(&mut self) -> std::io::Result<&mut TcpStream> {
-        Ok(self)
-    }
-}
-
-/// A connection's addresses as its socket gives them: the peer, and its own local address
-/// only when `need_dst` (a PROXY header we send uses it; a `getsockname`), else the peer's.
-fn own_addrs<S: ClientSocket>(need_dst: bool, stream: &S, peer: SocketAddr) -> ProxyAddrs {
-    let dst = match need_dst {
-        true => stream.local_addr().unwrap_or(peer),
-        false => peer,
-    };
-    ProxyAddrs { src: peer, dst }
-}
-
-/// The addresses of a connection: its own (`own_addrs`), or (`accept_proxy: true`) those
-/// of its PROXY header; `None` (logged) when the header is missing or malformed: close it.
-async fn client_addrs<S: ClientSocket>(
-    accept_proxy: bool,
-    need_dst: bool,
-    listener: &str,
-    counters: &TcpListenerCounters,
-    stream: &mut S,
-    peer: SocketAddr,
-) -> Option<ProxyAddrs> {
-    let own = own_addrs(need_dst, stream, peer);
-    if !accept_proxy {
-        return Some(own);
-    }
-    let stream = match stream.registered() {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::debug!(listener = %listener, client = %peer, error = %e, "cannot read a PROXY header: connection closed");
-            return None;
-        }
-    };
-    match proxy_proto::read_header(stream, HEADER_TIMEOUT).await {
-        Ok(addrs) => Some(addrs.unwrap_or(own)),
-        Err(e) => {
-            tracing::warn!(listener = %listener, client = %peer, error = %e, "PROXY protocol header refused: connection closed");
-            counters.reject("bad_proxy_header");
-            None
-        }
-    }
-}
-
-/// For http and https listeners, before anything else is read: the client's addresses.
-pub async fn accept<S: ClientSocket>(
-    runtime: &Runtime,
-    listener: &str,
-    stream: &mut S,
-    peer: SocketAddr,
-) -> Option<Accepted> {
-    let (accept_proxy, tag_requests, counters) = {
-        let snap = runtime.snapshot();
-        let info = snap
-            .listener(listener)
-            .and_then(|i| snap.listeners.get(i))?;
-        (info.accept_proxy, snap.any_send_proxy, info.tcp.clone())
-    };
-    let addrs = client_addrs(
-        accept_proxy,
-        tag_requests,
-        listener,
-        &counters,
-        stream,
-        peer,
-    )
-    .await?;
-    Some(Accepted {
-        addrs,
-        tag_requests,
-    })
-}
-
-/// `accept` without a wait, when the listener `listener` reads no PROXY header; `None`
-/// when it does (or is gone): then `accept`.
-pub fn accept_at_once<S: ClientSocket>(
-    runtime: &Runtime,
-    listener: &str,
-    stream: &S,
-    peer: SocketAddr,
-) -> Option<Accepted> {
-    let snap = runtime.snapshot();
-    let info = snap
-        .listener(listener)
-        .and_then(|i| snap.listeners.get(i))?;
-    if info.accept_proxy {
-        return None;
-    }
-    let tag_requests = snap.any_send_proxy;
-    Some(Accepted {
-        addrs: own_addrs(tag_requests, stream, peer),
-        tag_requests,
-    })
-}
 
 /// The route for `sni`: an exact name first, else the longest matching wildcard.
 pub fn route<'a>(routes: &'a [SniRoute], sni: &str) -> Option<&'a SniRoute> {
@@ -181,17 +58,21 @@ pub async fn serve<G: Send + 'static>(
         return;
     };
     // The connection's own address only for a PROXY header we may send (a `getsockname`).
-    let Some(addrs) = client_addrs(
+    let addrs = match client_addrs(
         cfg.accept_proxy,
         snap.any_send_proxy,
         &listener,
-        &counters,
         &mut stream,
         peer,
     )
     .await
-    else {
-        return;
+    {
+        Ok(addrs) => addrs,
+        Err(Refused::Header) => {
+            counters.reject("bad_proxy_header");
+            return;
+        }
+        Err(Refused::Socket) => return,
     };
     let pool_name = if cfg.sni_routes.is_empty() {
         cfg.pool.as_deref()

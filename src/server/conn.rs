@@ -21,6 +21,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::watch;
 
 use super::framed::{Framed, Socket};
@@ -157,19 +158,20 @@ pub(crate) async fn serve(
     // `accept_proxy: true`: the PROXY header names the client (XFF, logs, hashing).
     // Boxed, as the waits below: the connection's task keeps room for the largest future
     // it awaits, for as long as the connection lives (idle ones included).
-    let accepted = match crate::l4::accept_at_once(&services.runtime, &listener_name, &stream, peer)
-    {
-        Some(accepted) => Some(accepted),
-        None => {
-            Box::pin(crate::l4::accept(
-                &services.runtime,
-                &listener_name,
-                &mut stream,
-                peer,
-            ))
-            .await
-        }
-    };
+    let accepted =
+        match super::client_addrs::accept_at_once(&services.runtime, &listener_name, &stream, peer)
+        {
+            Some(accepted) => Some(accepted),
+            None => {
+                Box::pin(super::client_addrs::accept(
+                    &services.runtime,
+                    &listener_name,
+                    &mut stream,
+                    peer,
+                ))
+                .await
+            }
+        };
     let Some(accepted) = accepted else {
         return;
     };
@@ -443,13 +445,44 @@ where
     h2_settings!(builder);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    if until_stop(conn.as_mut(), &activity, idle, &mut shutdown, peer).await {
+        conn.as_mut().graceful_shutdown();
+        ended(peer, conn.await);
+    }
+}
+
+/// Serve `conn` until it ends, or stays idle for `idle` (then closed gracefully: GOAWAY on
+/// HTTP/2), or a stop begins: `true` then, with the connection open for the caller to close.
+async fn until_stop<C>(
+    mut conn: std::pin::Pin<&mut C>,
+    activity: &Activity,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<Drain>,
+    peer: SocketAddr,
+) -> bool
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::select! {
+        () = until_idle(conn.as_mut(), activity, idle, peer) => false,
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Serve `conn` until it ends, or stays idle for `idle` (then closed gracefully).
+async fn until_idle<C>(
+    mut conn: std::pin::Pin<&mut C>,
+    activity: &Activity,
+    idle: Duration,
+    peer: SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::select! {
         result = conn.as_mut() => ended(peer, result),
         _ = activity.idle(idle) => {
-            conn.as_mut().graceful_shutdown();
-            ended(peer, conn.await);
-        }
-        _ = shutdown.changed() => {
             conn.as_mut().graceful_shutdown();
             ended(peer, conn.await);
         }
@@ -479,13 +512,8 @@ where
     h2_settings!(builder.http2());
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => return ended(peer, result),
-        _ = activity.idle(idle) => {
-            conn.as_mut().graceful_shutdown();
-            return ended(peer, conn.await);
-        }
-        _ = shutdown.changed() => {}
+    if !until_stop(conn.as_mut(), &activity, idle, &mut shutdown, peer).await {
+        return;
     }
     // Draining: HTTP/2 says GOAWAY (the client retries what the server did not take); an
     // HTTP/1 connection drains as in `serve_h1` (closed at its idle deadline when a
@@ -495,11 +523,5 @@ where
         conn.as_mut().graceful_shutdown();
         return ended(peer, conn.await);
     }
-    tokio::select! {
-        result = conn.as_mut() => ended(peer, result),
-        _ = activity.idle(idle) => {
-            conn.as_mut().graceful_shutdown();
-            ended(peer, conn.await);
-        }
-    }
+    until_idle(conn, &activity, idle, peer).await;
 }

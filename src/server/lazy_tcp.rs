@@ -107,7 +107,7 @@ impl LazyTcp {
     }
 }
 
-impl crate::l4::ClientSocket for LazyTcp {
+impl crate::proxy_proto::client_addrs::ClientSocket for LazyTcp {
     fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         LazyTcp::local_addr(self)
     }

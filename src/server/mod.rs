@@ -3,6 +3,7 @@
 
 mod admission;
 mod apply;
+mod client_addrs;
 mod conn;
 mod exclusive;
 pub mod framed;

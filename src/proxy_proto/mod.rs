@@ -1,6 +1,8 @@
 //! PROXY protocol v1 (text) and v2 (binary): a panic-free parser over a bounded buffer, the
 //! encoders, and reading exactly one header off a socket (peeked first, so not one byte of
-//! what follows it is consumed).
+//! what follows it is consumed), and a fresh connection's addresses (`client_addrs`).
+
+pub mod client_addrs;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
