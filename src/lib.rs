@@ -21,6 +21,7 @@ pub mod l4;
 pub(crate) mod log_throttle;
 pub(crate) mod metrics;
 pub(crate) mod ocsp;
+pub(crate) mod procstat;
 pub(crate) mod prom;
 pub mod proxy;
 pub mod proxy_proto;

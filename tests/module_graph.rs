@@ -10,7 +10,7 @@ use std::path::Path;
 /// Top-level modules from the bottom layer up. A module may use modules on its own layer
 /// or below; modules on one layer may not form a cycle among themselves.
 const LAYERS: &[&[&str]] = &[
-    &["build", "log_throttle", "prom", "sched", "uri"],
+    &["build", "log_throttle", "procstat", "prom", "sched", "uri"],
     &["config"],
     &["tls", "compress", "cache", "proxy_proto"],
     &["upstream"],
@@ -20,9 +20,10 @@ const LAYERS: &[&[&str]] = &[
     &["health", "state"],
     &["accesslog"],
     &["proxy", "l4"],
+    &["metrics"],
     &["alerts", "autoscale", "acme", "ocsp", "tickets"],
     &["server"],
-    &["admin", "metrics"],
+    &["admin"],
 ];
 
 /// Upward references still in the code, `(from, to, why)`: none. An entry added here must

@@ -239,8 +239,11 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
             None => error(StatusCode::SERVICE_UNAVAILABLE, "autolb is shutting down"),
         },
         _ => {
-            let mut text =
-                crate::metrics::render(rt, &state.listeners.stats(), Some(&state.autoscaler));
+            let given = crate::metrics::Given {
+                listeners: state.listeners.counts(),
+                autoscale: Some(state.autoscaler.counts(&rt.snapshot())),
+            };
+            let mut text = crate::metrics::render(rt, &given);
             state.tls.render_metrics(&mut text);
             state.ocsp.render_metrics(&mut text);
             text.push_str(&state.shared.metrics());

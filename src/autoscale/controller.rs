@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use super::instance::{self, Instance, Phase};
 use super::policy::{Decision, Policy, Signals};
-use super::procstat;
 use super::shared::{Coordination, NodeSignals};
 use crate::config::Autoscale;
+use crate::procstat;
 use crate::runtime::{ManagedBackend, Pool, Runtime};
 
 /// Scaling events kept per pool.

@@ -12,7 +12,6 @@ pub mod policy;
 pub mod predict;
 pub mod predict_store;
 pub mod process;
-pub mod procstat;
 pub mod prometheus;
 pub mod provider;
 pub mod schedule;
@@ -42,11 +41,6 @@ pub enum ManualError {
     #[error("instances must be a non-negative integer, got {0}")]
     Negative(i64),
 }
-
-/// `(pool, state, instances)` for `autolb_pool_instances`.
-pub type InstanceCount = (String, &'static str, usize);
-/// `(pool, scale-ups, scale-downs)` for `autolb_scaling_events_total`.
-pub type ScalingCount = (String, u64, u64);
 
 /// Every pool's scaler.
 pub struct Autoscaler {
@@ -284,23 +278,41 @@ impl Autoscaler {
         })
     }
 
-    /// `(pool, state, count)` for `autolb_pool_instances`, and `(pool, ups, downs)`.
-    pub fn metrics(&self) -> (Vec<InstanceCount>, Vec<ScalingCount>) {
-        let mut states = Vec::new();
-        let mut events = Vec::new();
+    /// What `/metrics` shows of the autoscaler: instances by state and scaling events of
+    /// each pool it runs, and the sizes and last signals of the pools `snapshot` autoscales.
+    pub fn counts(&self, snapshot: &crate::runtime::Snapshot) -> crate::metrics::AutoscaleCounts {
+        let mut counts = crate::metrics::AutoscaleCounts::default();
         for s in self.pools().values() {
             let st = s.lock();
             for state in ["starting", "ready", "draining", "stopping"] {
                 let n = st.instances.iter().filter(|i| i.state() == state).count();
-                states.push((s.pool.clone(), state, n));
+                counts.instances.push((s.pool.clone(), state, n));
             }
-            events.push((
+            counts.events.push((
                 s.pool.clone(),
                 s.scale_ups.load(Ordering::Relaxed),
                 s.scale_downs.load(Ordering::Relaxed),
             ));
         }
-        (states, events)
+        for p in snapshot
+            .config
+            .pools
+            .iter()
+            .filter(|p| p.autoscale.is_some())
+        {
+            let Some(scaler) = self.scaler(&p.name) else {
+                continue;
+            };
+            let st = scaler.lock();
+            counts.pools.push(crate::metrics::AutoscaledPool {
+                name: p.name.clone(),
+                desired: st.desired,
+                min: st.cfg.min,
+                max: st.cfg.max,
+                signals: st.last_signals.values(),
+            });
+        }
+        counts
     }
 
     /// Stop every instance (SIGTERM, then SIGKILL after each pool's grace) and wait.

@@ -37,6 +37,27 @@ pub struct Signals {
     pub redis_list: Option<f64>,
 }
 
+impl Signals {
+    /// `(signal label, value)` of the signals that have a value (`autolb_autoscale_signal`).
+    pub fn values(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![
+            ("inflight_per_instance", self.inflight_per_instance),
+            ("rps_per_instance", self.rps_per_instance),
+            ("cold_waiters", self.cold_waiters as f64),
+        ];
+        for (name, value) in [
+            ("p95_latency_ms", self.p95_latency_ms),
+            ("cpu_percent", self.cpu_percent),
+            ("memory_mb", self.memory_mb),
+        ] {
+            if let Some(x) = value.filter(|x| x.is_finite()) {
+                v.push((name, x));
+            }
+        }
+        v
+    }
+}
+
 /// A decision and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

@@ -1,11 +1,10 @@
 //! Prometheus text exposition of autolb's metrics (prefix `autolb_`, and the standard
-//! `process_*`), rendered on demand from the live snapshot's atomics: nothing is registered
-//! or locked on the hot path.
+//! `process_*`), rendered on demand from the live snapshot's atomics and from what the
+//! caller hands over (`Given`: the listeners' counts, the autoscaler's): nothing is
+//! registered or locked on the hot path, and no server or autoscaler type is known here.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 mod autoscale;
 pub mod cache;
@@ -14,9 +13,28 @@ pub mod process;
 
 pub(crate) use crate::prom::{header, label};
 
-use crate::autoscale::Autoscaler;
+pub use autoscale::{AutoscaleCounts, AutoscaledPool};
+
 use crate::runtime::Runtime;
-use crate::server::ListenerStats;
+
+/// What `/metrics` shows beside the runtime's snapshot, handed over by its caller.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Given {
+    /// The listeners serving now.
+    pub listeners: Vec<ListenerCounts>,
+    /// The autoscaler's counts, when it runs.
+    pub autoscale: Option<AutoscaleCounts>,
+}
+
+/// One listener's counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListenerCounts {
+    pub name: String,
+    /// Open client connections (`autolb_downstream_connections`).
+    pub connections: i64,
+    /// QUIC handshakes by result, once the listener served HTTP/3.
+    pub quic: Option<Vec<(&'static str, u64)>>,
+}
 
 /// The git commit autolb was built from (`AUTOLB_BUILD_GIT`, set by the build script), or
 /// `unknown`.
@@ -29,11 +47,7 @@ pub const GIT_COMMIT: &str = match option_env!("AUTOLB_BUILD_GIT") {
 pub const CODE_LABELS: [&str; 6] = ["failed", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Render every metric in the Prometheus text format (version 0.0.4).
-pub fn render(
-    runtime: &Runtime,
-    listeners: &BTreeMap<String, Arc<ListenerStats>>,
-    autoscaler: Option<&Autoscaler>,
-) -> String {
+pub fn render(runtime: &Runtime, given: &Given) -> String {
     let snap = runtime.snapshot();
     let mut out = String::with_capacity(16 * 1024);
 
@@ -58,7 +72,9 @@ pub fn render(
         "gauge",
         "Instances of a pool by state (static pools: ready, unavailable).",
     );
-    let (scaled, scaling_events) = autoscaler.map(|a| a.metrics()).unwrap_or_default();
+    let no_scaler = AutoscaleCounts::default();
+    let scaler = given.autoscale.as_ref().unwrap_or(&no_scaler);
+    let (scaled, scaling_events) = (&scaler.instances, &scaler.events);
     for pool in &snap.pools {
         if scaled.iter().any(|(p, _, _)| *p == pool.name) {
             continue;
@@ -73,7 +89,7 @@ pub fn render(
             );
         }
     }
-    for (pool, state, n) in &scaled {
+    for (pool, state, n) in scaled {
         let _ = writeln!(
             out,
             "autolb_pool_instances{{pool=\"{}\",state=\"{state}\"}} {n}",
@@ -87,7 +103,7 @@ pub fn render(
         "counter",
         "Autoscaler decisions that changed a pool's size.",
     );
-    for (pool, ups, downs) in &scaling_events {
+    for (pool, ups, downs) in scaling_events {
         for (direction, n) in [("up", ups), ("down", downs)] {
             let _ = writeln!(
                 out,
@@ -120,33 +136,27 @@ pub fn render(
         "gauge",
         "Open client connections per listener.",
     );
-    for (name, st) in listeners {
+    for l in &given.listeners {
         let _ = writeln!(
             out,
             "autolb_downstream_connections{{listener=\"{}\"}} {}",
-            label(name),
-            st.connections.load(Ordering::Relaxed)
+            label(&l.name),
+            l.connections
         );
     }
-    if listeners
-        .values()
-        .any(|st| st.quic.shown.load(Ordering::Relaxed))
-    {
+    if given.listeners.iter().any(|l| l.quic.is_some()) {
         header(
             &mut out,
             "quic_handshakes_total",
             "counter",
             "QUIC connection attempts on http3 listeners by QUIC version and result (completed, failed, retry, refused).",
         );
-        for (name, st) in listeners {
-            if !st.quic.shown.load(Ordering::Relaxed) {
-                continue;
-            }
-            for (result, n) in st.quic.counts() {
+        for l in &given.listeners {
+            for (result, n) in l.quic.iter().flatten() {
                 let _ = writeln!(
                     out,
                     "autolb_quic_handshakes_total{{listener=\"{}\",version=\"1\",result=\"{result}\"}} {n}",
-                    label(name),
+                    label(&l.name),
                 );
             }
         }
@@ -155,8 +165,8 @@ pub fn render(
     crate::l4::render_metrics(&mut out, &snap);
     crate::runtime::limit::render_metrics(&mut out, &snap);
     crate::accesslog::render_metrics(&mut out, &snap.access_log);
-    if let Some(a) = autoscaler {
-        autoscale::render(&mut out, &snap, a);
+    if let Some(a) = &given.autoscale {
+        autoscale::render(&mut out, &a.pools);
     }
     process::render(&mut out);
     out

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::autoscale::procstat::ticks_per_second;
+use crate::procstat::ticks_per_second;
 
 /// What /proc says about this process.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
@@ -57,6 +58,23 @@ impl Listeners {
         self.read()
             .iter()
             .map(|(n, r)| (n.clone(), r.stats.clone()))
+            .collect()
+    }
+
+    /// Each listener's counts for `/metrics`, by name.
+    pub fn counts(&self) -> Vec<crate::metrics::ListenerCounts> {
+        self.read()
+            .iter()
+            .map(|(name, r)| crate::metrics::ListenerCounts {
+                name: name.clone(),
+                connections: r.stats.connections.load(Ordering::Relaxed),
+                quic: r
+                    .stats
+                    .quic
+                    .shown
+                    .load(Ordering::Relaxed)
+                    .then(|| r.stats.quic.counts().to_vec()),
+            })
             .collect()
     }
 
