@@ -44,8 +44,13 @@ mod tests_ops;
 mod tests_policy;
 #[cfg(test)]
 mod tests_state;
+#[cfg(test)]
+mod tests_yaml;
 mod tls;
 pub mod watch;
+mod yaml;
+mod yaml_saphyr;
+mod yaml_scalar;
 
 pub mod model;
 pub use access_log::{AccessLog, AccessLogFormat, AccessLogTarget};
