@@ -43,7 +43,7 @@ fn main() {
     let mut total = Vec::new();
     for _ in 0..runs {
         let start = thread_cpu();
-        let cfg = match autolb::config::load_file(Path::new(&path)) {
+        let cfg = match autolb::tls::config_files::load(Path::new(&path)) {
             Ok(cfg) => cfg,
             Err(e) => {
                 eprintln!("{e}");
