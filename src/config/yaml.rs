@@ -24,7 +24,7 @@ const MAX_NODES: usize = 250_000;
 const MAX_DEPTH: usize = 64;
 const MAX_SCALAR_BYTES: usize = 64 * 1024 * 1024;
 
-/// Maps with more entries than this check for duplicate keys with a hash set.
+/// Maps with this many keys or more check for duplicate keys with a hash set.
 const LINEAR_KEY_CHECK: usize = 12;
 
 /// Why the fast path did not build the tree; `node::parse` falls back to serde-saphyr.
@@ -63,7 +63,7 @@ enum Frame {
         entries: Vec<(Node, Node)>,
         /// The key read, waiting for its value.
         key: Option<Node>,
-        /// Hashes of the keys' identities, once the map has more than `LINEAR_KEY_CHECK`.
+        /// Hashes of the keys' identities, once the map has `LINEAR_KEY_CHECK` keys.
         seen: Option<HashSet<u64>>,
     },
 }
