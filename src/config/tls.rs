@@ -1,6 +1,6 @@
 //! TLS and HTTP-version settings: listener `tls` (certificates, alpn, strict_sni), `h2c`,
 //! `redirect_https`/`https_port`, `hsts`, and pool `protocol` and `tls` (https to backends).
-//! Files named here are read by `files.rs`, only when loading a file.
+//! Files named here are read by `tls::config_files`, only when loading a file.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
