@@ -45,10 +45,36 @@ impl Net for Monoio {
 /// Submission queue entries of the ring (monoio's default is 1024).
 const ENTRIES: u32 = 1024;
 
+/// The ring's setup flags from `URING_TWIN_RING`: unset or `default` (monoio's: none),
+/// `coop` (IORING_SETUP_COOP_TASKRUN | SINGLE_ISSUER: completions are not pushed to the
+/// thread with an interrupt, it picks them up at its next syscall) or `defer` (coop +
+/// DEFER_TASKRUN: completion work runs only when the thread waits for completions).
+fn ring_builder() -> io::Result<io_uring::Builder> {
+    let mut b = io_uring::IoUring::builder();
+    match std::env::var("URING_TWIN_RING").as_deref() {
+        Err(_) | Ok("default") => {}
+        Ok("coop") => {
+            b.setup_coop_taskrun().setup_single_issuer();
+        }
+        Ok("defer") => {
+            b.setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun();
+        }
+        Ok(other) => {
+            return Err(io::Error::other(format!(
+                "URING_TWIN_RING={other}: expected default, coop or defer"
+            )))
+        }
+    }
+    Ok(b)
+}
+
 /// Runs the proxy on monoio's io_uring runtime until the listener fails.
 pub fn run(listen: SocketAddr, backends: Vec<SocketAddr>) -> io::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(ENTRIES)
+        .uring_builder(ring_builder()?)
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(listen)?;
