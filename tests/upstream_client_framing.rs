@@ -66,7 +66,7 @@ async fn a_request_the_backend_read_and_dropped_is_resent_only_when_idempotent()
     })
     .await;
     // Default retries (2): neither the own client nor a retry may send the POST again.
-    let log = [OWN[0], ("AUTOLB_LOG", "info,autolb::proxy::upstream=debug")];
+    let log = [OWN[0], ("AUTOLB_LOG", "info,autolb::upstream=debug")];
     let lb = start(backend.addr, "", &log);
     let mut c = Conn::open(lb.addr("web")).await;
     let r = c.get("/first").await;
