@@ -192,6 +192,40 @@ async fn check_loop(
 mod tests {
     use super::*;
 
+    fn running(checks: &HealthChecks) -> Option<usize> {
+        checks.tasks.lock().ok()?.as_ref().map(Vec::len)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_swap_restarts_the_checks_until_they_are_stopped_for_good() {
+        let yaml = "admin: { listen: \"127.0.0.1:0\" }
+listeners:
+  - { name: web, listen: \"127.0.0.1:0\", pool: web }
+pools:
+  web:
+    health_check: { type: tcp, interval: 1s }
+    backends: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:2\" } ]
+";
+        let cfg = crate::config::load_str(yaml, std::path::Path::new("t.yaml")).expect("config");
+        let runtime = crate::runtime::Runtime::new(cfg.clone(), 1);
+        let checks = Arc::new(HealthChecks::new(runtime.events.clone()));
+        runtime.observe_swaps(checks.clone());
+        assert_eq!(
+            running(&checks),
+            Some(2),
+            "one task per checked backend at once"
+        );
+        runtime.apply(cfg.clone());
+        assert_eq!(running(&checks), Some(2), "a swap replaces them");
+        checks.stop();
+        runtime.apply(cfg);
+        assert_eq!(
+            running(&checks),
+            None,
+            "a swap during the drain starts none"
+        );
+    }
+
     fn run(stats: &BackendStats, results: &str, rise: u32, fall: u32) -> Vec<Option<Transition>> {
         results
             .chars()
